@@ -1,0 +1,15 @@
+/* spark-dispatcher-private.h
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#include "spark-dispatcher.h"
+#include "spark-mailbox-private.h"
+
+G_BEGIN_DECLS
+
+SparkDispatcher *spark_dispatcher_new (SparkMailbox *mailbox);
+
+G_END_DECLS

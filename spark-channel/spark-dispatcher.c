@@ -1,0 +1,661 @@
+/* spark-dispatcher.c
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/**
+ * SparkDispatcher:
+ *
+ * Sends messages to a [class@Spark.ModuleServer]: requests that get a
+ * reply, fire-and-forget commands, and the shutdown message.
+ *
+ * Make one with [method@Spark.ModuleServer.create_dispatcher]. Any number
+ * of dispatchers may serve one server; each may be used from any thread.
+ *
+ * A message is a name and optional [struct@GLib.Variant] parameters, the
+ * way GNOME names actions and D-Bus method calls. A floating `parameters`
+ * is sunk on every path, error paths included.
+ *
+ * ## Requests
+ *
+ * - [method@Spark.Dispatcher.request_async] completes through a
+ *   [iface@Gio.AsyncResult] on the thread-default main context of the
+ *   caller at the time of the call (a GTK program gets its reply on the UI
+ *   thread), never inside the call itself;
+ * - [method@Spark.Dispatcher.request_full] is the same without an
+ *   async-result object, for hot paths;
+ * - [method@Spark.Dispatcher.request_sync] blocks the calling thread, which
+ *   needs no main loop.
+ *
+ * Every request completes exactly once: with the handler's reply, the
+ * handler's error (unchanged), or a %SPARK_CHANNEL_ERROR. A request whose
+ * cancellable is cancelled before its outcome is delivered fails with
+ * %G_IO_ERROR_CANCELLED. When the dispatcher has a
+ * [property@Spark.Dispatcher:timeout], a request that gets no reply in
+ * time fails with %SPARK_CHANNEL_ERROR_TIMED_OUT. Replies for one context
+ * are delivered in batches: one wakeup of the context for many replies.
+ *
+ * ## Commands
+ *
+ * [method@Spark.Dispatcher.send_command] and its variants queue a message
+ * whose handler's outcome never comes back: a failure is reported by
+ * [signal@Spark.ModuleServer::command-failed]. The cancellable of a command
+ * covers only its wait for room in a bounded mailbox.
+ *
+ * ## Backpressure
+ *
+ * With a bounded mailbox ([property@Spark.ModuleServer:capacity]),
+ * [method@Spark.Dispatcher.try_send_command] fails with
+ * %SPARK_CHANNEL_ERROR_FULL while the mailbox is full or others wait for
+ * room; blocking calls wait, asynchronous calls wait asynchronously, first
+ * come, first served. All waits can be cancelled.
+ *
+ * Blocking calls made on a thread that must itself serve the request fail
+ * with %SPARK_CHANNEL_ERROR_WOULD_DEADLOCK instead of hanging.
+ *
+ * Since: 1.0
+ */
+
+#include "config.h"
+
+#include "spark-dispatcher-private.h"
+#include "spark-error.h"
+
+struct _SparkDispatcher
+{
+  GObject       parent_instance;
+
+  SparkMailbox *mailbox;   /* immutable; NULL for a dispatcher made without a server */
+  gint          timeout;   /* atomic: milliseconds, <= 0 for none */
+};
+
+G_DEFINE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, G_TYPE_OBJECT)
+
+enum {
+  PROP_0,
+  PROP_TIMEOUT,
+  N_PROPS
+};
+
+static GParamSpec *properties[N_PROPS];
+
+static void
+spark_dispatcher_finalize (GObject *object)
+{
+  SparkDispatcher *self = SPARK_DISPATCHER (object);
+
+  g_clear_pointer (&self->mailbox, spark_mailbox_unref);
+
+  G_OBJECT_CLASS (spark_dispatcher_parent_class)->finalize (object);
+}
+
+static void
+spark_dispatcher_get_property (GObject    *object,
+                               guint       prop_id,
+                               GValue     *value,
+                               GParamSpec *pspec)
+{
+  SparkDispatcher *self = SPARK_DISPATCHER (object);
+
+  switch (prop_id)
+    {
+    case PROP_TIMEOUT:
+      g_value_set_int (value, spark_dispatcher_get_timeout (self));
+      break;
+
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+spark_dispatcher_set_property (GObject      *object,
+                               guint         prop_id,
+                               const GValue *value,
+                               GParamSpec   *pspec)
+{
+  SparkDispatcher *self = SPARK_DISPATCHER (object);
+
+  switch (prop_id)
+    {
+    case PROP_TIMEOUT:
+      spark_dispatcher_set_timeout (self, g_value_get_int (value));
+      break;
+
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+spark_dispatcher_class_init (SparkDispatcherClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->finalize = spark_dispatcher_finalize;
+  object_class->get_property = spark_dispatcher_get_property;
+  object_class->set_property = spark_dispatcher_set_property;
+
+  /**
+   * SparkDispatcher:timeout:
+   *
+   * How long each request may take, in milliseconds, counted from the call
+   * (waiting for room and queueing included); 0 or -1 (the default) mean
+   * no limit. Commands have no timeout. Other negative values are a
+   * programmer error.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_TIMEOUT] =
+    g_param_spec_int ("timeout", NULL, NULL,
+                      -1, G_MAXINT, -1,
+                      (G_PARAM_READWRITE |
+                       G_PARAM_EXPLICIT_NOTIFY |
+                       G_PARAM_STATIC_STRINGS));
+
+  g_object_class_install_properties (object_class, N_PROPS, properties);
+}
+
+static void
+spark_dispatcher_init (SparkDispatcher *self)
+{
+  self->timeout = -1;
+}
+
+SparkDispatcher *
+spark_dispatcher_new (SparkMailbox *mailbox)
+{
+  SparkDispatcher *self = g_object_new (SPARK_TYPE_DISPATCHER, NULL);
+
+  self->mailbox = spark_mailbox_ref (mailbox);
+
+  return self;
+}
+
+/**
+ * spark_dispatcher_get_timeout:
+ * @self: a [class@Spark.Dispatcher]
+ *
+ * The timeout of this dispatcher's requests.
+ *
+ * Returns: milliseconds, or 0 or -1 for none
+ *
+ * Since: 1.0
+ */
+gint
+spark_dispatcher_get_timeout (SparkDispatcher *self)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), -1);
+
+  return g_atomic_int_get (&self->timeout);
+}
+
+/**
+ * spark_dispatcher_set_timeout:
+ * @self: a [class@Spark.Dispatcher]
+ * @timeout_msec: milliseconds, or 0 or -1 for none
+ *
+ * Sets how long each later request may take before it fails with
+ * %SPARK_CHANNEL_ERROR_TIMED_OUT. May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_set_timeout (SparkDispatcher *self,
+                              gint             timeout_msec)
+{
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (timeout_msec >= -1);
+
+  if (g_atomic_int_exchange (&self->timeout, timeout_msec) != timeout_msec)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_TIMEOUT]);
+}
+
+static gboolean
+reply_type_is_valid (const GVariantType *reply_type)
+{
+  return reply_type == NULL ||
+         g_variant_type_string_scan ((const char *) reply_type, NULL, NULL);
+}
+
+static gboolean
+set_closed_error (GError **error)
+{
+  g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                       "The dispatcher has no module server");
+  return FALSE;
+}
+
+/* Sends @req (both of its references: the sender's goes to the mailbox,
+ * the completion side stays with the caller's delivery). */
+static void
+spark_dispatcher_send_request (SparkDispatcher *self,
+                               SparkRequest    *req,
+                               gboolean         blocking)
+{
+  GError *error = NULL;
+
+  /* Already cancelled: fails, sends nothing, and still completes from the
+   * caller's context (or the sync return), never inside the call. */
+  if (req->cancellable != NULL && g_cancellable_is_cancelled (req->cancellable))
+    {
+      spark_request_complete_literal (req, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                      "The request was cancelled before it was sent");
+      spark_request_unref (req);
+      return;
+    }
+
+  spark_request_arm (req);
+
+  if (self->mailbox == NULL)
+    set_closed_error (&error);
+  else if (spark_mailbox_post_request (self->mailbox, req, blocking, &error))
+    return;
+
+  spark_request_complete (req, NULL, error);
+  spark_request_unref (req);
+}
+
+/**
+ * spark_dispatcher_request_async:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the request's name, non-empty
+ * @parameters: (nullable): the request's parameters; a floating reference
+ *   is sunk
+ * @reply_type: (nullable): the type the reply must have, or %NULL for any
+ * @cancellable: (nullable): a cancellable
+ * @callback: (scope async) (closure user_data): called with the outcome
+ * @user_data: data for @callback
+ *
+ * Sends a request. @callback runs once, on the thread-default main context
+ * of the caller at the time of this call, never inside this call; call
+ * [method@Spark.Dispatcher.request_finish] there to get the reply.
+ *
+ * If the mailbox is bounded and full, the request waits asynchronously for
+ * room. If @cancellable is already cancelled, nothing is sent and the
+ * request fails with %G_IO_ERROR_CANCELLED.
+ *
+ * May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_request_async (SparkDispatcher     *self,
+                                const char          *name,
+                                GVariant            *parameters,
+                                const GVariantType  *reply_type,
+                                GCancellable        *cancellable,
+                                GAsyncReadyCallback  callback,
+                                gpointer             user_data)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+  SparkRequest *req;
+  GTask *task;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (name != NULL && *name != '\0');
+  g_return_if_fail (reply_type_is_valid (reply_type));
+  g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, spark_dispatcher_request_async);
+  g_task_set_name (task, "[spark] request");
+
+  req = spark_request_new (name, params, reply_type, cancellable,
+                           g_atomic_int_get (&self->timeout), SPARK_REPLY_TASK);
+  req->task = task;
+  req->port = spark_reply_port_get ();
+
+  spark_dispatcher_send_request (self, req, FALSE);
+}
+
+/**
+ * spark_dispatcher_request_finish:
+ * @self: a [class@Spark.Dispatcher]
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Finishes [method@Spark.Dispatcher.request_async].
+ *
+ * Returns: (transfer full): the reply, or %NULL with @error set: the
+ *   handler's error unchanged, %G_IO_ERROR_CANCELLED, or a
+ *   %SPARK_CHANNEL_ERROR
+ *
+ * Since: 1.0
+ */
+GVariant *
+spark_dispatcher_request_finish (SparkDispatcher  *self,
+                                 GAsyncResult     *result,
+                                 GError          **error)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
+  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == spark_dispatcher_request_async, NULL);
+
+  return g_task_propagate_pointer (G_TASK (result), error);
+}
+
+/**
+ * spark_dispatcher_request_full: (rename-to request_full)
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the request's name, non-empty
+ * @parameters: (nullable): the request's parameters; a floating reference
+ *   is sunk
+ * @reply_type: (nullable): the type the reply must have, or %NULL for any
+ * @cancellable: (nullable): a cancellable
+ * @reply_func: (scope notified) (closure user_data) (destroy destroy):
+ *   receives the outcome
+ * @user_data: data for @reply_func
+ * @destroy: (nullable): frees @user_data after @reply_func ran
+ *
+ * The lightweight form of [method@Spark.Dispatcher.request_async], with no
+ * async-result object: @reply_func runs exactly once, on the
+ * thread-default main context of the caller at the time of this call,
+ * with the reply or the error; then @destroy frees @user_data.
+ *
+ * May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_request_full (SparkDispatcher    *self,
+                               const char         *name,
+                               GVariant           *parameters,
+                               const GVariantType *reply_type,
+                               GCancellable       *cancellable,
+                               SparkReplyFunc      reply_func,
+                               gpointer            user_data,
+                               GDestroyNotify      destroy)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+  SparkRequest *req;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (name != NULL && *name != '\0');
+  g_return_if_fail (reply_type_is_valid (reply_type));
+  g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
+  g_return_if_fail (reply_func != NULL);
+
+  req = spark_request_new (name, params, reply_type, cancellable,
+                           g_atomic_int_get (&self->timeout), SPARK_REPLY_FUNC);
+  req->reply_func = reply_func;
+  req->user_data = user_data;
+  req->destroy = destroy;
+  req->port = spark_reply_port_get ();
+
+  spark_dispatcher_send_request (self, req, FALSE);
+}
+
+/**
+ * spark_dispatcher_request_sync:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the request's name, non-empty
+ * @parameters: (nullable): the request's parameters; a floating reference
+ *   is sunk
+ * @reply_type: (nullable): the type the reply must have, or %NULL for any
+ * @cancellable: (nullable): a cancellable
+ * @error: return location for an error
+ *
+ * Sends a request and blocks the calling thread until its outcome. No main
+ * loop is needed on the calling thread. If the mailbox is bounded and
+ * full, waits for room first.
+ *
+ * Fails at once with %SPARK_CHANNEL_ERROR_WOULD_DEADLOCK on a thread that
+ * must serve the request itself: the server's own thread, a thread that
+ * owns the server's context, or the thread that started the server with
+ * [method@Spark.ModuleServer.start]. If @cancellable is cancelled before
+ * this returns, it returns %G_IO_ERROR_CANCELLED.
+ *
+ * May be called from any other thread.
+ *
+ * Returns: (transfer full): the reply, or %NULL with @error set
+ *
+ * Since: 1.0
+ */
+GVariant *
+spark_dispatcher_request_sync (SparkDispatcher     *self,
+                               const char          *name,
+                               GVariant            *parameters,
+                               const GVariantType  *reply_type,
+                               GCancellable        *cancellable,
+                               GError             **error)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+  SparkRequest *req;
+  GVariant *reply;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
+  g_return_val_if_fail (name != NULL && *name != '\0', NULL);
+  g_return_val_if_fail (reply_type_is_valid (reply_type), NULL);
+  g_return_val_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable), NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
+
+  req = spark_request_new (name, params, reply_type, cancellable,
+                           g_atomic_int_get (&self->timeout), SPARK_REPLY_SYNC);
+  req->waiter = spark_sync_waiter_get ();
+
+  spark_dispatcher_send_request (self, req, TRUE);
+
+  spark_sync_waiter_wait (req->waiter, &req->done);
+  spark_request_disarm (req);
+
+  if (cancellable != NULL &&
+      g_cancellable_is_cancelled (cancellable) &&
+      !g_error_matches (req->error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "The request was cancelled");
+      reply = NULL;
+    }
+  else if (req->error != NULL)
+    {
+      g_propagate_error (error, g_steal_pointer (&req->error));
+      reply = NULL;
+    }
+  else
+    reply = g_steal_pointer (&req->reply);
+
+  spark_request_unref (req);
+
+  return reply;
+}
+
+/**
+ * spark_dispatcher_send_command:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the command's name, non-empty
+ * @parameters: (nullable): the command's parameters; a floating reference
+ *   is sunk
+ * @cancellable: (nullable): cancels the wait for room
+ * @error: return location for an error
+ *
+ * Queues a command. If the mailbox is bounded and full, blocks until there
+ * is room (failing with %SPARK_CHANNEL_ERROR_WOULD_DEADLOCK on a thread
+ * that must serve the mailbox itself). Once queued, the send has
+ * succeeded: the handler's outcome never comes back.
+ *
+ * @cancellable only covers the wait for room: an already-cancelled one
+ * fails with %G_IO_ERROR_CANCELLED and sends nothing.
+ *
+ * May be called from any thread.
+ *
+ * Returns: %TRUE if the command was queued
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_dispatcher_send_command (SparkDispatcher  *self,
+                               const char       *name,
+                               GVariant         *parameters,
+                               GCancellable     *cancellable,
+                               GError          **error)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), FALSE);
+  g_return_val_if_fail (name != NULL && *name != '\0', FALSE);
+  g_return_val_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable), FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (g_cancellable_set_error_if_cancelled (cancellable, error))
+    return FALSE;
+
+  if (self->mailbox == NULL)
+    return set_closed_error (error);
+
+  return spark_mailbox_post_command (self->mailbox,
+                                     spark_message_new_command (name, params),
+                                     SPARK_POST_BLOCK, cancellable, NULL, error);
+}
+
+/**
+ * spark_dispatcher_try_send_command:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the command's name, non-empty
+ * @parameters: (nullable): the command's parameters; a floating reference
+ *   is sunk
+ * @error: return location for an error
+ *
+ * Queues a command without ever blocking: fails with
+ * %SPARK_CHANNEL_ERROR_FULL while a bounded mailbox is full or other
+ * senders wait for room.
+ *
+ * May be called from any thread, including the server's own.
+ *
+ * Returns: %TRUE if the command was queued
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_dispatcher_try_send_command (SparkDispatcher  *self,
+                                   const char       *name,
+                                   GVariant         *parameters,
+                                   GError          **error)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), FALSE);
+  g_return_val_if_fail (name != NULL && *name != '\0', FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (self->mailbox == NULL)
+    return set_closed_error (error);
+
+  return spark_mailbox_post_command (self->mailbox,
+                                     spark_message_new_command (name, params),
+                                     SPARK_POST_TRY, NULL, NULL, error);
+}
+
+/**
+ * spark_dispatcher_send_command_async:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the command's name, non-empty
+ * @parameters: (nullable): the command's parameters; a floating reference
+ *   is sunk
+ * @cancellable: (nullable): cancels the wait for room
+ * @callback: (scope async) (closure user_data): called once the command is
+ *   queued or the send failed
+ * @user_data: data for @callback
+ *
+ * Queues a command, waiting asynchronously for room in a bounded mailbox.
+ * @callback runs on the caller's thread-default main context, never inside
+ * this call.
+ *
+ * May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_send_command_async (SparkDispatcher     *self,
+                                     const char          *name,
+                                     GVariant            *parameters,
+                                     GCancellable        *cancellable,
+                                     GAsyncReadyCallback  callback,
+                                     gpointer             user_data)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+  g_autoptr(GTask) task = NULL;
+  GError *error = NULL;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (name != NULL && *name != '\0');
+  g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, spark_dispatcher_send_command_async);
+  g_task_set_name (task, "[spark] send command");
+  /* Once queued, the send has succeeded even if cancelled afterwards. */
+  g_task_set_check_cancellable (task, FALSE);
+
+  if (g_cancellable_set_error_if_cancelled (cancellable, &error))
+    g_task_return_error (task, error);
+  else if (self->mailbox == NULL)
+    {
+      set_closed_error (&error);
+      g_task_return_error (task, error);
+    }
+  else if (!spark_mailbox_post_command (self->mailbox,
+                                        spark_message_new_command (name, params),
+                                        SPARK_POST_ASYNC, cancellable, task, &error))
+    g_task_return_error (task, error);
+}
+
+/**
+ * spark_dispatcher_send_command_finish:
+ * @self: a [class@Spark.Dispatcher]
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Finishes [method@Spark.Dispatcher.send_command_async].
+ *
+ * Returns: %TRUE if the command was queued
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_dispatcher_send_command_finish (SparkDispatcher  *self,
+                                      GAsyncResult     *result,
+                                      GError          **error)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), FALSE);
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == spark_dispatcher_send_command_async, FALSE);
+
+  return g_task_propagate_boolean (G_TASK (result), error);
+}
+
+/**
+ * spark_dispatcher_send_shutdown:
+ * @self: a [class@Spark.Dispatcher]
+ * @token: (nullable): cancelled once the server has stopped
+ * @error: return location for an error
+ *
+ * Sends the shutdown message. It closes the mailbox at once: every later
+ * send, and every sender still waiting for room, fails with
+ * %SPARK_CHANNEL_ERROR_CLOSED. It is accepted even when a bounded mailbox
+ * is full, and counts neither in [property@Spark.ModuleServer:pending] nor
+ * against the capacity. Everything queued before it is handled; when the
+ * server reaches it, the server stops and cancels @token: that is how
+ * tasks listening for the token learn that the module is gone.
+ *
+ * A second shutdown fails with %SPARK_CHANNEL_ERROR_CLOSED.
+ *
+ * May be called from any thread.
+ *
+ * Returns: %TRUE if the shutdown message was queued
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_dispatcher_send_shutdown (SparkDispatcher  *self,
+                                GCancellable     *token,
+                                GError          **error)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), FALSE);
+  g_return_val_if_fail (!token || G_IS_CANCELLABLE (token), FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (self->mailbox == NULL)
+    return set_closed_error (error);
+
+  return spark_mailbox_send_shutdown (self->mailbox, token, error);
+}

@@ -1,0 +1,15 @@
+/* spark-handler-private.h
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#include "spark-handler.h"
+
+G_BEGIN_DECLS
+
+gboolean spark_handler_uses_invocation  (SparkHandler *self);
+gboolean spark_handler_is_main_only     (SparkHandler *self);
+
+G_END_DECLS

@@ -1,0 +1,94 @@
+/* spark-mailbox-private.h
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#include <gio/gio.h>
+
+#include "spark-message-private.h"
+
+G_BEGIN_DECLS
+
+typedef enum {
+  SPARK_MAILBOX_NEW,      /* not started: sends fail with CLOSED */
+  SPARK_MAILBOX_OPEN,
+  SPARK_MAILBOX_CLOSED,   /* shut down or shutting down */
+} SparkMailboxState;
+
+typedef enum {
+  SPARK_POST_TRY,         /* fail with FULL rather than wait */
+  SPARK_POST_BLOCK,       /* wait on this thread */
+  SPARK_POST_ASYNC,       /* wait in the room-waiter queue, complete a GTask */
+} SparkPostMode;
+
+struct _SparkMailbox
+{
+  gint               ref_count;          /* atomic */
+
+  GMutex             mutex;
+  SparkMailboxState  state;              /* mutex */
+  SparkMessage      *head;               /* mutex */
+  SparkMessage      *tail;               /* mutex */
+  gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
+  GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */
+  SparkRequest      *current;            /* mutex: the request being handled, if it has a cancellable
+                                          * of its own or its invocation is held; a reference */
+  gboolean           current_held;       /* mutex: current's invocation is held by the handler */
+  GCancellable      *token;              /* mutex: the send_shutdown() token */
+  gboolean           has_token;          /* mutex */
+
+  gint               n_pending;          /* atomic; raised under the mutex */
+  gint               n_waiters;          /* atomic mirror of waiters.length */
+  gint               aborting;           /* atomic */
+
+  GCancellable      *abort_cancellable;  /* immutable: cancelled by an ABORT shutdown */
+
+  /* Set by spark_mailbox_open() under the mutex, immutable afterwards. */
+  guint              capacity;           /* 0: unbounded */
+  GSource           *source;             /* a reference: the server's source */
+  GMainContext      *context;            /* a reference: the server's context */
+  GThread           *start_thread;       /* the thread that called start(), NULL for start_in_thread() */
+};
+
+SparkMailbox *spark_mailbox_new              (void);
+SparkMailbox *spark_mailbox_ref              (SparkMailbox  *mailbox);
+void          spark_mailbox_unref            (SparkMailbox  *mailbox);
+
+gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
+                                              GSource       *source,
+                                              GMainContext  *context,
+                                              GThread       *start_thread,
+                                              guint          capacity,
+                                              GError       **error);
+gboolean      spark_mailbox_is_closed        (SparkMailbox  *mailbox);
+guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
+
+gboolean      spark_mailbox_post_request     (SparkMailbox  *mailbox,
+                                              SparkRequest  *req,
+                                              gboolean       blocking,
+                                              GError       **error);
+gboolean      spark_mailbox_post_command     (SparkMailbox  *mailbox,
+                                              SparkMessage  *msg,
+                                              SparkPostMode  mode,
+                                              GCancellable  *cancellable,
+                                              GTask         *task,
+                                              GError       **error);
+gboolean      spark_mailbox_send_shutdown    (SparkMailbox  *mailbox,
+                                              GCancellable  *token,
+                                              GError       **error);
+gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
+                                              gboolean       abort);
+
+SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox);
+void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
+void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
+                                              SparkRequest  *req,
+                                              gboolean       held);
+GCancellable *spark_mailbox_finish           (SparkMailbox  *mailbox);
+void          spark_mailbox_drop_messages    (SparkMailbox  *mailbox,
+                                              SparkMessage  *list);
+void          spark_mailbox_wake_server      (SparkMailbox  *mailbox);
+
+G_END_DECLS

@@ -1,0 +1,882 @@
+/* spark-mailbox.c: the queue between dispatchers and a module server
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Many producers (dispatchers, from any thread) append messages to one
+ * singly linked queue under a mutex; one consumer (the server, on its
+ * GMainContext) takes the whole queue in one go and handles it message by
+ * message. The server's GSource is woken only on the transition from "the
+ * server found the queue empty" to "something is queued": one wakeup serves
+ * every message that arrives until the server next finds the queue empty.
+ *
+ * What the hot path costs (unbounded mailbox, no cancellable, no timeout):
+ *
+ *   one command, send_command() or try_send_command():
+ *     allocations: 1 (the message, name inline), plus the caller's GVariant
+ *     locks:       1 mailbox lock by the sender; the server's lock to take
+ *                  the queue is shared by the whole batch
+ *     wakeups:     0, or 1 if the server was idle (g_source_set_ready_time)
+ *
+ *   one request with request_full():
+ *     allocations: 1 (the request, name inline), plus the caller's GVariant
+ *                  and the handler's reply; a reply_type adds one copy
+ *     locks:       1 mailbox lock by the sender, 1 reply-port lock by the
+ *                  server; the server's queue lock and the requester's
+ *                  port lock are shared by their batches
+ *     wakeups:     0 or 1 of the server (only if it was idle), 0 or 1 of
+ *                  the requester's context (only if its port was idle)
+ *     atomics:     the claim (one compare-and-swap), reference counts
+ *
+ *   request_async() adds the GTask (one GObject) on top of request_full();
+ *   request_sync() delivers to the caller's parked (or spinning) thread
+ *   instead of a reply port: one more lock, no GSource.
+ *
+ *   A cancellable or a timeout adds a GCancellable for the handler, a
+ *   signal connection, and (timeout) one entry in the timer thread's queue.
+ *   A bounded mailbox adds the mailbox lock on the server side per message
+ *   (to admit senders waiting for room in order).
+ */
+
+#include "config.h"
+
+#include "spark-error.h"
+#include "spark-mailbox-private.h"
+
+typedef enum {
+  WAITER_INIT,
+  WAITER_WAITING,
+  WAITER_ADMITTED,
+  WAITER_CANCELLED,
+  WAITER_CLOSED,
+} WaiterState;
+
+/* A sender waiting for room in a bounded mailbox. Requests wait without
+ * blocking anybody (their outcome arrives like any other); commands wait on
+ * the sender's thread (SPARK_POST_BLOCK) or complete a GTask on the
+ * sender's context (SPARK_POST_ASYNC). */
+struct _SparkRoomWaiter
+{
+  GList            link;         /* mailbox mutex */
+  SparkMessage    *msg;          /* owned until admitted */
+  gint             state;        /* mailbox mutex: WaiterState */
+  SparkMailbox    *mailbox;      /* a reference, for the cancel handler */
+  GCancellable    *cancellable;  /* commands only */
+  gulong           cancel_id;
+
+  SparkSyncWaiter *sync;         /* SPARK_POST_BLOCK */
+  gint             done;
+
+  GTask           *task;         /* SPARK_POST_ASYNC */
+  SparkReplyPort  *port;
+  SparkPortItem    port_item;
+};
+
+SparkMailbox *
+spark_mailbox_new (void)
+{
+  SparkMailbox *mailbox = g_new0 (SparkMailbox, 1);
+
+  mailbox->ref_count = 1;
+  g_mutex_init (&mailbox->mutex);
+  g_queue_init (&mailbox->waiters);
+  mailbox->state = SPARK_MAILBOX_NEW;
+  mailbox->consumer_idle = TRUE;
+  mailbox->abort_cancellable = g_cancellable_new ();
+
+  return mailbox;
+}
+
+SparkMailbox *
+spark_mailbox_ref (SparkMailbox *mailbox)
+{
+  g_atomic_int_inc (&mailbox->ref_count);
+  return mailbox;
+}
+
+void
+spark_mailbox_unref (SparkMailbox *mailbox)
+{
+  if (!g_atomic_int_dec_and_test (&mailbox->ref_count))
+    return;
+
+  /* The server empties the queue when it stops; only a mailbox that was
+   * never opened can still hold something, and it never queues. */
+  g_assert (mailbox->head == NULL);
+  g_assert (g_queue_is_empty (&mailbox->waiters));
+  g_assert (mailbox->current == NULL);
+
+  g_clear_object (&mailbox->token);
+  g_clear_object (&mailbox->abort_cancellable);
+  g_clear_pointer (&mailbox->source, g_source_unref);
+  g_clear_pointer (&mailbox->context, g_main_context_unref);
+  g_mutex_clear (&mailbox->mutex);
+  g_free (mailbox);
+}
+
+gboolean
+spark_mailbox_open (SparkMailbox  *mailbox,
+                    GSource       *source,
+                    GMainContext  *context,
+                    GThread       *start_thread,
+                    guint          capacity,
+                    GError       **error)
+{
+  gboolean ret = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+
+  if (mailbox->state == SPARK_MAILBOX_OPEN)
+    g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_ALREADY_STARTED,
+                         "The module server was started before");
+  else if (mailbox->state == SPARK_MAILBOX_CLOSED)
+    g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                         "The module server was shut down before it was started");
+  else
+    {
+      mailbox->state = SPARK_MAILBOX_OPEN;
+      mailbox->source = g_source_ref (source);
+      mailbox->context = g_main_context_ref (context);
+      mailbox->start_thread = start_thread;
+      mailbox->capacity = capacity;
+      ret = TRUE;
+    }
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  return ret;
+}
+
+gboolean
+spark_mailbox_is_closed (SparkMailbox *mailbox)
+{
+  gboolean closed;
+
+  g_mutex_lock (&mailbox->mutex);
+  closed = mailbox->state != SPARK_MAILBOX_OPEN;
+  g_mutex_unlock (&mailbox->mutex);
+
+  return closed;
+}
+
+guint
+spark_mailbox_get_pending (SparkMailbox *mailbox)
+{
+  return (guint) MAX (0, g_atomic_int_get (&mailbox->n_pending));
+}
+
+void
+spark_mailbox_wake_server (SparkMailbox *mailbox)
+{
+  /* source is immutable once set, and only woken once open */
+  if (mailbox->source != NULL)
+    g_source_set_ready_time (mailbox->source, 0);
+}
+
+static void
+set_closed_error_locked (SparkMailbox  *mailbox,
+                         GError       **error)
+{
+  if (mailbox->state == SPARK_MAILBOX_NEW)
+    g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                         "The mailbox is closed: its module server has not been started");
+  else
+    g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                         "The mailbox is closed: its module server is shut down or shutting down");
+}
+
+/* Whether the calling thread is one that must serve this mailbox: a thread
+ * blocking here would wait for itself. */
+static gboolean
+would_deadlock_locked (SparkMailbox *mailbox)
+{
+  if (mailbox->start_thread != NULL && mailbox->start_thread == g_thread_self ())
+    return TRUE;
+
+  return mailbox->context != NULL && g_main_context_is_owner (mailbox->context);
+}
+
+static gboolean
+set_would_deadlock_error (GError **error)
+{
+  g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK,
+                       "A blocking call was made on a thread that must serve it: "
+                       "it would wait for itself");
+  return FALSE;
+}
+
+static void
+enqueue_locked (SparkMailbox *mailbox,
+                SparkMessage *msg,
+                gboolean      counted,
+                gboolean     *wake)
+{
+  msg->next = NULL;
+  if (mailbox->tail != NULL)
+    mailbox->tail->next = msg;
+  else
+    mailbox->head = msg;
+  mailbox->tail = msg;
+
+  if (counted)
+    g_atomic_int_inc (&mailbox->n_pending);
+
+  if (mailbox->consumer_idle)
+    {
+      mailbox->consumer_idle = FALSE;
+      *wake = TRUE;
+    }
+}
+
+static inline SparkRoomWaiter *
+waiter_from_link (GList *link)
+{
+  return (SparkRoomWaiter *) ((char *) link - G_STRUCT_OFFSET (SparkRoomWaiter, link));
+}
+
+static gboolean
+waiter_is_dead (SparkRoomWaiter *waiter)
+{
+  return waiter->msg->kind == SPARK_MESSAGE_REQUEST &&
+         spark_request_is_claimed ((SparkRequest *) waiter->msg);
+}
+
+static void
+unlink_waiter_locked (SparkMailbox    *mailbox,
+                      SparkRoomWaiter *waiter)
+{
+  g_queue_unlink (&mailbox->waiters, &waiter->link);
+  g_atomic_int_add (&mailbox->n_waiters, -1);
+}
+
+/* Drops requests at the head of the waiters that ended while waiting (the
+ * requester cancelled, or the timeout fired): they hold no place in line. */
+static void
+prune_dead_waiters_locked (SparkMailbox  *mailbox,
+                           GSList       **dead)
+{
+  GList *link;
+
+  while ((link = mailbox->waiters.head) != NULL && waiter_is_dead (waiter_from_link (link)))
+    {
+      SparkRoomWaiter *waiter = waiter_from_link (link);
+
+      unlink_waiter_locked (mailbox, waiter);
+      *dead = g_slist_prepend (*dead, waiter);
+    }
+}
+
+static gboolean
+has_room_locked (SparkMailbox  *mailbox,
+                 GSList       **dead)
+{
+  if (mailbox->capacity == 0)
+    return TRUE;
+
+  prune_dead_waiters_locked (mailbox, dead);
+
+  return g_queue_is_empty (&mailbox->waiters) &&
+         (guint) g_atomic_int_get (&mailbox->n_pending) < mailbox->capacity;
+}
+
+static void
+free_dead_waiters (GSList *dead)
+{
+  while (dead != NULL)
+    {
+      SparkRoomWaiter *waiter = dead->data;
+
+      dead = g_slist_delete_link (dead, dead);
+      spark_message_free (waiter->msg);
+      g_free (waiter);
+    }
+}
+
+/* Moves waiters into the queue while there is room, in order. */
+static void
+admit_locked (SparkMailbox  *mailbox,
+              GSList       **resolved,
+              GSList       **dead,
+              gboolean      *wake)
+{
+  GList *link;
+
+  while ((link = mailbox->waiters.head) != NULL &&
+         (guint) g_atomic_int_get (&mailbox->n_pending) < mailbox->capacity)
+    {
+      SparkRoomWaiter *waiter = waiter_from_link (link);
+
+      unlink_waiter_locked (mailbox, waiter);
+
+      if (waiter_is_dead (waiter))
+        {
+          *dead = g_slist_prepend (*dead, waiter);
+          continue;
+        }
+
+      /* Decided here, under the lock: a cancel that comes later finds the
+       * message admitted and leaves it alone. */
+      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), TRUE, wake);
+      waiter->state = WAITER_ADMITTED;
+      *resolved = g_slist_prepend (*resolved, waiter);
+    }
+
+  *resolved = g_slist_reverse (*resolved);
+}
+
+static void
+deliver_waiter_on_port (SparkPortItem *item)
+{
+  SparkRoomWaiter *waiter = (SparkRoomWaiter *) ((char *) item - G_STRUCT_OFFSET (SparkRoomWaiter, port_item));
+
+  if (waiter->cancel_id != 0)
+    g_cancellable_disconnect (waiter->cancellable, waiter->cancel_id);
+
+  switch ((WaiterState) waiter->state)
+    {
+    case WAITER_ADMITTED:
+      g_task_return_boolean (waiter->task, TRUE);
+      break;
+
+    case WAITER_CANCELLED:
+      g_task_return_new_error (waiter->task, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                               "Sending the command was cancelled while it waited for room");
+      break;
+
+    case WAITER_CLOSED:
+      g_task_return_new_error (waiter->task, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                               "The mailbox was closed while the command waited for room");
+      break;
+
+    case WAITER_INIT:
+    case WAITER_WAITING:
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_clear_pointer (&waiter->msg, spark_message_free);
+  g_clear_object (&waiter->task);
+  g_clear_object (&waiter->cancellable);
+  g_clear_pointer (&waiter->port, spark_reply_port_unref);
+  g_clear_pointer (&waiter->mailbox, spark_mailbox_unref);
+  g_free (waiter);
+}
+
+/* Tells a waiter's sender how its wait ended; never under the lock. */
+static void
+notify_waiter (SparkRoomWaiter *waiter)
+{
+  if (waiter->sync != NULL)
+    {
+      spark_sync_waiter_signal (waiter->sync, &waiter->done);
+    }
+  else if (waiter->task != NULL)
+    {
+      spark_reply_port_push (waiter->port, &waiter->port_item);
+    }
+  else
+    {
+      /* A request: admitted, it now lives in the queue; closed, it fails. */
+      if (waiter->state == WAITER_CLOSED)
+        {
+          spark_request_complete_literal ((SparkRequest *) waiter->msg,
+                                          SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                          "The mailbox was closed while the request waited for room");
+          spark_message_free (waiter->msg);
+        }
+      g_free (waiter);
+    }
+}
+
+static void
+notify_waiters (GSList *resolved)
+{
+  while (resolved != NULL)
+    {
+      SparkRoomWaiter *waiter = resolved->data;
+
+      resolved = g_slist_delete_link (resolved, resolved);
+      notify_waiter (waiter);
+    }
+}
+
+static void
+on_waiter_cancelled (GCancellable    *cancellable,
+                     SparkRoomWaiter *waiter)
+{
+  SparkMailbox *mailbox = waiter->mailbox;
+  gboolean resolved = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+  if (waiter->state == WAITER_WAITING)
+    {
+      unlink_waiter_locked (mailbox, waiter);
+      waiter->state = WAITER_CANCELLED;
+      resolved = TRUE;
+    }
+  g_mutex_unlock (&mailbox->mutex);
+
+  if (resolved)
+    notify_waiter (waiter);
+}
+
+/* A command found the mailbox full: wait for room, on this thread or
+ * through @task. Returns, for SPARK_POST_BLOCK, whether the command went in. */
+static gboolean
+wait_for_room (SparkMailbox  *mailbox,
+               SparkMessage  *msg,
+               SparkPostMode  mode,
+               GCancellable  *cancellable,
+               GTask         *task,
+               GError       **error)
+{
+  SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
+  GSList *dead = NULL;
+  gboolean wake = FALSE;
+  gboolean ret;
+  WaiterState state;
+
+  waiter->msg = msg;
+  waiter->state = WAITER_INIT;
+  waiter->mailbox = spark_mailbox_ref (mailbox);
+
+  if (mode == SPARK_POST_BLOCK)
+    waiter->sync = spark_sync_waiter_get ();
+  else
+    {
+      waiter->task = g_object_ref (task);
+      waiter->port = spark_reply_port_get ();
+      waiter->port_item.deliver = deliver_waiter_on_port;
+    }
+
+  /* Connect before the waiter can be seen, so its handler id is known to
+   * whoever delivers it. Until then the handler finds WAITER_INIT and does
+   * nothing; the check under the lock below covers that window. */
+  if (cancellable != NULL)
+    {
+      waiter->cancellable = g_object_ref (cancellable);
+      waiter->cancel_id = g_cancellable_connect (cancellable, G_CALLBACK (on_waiter_cancelled),
+                                                 waiter, NULL);
+    }
+
+  g_mutex_lock (&mailbox->mutex);
+  if (mailbox->state != SPARK_MAILBOX_OPEN)
+    waiter->state = WAITER_CLOSED;
+  else if (cancellable != NULL && g_cancellable_is_cancelled (cancellable))
+    waiter->state = WAITER_CANCELLED;
+  else if (has_room_locked (mailbox, &dead))
+    {
+      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), TRUE, &wake);
+      waiter->state = WAITER_ADMITTED;
+    }
+  else
+    {
+      waiter->state = WAITER_WAITING;
+      g_queue_push_tail_link (&mailbox->waiters, &waiter->link);
+      g_atomic_int_inc (&mailbox->n_waiters);
+    }
+  state = waiter->state;
+  g_mutex_unlock (&mailbox->mutex);
+
+  free_dead_waiters (dead);
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+
+  if (mode == SPARK_POST_ASYNC)
+    {
+      if (state != WAITER_WAITING)
+        notify_waiter (waiter);
+      return TRUE;
+    }
+
+  if (state == WAITER_WAITING)
+    spark_sync_waiter_wait (waiter->sync, &waiter->done);
+
+  /* Not inside the handler: safe to disconnect (waits for a handler
+   * running on another thread, which only takes the mailbox lock). */
+  if (waiter->cancel_id != 0)
+    g_cancellable_disconnect (cancellable, waiter->cancel_id);
+
+  switch ((WaiterState) waiter->state)
+    {
+    case WAITER_ADMITTED:
+      ret = TRUE;
+      break;
+
+    case WAITER_CANCELLED:
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                           "Sending the command was cancelled while it waited for room");
+      ret = FALSE;
+      break;
+
+    case WAITER_CLOSED:
+      g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                           "The mailbox was closed while the command waited for room");
+      ret = FALSE;
+      break;
+
+    case WAITER_INIT:
+    case WAITER_WAITING:
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_clear_pointer (&waiter->msg, spark_message_free);
+  g_clear_object (&waiter->cancellable);
+  spark_mailbox_unref (waiter->mailbox);
+  g_free (waiter);
+
+  return ret;
+}
+
+/*
+ * spark_mailbox_post_request:
+ * @req: (transfer full): the sender's reference, kept on failure
+ * @blocking: whether the caller will block until the outcome
+ *
+ * Queues @req, or puts it in line for room. On failure nothing was queued
+ * and the caller still owns @req.
+ */
+gboolean
+spark_mailbox_post_request (SparkMailbox  *mailbox,
+                            SparkRequest  *req,
+                            gboolean       blocking,
+                            GError       **error)
+{
+  GSList *dead = NULL;
+  gboolean wake = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+
+  if G_UNLIKELY (mailbox->state != SPARK_MAILBOX_OPEN)
+    {
+      set_closed_error_locked (mailbox, error);
+      g_mutex_unlock (&mailbox->mutex);
+      return FALSE;
+    }
+
+  if (blocking && would_deadlock_locked (mailbox))
+    {
+      g_mutex_unlock (&mailbox->mutex);
+      return set_would_deadlock_error (error);
+    }
+
+  if G_LIKELY (has_room_locked (mailbox, &dead))
+    {
+      enqueue_locked (mailbox, &req->msg, TRUE, &wake);
+    }
+  else
+    {
+      SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
+
+      waiter->msg = &req->msg;
+      waiter->state = WAITER_WAITING;
+      g_queue_push_tail_link (&mailbox->waiters, &waiter->link);
+      g_atomic_int_inc (&mailbox->n_waiters);
+    }
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  free_dead_waiters (dead);
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+
+  return TRUE;
+}
+
+/*
+ * spark_mailbox_post_command:
+ * @msg: (transfer full): freed on failure
+ *
+ * For SPARK_POST_ASYNC, returns TRUE once @task is taken care of: it is
+ * completed (through the sender's reply port) when the command goes in or
+ * its wait ends; on FALSE the caller completes @task with @error.
+ */
+gboolean
+spark_mailbox_post_command (SparkMailbox  *mailbox,
+                            SparkMessage  *msg,
+                            SparkPostMode  mode,
+                            GCancellable  *cancellable,
+                            GTask         *task,
+                            GError       **error)
+{
+  GSList *dead = NULL;
+  gboolean wake = FALSE;
+  gboolean queued = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+
+  if G_UNLIKELY (mailbox->state != SPARK_MAILBOX_OPEN)
+    {
+      set_closed_error_locked (mailbox, error);
+      g_mutex_unlock (&mailbox->mutex);
+      spark_message_free (msg);
+      return FALSE;
+    }
+
+  if G_LIKELY (has_room_locked (mailbox, &dead))
+    {
+      enqueue_locked (mailbox, msg, TRUE, &wake);
+      queued = TRUE;
+    }
+  else if (mode == SPARK_POST_BLOCK && would_deadlock_locked (mailbox))
+    {
+      g_mutex_unlock (&mailbox->mutex);
+      free_dead_waiters (dead);
+      spark_message_free (msg);
+      return set_would_deadlock_error (error);
+    }
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  free_dead_waiters (dead);
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+
+  if (queued)
+    {
+      if (mode == SPARK_POST_ASYNC)
+        g_task_return_boolean (task, TRUE);
+      return TRUE;
+    }
+
+  if (mode == SPARK_POST_TRY)
+    {
+      spark_message_free (msg);
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
+                   "The mailbox is full (capacity %u) or other senders wait for room",
+                   mailbox->capacity);
+      return FALSE;
+    }
+
+  return wait_for_room (mailbox, msg, mode, cancellable, task, error);
+}
+
+static GSList *
+take_waiters_locked (SparkMailbox *mailbox)
+{
+  GSList *resolved = NULL;
+  GList *link;
+
+  while ((link = mailbox->waiters.head) != NULL)
+    {
+      SparkRoomWaiter *waiter = waiter_from_link (link);
+
+      unlink_waiter_locked (mailbox, waiter);
+      waiter->state = WAITER_CLOSED;
+      resolved = g_slist_prepend (resolved, waiter);
+    }
+
+  return g_slist_reverse (resolved);
+}
+
+gboolean
+spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
+                             GCancellable  *token,
+                             GError       **error)
+{
+  GSList *resolved;
+  gboolean wake = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+
+  if (mailbox->state != SPARK_MAILBOX_OPEN)
+    {
+      set_closed_error_locked (mailbox, error);
+      g_mutex_unlock (&mailbox->mutex);
+      return FALSE;
+    }
+
+  mailbox->state = SPARK_MAILBOX_CLOSED;
+  mailbox->has_token = TRUE;
+  if (token != NULL)
+    mailbox->token = g_object_ref (token);
+
+  /* Neither counted in pending nor held back by the capacity. */
+  enqueue_locked (mailbox, spark_message_new_shutdown (), FALSE, &wake);
+  resolved = take_waiters_locked (mailbox);
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  notify_waiters (resolved);
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+
+  return TRUE;
+}
+
+/* Fails or drops messages that will never be handled. */
+void
+spark_mailbox_drop_messages (SparkMailbox *mailbox,
+                             SparkMessage *list)
+{
+  while (list != NULL)
+    {
+      SparkMessage *msg = list;
+
+      list = msg->next;
+      msg->next = NULL;
+
+      if (msg->kind != SPARK_MESSAGE_SHUTDOWN)
+        g_atomic_int_add (&mailbox->n_pending, -1);
+
+      if (msg->kind == SPARK_MESSAGE_REQUEST)
+        spark_request_complete_literal ((SparkRequest *) msg,
+                                        SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                        "The module server was shut down before it handled the request");
+
+      spark_message_free (msg);
+    }
+}
+
+/*
+ * spark_mailbox_close:
+ * @abort: %TRUE to drop what is queued and cancel the running handler
+ *
+ * Closes the mailbox for a shutdown. In DRAIN mode a shutdown marker is
+ * queued behind everything already there (unless send_shutdown() queued one
+ * before). Returns %TRUE if the mailbox had never been opened: there is no
+ * server to wait for.
+ */
+gboolean
+spark_mailbox_close (SparkMailbox *mailbox,
+                     gboolean      abort)
+{
+  SparkMessage *dropped = NULL;
+  SparkRequest *current = NULL;
+  gboolean current_held = FALSE;
+  GSList *resolved;
+  gboolean was_new;
+  gboolean wake = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+
+  was_new = mailbox->state == SPARK_MAILBOX_NEW;
+
+  if (mailbox->state == SPARK_MAILBOX_OPEN && !abort)
+    enqueue_locked (mailbox, spark_message_new_shutdown (), FALSE, &wake);
+  mailbox->state = SPARK_MAILBOX_CLOSED;
+
+  resolved = take_waiters_locked (mailbox);
+
+  if (abort && !was_new)
+    {
+      g_atomic_int_set (&mailbox->aborting, TRUE);
+      dropped = g_steal_pointer (&mailbox->head);
+      mailbox->tail = NULL;
+      if (mailbox->current != NULL)
+        {
+          current = spark_request_ref (mailbox->current);
+          current_held = mailbox->current_held;
+        }
+      wake = TRUE;
+    }
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  notify_waiters (resolved);
+  spark_mailbox_drop_messages (mailbox, dropped);
+
+  if (abort && !was_new)
+    {
+      g_cancellable_cancel (mailbox->abort_cancellable);
+
+      if (current != NULL)
+        {
+          if (current_held)
+            spark_request_complete_literal (current, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                            "The module server was shut down (abort) while the request was being handled");
+          else if (spark_request_get_handler_cancellable (current) != NULL)
+            g_cancellable_cancel (spark_request_get_handler_cancellable (current));
+          spark_request_unref (current);
+        }
+    }
+
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+
+  return was_new;
+}
+
+/* The server takes everything queued at once. An empty result means the
+ * server goes idle: the next sender wakes it. */
+SparkMessage *
+spark_mailbox_take (SparkMailbox *mailbox)
+{
+  SparkMessage *batch;
+
+  g_mutex_lock (&mailbox->mutex);
+  batch = g_steal_pointer (&mailbox->head);
+  mailbox->tail = NULL;
+  if (batch == NULL)
+    mailbox->consumer_idle = TRUE;
+  g_mutex_unlock (&mailbox->mutex);
+
+  return batch;
+}
+
+/* The server starts handling one taken message: it no longer counts as
+ * pending, and in a bounded mailbox its place goes to the next waiter. */
+void
+spark_mailbox_release_one (SparkMailbox *mailbox)
+{
+  GSList *resolved = NULL;
+  GSList *dead = NULL;
+  gboolean wake = FALSE;
+
+  if (mailbox->capacity == 0)
+    {
+      g_atomic_int_add (&mailbox->n_pending, -1);
+      return;
+    }
+
+  /* Under the lock: a sender that found no room must either see this
+   * place freed or be admitted by us. */
+  g_mutex_lock (&mailbox->mutex);
+  g_atomic_int_add (&mailbox->n_pending, -1);
+  admit_locked (mailbox, &resolved, &dead, &wake);
+  g_mutex_unlock (&mailbox->mutex);
+
+  free_dead_waiters (dead);
+  notify_waiters (resolved);
+  /* The server is running: admitted messages are taken on its next pass. */
+}
+
+/* The server tells an ABORT which request it is working on: a held
+ * invocation's request fails with CLOSED, a running handler's cancellable
+ * is cancelled. */
+void
+spark_mailbox_set_current (SparkMailbox *mailbox,
+                           SparkRequest *req,
+                           gboolean      held)
+{
+  SparkRequest *old;
+
+  g_mutex_lock (&mailbox->mutex);
+  old = mailbox->current;
+  mailbox->current = req ? spark_request_ref (req) : NULL;
+  mailbox->current_held = held;
+  g_mutex_unlock (&mailbox->mutex);
+
+  if (old != NULL)
+    spark_request_unref (old);
+}
+
+/* The server has stopped: fails whatever an abort left behind and hands
+ * back the send_shutdown() token (transfer full, nullable) to cancel. */
+GCancellable *
+spark_mailbox_finish (SparkMailbox *mailbox)
+{
+  SparkMessage *leftovers;
+  GCancellable *token;
+
+  g_mutex_lock (&mailbox->mutex);
+  g_assert (mailbox->state == SPARK_MAILBOX_CLOSED);
+  leftovers = g_steal_pointer (&mailbox->head);
+  mailbox->tail = NULL;
+  token = g_steal_pointer (&mailbox->token);
+  g_mutex_unlock (&mailbox->mutex);
+
+  spark_mailbox_drop_messages (mailbox, leftovers);
+
+  return token;
+}

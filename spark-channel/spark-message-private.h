@@ -1,0 +1,150 @@
+/* spark-message-private.h: messages, requests and their completion
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#include <gio/gio.h>
+
+#include "spark-dispatcher.h"
+
+G_BEGIN_DECLS
+
+typedef struct _SparkMailbox    SparkMailbox;
+typedef struct _SparkMessage    SparkMessage;
+typedef struct _SparkPortItem   SparkPortItem;
+typedef struct _SparkReplyPort  SparkReplyPort;
+typedef struct _SparkRequest    SparkRequest;
+typedef struct _SparkRoomWaiter SparkRoomWaiter;
+typedef struct _SparkSyncWaiter SparkSyncWaiter;
+
+typedef enum {
+  SPARK_MESSAGE_REQUEST,
+  SPARK_MESSAGE_COMMAND,
+  SPARK_MESSAGE_SHUTDOWN,
+} SparkMessageKind;
+
+/* What the mailbox queues. A command is exactly this struct followed by its
+ * name (one allocation); a request embeds it first. All fields but @next are
+ * immutable once the message is queued; @next belongs to whoever holds the
+ * message (the mailbox lock while queued, then the server). */
+struct _SparkMessage
+{
+  SparkMessage *next;
+  GVariant     *parameters;
+  const char   *name;
+  guint32       kind;
+};
+
+/* An item delivered in a batch on a requester's main context. */
+typedef void (*SparkPortDeliverFunc) (SparkPortItem *item);
+
+struct _SparkPortItem
+{
+  SparkPortItem        *next;   /* the port's lock */
+  SparkPortDeliverFunc  deliver;
+};
+
+typedef enum {
+  SPARK_REPLY_SYNC,
+  SPARK_REPLY_TASK,
+  SPARK_REPLY_FUNC,
+} SparkReplyKind;
+
+/* One request in flight. Reference counted (atomically): the sender's side
+ * (the mailbox queue, then the server or a room waiter) holds one reference,
+ * the completion side (the sync caller or the reply port delivery) another;
+ * a connected cancellable, the timer and an invocation hold one each.
+ *
+ * Exactly-once: whoever flips @claimed from 0 to 1 (the handler's reply, the
+ * requester's cancellable, the timer, a shutdown, a refusal at send time)
+ * writes @reply/@error and delivers; everybody else drops what they had. */
+struct _SparkRequest
+{
+  SparkMessage     msg;
+
+  gint             ref_count;         /* atomic */
+  gint             claimed;           /* atomic: 0 -> 1 once */
+  gint             done;              /* atomic: SYNC only, set when delivered */
+  gint             cancel_armed;      /* atomic: the cancel handler may claim */
+  guint8           reply_kind;        /* immutable */
+  gboolean         from_handler;      /* written by the claim winner */
+
+  GVariant        *reply;             /* written by the claim winner before delivery */
+  GError          *error;             /* same */
+
+  GVariantType    *reply_type;        /* immutable, nullable */
+  GCancellable    *cancellable;       /* immutable, nullable: the requester's */
+  gulong           cancel_id;         /* written before cancel_armed is set */
+  GCancellable    *handler_cancellable; /* immutable, nullable: only with a cancellable or timeout */
+  gint64           deadline;          /* immutable: monotonic µs, 0 for none */
+  GSequenceIter   *timer_iter;        /* the timer's lock */
+  SparkMailbox    *serving;           /* atomic: set while an invocation holds the request */
+
+  /* Where the outcome goes; immutable after send. */
+  SparkSyncWaiter *waiter;            /* SYNC */
+  SparkReplyPort  *port;              /* TASK, FUNC: a reference */
+  SparkPortItem    port_item;
+  GTask           *task;              /* TASK */
+  SparkReplyFunc   reply_func;        /* FUNC */
+  gpointer         user_data;
+  GDestroyNotify   destroy;
+};
+
+/* A thread's parking place for blocking calls: one per thread. */
+struct _SparkSyncWaiter
+{
+  GMutex   mutex;
+  GCond    cond;
+  gboolean parked;   /* the mutex: the owner thread sleeps in cond */
+};
+
+SparkMessage    *spark_message_new_command         (const char       *name,
+                                                    GVariant         *parameters);
+SparkMessage    *spark_message_new_shutdown        (void);
+void             spark_message_free                (SparkMessage     *msg);
+
+SparkRequest    *spark_request_new                 (const char          *name,
+                                                    GVariant            *parameters,
+                                                    const GVariantType  *reply_type,
+                                                    GCancellable        *cancellable,
+                                                    gint                 timeout_msec,
+                                                    SparkReplyKind       reply_kind);
+SparkRequest    *spark_request_ref                 (SparkRequest     *req);
+void             spark_request_unref               (SparkRequest     *req);
+gboolean         spark_request_is_claimed          (SparkRequest     *req);
+gboolean         spark_request_complete            (SparkRequest     *req,
+                                                    GVariant         *reply,
+                                                    GError           *error);
+void             spark_request_complete_literal    (SparkRequest     *req,
+                                                    GQuark            domain,
+                                                    gint              code,
+                                                    const char       *message);
+gboolean         spark_request_return_reply        (SparkRequest     *req,
+                                                    GVariant         *reply,
+                                                    GError           *error);
+void             spark_request_arm                 (SparkRequest     *req);
+void             spark_request_disarm              (SparkRequest     *req);
+GCancellable    *spark_request_get_handler_cancellable (SparkRequest *req);
+
+SparkSyncWaiter *spark_sync_waiter_get             (void);
+void             spark_sync_waiter_wait            (SparkSyncWaiter  *waiter,
+                                                    gint             *flag);
+void             spark_sync_waiter_signal          (SparkSyncWaiter  *waiter,
+                                                    gint             *flag);
+
+SparkReplyPort  *spark_reply_port_get              (void);
+SparkReplyPort  *spark_reply_port_ref              (SparkReplyPort   *port);
+void             spark_reply_port_unref            (SparkReplyPort   *port);
+void             spark_reply_port_push             (SparkReplyPort   *port,
+                                                    SparkPortItem    *item);
+
+void             spark_timer_add                   (SparkRequest     *req);
+void             spark_timer_remove                (SparkRequest     *req);
+
+void             spark_request_set_spin            (guint             spin);
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (SparkRequest, spark_request_unref)
+
+G_END_DECLS

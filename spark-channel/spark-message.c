@@ -1,0 +1,460 @@
+/* spark-message.c: messages, requests and their exactly-once completion
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include "config.h"
+
+#include <string.h>
+
+#include "spark-error.h"
+#include "spark-mailbox-private.h"
+#include "spark-message-private.h"
+
+/* How many times a blocking caller polls for its outcome before it parks on
+ * its condition variable. A cross-thread wakeup costs tens of µs here, a
+ * hand-off seen while spinning well under one; SPARK_SPIN=0 turns it off. */
+static guint spin_limit = 2000;
+
+void
+spark_request_set_spin (guint spin)
+{
+  spin_limit = spin;
+}
+
+static inline void
+spark_cpu_relax (void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause ();
+#elif defined(__aarch64__)
+  __asm__ __volatile__ ("yield");
+#endif
+}
+
+static gsize
+spark_name_size (const char *name)
+{
+  return strlen (name) + 1;
+}
+
+SparkMessage *
+spark_message_new_command (const char *name,
+                           GVariant   *parameters)
+{
+  gsize len = spark_name_size (name);
+  SparkMessage *msg = g_malloc (sizeof *msg + len);
+  char *inline_name = (char *) (msg + 1);
+
+  memcpy (inline_name, name, len);
+  msg->next = NULL;
+  msg->parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
+  msg->name = inline_name;
+  msg->kind = SPARK_MESSAGE_COMMAND;
+
+  return msg;
+}
+
+SparkMessage *
+spark_message_new_shutdown (void)
+{
+  SparkMessage *msg = g_new0 (SparkMessage, 1);
+
+  msg->kind = SPARK_MESSAGE_SHUTDOWN;
+  msg->name = "";
+
+  return msg;
+}
+
+void
+spark_message_free (SparkMessage *msg)
+{
+  switch ((SparkMessageKind) msg->kind)
+    {
+    case SPARK_MESSAGE_REQUEST:
+      spark_request_unref ((SparkRequest *) msg);
+      break;
+
+    case SPARK_MESSAGE_COMMAND:
+    case SPARK_MESSAGE_SHUTDOWN:
+    default:
+      g_clear_pointer (&msg->parameters, g_variant_unref);
+      g_free (msg);
+      break;
+    }
+}
+
+static void spark_request_deliver_on_port (SparkPortItem *item);
+
+SparkRequest *
+spark_request_new (const char         *name,
+                   GVariant           *parameters,
+                   const GVariantType *reply_type,
+                   GCancellable       *cancellable,
+                   gint                timeout_msec,
+                   SparkReplyKind      reply_kind)
+{
+  gsize len = spark_name_size (name);
+  SparkRequest *req = g_malloc0 (sizeof *req + len);
+  char *inline_name = (char *) (req + 1);
+
+  memcpy (inline_name, name, len);
+  req->msg.kind = SPARK_MESSAGE_REQUEST;
+  req->msg.name = inline_name;
+  req->msg.parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
+  req->ref_count = 2;   /* the sender's side and the completion side */
+  req->reply_kind = reply_kind;
+  req->port_item.deliver = spark_request_deliver_on_port;
+
+  if (reply_type != NULL)
+    req->reply_type = g_variant_type_copy (reply_type);
+  if (cancellable != NULL)
+    req->cancellable = g_object_ref (cancellable);
+  if (timeout_msec > 0)
+    req->deadline = g_get_monotonic_time () + (gint64) timeout_msec * 1000;
+
+  /* Only requests that can end early need a cancellable of their own for
+   * the handler; the rest share the server's abort cancellable. */
+  if (cancellable != NULL || timeout_msec > 0)
+    req->handler_cancellable = g_cancellable_new ();
+
+  return req;
+}
+
+SparkRequest *
+spark_request_ref (SparkRequest *req)
+{
+  g_atomic_int_inc (&req->ref_count);
+  return req;
+}
+
+void
+spark_request_unref (SparkRequest *req)
+{
+  if (!g_atomic_int_dec_and_test (&req->ref_count))
+    return;
+
+  g_assert (req->serving == NULL);
+  g_assert (req->timer_iter == NULL);
+
+  g_clear_pointer (&req->msg.parameters, g_variant_unref);
+  g_clear_pointer (&req->reply, g_variant_unref);
+  g_clear_error (&req->error);
+  g_clear_pointer (&req->reply_type, g_variant_type_free);
+  g_clear_object (&req->cancellable);
+  g_clear_object (&req->handler_cancellable);
+  g_clear_object (&req->task);
+  g_clear_pointer (&req->port, spark_reply_port_unref);
+  g_free (req);
+}
+
+gboolean
+spark_request_is_claimed (SparkRequest *req)
+{
+  return g_atomic_int_get (&req->claimed) != 0;
+}
+
+GCancellable *
+spark_request_get_handler_cancellable (SparkRequest *req)
+{
+  return req->handler_cancellable;
+}
+
+static void
+spark_request_deliver (SparkRequest *req)
+{
+  switch ((SparkReplyKind) req->reply_kind)
+    {
+    case SPARK_REPLY_SYNC:
+      spark_sync_waiter_signal (req->waiter, &req->done);
+      break;
+
+    case SPARK_REPLY_TASK:
+    case SPARK_REPLY_FUNC:
+    default:
+      spark_reply_port_push (req->port, &req->port_item);
+      break;
+    }
+}
+
+static gboolean
+spark_request_complete_internal (SparkRequest *req,
+                                 GVariant     *reply,
+                                 GError       *error,
+                                 gboolean      from_handler)
+{
+  SparkMailbox *serving;
+
+  g_assert (reply == NULL || !g_variant_is_floating (reply));
+
+  if (!g_atomic_int_compare_and_exchange (&req->claimed, 0, 1))
+    {
+      /* Somebody else ended this request first: drop ours quietly. */
+      g_clear_pointer (&reply, g_variant_unref);
+      g_clear_error (&error);
+      return FALSE;
+    }
+
+  req->reply = reply;
+  req->error = error;
+  req->from_handler = from_handler;
+
+  if (req->deadline != 0)
+    spark_timer_remove (req);
+
+  /* Tell a handler still working on it that nobody waits any more. */
+  if (!from_handler && req->handler_cancellable != NULL)
+    g_cancellable_cancel (req->handler_cancellable);
+
+  /* A server waiting on this request's invocation moves on now. */
+  serving = g_atomic_pointer_exchange (&req->serving, NULL);
+  if (serving != NULL)
+    {
+      spark_mailbox_wake_server (serving);
+      spark_mailbox_unref (serving);
+    }
+
+  spark_request_deliver (req);
+
+  return TRUE;
+}
+
+/*
+ * spark_request_complete:
+ * @reply: (transfer full) (nullable): not floating
+ * @error: (transfer full) (nullable)
+ *
+ * Ends @req from outside its handler (cancellation, timeout, shutdown,
+ * refusal). Returns %TRUE if this call decided the outcome.
+ */
+gboolean
+spark_request_complete (SparkRequest *req,
+                        GVariant     *reply,
+                        GError       *error)
+{
+  return spark_request_complete_internal (req, reply, error, FALSE);
+}
+
+void
+spark_request_complete_literal (SparkRequest *req,
+                                GQuark        domain,
+                                gint          code,
+                                const char   *message)
+{
+  /* Cheap test first: most late completions lose. */
+  if (spark_request_is_claimed (req))
+    return;
+
+  spark_request_complete_internal (req, NULL, g_error_new_literal (domain, code, message), FALSE);
+}
+
+/*
+ * spark_request_return_reply:
+ * @reply: (transfer full) (nullable): what the handler returned, maybe floating
+ * @error: (transfer full) (nullable): what the handler set
+ *
+ * The handler's outcome: checks it against the contract and the requested
+ * reply type, then completes @req with it.
+ */
+gboolean
+spark_request_return_reply (SparkRequest *req,
+                            GVariant     *reply,
+                            GError       *error)
+{
+  if (reply != NULL)
+    reply = g_variant_ref_sink (reply);
+
+  if (error != NULL && reply != NULL)
+    {
+      g_critical ("The handler of request “%s” returned a reply and set an error; "
+                  "the error wins", req->msg.name);
+      g_clear_pointer (&reply, g_variant_unref);
+    }
+  else if (error == NULL && reply == NULL)
+    {
+      error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
+                           "The handler of request “%s” gave no reply and no error",
+                           req->msg.name);
+    }
+  else if (reply != NULL &&
+           req->reply_type != NULL &&
+           !g_variant_is_of_type (reply, req->reply_type))
+    {
+      error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
+                           "The reply to request “%s” has type “%s”, expected “%.*s”",
+                           req->msg.name,
+                           g_variant_get_type_string (reply),
+                           (int) g_variant_type_get_string_length (req->reply_type),
+                           g_variant_type_peek_string (req->reply_type));
+      g_clear_pointer (&reply, g_variant_unref);
+    }
+
+  return spark_request_complete_internal (req, reply, error, TRUE);
+}
+
+static void
+spark_request_on_cancelled (GCancellable *cancellable,
+                            SparkRequest *req)
+{
+  /* Runs in the canceller's stack, maybe inside g_cancellable_connect(): do
+   * not disconnect here. The request is disarmed when it is delivered. */
+  if (!g_atomic_int_get (&req->cancel_armed))
+    return;
+
+  spark_request_complete_literal (req, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                  "The request was cancelled");
+}
+
+/*
+ * spark_request_arm:
+ *
+ * Starts the clocks that can end @req early: its cancellable and its
+ * timeout. Called by the sender once the request's outcome has a place to go,
+ * before the request is queued.
+ */
+void
+spark_request_arm (SparkRequest *req)
+{
+  /* The cancellable first: its handler id must be stored before anybody
+   * else (the timer, the server) can end the request and deliver it. */
+  if (req->cancellable != NULL)
+    {
+      req->cancel_id = g_cancellable_connect (req->cancellable,
+                                              G_CALLBACK (spark_request_on_cancelled),
+                                              spark_request_ref (req),
+                                              (GDestroyNotify) spark_request_unref);
+      g_atomic_int_set (&req->cancel_armed, TRUE);
+
+      /* Cancelled between the caller's check and the connect: the handler
+       * ran before it was armed, so claim here. */
+      if (g_cancellable_is_cancelled (req->cancellable))
+        spark_request_complete_literal (req, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                        "The request was cancelled");
+    }
+
+  if (req->deadline != 0 && !spark_request_is_claimed (req))
+    spark_timer_add (req);
+}
+
+/* Called once the outcome has been delivered, never from a ::cancelled handler. */
+void
+spark_request_disarm (SparkRequest *req)
+{
+  if (req->cancel_id != 0)
+    {
+      g_cancellable_disconnect (req->cancellable, req->cancel_id);
+      req->cancel_id = 0;
+    }
+}
+
+/* Runs on the requester's context, from the reply port's batch. */
+static void
+spark_request_deliver_on_port (SparkPortItem *item)
+{
+  SparkRequest *req = (SparkRequest *) ((char *) item - G_STRUCT_OFFSET (SparkRequest, port_item));
+
+  spark_request_disarm (req);
+
+  /* Cancelled before the outcome was delivered: the requester asked for
+   * G_IO_ERROR_CANCELLED, whatever else happened. */
+  if (req->cancellable != NULL &&
+      g_cancellable_is_cancelled (req->cancellable) &&
+      !g_error_matches (req->error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    {
+      g_clear_pointer (&req->reply, g_variant_unref);
+      g_clear_error (&req->error);
+      req->error = g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                                        "The request was cancelled");
+    }
+
+  if (req->reply_kind == SPARK_REPLY_TASK)
+    {
+      GTask *task = g_steal_pointer (&req->task);
+
+      if (req->error != NULL)
+        g_task_return_error (task, g_steal_pointer (&req->error));
+      else
+        g_task_return_pointer (task, g_steal_pointer (&req->reply),
+                               (GDestroyNotify) g_variant_unref);
+      g_object_unref (task);
+    }
+  else
+    {
+      req->reply_func (req->reply, req->error, req->user_data);
+      if (req->destroy != NULL)
+        req->destroy (req->user_data);
+    }
+
+  spark_request_unref (req);
+}
+
+/* Sync waiters ----------------------------------------------------------- */
+
+static void
+spark_sync_waiter_free (gpointer data)
+{
+  SparkSyncWaiter *waiter = data;
+
+  g_mutex_clear (&waiter->mutex);
+  g_cond_clear (&waiter->cond);
+  g_free (waiter);
+}
+
+static GPrivate sync_waiter_key = G_PRIVATE_INIT (spark_sync_waiter_free);
+
+SparkSyncWaiter *
+spark_sync_waiter_get (void)
+{
+  SparkSyncWaiter *waiter = g_private_get (&sync_waiter_key);
+
+  if G_UNLIKELY (waiter == NULL)
+    {
+      waiter = g_new0 (SparkSyncWaiter, 1);
+      g_mutex_init (&waiter->mutex);
+      g_cond_init (&waiter->cond);
+      g_private_set (&sync_waiter_key, waiter);
+    }
+
+  return waiter;
+}
+
+/* Waits, on the waiter's own thread, until @flag is set by
+ * spark_sync_waiter_signal(). Spins briefly first: a hand-off seen while
+ * spinning costs far less than a sleep and a wakeup. */
+void
+spark_sync_waiter_wait (SparkSyncWaiter *waiter,
+                        gint            *flag)
+{
+  for (guint i = 0; i < spin_limit; i++)
+    {
+      if (g_atomic_int_get (flag))
+        {
+          /* The signaller sets the flag under the mutex: passing through it
+           * makes sure it is done with the waiter before we go on. */
+          g_mutex_lock (&waiter->mutex);
+          g_mutex_unlock (&waiter->mutex);
+          return;
+        }
+      spark_cpu_relax ();
+    }
+
+  g_mutex_lock (&waiter->mutex);
+  while (!g_atomic_int_get (flag))
+    {
+      waiter->parked = TRUE;
+      g_cond_wait (&waiter->cond, &waiter->mutex);
+    }
+  waiter->parked = FALSE;
+  g_mutex_unlock (&waiter->mutex);
+}
+
+void
+spark_sync_waiter_signal (SparkSyncWaiter *waiter,
+                          gint            *flag)
+{
+  g_mutex_lock (&waiter->mutex);
+  g_atomic_int_set (flag, 1);
+  if (waiter->parked)
+    g_cond_signal (&waiter->cond);
+  g_mutex_unlock (&waiter->mutex);
+}

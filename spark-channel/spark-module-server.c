@@ -1,0 +1,1170 @@
+/* spark-module-server.c
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/**
+ * SparkModuleServer:
+ *
+ * Runs one module: a [iface@Spark.Handler] and the mailbox in front of it.
+ *
+ * Clients talk to the module through [class@Spark.Dispatcher]s made by
+ * [method@Spark.ModuleServer.create_dispatcher]. The server takes their
+ * messages from its mailbox and hands them to its handler one at a time, in
+ * mailbox order, on the server's [struct@GLib.MainContext]:
+ *
+ * - [method@Spark.ModuleServer.start] serves on a context you give (for
+ *   example a GTK application's main context, for handlers that touch the
+ *   UI or are written in JavaScript);
+ * - [method@Spark.ModuleServer.start_in_thread] serves on a thread of its
+ *   own, named after [property@Spark.ModuleServer:name], with its own
+ *   context.
+ *
+ * A started server keeps itself alive until it has stopped: dropping every
+ * reference does not stop it. Stop it with
+ * [method@Spark.ModuleServer.shutdown_async], or by sending it a shutdown
+ * message with [method@Spark.Dispatcher.send_shutdown], as you would join
+ * a thread.
+ *
+ * Signals and property notifications are emitted on the **owner context**:
+ * the thread-default main context of the thread that started the server.
+ * They wait until that context is iterated, so a handler connected from
+ * Python or JavaScript runs on its own thread. The owner context must be
+ * iterated for the server to finish stopping (joining its thread, running
+ * the shutdown callbacks and dropping the server's own reference).
+ *
+ * The server's own mailbox is drained by a single [struct@GLib.Source]:
+ * senders wake it only when it found the mailbox empty, so one wakeup
+ * serves a whole batch of messages.
+ *
+ * Since: 1.0
+ */
+
+#include "config.h"
+
+#include "spark-dispatcher-private.h"
+#include "spark-error.h"
+#include "spark-handler-private.h"
+#include "spark-invocation-private.h"
+#include "spark-mailbox-private.h"
+#include "spark-module-server.h"
+
+typedef struct
+{
+  GSource            source;
+  SparkModuleServer *server;   /* not a reference: the server outlives its started source */
+} SparkServerSource;
+
+typedef struct
+{
+  GTask   *task;
+  GSource *cancel_source;      /* nullable: when the caller gave a cancellable */
+} ShutdownWait;
+
+struct _SparkModuleServer
+{
+  GObject        parent_instance;
+
+  SparkHandler  *handler;          /* construct-only */
+  SparkMailbox  *mailbox;          /* immutable */
+  char          *name;             /* owner thread */
+  guint          capacity;         /* owner thread; frozen by start */
+
+  GMutex         state_mutex;
+  gboolean       started;          /* state_mutex: a start was accepted */
+  gboolean       finished;         /* state_mutex: stopped, thread joined */
+  GSList        *shutdown_waits;   /* state_mutex: ShutdownWait */
+
+  /* Set by start, immutable afterwards. */
+  GMainContext  *owner_context;
+  GMainContext  *context;
+  GSource       *source;
+  GThread       *thread;           /* state_mutex: own thread, joined on the owner side */
+  gboolean       own_thread;
+  gboolean       uses_invocation;
+
+  gint           running;          /* atomic, for the getter */
+
+  /* The server's context only. */
+  SparkMessage  *batch;            /* taken from the mailbox, not handled yet */
+  SparkRequest  *waiting;          /* a request whose invocation the handler holds */
+  gboolean       stopped;
+};
+
+G_DEFINE_FINAL_TYPE (SparkModuleServer, spark_module_server, G_TYPE_OBJECT)
+
+enum {
+  PROP_0,
+  PROP_HANDLER,
+  PROP_NAME,
+  PROP_CAPACITY,
+  PROP_RUNNING,
+  PROP_PENDING,
+  N_PROPS
+};
+
+enum {
+  COMMAND_FAILED,
+  N_SIGNALS
+};
+
+static GParamSpec *properties[N_PROPS];
+static guint signals[N_SIGNALS];
+
+/* Owner-context emissions -------------------------------------------------- */
+
+static void
+spark_module_server_invoke_owner (SparkModuleServer *self,
+                                  GSourceFunc        func,
+                                  gpointer           data,
+                                  GDestroyNotify     destroy)
+{
+  GSource *idle = g_idle_source_new ();
+
+  g_source_set_priority (idle, G_PRIORITY_DEFAULT);
+  g_source_set_callback (idle, func, data, destroy);
+  g_source_set_static_name (idle, "[spark] server notification");
+  g_source_attach (idle, self->owner_context);
+  g_source_unref (idle);
+}
+
+static gboolean
+notify_running_cb (gpointer data)
+{
+  g_object_notify_by_pspec (G_OBJECT (data), properties[PROP_RUNNING]);
+  return G_SOURCE_REMOVE;
+}
+
+typedef struct
+{
+  SparkModuleServer *server;
+  char              *name;
+  GVariant          *parameters;
+  GError            *error;
+} CommandFailure;
+
+static void
+command_failure_free (gpointer data)
+{
+  CommandFailure *failure = data;
+
+  g_object_unref (failure->server);
+  g_free (failure->name);
+  g_clear_pointer (&failure->parameters, g_variant_unref);
+  g_error_free (failure->error);
+  g_free (failure);
+}
+
+static gboolean
+emit_command_failed_cb (gpointer data)
+{
+  CommandFailure *failure = data;
+
+  g_signal_emit (failure->server, signals[COMMAND_FAILED], 0,
+                 failure->name, failure->parameters, failure->error);
+
+  return G_SOURCE_REMOVE;
+}
+
+static void
+spark_module_server_report_command_failure (SparkModuleServer *self,
+                                            SparkMessage      *msg,
+                                            GError            *error)
+{
+  CommandFailure *failure;
+
+  /* Logged here, on the server's context, as it happens; a warning only
+   * when nobody listens for the signal. */
+  if (g_signal_has_handler_pending (self, signals[COMMAND_FAILED], 0, TRUE))
+    g_debug ("Command “%s” of module server “%s” failed: %s",
+             msg->name, self->name ? self->name : "", error->message);
+  else
+    g_warning ("Command “%s” of module server “%s” failed: %s",
+               msg->name, self->name ? self->name : "", error->message);
+
+  failure = g_new0 (CommandFailure, 1);
+  failure->server = g_object_ref (self);
+  failure->name = g_strdup (msg->name);
+  failure->parameters = msg->parameters ? g_variant_ref (msg->parameters) : NULL;
+  failure->error = error;
+
+  spark_module_server_invoke_owner (self, emit_command_failed_cb, failure, command_failure_free);
+}
+
+/* Stopping ------------------------------------------------------------------ */
+
+static void
+shutdown_wait_free (ShutdownWait *wait)
+{
+  g_clear_object (&wait->task);
+  if (wait->cancel_source != NULL)
+    {
+      g_source_destroy (wait->cancel_source);
+      g_source_unref (wait->cancel_source);
+    }
+  g_free (wait);
+}
+
+/* Runs on the owner context once the server has stopped: the server's
+ * thread cannot join itself, and a stopping thread's context cannot deliver
+ * the shutdown callbacks. */
+static gboolean
+spark_module_server_finish_cb (gpointer data)
+{
+  SparkModuleServer *self = data;
+  GSList *waits;
+
+  GThread *thread;
+
+  g_mutex_lock (&self->state_mutex);
+  thread = g_steal_pointer (&self->thread);
+  g_mutex_unlock (&self->state_mutex);
+
+  if (thread != NULL)
+    g_thread_join (thread);
+
+  g_mutex_lock (&self->state_mutex);
+  self->finished = TRUE;
+  waits = g_steal_pointer (&self->shutdown_waits);
+  g_mutex_unlock (&self->state_mutex);
+
+  g_atomic_int_set (&self->running, FALSE);
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RUNNING]);
+
+  waits = g_slist_reverse (waits);
+  while (waits != NULL)
+    {
+      ShutdownWait *wait = waits->data;
+
+      waits = g_slist_delete_link (waits, waits);
+      g_task_return_boolean (wait->task, TRUE);
+      shutdown_wait_free (wait);
+    }
+
+  return G_SOURCE_REMOVE;
+}
+
+/* On the server's context: nothing more will be handled. */
+static void
+spark_module_server_stop (SparkModuleServer *self)
+{
+  GCancellable *token;
+
+  g_assert (!self->stopped);
+
+  self->stopped = TRUE;
+
+  spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&self->batch));
+  token = spark_mailbox_finish (self->mailbox);
+
+  g_source_destroy (self->source);
+
+  /* The crate's "tasks listening for the cancellation token are notified". */
+  if (token != NULL)
+    {
+      g_cancellable_cancel (token);
+      g_object_unref (token);
+    }
+
+  /* Without a thread of its own, the server is done: the owner side
+   * finishes (and drops the reference taken by start). A thread does this
+   * when its loop has ended. */
+  if (!self->own_thread)
+    spark_module_server_invoke_owner (self, spark_module_server_finish_cb, self, g_object_unref);
+}
+
+/* Handling ------------------------------------------------------------------ */
+
+static void
+spark_module_server_handle_command (SparkModuleServer *self,
+                                    SparkMessage      *msg)
+{
+  GError *error = NULL;
+
+  if (!spark_handler_handle_command (self->handler, msg->name, msg->parameters,
+                                     self->mailbox->abort_cancellable, &error))
+    {
+      if (error == NULL)
+        error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
+                             "The handler of command “%s” failed without an error",
+                             msg->name);
+      spark_module_server_report_command_failure (self, msg, error);
+    }
+}
+
+/* Returns TRUE if the handler holds the request's invocation: the server
+ * waits for the request to end before it handles the next message. */
+static gboolean
+spark_module_server_handle_request (SparkModuleServer *self,
+                                    SparkRequest      *req)
+{
+  SparkMailbox *mailbox = self->mailbox;
+  GCancellable *cancellable;
+
+  /* Cancelled or timed out while queued: the requester already knows. */
+  if (spark_request_is_claimed (req))
+    {
+      spark_request_unref (req);
+      return FALSE;
+    }
+
+  cancellable = req->handler_cancellable ? req->handler_cancellable : mailbox->abort_cancellable;
+
+  if (self->uses_invocation)
+    {
+      SparkInvocation *invocation = spark_invocation_new (req, cancellable);
+      SparkMailbox *serving;
+
+      spark_mailbox_set_current (mailbox, req, TRUE);
+      g_atomic_pointer_set (&req->serving, spark_mailbox_ref (mailbox));
+
+      spark_handler_handle_invocation (self->handler, invocation);
+      g_object_unref (invocation);
+
+      if (!spark_request_is_claimed (req))
+        {
+          self->waiting = req;
+          return TRUE;
+        }
+
+      serving = g_atomic_pointer_exchange (&req->serving, NULL);
+      if (serving != NULL)
+        spark_mailbox_unref (serving);
+      spark_mailbox_set_current (mailbox, NULL, FALSE);
+    }
+  else
+    {
+      GError *error = NULL;
+      GVariant *reply;
+
+      if (req->handler_cancellable != NULL)
+        spark_mailbox_set_current (mailbox, req, FALSE);
+
+      reply = spark_handler_handle_request (self->handler, req->msg.name, req->msg.parameters,
+                                            cancellable, &error);
+      spark_request_return_reply (req, reply, error);
+
+      if (req->handler_cancellable != NULL)
+        spark_mailbox_set_current (mailbox, NULL, FALSE);
+    }
+
+  spark_request_unref (req);
+  return FALSE;
+}
+
+/* The server's source: handles what is queued, a budget at a time so that
+ * other sources on a shared context get their turn. */
+static gboolean
+spark_module_server_dispatch (SparkModuleServer *self)
+{
+  SparkMailbox *mailbox = self->mailbox;
+  guint budget = self->own_thread ? 256 : 64;
+
+  g_source_set_ready_time (self->source, -1);
+
+  if (self->waiting != NULL)
+    {
+      SparkMailbox *serving;
+
+      if (!spark_request_is_claimed (self->waiting))
+        return G_SOURCE_CONTINUE;   /* the request's end wakes us */
+
+      serving = g_atomic_pointer_exchange (&self->waiting->serving, NULL);
+      if (serving != NULL)
+        spark_mailbox_unref (serving);
+      spark_mailbox_set_current (mailbox, NULL, FALSE);
+      g_clear_pointer (&self->waiting, spark_request_unref);
+    }
+
+  while (budget-- > 0)
+    {
+      SparkMessage *msg;
+
+      if G_UNLIKELY (g_atomic_int_get (&mailbox->aborting))
+        {
+          spark_module_server_stop (self);
+          return G_SOURCE_REMOVE;
+        }
+
+      if (self->batch == NULL)
+        {
+          self->batch = spark_mailbox_take (mailbox);
+          if (self->batch == NULL)
+            return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
+        }
+
+      msg = self->batch;
+      self->batch = msg->next;
+      msg->next = NULL;
+
+      switch ((SparkMessageKind) msg->kind)
+        {
+        case SPARK_MESSAGE_SHUTDOWN:
+          spark_message_free (msg);
+          spark_module_server_stop (self);
+          return G_SOURCE_REMOVE;
+
+        case SPARK_MESSAGE_COMMAND:
+          spark_mailbox_release_one (mailbox);
+          spark_module_server_handle_command (self, msg);
+          spark_message_free (msg);
+          break;
+
+        case SPARK_MESSAGE_REQUEST:
+          spark_mailbox_release_one (mailbox);
+          if (spark_module_server_handle_request (self, (SparkRequest *) msg))
+            return G_SOURCE_CONTINUE;
+          break;
+
+        default:
+          g_assert_not_reached ();
+        }
+    }
+
+  /* More to do, after the context's other sources had their turn. */
+  g_source_set_ready_time (self->source, 0);
+  return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+spark_server_source_dispatch (GSource     *source,
+                              GSourceFunc  callback,
+                              gpointer     user_data)
+{
+  return spark_module_server_dispatch (((SparkServerSource *) source)->server);
+}
+
+static GSourceFuncs spark_server_source_funcs = {
+  .dispatch = spark_server_source_dispatch,
+};
+
+static gpointer
+spark_module_server_thread_func (gpointer data)
+{
+  SparkModuleServer *self = data;
+
+  /* Pushing acquires the context for the thread's whole life, which is how
+   * blocking calls from this thread are recognized as deadlocks. */
+  g_main_context_push_thread_default (self->context);
+  while (!self->stopped)
+    g_main_context_iteration (self->context, TRUE);
+  g_main_context_pop_thread_default (self->context);
+
+  spark_module_server_invoke_owner (self, spark_module_server_finish_cb, self, g_object_unref);
+
+  return NULL;
+}
+
+/* GObject ------------------------------------------------------------------- */
+
+static void
+spark_module_server_dispose (GObject *object)
+{
+  SparkModuleServer *self = SPARK_MODULE_SERVER (object);
+
+  /* A started server holds itself until it has stopped, so by now it
+   * either never started or has finished. */
+  g_clear_object (&self->handler);
+
+  G_OBJECT_CLASS (spark_module_server_parent_class)->dispose (object);
+}
+
+static void
+spark_module_server_finalize (GObject *object)
+{
+  SparkModuleServer *self = SPARK_MODULE_SERVER (object);
+
+  /* Never started: nobody can send any more, close the mailbox for the
+   * dispatchers that outlive us. */
+  if (!self->started)
+    spark_mailbox_close (self->mailbox, FALSE);
+
+  g_assert (self->shutdown_waits == NULL);
+  g_assert (self->thread == NULL);
+
+  g_clear_pointer (&self->mailbox, spark_mailbox_unref);
+  g_clear_pointer (&self->source, g_source_unref);
+  g_clear_pointer (&self->context, g_main_context_unref);
+  g_clear_pointer (&self->owner_context, g_main_context_unref);
+  g_clear_pointer (&self->name, g_free);
+  g_mutex_clear (&self->state_mutex);
+
+  G_OBJECT_CLASS (spark_module_server_parent_class)->finalize (object);
+}
+
+static void
+spark_module_server_get_property (GObject    *object,
+                                  guint       prop_id,
+                                  GValue     *value,
+                                  GParamSpec *pspec)
+{
+  SparkModuleServer *self = SPARK_MODULE_SERVER (object);
+
+  switch (prop_id)
+    {
+    case PROP_HANDLER:
+      g_value_set_object (value, self->handler);
+      break;
+
+    case PROP_NAME:
+      g_value_set_string (value, self->name);
+      break;
+
+    case PROP_CAPACITY:
+      g_value_set_uint (value, self->capacity);
+      break;
+
+    case PROP_RUNNING:
+      g_value_set_boolean (value, spark_module_server_get_running (self));
+      break;
+
+    case PROP_PENDING:
+      g_value_set_uint (value, spark_module_server_get_pending (self));
+      break;
+
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+spark_module_server_set_property (GObject      *object,
+                                  guint         prop_id,
+                                  const GValue *value,
+                                  GParamSpec   *pspec)
+{
+  SparkModuleServer *self = SPARK_MODULE_SERVER (object);
+
+  switch (prop_id)
+    {
+    case PROP_HANDLER:
+      self->handler = g_value_dup_object (value);
+      break;
+
+    case PROP_NAME:
+      spark_module_server_set_name (self, g_value_get_string (value));
+      break;
+
+    case PROP_CAPACITY:
+      spark_module_server_set_capacity (self, g_value_get_uint (value));
+      break;
+
+    default:
+      G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
+    }
+}
+
+static void
+spark_module_server_constructed (GObject *object)
+{
+  SparkModuleServer *self = SPARK_MODULE_SERVER (object);
+
+  G_OBJECT_CLASS (spark_module_server_parent_class)->constructed (object);
+
+  if (self->handler == NULL)
+    g_critical ("A SparkModuleServer needs a handler: set the “handler” property at construction");
+}
+
+static void
+spark_module_server_class_init (SparkModuleServerClass *klass)
+{
+  GObjectClass *object_class = G_OBJECT_CLASS (klass);
+
+  object_class->constructed = spark_module_server_constructed;
+  object_class->dispose = spark_module_server_dispose;
+  object_class->finalize = spark_module_server_finalize;
+  object_class->get_property = spark_module_server_get_property;
+  object_class->set_property = spark_module_server_set_property;
+
+  /**
+   * SparkModuleServer:handler:
+   *
+   * The handler that the server runs.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_HANDLER] =
+    g_param_spec_object ("handler", NULL, NULL,
+                         SPARK_TYPE_HANDLER,
+                         (G_PARAM_READWRITE |
+                          G_PARAM_CONSTRUCT_ONLY |
+                          G_PARAM_EXPLICIT_NOTIFY |
+                          G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:name:
+   *
+   * The module's name, used in log messages and as the name of the
+   * server's thread (set it before [method@Spark.ModuleServer.start_in_thread]).
+   *
+   * Since: 1.0
+   */
+  properties[PROP_NAME] =
+    g_param_spec_string ("name", NULL, NULL,
+                         NULL,
+                         (G_PARAM_READWRITE |
+                          G_PARAM_EXPLICIT_NOTIFY |
+                          G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:capacity:
+   *
+   * How many messages the mailbox holds before senders wait for room; 0
+   * (the default) means unbounded. Only settable before the server starts:
+   * setting it afterwards is a programmer error and is ignored.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_CAPACITY] =
+    g_param_spec_uint ("capacity", NULL, NULL,
+                       0, G_MAXINT, 0,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:running:
+   *
+   * Whether the server has started and not yet stopped. Notified on the
+   * owner context.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_RUNNING] =
+    g_param_spec_boolean ("running", NULL, NULL,
+                          FALSE,
+                          (G_PARAM_READABLE |
+                           G_PARAM_EXPLICIT_NOTIFY |
+                           G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:pending:
+   *
+   * How many messages are queued now: not the one being handled, not
+   * senders waiting for room. Not notified; read it when you need it.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_PENDING] =
+    g_param_spec_uint ("pending", NULL, NULL,
+                       0, G_MAXUINT, 0,
+                       (G_PARAM_READABLE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  g_object_class_install_properties (object_class, N_PROPS, properties);
+
+  /**
+   * SparkModuleServer::command-failed:
+   * @self: the server
+   * @name: the command's name
+   * @parameters: (nullable): the command's parameters
+   * @error: what the handler reported
+   *
+   * Emitted on the owner context when the handler failed a command. The
+   * error never reaches the command's sender. The failure is also logged in
+   * the `SparkChannel` domain when it happens: as a warning when no handler
+   * is connected to this signal at that moment, as debug otherwise.
+   *
+   * Since: 1.0
+   */
+  signals[COMMAND_FAILED] =
+    g_signal_new ("command-failed",
+                  G_TYPE_FROM_CLASS (klass),
+                  G_SIGNAL_RUN_LAST,
+                  0,
+                  NULL, NULL,
+                  NULL,
+                  G_TYPE_NONE, 3,
+                  G_TYPE_STRING | G_SIGNAL_TYPE_STATIC_SCOPE,
+                  G_TYPE_VARIANT,
+                  G_TYPE_ERROR);
+}
+
+static void
+spark_module_server_init (SparkModuleServer *self)
+{
+  g_mutex_init (&self->state_mutex);
+  self->mailbox = spark_mailbox_new ();
+}
+
+/* API ------------------------------------------------------------------------ */
+
+/**
+ * spark_module_server_new:
+ * @handler: the handler to run
+ *
+ * Makes a server for @handler. It handles nothing until it is started with
+ * [method@Spark.ModuleServer.start] or
+ * [method@Spark.ModuleServer.start_in_thread]; until then, messages sent to
+ * it fail with %SPARK_CHANNEL_ERROR_CLOSED.
+ *
+ * Returns: (transfer full): a new server
+ *
+ * Since: 1.0
+ */
+SparkModuleServer *
+spark_module_server_new (SparkHandler *handler)
+{
+  g_return_val_if_fail (SPARK_IS_HANDLER (handler), NULL);
+
+  return g_object_new (SPARK_TYPE_MODULE_SERVER,
+                       "handler", handler,
+                       NULL);
+}
+
+/**
+ * spark_module_server_get_handler:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * The handler the server runs.
+ *
+ * Returns: (transfer none): the handler
+ *
+ * Since: 1.0
+ */
+SparkHandler *
+spark_module_server_get_handler (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), NULL);
+
+  return self->handler;
+}
+
+/**
+ * spark_module_server_get_name:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * The server's name.
+ *
+ * Returns: (nullable): the name, or %NULL if none was set
+ *
+ * Since: 1.0
+ */
+const char *
+spark_module_server_get_name (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), NULL);
+
+  return self->name;
+}
+
+/**
+ * spark_module_server_set_name:
+ * @self: a [class@Spark.ModuleServer]
+ * @name: (nullable): the new name
+ *
+ * Names the server, in log messages and for its thread. Call it from the
+ * thread that owns the server, before starting it for the thread's name to
+ * follow.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_name (SparkModuleServer *self,
+                              const char        *name)
+{
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+
+  if (g_strcmp0 (self->name, name) != 0)
+    {
+      g_free (self->name);
+      self->name = g_strdup (name);
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_NAME]);
+    }
+}
+
+/**
+ * spark_module_server_get_capacity:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * The mailbox's capacity.
+ *
+ * Returns: the capacity, 0 for unbounded
+ *
+ * Since: 1.0
+ */
+guint
+spark_module_server_get_capacity (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 0);
+
+  return self->capacity;
+}
+
+/**
+ * spark_module_server_set_capacity:
+ * @self: a [class@Spark.ModuleServer]
+ * @capacity: how many messages the mailbox holds, 0 for unbounded
+ *
+ * Bounds the mailbox. When it is full, [method@Spark.Dispatcher.try_send_command]
+ * fails with %SPARK_CHANNEL_ERROR_FULL, blocking sends wait and
+ * asynchronous sends wait asynchronously, first come first served.
+ *
+ * Only before the server starts: afterwards it is a programmer error
+ * (a critical) and the call is ignored.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_capacity (SparkModuleServer *self,
+                                  guint              capacity)
+{
+  gboolean started;
+
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (capacity <= G_MAXINT);
+
+  g_mutex_lock (&self->state_mutex);
+  started = self->started;
+  g_mutex_unlock (&self->state_mutex);
+
+  if (started)
+    {
+      g_critical ("The capacity of module server “%s” cannot change once it has started",
+                  self->name ? self->name : "");
+      return;
+    }
+
+  if (self->capacity != capacity)
+    {
+      self->capacity = capacity;
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_CAPACITY]);
+    }
+}
+
+/**
+ * spark_module_server_get_running:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Whether the server has started and has not yet stopped. May be called
+ * from any thread.
+ *
+ * Returns: %TRUE while the server runs
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_module_server_get_running (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), FALSE);
+
+  return g_atomic_int_get (&self->running);
+}
+
+/**
+ * spark_module_server_get_pending:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * How many messages are queued now: not the one being handled, not senders
+ * waiting for room, not a shutdown message. May be called from any thread.
+ *
+ * Returns: the number of queued messages
+ *
+ * Since: 1.0
+ */
+guint
+spark_module_server_get_pending (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 0);
+
+  return spark_mailbox_get_pending (self->mailbox);
+}
+
+static gboolean
+spark_module_server_start_internal (SparkModuleServer  *self,
+                                    GMainContext       *context,
+                                    gboolean            own_thread,
+                                    GError            **error)
+{
+  GSource *source;
+
+  g_mutex_lock (&self->state_mutex);
+
+  if (self->started)
+    {
+      g_mutex_unlock (&self->state_mutex);
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_ALREADY_STARTED,
+                   "The module server “%s” was started before",
+                   self->name ? self->name : "");
+      return FALSE;
+    }
+
+  source = g_source_new (&spark_server_source_funcs, sizeof (SparkServerSource));
+  ((SparkServerSource *) source)->server = self;
+  g_source_set_static_name (source, "[spark] module server");
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+
+  if (!spark_mailbox_open (self->mailbox, source, context,
+                           own_thread ? NULL : g_thread_self (),
+                           self->capacity, error))
+    {
+      g_mutex_unlock (&self->state_mutex);
+      g_source_unref (source);
+      return FALSE;
+    }
+
+  self->started = TRUE;
+  self->own_thread = own_thread;
+  self->source = source;
+  self->context = g_main_context_ref (context);
+  self->owner_context = g_main_context_ref_thread_default ();
+  self->uses_invocation = spark_handler_uses_invocation (self->handler);
+  g_atomic_int_set (&self->running, TRUE);
+
+  /* Held until the server has stopped and the owner side has finished. */
+  g_object_ref (self);
+
+  g_source_attach (source, context);
+
+  if (own_thread)
+    self->thread = g_thread_new (self->name ? self->name : "spark-server",
+                                 spark_module_server_thread_func, self);
+
+  g_mutex_unlock (&self->state_mutex);
+
+  spark_module_server_invoke_owner (self, notify_running_cb, g_object_ref (self), g_object_unref);
+
+  return TRUE;
+}
+
+static gboolean
+spark_module_server_refuse_main_only (SparkModuleServer  *self,
+                                      GError            **error)
+{
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+               "The handler %s is written in JavaScript, which GJS runs only on its main "
+               "thread: start its server with spark_module_server_start() on the global "
+               "default main context",
+               G_OBJECT_TYPE_NAME (self->handler));
+  return FALSE;
+}
+
+/**
+ * spark_module_server_start:
+ * @self: a [class@Spark.ModuleServer]
+ * @context: (nullable): where to run the handler, or %NULL for the calling
+ *   thread's thread-default main context
+ * @error: return location for an error
+ *
+ * Starts serving on @context: the handler runs there, whenever that
+ * context is iterated. The calling thread's thread-default context becomes
+ * the server's owner context, where its signals and notifications are
+ * emitted.
+ *
+ * Blocking calls to this server ([method@Spark.Dispatcher.request_sync],
+ * [method@Spark.Dispatcher.send_command] when it must wait) made on the
+ * calling thread, or on a thread that owns @context, fail with
+ * %SPARK_CHANNEL_ERROR_WOULD_DEADLOCK.
+ *
+ * Fails with %SPARK_CHANNEL_ERROR_ALREADY_STARTED if the server was started
+ * before, with %SPARK_CHANNEL_ERROR_CLOSED if it was shut down before it
+ * ever started, and with %SPARK_CHANNEL_ERROR_NOT_SUPPORTED if its handler
+ * is written in JavaScript and @context is not the global default context.
+ * A refused start does not count as a start.
+ *
+ * Returns: %TRUE if the server started
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_module_server_start (SparkModuleServer  *self,
+                           GMainContext       *context,
+                           GError            **error)
+{
+  g_autoptr(GMainContext) target = NULL;
+
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), FALSE);
+  g_return_val_if_fail (self->handler != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  target = context ? g_main_context_ref (context) : g_main_context_ref_thread_default ();
+
+  if (spark_handler_is_main_only (self->handler) && target != g_main_context_default ())
+    return spark_module_server_refuse_main_only (self, error);
+
+  return spark_module_server_start_internal (self, target, FALSE, error);
+}
+
+/**
+ * spark_module_server_start_in_thread:
+ * @self: a [class@Spark.ModuleServer]
+ * @error: return location for an error
+ *
+ * Starts serving on a new thread, named after
+ * [property@Spark.ModuleServer:name], with a main context of its own that
+ * is the thread-default context of every handler call. The calling
+ * thread's thread-default context becomes the server's owner context.
+ *
+ * Fails like [method@Spark.ModuleServer.start]; a handler written in
+ * JavaScript always fails with %SPARK_CHANNEL_ERROR_NOT_SUPPORTED.
+ *
+ * Returns: %TRUE if the server started
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_module_server_start_in_thread (SparkModuleServer  *self,
+                                     GError            **error)
+{
+  g_autoptr(GMainContext) context = NULL;
+
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), FALSE);
+  g_return_val_if_fail (self->handler != NULL, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (spark_handler_is_main_only (self->handler))
+    return spark_module_server_refuse_main_only (self, error);
+
+  context = g_main_context_new ();
+
+  return spark_module_server_start_internal (self, context, TRUE, error);
+}
+
+/**
+ * spark_module_server_create_dispatcher:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Makes a dispatcher that sends messages to this server. Any number of
+ * dispatchers may serve one server, and each may be used from any thread.
+ * A dispatcher does not keep the server alive; once the server has shut
+ * down, its sends fail with %SPARK_CHANNEL_ERROR_CLOSED.
+ *
+ * Returns: (transfer full): a new dispatcher
+ *
+ * Since: 1.0
+ */
+SparkDispatcher *
+spark_module_server_create_dispatcher (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), NULL);
+
+  return spark_dispatcher_new (self->mailbox);
+}
+
+static gboolean
+shutdown_wait_cancelled_cb (GCancellable *cancellable,
+                            gpointer      data)
+{
+  GTask *task = data;
+  SparkModuleServer *self = g_task_get_source_object (task);
+  ShutdownWait *found = NULL;
+
+  g_mutex_lock (&self->state_mutex);
+  for (GSList *l = self->shutdown_waits; l != NULL; l = l->next)
+    {
+      ShutdownWait *wait = l->data;
+
+      if (wait->task == task)
+        {
+          found = wait;
+          self->shutdown_waits = g_slist_delete_link (self->shutdown_waits, l);
+          break;
+        }
+    }
+  g_mutex_unlock (&self->state_mutex);
+
+  if (found != NULL)
+    {
+      g_task_return_new_error (found->task, G_IO_ERROR, G_IO_ERROR_CANCELLED,
+                               "Waiting for the module server to stop was cancelled; "
+                               "the shutdown goes on");
+      shutdown_wait_free (found);
+    }
+
+  return G_SOURCE_REMOVE;
+}
+
+/**
+ * spark_module_server_shutdown_async:
+ * @self: a [class@Spark.ModuleServer]
+ * @mode: how to stop
+ * @cancellable: (nullable): abandons the wait (not the shutdown)
+ * @callback: (scope async) (closure user_data): called once the server has
+ *   stopped
+ * @user_data: data for @callback
+ *
+ * Stops the server. Both modes close the mailbox at once: later sends, and
+ * senders still waiting for room, fail with %SPARK_CHANNEL_ERROR_CLOSED.
+ * %SPARK_SHUTDOWN_MODE_DRAIN then handles everything already queued;
+ * %SPARK_SHUTDOWN_MODE_ABORT fails queued requests and a request whose
+ * invocation is still held with %SPARK_CHANNEL_ERROR_CLOSED, drops queued
+ * commands, and cancels the running handler's cancellable (a synchronous
+ * handler that ignores it runs to its end: the server stops when it
+ * returns).
+ *
+ * @callback runs on the caller's thread-default main context once the
+ * server has stopped (its thread, if it has one, has ended) and its owner
+ * context has been iterated; on a server never started or already
+ * stopped, it runs at once (in a later iteration) with %TRUE. Cancelling
+ * @cancellable only abandons the wait, with %G_IO_ERROR_CANCELLED.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_shutdown_async (SparkModuleServer   *self,
+                                    SparkShutdownMode    mode,
+                                    GCancellable        *cancellable,
+                                    GAsyncReadyCallback  callback,
+                                    gpointer             user_data)
+{
+  g_autoptr(GTask) task = NULL;
+  gboolean wait;
+
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (mode == SPARK_SHUTDOWN_MODE_DRAIN || mode == SPARK_SHUTDOWN_MODE_ABORT);
+  g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
+
+  task = g_task_new (self, cancellable, callback, user_data);
+  g_task_set_source_tag (task, spark_module_server_shutdown_async);
+  g_task_set_name (task, "[spark] module server shutdown");
+
+  g_mutex_lock (&self->state_mutex);
+  wait = self->started && !self->finished;
+  if (wait)
+    {
+      ShutdownWait *shutdown_wait = g_new0 (ShutdownWait, 1);
+
+      shutdown_wait->task = g_object_ref (task);
+      if (cancellable != NULL)
+        {
+          shutdown_wait->cancel_source = g_cancellable_source_new (cancellable);
+          g_source_set_callback (shutdown_wait->cancel_source,
+                                 G_SOURCE_FUNC (shutdown_wait_cancelled_cb),
+                                 g_object_ref (task), g_object_unref);
+          g_source_attach (shutdown_wait->cancel_source, g_task_get_context (task));
+        }
+      self->shutdown_waits = g_slist_prepend (self->shutdown_waits, shutdown_wait);
+    }
+  g_mutex_unlock (&self->state_mutex);
+
+  spark_mailbox_close (self->mailbox, mode == SPARK_SHUTDOWN_MODE_ABORT);
+
+  if (!wait)
+    g_task_return_boolean (task, TRUE);
+}
+
+/**
+ * spark_module_server_shutdown_finish:
+ * @self: a [class@Spark.ModuleServer]
+ * @result: the result given to the callback
+ * @error: return location for an error
+ *
+ * Finishes [method@Spark.ModuleServer.shutdown_async].
+ *
+ * Returns: %TRUE once the server has stopped; %FALSE with
+ *   %G_IO_ERROR_CANCELLED if the wait was abandoned
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_module_server_shutdown_finish (SparkModuleServer  *self,
+                                     GAsyncResult       *result,
+                                     GError            **error)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), FALSE);
+  g_return_val_if_fail (g_task_is_valid (result, self), FALSE);
+  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == spark_module_server_shutdown_async, FALSE);
+
+  return g_task_propagate_boolean (G_TASK (result), error);
+}

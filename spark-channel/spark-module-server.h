@@ -1,0 +1,80 @@
+/* spark-module-server.h
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#pragma once
+
+#if !defined(SPARK_INSIDE) && !defined(SPARK_COMPILATION)
+# error "Only <spark-channel.h> can be included directly."
+#endif
+
+#include <gio/gio.h>
+
+#include "spark-dispatcher.h"
+#include "spark-handler.h"
+#include "spark-version-macros.h"
+
+G_BEGIN_DECLS
+
+/**
+ * SparkShutdownMode:
+ * @SPARK_SHUTDOWN_MODE_DRAIN: handle everything already queued, then stop
+ * @SPARK_SHUTDOWN_MODE_ABORT: stop now: queued requests fail with
+ *   %SPARK_CHANNEL_ERROR_CLOSED, queued commands are dropped and the running
+ *   handler's cancellable is cancelled
+ *
+ * How [method@Spark.ModuleServer.shutdown_async] stops a server. Both modes
+ * close the mailbox at once.
+ *
+ * Since: 1.0
+ */
+typedef enum {
+  SPARK_SHUTDOWN_MODE_DRAIN,
+  SPARK_SHUTDOWN_MODE_ABORT,
+} SparkShutdownMode;
+
+#define SPARK_TYPE_MODULE_SERVER (spark_module_server_get_type ())
+
+SPARK_AVAILABLE_IN_1_0
+G_DECLARE_FINAL_TYPE (SparkModuleServer, spark_module_server, SPARK, MODULE_SERVER, GObject)
+
+SPARK_AVAILABLE_IN_1_0
+SparkModuleServer *spark_module_server_new               (SparkHandler        *handler);
+SPARK_AVAILABLE_IN_1_0
+SparkHandler      *spark_module_server_get_handler       (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+const char        *spark_module_server_get_name          (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_name          (SparkModuleServer   *self,
+                                                          const char          *name);
+SPARK_AVAILABLE_IN_1_0
+guint              spark_module_server_get_capacity      (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_capacity      (SparkModuleServer   *self,
+                                                          guint                capacity);
+SPARK_AVAILABLE_IN_1_0
+gboolean           spark_module_server_get_running       (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+guint              spark_module_server_get_pending       (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+gboolean           spark_module_server_start             (SparkModuleServer   *self,
+                                                          GMainContext        *context,
+                                                          GError             **error);
+SPARK_AVAILABLE_IN_1_0
+gboolean           spark_module_server_start_in_thread   (SparkModuleServer   *self,
+                                                          GError             **error);
+SPARK_AVAILABLE_IN_1_0
+SparkDispatcher   *spark_module_server_create_dispatcher (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_shutdown_async    (SparkModuleServer   *self,
+                                                          SparkShutdownMode    mode,
+                                                          GCancellable        *cancellable,
+                                                          GAsyncReadyCallback  callback,
+                                                          gpointer             user_data);
+SPARK_AVAILABLE_IN_1_0
+gboolean           spark_module_server_shutdown_finish   (SparkModuleServer   *self,
+                                                          GAsyncResult        *result,
+                                                          GError             **error);
+
+G_END_DECLS

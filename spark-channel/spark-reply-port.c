@@ -1,0 +1,215 @@
+/* spark-reply-port.c: batched delivery of outcomes to a requester's context
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * One reply port per GMainContext that has sent asynchronous requests: a
+ * GSource attached to that context for as long as the context lives, with a
+ * queue of finished items. Whoever finishes an item (a server thread, a
+ * canceller, the timer) appends it and wakes the context only if the port
+ * was not already scheduled, so one wakeup and one dispatch deliver a whole
+ * batch of replies. Items are delivered from inside the port's dispatch, on
+ * the requester's context, so a GTask returned there calls back at once
+ * instead of through an idle source of its own.
+ */
+
+#include "config.h"
+
+#include "spark-message-private.h"
+
+struct _SparkReplyPort
+{
+  GSource        source;
+
+  GMutex         mutex;
+  SparkPortItem *head;        /* mutex */
+  SparkPortItem *tail;        /* mutex */
+  gboolean       scheduled;   /* mutex: a wakeup is on its way */
+
+  GMainContext  *context;     /* the context it is attached to; not a reference */
+};
+
+/* Which port serves which context. A port leaves the table when its
+ * context is finalized (and with it, the attached port). */
+G_LOCK_DEFINE_STATIC (ports);
+static GHashTable *ports;
+
+typedef struct
+{
+  GMainContext   *context;    /* not a reference: compared only */
+  SparkReplyPort *port;       /* a reference */
+} PortCache;
+
+static void
+port_cache_free (gpointer data)
+{
+  PortCache *cache = data;
+
+  if (cache->port != NULL)
+    g_source_unref ((GSource *) cache->port);
+  g_free (cache);
+}
+
+static GPrivate port_cache_key = G_PRIVATE_INIT (port_cache_free);
+
+static gboolean
+spark_reply_port_dispatch (GSource     *source,
+                           GSourceFunc  callback,
+                           gpointer     user_data)
+{
+  SparkReplyPort *port = (SparkReplyPort *) source;
+  SparkPortItem *batch;
+
+  g_source_set_ready_time (source, -1);
+
+  g_mutex_lock (&port->mutex);
+  batch = port->head;
+  port->head = port->tail = NULL;
+  port->scheduled = FALSE;
+  g_mutex_unlock (&port->mutex);
+
+  while (batch != NULL)
+    {
+      SparkPortItem *item = batch;
+
+      batch = item->next;
+      item->next = NULL;
+      item->deliver (item);
+    }
+
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+spark_reply_port_finalize (GSource *source)
+{
+  SparkReplyPort *port = (SparkReplyPort *) source;
+
+  G_LOCK (ports);
+  if (ports != NULL && g_hash_table_lookup (ports, port->context) == port)
+    g_hash_table_remove (ports, port->context);
+  G_UNLOCK (ports);
+
+  /* Every pushed item comes with a reference on the context, so none can
+   * be left when the context is finalized. */
+  g_assert (port->head == NULL);
+  g_mutex_clear (&port->mutex);
+}
+
+static GSourceFuncs spark_reply_port_funcs = {
+  .dispatch = spark_reply_port_dispatch,
+  .finalize = spark_reply_port_finalize,
+};
+
+static SparkReplyPort *
+spark_reply_port_lookup (GMainContext *context)
+{
+  SparkReplyPort *port;
+
+  G_LOCK (ports);
+
+  if (ports == NULL)
+    ports = g_hash_table_new (NULL, NULL);
+
+  port = g_hash_table_lookup (ports, context);
+
+  /* A port whose context died, found again because a new context took the
+   * same address (a cache still holds it, so it is not finalized yet). */
+  if (port != NULL && g_source_is_destroyed ((GSource *) port))
+    {
+      g_hash_table_remove (ports, context);
+      port = NULL;
+    }
+
+  if (port == NULL)
+    {
+      port = (SparkReplyPort *) g_source_new (&spark_reply_port_funcs, sizeof *port);
+      g_mutex_init (&port->mutex);
+      port->context = context;
+      g_source_set_static_name ((GSource *) port, "[spark] replies");
+      g_source_set_priority ((GSource *) port, G_PRIORITY_DEFAULT);
+      g_source_attach ((GSource *) port, context);
+      g_hash_table_insert (ports, context, port);
+    }
+  else
+    g_source_ref ((GSource *) port);
+
+  G_UNLOCK (ports);
+
+  return port;
+}
+
+/*
+ * spark_reply_port_get:
+ *
+ * Returns: (transfer full): the port of the calling thread's thread-default
+ *   context. The reference holds the context too, so that the port can be
+ *   pushed to until it is released with spark_reply_port_unref().
+ */
+SparkReplyPort *
+spark_reply_port_get (void)
+{
+  GMainContext *context = g_main_context_get_thread_default ();
+  PortCache *cache = g_private_get (&port_cache_key);
+
+  if (context == NULL)
+    context = g_main_context_default ();
+
+  if G_UNLIKELY (cache == NULL)
+    {
+      cache = g_new0 (PortCache, 1);
+      g_private_set (&port_cache_key, cache);
+    }
+
+  /* The cached port is still the one of this context unless its context
+   * died (and the port with it) and a new one took the same address. */
+  if G_LIKELY (cache->port != NULL &&
+               cache->context == context &&
+               !g_source_is_destroyed ((GSource *) cache->port))
+    return spark_reply_port_ref (cache->port);
+
+  if (cache->port != NULL)
+    g_source_unref ((GSource *) cache->port);
+  cache->port = spark_reply_port_lookup (context);
+  cache->context = context;
+
+  return spark_reply_port_ref (cache->port);
+}
+
+SparkReplyPort *
+spark_reply_port_ref (SparkReplyPort *port)
+{
+  g_main_context_ref (port->context);
+  return (SparkReplyPort *) g_source_ref ((GSource *) port);
+}
+
+void
+spark_reply_port_unref (SparkReplyPort *port)
+{
+  GMainContext *context = port->context;
+
+  g_source_unref ((GSource *) port);
+  g_main_context_unref (context);
+}
+
+/* From any thread. The item is delivered on the port's context. */
+void
+spark_reply_port_push (SparkReplyPort *port,
+                       SparkPortItem  *item)
+{
+  gboolean wake;
+
+  item->next = NULL;
+
+  g_mutex_lock (&port->mutex);
+  if (port->tail != NULL)
+    port->tail->next = item;
+  else
+    port->head = item;
+  port->tail = item;
+  wake = !port->scheduled;
+  port->scheduled = TRUE;
+  g_mutex_unlock (&port->mutex);
+
+  if (wake)
+    g_source_set_ready_time ((GSource *) port, 0);
+}
