@@ -336,7 +336,7 @@ spark_dispatcher_request_finish (SparkDispatcher  *self,
 }
 
 /**
- * spark_dispatcher_request_full: (rename-to request_full)
+ * spark_dispatcher_request_full:
  * @self: a [class@Spark.Dispatcher]
  * @name: the request's name, non-empty
  * @parameters: (nullable): the request's parameters; a floating reference
