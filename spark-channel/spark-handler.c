@@ -59,7 +59,13 @@ spark_handler_real_handle_invocation (SparkHandler    *self,
                                         &error);
 
   if (reply != NULL)
-    spark_invocation_return_value (invocation, reply);
+    {
+      /* handle_request gives us a reference (maybe floating): take it,
+       * let return_value (transfer none) add its own, drop ours. */
+      g_variant_take_ref (reply);
+      spark_invocation_return_value (invocation, reply);
+      g_variant_unref (reply);
+    }
   else if (error != NULL)
     spark_invocation_take_error (invocation, g_steal_pointer (&error));
   /* else: dropping the invocation gives NO_REPLY */

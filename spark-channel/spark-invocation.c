@@ -177,6 +177,8 @@ spark_invocation_return_value (SparkInvocation *self,
   g_return_if_fail (SPARK_IS_INVOCATION (self));
   g_return_if_fail (reply != NULL);
 
+  /* Transfer none, like g_dbus_method_invocation_return_value(): a
+   * floating reply is consumed, a real one gets a reference of ours. */
   g_variant_ref_sink (reply);
 
   if (!spark_invocation_claim (self))

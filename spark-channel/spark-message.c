@@ -251,6 +251,8 @@ spark_request_complete_literal (SparkRequest *req,
 /*
  * spark_request_return_reply:
  * @reply: (transfer full) (nullable): what the handler returned, maybe floating
+ *   (the caller's own reference for spark_invocation_return_value(), which
+ *   sinks before it calls this)
  * @error: (transfer full) (nullable): what the handler set
  *
  * The handler's outcome: checks it against the contract and the requested
@@ -261,8 +263,10 @@ spark_request_return_reply (SparkRequest *req,
                             GVariant     *reply,
                             GError       *error)
 {
+  /* The handler gave us its reference (transfer full): take it over,
+   * turning a floating one into a real one without adding a reference. */
   if (reply != NULL)
-    reply = g_variant_ref_sink (reply);
+    reply = g_variant_take_ref (reply);
 
   if (error != NULL && reply != NULL)
     {
