@@ -10,7 +10,9 @@
 G_BEGIN_DECLS
 
 /* Iterates @context (NULL: the thread-default one) until *@flag is non-zero
- * (read atomically). Tests wait this way, never with sleeps. */
+ * (read atomically). Tests wait this way, never with sleeps. The flag must
+ * be set from a callback on @context, or by a thread that then wakes
+ * @context (g_main_context_wakeup), or the wait sleeps on. */
 void spark_test_wait_flag (GMainContext *context,
                            gint         *flag);
 
