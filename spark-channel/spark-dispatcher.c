@@ -176,7 +176,8 @@ spark_dispatcher_new (SparkMailbox *mailbox)
  * spark_dispatcher_get_timeout:
  * @self: a [class@Spark.Dispatcher]
  *
- * The timeout of this dispatcher's requests.
+ * The timeout of this dispatcher's requests. May be called from any
+ * thread.
  *
  * Returns: milliseconds, or 0 or -1 for none
  *
@@ -315,7 +316,8 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
  * @result: the result given to the callback
  * @error: return location for an error
  *
- * Finishes [method@Spark.Dispatcher.request_async].
+ * Finishes [method@Spark.Dispatcher.request_async]. Call it from the
+ * callback, on the context where the callback runs.
  *
  * Returns: (transfer full): the reply, or %NULL with @error set: the
  *   handler's error unchanged, %G_IO_ERROR_CANCELLED, or a
@@ -605,7 +607,8 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
  * @result: the result given to the callback
  * @error: return location for an error
  *
- * Finishes [method@Spark.Dispatcher.send_command_async].
+ * Finishes [method@Spark.Dispatcher.send_command_async]. Call it from the
+ * callback, on the context where the callback runs.
  *
  * Returns: %TRUE if the command was queued
  *

@@ -11,7 +11,7 @@
  * spark_channel_error_quark:
  *
  * The quark of the %SPARK_CHANNEL_ERROR domain,
- * `spark-channel-error-quark`.
+ * `spark-channel-error-quark`. May be called from any thread.
  *
  * Returns: the error domain's quark
  *

@@ -19,7 +19,7 @@ G_BEGIN_DECLS
  * SPARK_CHANNEL_ERROR:
  *
  * The error domain of spark-channel: errors in it are values of
- * [enum@Spark.ChannelError].
+ * [error@Spark.ChannelError].
  *
  * Since: 1.0
  */

@@ -108,7 +108,8 @@ spark_func_handler_init (SparkFuncHandler *self)
  * %SPARK_CHANNEL_ERROR_NOT_SUPPORTED. The functions run on the server's
  * context, one message at a time.
  *
- * C only: bindings implement [iface@Spark.Handler] instead.
+ * C only: bindings implement [iface@Spark.Handler] instead. May be called
+ * from any thread.
  *
  * Returns: (transfer full): a new handler
  *

@@ -169,7 +169,8 @@ spark_handler_handle_request (SparkHandler  *self,
  * @cancellable: (nullable): cancelled when the server aborts
  * @error: return location for an error
  *
- * Handles a command. A failure is reported by the server's
+ * Handles a command. The server calls this on its context, one message at
+ * a time. A failure is reported by the server's
  * [signal@Spark.ModuleServer::command-failed] signal and logged, never sent
  * back to the sender.
  *
@@ -212,7 +213,8 @@ spark_handler_handle_command (SparkHandler  *self,
  * @self: a [iface@Spark.Handler]
  * @invocation: (transfer none): the request being handled
  *
- * Handles a request whose reply may come later: keep a reference on
+ * Handles a request whose reply may come later. The server calls this on
+ * its context, one message at a time: keep a reference on
  * @invocation and complete it once, from any thread, with
  * [method@Spark.Invocation.return_value] or an error. An invocation that is
  * finalized without a completion ends its request with

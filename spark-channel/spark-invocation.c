@@ -93,7 +93,8 @@ spark_invocation_new (SparkRequest *req,
  * spark_invocation_get_name:
  * @self: a [class@Spark.Invocation]
  *
- * The name of the request, as the sender gave it.
+ * The name of the request, as the sender gave it. May be called from any
+ * thread.
  *
  * Returns: (transfer none): the request's name
  *
@@ -111,7 +112,7 @@ spark_invocation_get_name (SparkInvocation *self)
  * spark_invocation_get_parameters:
  * @self: a [class@Spark.Invocation]
  *
- * The parameters of the request.
+ * The parameters of the request. May be called from any thread.
  *
  * Returns: (transfer none) (nullable): the parameters, or %NULL if the
  *   sender gave none
@@ -132,7 +133,7 @@ spark_invocation_get_parameters (SparkInvocation *self)
  *
  * A cancellable that is cancelled when the request ends before the handler
  * completed it: the requester cancelled, the timeout elapsed, or the server
- * aborted.
+ * aborted. May be called from any thread.
  *
  * Returns: (transfer none) (nullable): the request's cancellable
  *

@@ -699,6 +699,8 @@ spark_module_server_init (SparkModuleServer *self)
  * [method@Spark.ModuleServer.start_in_thread]; until then, messages sent to
  * it fail with %SPARK_CHANNEL_ERROR_CLOSED.
  *
+ * May be called from any thread.
+ *
  * Returns: (transfer full): a new server
  *
  * Since: 1.0
@@ -717,7 +719,7 @@ spark_module_server_new (SparkHandler *handler)
  * spark_module_server_get_handler:
  * @self: a [class@Spark.ModuleServer]
  *
- * The handler the server runs.
+ * The handler the server runs. May be called from any thread.
  *
  * Returns: (transfer none): the handler
  *
@@ -735,7 +737,7 @@ spark_module_server_get_handler (SparkModuleServer *self)
  * spark_module_server_get_name:
  * @self: a [class@Spark.ModuleServer]
  *
- * The server's name.
+ * The server's name. Call it from the thread that owns the server.
  *
  * Returns: (nullable): the name, or %NULL if none was set
  *
@@ -778,7 +780,7 @@ spark_module_server_set_name (SparkModuleServer *self,
  * spark_module_server_get_capacity:
  * @self: a [class@Spark.ModuleServer]
  *
- * The mailbox's capacity.
+ * The mailbox's capacity. Call it from the thread that owns the server.
  *
  * Returns: the capacity, 0 for unbounded
  *
@@ -802,7 +804,8 @@ spark_module_server_get_capacity (SparkModuleServer *self)
  * asynchronous sends wait asynchronously, first come first served.
  *
  * Only before the server starts: afterwards it is a programmer error
- * (a critical) and the call is ignored.
+ * (a critical) and the call is ignored. Call it from the thread that owns
+ * the server.
  *
  * Since: 1.0
  */
@@ -963,6 +966,8 @@ spark_module_server_refuse_main_only (SparkModuleServer  *self,
  * is written in JavaScript and @context is not the global default context.
  * A refused start does not count as a start.
  *
+ * May be called from any thread.
+ *
  * Returns: %TRUE if the server started
  *
  * Since: 1.0
@@ -999,6 +1004,8 @@ spark_module_server_start (SparkModuleServer  *self,
  * Fails like [method@Spark.ModuleServer.start]; a handler written in
  * JavaScript always fails with %SPARK_CHANNEL_ERROR_NOT_SUPPORTED.
  *
+ * May be called from any thread.
+ *
  * Returns: %TRUE if the server started
  *
  * Since: 1.0
@@ -1029,6 +1036,8 @@ spark_module_server_start_in_thread (SparkModuleServer  *self,
  * dispatchers may serve one server, and each may be used from any thread.
  * A dispatcher does not keep the server alive; once the server has shut
  * down, its sends fail with %SPARK_CHANNEL_ERROR_CLOSED.
+ *
+ * May be called from any thread.
  *
  * Returns: (transfer full): a new dispatcher
  *
@@ -1099,6 +1108,8 @@ shutdown_wait_cancelled_cb (GCancellable *cancellable,
  * stopped, it runs at once (in a later iteration) with %TRUE. Cancelling
  * @cancellable only abandons the wait, with %G_IO_ERROR_CANCELLED.
  *
+ * May be called from any thread.
+ *
  * Since: 1.0
  */
 void
@@ -1150,7 +1161,8 @@ spark_module_server_shutdown_async (SparkModuleServer   *self,
  * @result: the result given to the callback
  * @error: return location for an error
  *
- * Finishes [method@Spark.ModuleServer.shutdown_async].
+ * Finishes [method@Spark.ModuleServer.shutdown_async]. Call it from the
+ * callback, on the context where the callback runs.
  *
  * Returns: %TRUE once the server has stopped; %FALSE with
  *   %G_IO_ERROR_CANCELLED if the wait was abandoned
