@@ -1,0 +1,747 @@
+// test-gjs.js: spark-channel from JavaScript (GJS), through GObject-Introspection
+//
+// SPDX-License-Identifier: LGPL-2.1-or-later
+//
+// Everything a JavaScript program can do: handlers written in JavaScript,
+// served on the main context, replying at once or later from a Promise
+// through Spark.Invocation; requests with Gio._promisify and await, and
+// with request_full; commands and the command-failed signal; shutdown with
+// a token; every error arriving as a GLib.Error with the right domain and
+// code.
+//
+// What JavaScript cannot do, and what it gets instead:
+// - GJS runs JavaScript only on its main thread: a JS handler's server can
+//   only be started on the global default context; start_in_thread() and
+//   start() with any other context fail with NOT_SUPPORTED.
+// - For the same reason a JS handler is served by the thread that runs
+//   JS, so request_sync() to it from JS fails with WOULD_DEADLOCK (and so
+//   does send_command() when it would have to wait for room): use
+//   request_async() (promisified), request_full() or send_command_async().
+// - A JS vfunc_handle_invocation must complete its invocation on every
+//   path and must not throw (GJS logs a JS exception thrown from a void
+//   vfunc as a critical); a dropped invocation is only freed by the
+//   garbage collector, so give the dispatcher a timeout.
+// - spark_func_handler_new() and spark_invocation_take_error() are C only.
+//
+// Run with `gjs -m test-gjs.js`, with GI_TYPELIB_PATH and LD_LIBRARY_PATH
+// pointing at the build directory. Prints TAP; exits 1 on failure.
+
+import GLib from 'gi://GLib';
+import GObject from 'gi://GObject';
+import Gio from 'gi://Gio';
+import Spark from 'gi://Spark?version=1.0';
+import System from 'system';
+
+Gio._promisify(Spark.Dispatcher.prototype, 'request_async', 'request_finish');
+Gio._promisify(Spark.Dispatcher.prototype, 'send_command_async', 'send_command_finish');
+Gio._promisify(Spark.ModuleServer.prototype, 'shutdown_async', 'shutdown_finish');
+
+const {ChannelError} = Spark;
+const WATCHDOG_MS = 10000;
+
+// Helpers --------------------------------------------------------------------
+
+function assert(condition, message = 'assertion failed') {
+    if (!condition)
+        throw new Error(message);
+}
+
+function assertEqual(actual, expected, what = 'value') {
+    const a = JSON.stringify(actual), e = JSON.stringify(expected);
+    if (a !== e)
+        throw new Error(`${what}: expected ${e}, got ${a}`);
+}
+
+function errorName(domain, code) {
+    return `${domain === ChannelError ? 'Spark.ChannelError' : 'Gio.IOErrorEnum'} ${code}`;
+}
+
+function assertError(error, domain, code, messagePart = null) {
+    if (!(error instanceof GLib.Error))
+        throw new Error(`expected a GLib.Error ${errorName(domain, code)}, got ${error}`);
+    if (!error.matches(domain, code))
+        throw new Error(`expected ${errorName(domain, code)}, got ${GLib.quark_to_string(error.domain)} ${error.code}: ${error.message}`);
+    if (messagePart !== null && !error.message.includes(messagePart))
+        throw new Error(`"${messagePart}" not in "${error.message}"`);
+    return error;
+}
+
+function assertThrows(domain, code, func) {
+    let result;
+    try {
+        result = func();
+    } catch (error) {
+        return assertError(error, domain, code);
+    }
+    throw new Error(`expected ${errorName(domain, code)}, got the result ${result}`);
+}
+
+async function assertRejects(domain, code, promise) {
+    let result;
+    try {
+        result = await promise;
+    } catch (error) {
+        return assertError(error, domain, code);
+    }
+    throw new Error(`expected ${errorName(domain, code)}, got the result ${result}`);
+}
+
+function sleep(ms) {
+    return new Promise(resolve => GLib.timeout_add(GLib.PRIORITY_DEFAULT, ms, () => {
+        resolve();
+        return GLib.SOURCE_REMOVE;
+    }));
+}
+
+// Resolves when predicate() becomes true; the main loop keeps running.
+function waitFor(predicate, what = 'a condition') {
+    return new Promise((resolve, reject) => {
+        const start = GLib.get_monotonic_time();
+        GLib.timeout_add(GLib.PRIORITY_DEFAULT, 1, () => {
+            if (predicate()) {
+                resolve();
+                return GLib.SOURCE_REMOVE;
+            }
+            if (GLib.get_monotonic_time() - start > WATCHDOG_MS * 1000) {
+                reject(new Error(`timed out waiting for ${what}`));
+                return GLib.SOURCE_REMOVE;
+            }
+            return GLib.SOURCE_CONTINUE;
+        });
+    });
+}
+
+// Lets the main context handle everything that is ready now.
+async function settle() {
+    for (let i = 0; i < 10; i++)
+        await sleep(0);
+}
+
+async function shutdown(server, mode = Spark.ShutdownMode.DRAIN) {
+    const stopped = await server.shutdown_async(mode, null);
+    assert(stopped === true, 'shutdown_finish returned TRUE');
+    assert(!server.running, 'the server is not running');
+}
+
+function requestFull(dispatcher, name, parameters = null, replyType = null, cancellable = null) {
+    return new Promise(resolve => {
+        dispatcher.request_full(name, parameters, replyType, cancellable,
+            (reply, error) => resolve({reply, error}));
+    });
+}
+
+// Handlers -------------------------------------------------------------------
+
+// Sync handler: replies (or throws) at once; records what it saw.
+const Recorder = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class Recorder extends GObject.Object {
+    constructor() {
+        super();
+        this.seen = [];
+    }
+
+    vfunc_handle_request(name, parameters, cancellable) {
+        this.seen.push(['request', name, parameters ? parameters.recursiveUnpack() : null]);
+        assert(cancellable === null || cancellable instanceof Gio.Cancellable);
+        switch (name) {
+        case 'Echo':
+            return parameters ?? new GLib.Variant('s', 'no parameters');
+        case 'Int':
+            return new GLib.Variant('i', 42);
+        case 'Fail':
+            throw new GLib.Error(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, 'No data for “user123”');
+        case 'ReturnNull':
+            return null;
+        case 'ThrowJsError':
+            throw new TypeError('not a GLib.Error');
+        case 'WrongReturnType':
+            return 5;
+        default:
+            throw new GLib.Error(ChannelError, ChannelError.NOT_SUPPORTED,
+                `“${name}” is not a request of this module`);
+        }
+    }
+
+    vfunc_handle_command(name, parameters, cancellable) {
+        this.seen.push(['command', name, parameters ? parameters.recursiveUnpack() : null]);
+        if (name === 'FailCommand')
+            throw new GLib.Error(Gio.IOErrorEnum, Gio.IOErrorEnum.NO_SPACE, 'The event log is full');
+        return true;
+    }
+});
+
+// A subclass of a JavaScript handler class is JavaScript too.
+const SubRecorder = GObject.registerClass(class SubRecorder extends Recorder {});
+
+// Replies later: hands each Spark.Invocation to onInvocation, or keeps it.
+const Later = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class Later extends GObject.Object {
+    constructor(onInvocation = null) {
+        super();
+        this.onInvocation = onInvocation;
+        this.held = [];
+        this.names = [];
+    }
+
+    vfunc_handle_invocation(invocation) {
+        this.names.push(invocation.get_name());
+        if (this.onInvocation)
+            this.onInvocation(invocation);
+        else
+            this.held.push(invocation);
+    }
+});
+
+// The idiomatic asynchronous handler: an async method whose outcome
+// completes the invocation on every path.
+const AsyncKeyValue = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class AsyncKeyValue extends GObject.Object {
+    constructor() {
+        super();
+        this.data = new Map([['user123', [1, 2]]]);
+    }
+
+    vfunc_handle_invocation(invocation) {
+        this._handle(invocation.get_name(), invocation.get_parameters(), invocation.get_cancellable())
+            .then(reply => invocation.return_value(reply))
+            .catch(error => {
+                if (error instanceof GLib.Error)
+                    invocation.return_gerror(error);
+                else
+                    invocation.return_error_literal(ChannelError.quark(), ChannelError.NO_REPLY, `${error}`);
+            });
+    }
+
+    async _handle(name, parameters, cancellable) {
+        await sleep(5);   // stands for I/O
+        if (name === 'GetData') {
+            const [key] = parameters.deepUnpack();
+            if (!this.data.has(key))
+                throw new GLib.Error(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, `No data for “${key}”`);
+            return new GLib.Variant('au', this.data.get(key));
+        }
+        if (name === 'UpdateData') {
+            const [key, value] = parameters.deepUnpack();
+            this.data.set(key, [...this.data.get(key) ?? [], value]);
+            return new GLib.Variant('b', true);
+        }
+        if (name === 'Broken')
+            throw new RangeError('a bug in the handler');
+        throw new GLib.Error(ChannelError, ChannelError.NOT_SUPPORTED, `“${name}” is not a request of this module`);
+    }
+});
+
+const RequestsOnly = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class RequestsOnly extends GObject.Object {
+    vfunc_handle_request(name) {
+        return new GLib.Variant('s', name);
+    }
+});
+
+const CommandsOnly = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class CommandsOnly extends GObject.Object {
+    vfunc_handle_command() {
+        return true;
+    }
+});
+
+// Tests ----------------------------------------------------------------------
+
+const tests = [];
+
+function test(name, func) {
+    tests.push([`/bindings/gjs/${name}`, func]);
+}
+
+test('sync-handler/request-async', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler, name: 'gjs'});
+    assertEqual(server.name, 'gjs');
+    server.start(null);
+    assert(server.running);
+    const dispatcher = server.create_dispatcher();
+
+    const reply = await dispatcher.request_async('Echo', new GLib.Variant('(su)', ['user123', 7]), null, null);
+    assertEqual(reply.deepUnpack(), ['user123', 7]);
+    const none = await dispatcher.request_async('Echo', null, new GLib.VariantType('s'), null);
+    assertEqual(none.unpack(), 'no parameters');
+    assertEqual(handler.seen, [['request', 'Echo', ['user123', 7]], ['request', 'Echo', null]]);
+
+    // Many at once: one at a time, in mailbox order.
+    const replies = await Promise.all(Array.from({length: 20},
+        (_, i) => dispatcher.request_async('Echo', new GLib.Variant('u', i), null, null)));
+    assertEqual(replies.map(r => r.unpack()), Array.from({length: 20}, (_, i) => i));
+
+    await shutdown(server);
+});
+
+test('sync-handler/on-explicit-default-context', async () => {
+    const server = Spark.ModuleServer.new(new Recorder());
+    server.start(GLib.MainContext.default());
+    const reply = await server.create_dispatcher().request_async('Int', null, new GLib.VariantType('i'), null);
+    assertEqual(reply.unpack(), 42);
+    await shutdown(server);
+});
+
+test('invocation/reply-later-from-promise', async () => {
+    const server = new Spark.ModuleServer({handler: new AsyncKeyValue()});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    const [updated, other] = await Promise.all([
+        dispatcher.request_async('UpdateData', new GLib.Variant('(su)', ['user123', 3]), new GLib.VariantType('b'), null),
+        dispatcher.request_async('UpdateData', new GLib.Variant('(su)', ['user456', 9]), new GLib.VariantType('b'), null),
+    ]);
+    assert(updated.unpack() && other.unpack());
+    const data = await dispatcher.request_async('GetData', new GLib.Variant('(s)', ['user123']), new GLib.VariantType('au'), null);
+    assertEqual(data.deepUnpack(), [1, 2, 3]);
+
+    const error = await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND,
+        dispatcher.request_async('GetData', new GLib.Variant('(s)', ['nobody']), null, null));
+    assertEqual(error.message, 'No data for “nobody”');
+    await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('Nonsense', null, null, null));
+    await assertRejects(ChannelError, ChannelError.NO_REPLY,
+        dispatcher.request_async('Broken', null, null, null));
+
+    await shutdown(server);
+});
+
+test('invocation/accessors-and-errors', async () => {
+    const seen = [];
+    const handler = new Later(invocation => {
+        seen.push([invocation.get_name(), invocation.get_parameters()?.deepUnpack() ?? null,
+            invocation.get_cancellable() instanceof Gio.Cancellable]);
+        switch (invocation.get_name()) {
+        case 'Literal':
+            invocation.return_error_literal(Gio.io_error_quark(), Gio.IOErrorEnum.PERMISSION_DENIED, 'Not yours');
+            break;
+        case 'GError':
+            invocation.return_gerror(new GLib.Error(ChannelError, ChannelError.NOT_SUPPORTED, 'Not here'));
+            break;
+        default:
+            invocation.return_value(new GLib.Variant('s', 'at once'));
+        }
+    });
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    const reply = await dispatcher.request_async('Value', new GLib.Variant('(s)', ['p']), null, null);
+    assertEqual(reply.unpack(), 'at once');
+    let error = await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.PERMISSION_DENIED,
+        dispatcher.request_async('Literal', null, null, null));
+    assertEqual(error.message, 'Not yours');
+    error = await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('GError', null, null, null));
+    assertEqual(error.message, 'Not here');
+    assertEqual(seen, [['Value', ['p'], true], ['Literal', null, true], ['GError', null, true]]);
+
+    await shutdown(server);
+});
+
+test('invocation/dropped-gives-no-reply-after-gc', async () => {
+    // An invocation JavaScript lets go of is freed by the garbage collector.
+    const server = new Spark.ModuleServer({handler: new Later(() => {})});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    let outcome = null;
+    dispatcher.request_async('Dropped', null, null, null).then(
+        reply => (outcome = reply), error => (outcome = error));
+    await settle();
+    assert(outcome === null, 'no outcome before the collection');
+    System.gc();
+    await waitFor(() => outcome !== null, 'the NO_REPLY');
+    assertError(outcome, ChannelError, ChannelError.NO_REPLY, 'dropped without a reply');
+    await shutdown(server);
+});
+
+test('invocation/held-then-completed-in-order', async () => {
+    const handler = new Later();
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    const first = dispatcher.request_async('First', null, null, null);
+    const second = dispatcher.request_async('Second', null, null, null);
+    await waitFor(() => handler.held.length === 1, 'the first invocation');
+    await settle();
+    // The server waits for the held invocation before the next message.
+    assertEqual(handler.names, ['First']);
+    handler.held.pop().return_value(new GLib.Variant('i', 1));
+    assertEqual((await first).unpack(), 1);
+    await waitFor(() => handler.held.length === 1, 'the second invocation');
+    handler.held.pop().return_value(new GLib.Variant('i', 2));
+    assertEqual((await second).unpack(), 2);
+    await shutdown(server);
+});
+
+test('handler-errors/reach-requester', async () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    const error = await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND,
+        dispatcher.request_async('Fail', null, null, null));
+    assertEqual(error.message, 'No data for “user123”');
+    await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('Unknown', null, null, null));
+    await assertRejects(ChannelError, ChannelError.NO_REPLY,
+        dispatcher.request_async('ReturnNull', null, null, null));
+
+    // A JS exception that is not a GLib.Error travels as GJS's own error
+    // domain and comes back to JavaScript as the original exception.
+    let thrown = null;
+    try {
+        await dispatcher.request_async('ThrowJsError', null, null, null);
+    } catch (e) {
+        thrown = e;
+    }
+    assert(thrown instanceof TypeError, `a TypeError, got ${thrown}`);
+    assertEqual(thrown.message, 'not a GLib.Error');
+
+    // A return value that is not a GLib.Variant: GJS's conversion error,
+    // the same way.
+    thrown = null;
+    try {
+        await dispatcher.request_async('WrongReturnType', null, null, null);
+    } catch (e) {
+        thrown = e;
+    }
+    assert(thrown instanceof Error && !(thrown instanceof GLib.Error), `a JS Error, got ${thrown}`);
+
+    // The server goes on.
+    assertEqual((await dispatcher.request_async('Int', null, null, null)).unpack(), 42);
+    await shutdown(server);
+});
+
+test('handler/missing-methods-not-supported', async () => {
+    let server = new Spark.ModuleServer({handler: new CommandsOnly()});
+    server.start(null);
+    let dispatcher = server.create_dispatcher();
+    await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('GetData', null, null, null));
+    await shutdown(server);
+
+    server = new Spark.ModuleServer({handler: new RequestsOnly()});
+    const failures = [];
+    server.connect('command-failed', (_srv, name, _params, error) => failures.push([name, error]));
+    server.start(null);
+    dispatcher = server.create_dispatcher();
+    assertEqual((await dispatcher.request_async('GetData', null, null, null)).unpack(), 'GetData');
+    dispatcher.send_command('LogEvent', null, null);
+    await waitFor(() => failures.length === 1, 'command-failed');
+    assertEqual(failures[0][0], 'LogEvent');
+    assertError(failures[0][1], ChannelError, ChannelError.NOT_SUPPORTED);
+    await shutdown(server);
+});
+
+test('request-full', async () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    let called = false;
+    const done = new Promise(resolve => dispatcher.request_full('Int', null, null, null, (reply, error) => {
+        called = true;
+        resolve({reply, error});
+    }));
+    assert(!called, 'not called inside request_full');
+    let {reply, error} = await done;
+    assert(error === null && reply.unpack() === 42);
+
+    ({reply, error} = await requestFull(dispatcher, 'Int', null, new GLib.VariantType('s')));
+    assert(reply === null);
+    assertError(error, ChannelError, ChannelError.TYPE_MISMATCH, 'has type “i”, expected “s”');
+
+    ({reply, error} = await requestFull(dispatcher, 'Fail'));
+    assertError(error, Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, 'user123');
+
+    const cancelled = new Gio.Cancellable();
+    cancelled.cancel();
+    ({reply, error} = await requestFull(dispatcher, 'Int', null, null, cancelled));
+    assertError(error, Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED);
+
+    await shutdown(server);
+});
+
+test('commands', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    assert(dispatcher.send_command('LogEvent', new GLib.Variant('(s)', ['one']), null));
+    assert(dispatcher.try_send_command('LogEvent', new GLib.Variant('(s)', ['two'])));
+    assert(await dispatcher.send_command_async('LogEvent', new GLib.Variant('(s)', ['three']), null));
+    assert(dispatcher.send_command('NoParameters', null, null));
+    await dispatcher.request_async('Int', null, null, null);
+    assertEqual(handler.seen, [
+        ['command', 'LogEvent', ['one']],
+        ['command', 'LogEvent', ['two']],
+        ['command', 'LogEvent', ['three']],
+        ['command', 'NoParameters', null],
+        ['request', 'Int', null],
+    ]);
+    await shutdown(server);
+});
+
+test('command-failed-signal', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler});
+    const failures = [];
+    server.connect('command-failed', (srv, name, parameters, error) => failures.push({srv, name, parameters, error}));
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    dispatcher.send_command('FailCommand', new GLib.Variant('(s)', ['User logged in']), null);
+    dispatcher.send_command('LogEvent', null, null);
+    await waitFor(() => failures.length === 1, 'command-failed');
+    const [{srv, name, parameters, error}] = failures;
+    assert(srv === server, 'the server is the signal\'s instance');
+    assertEqual(name, 'FailCommand');
+    assertEqual(parameters.deepUnpack(), ['User logged in']);
+    assertError(error, Gio.IOErrorEnum, Gio.IOErrorEnum.NO_SPACE);
+    assertEqual(error.message, 'The event log is full');
+    await dispatcher.request_async('Int', null, null, null);
+    assertEqual(handler.seen.map(s => s[1]), ['FailCommand', 'LogEvent', 'Int']);
+    await shutdown(server);
+});
+
+test('shutdown/with-token', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler});
+    const running = [];
+    server.connect('notify::running', () => running.push(server.running));
+    server.start(null);
+    await waitFor(() => running.length === 1, 'notify::running');
+    const dispatcher = server.create_dispatcher();
+    const token = new Gio.Cancellable();
+    let tokenCancelled = false;
+    // Gio.Cancellable.connect is g_cancellable_connect(): a callback
+    // without arguments, run on the server's context (here the main one).
+    token.connect(() => (tokenCancelled = true));
+
+    const queued = dispatcher.request_async('Int', null, null, null);
+    dispatcher.send_command('LogEvent', null, null);
+    assert(dispatcher.send_shutdown(token));
+
+    // Closed at once.
+    assertThrows(ChannelError, ChannelError.CLOSED, () => dispatcher.send_command('Late', null, null));
+    assertThrows(ChannelError, ChannelError.CLOSED, () => dispatcher.send_shutdown(null));
+    await assertRejects(ChannelError, ChannelError.CLOSED, dispatcher.request_async('Late', null, null, null));
+
+    // Queued before the shutdown: handled.
+    assertEqual((await queued).unpack(), 42);
+    await waitFor(() => tokenCancelled, 'the token');
+    assert(token.is_cancelled());
+    assertEqual(handler.seen.map(s => s[1]), ['Int', 'LogEvent']);
+    await waitFor(() => running.length === 2, 'notify::running');
+    assertEqual(running, [true, false]);
+    await shutdown(server);   // already stopped: at once
+});
+
+test('shutdown/abort', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler});
+    const failures = [];
+    server.connect('command-failed', () => failures.push(true));
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    const first = dispatcher.request_async('Int', null, null, null);
+    dispatcher.send_command('FailCommand', null, null);
+    const second = dispatcher.request_async('Int', null, null, null);
+    assertEqual(server.pending, 3);
+    const stopped = shutdown(server, Spark.ShutdownMode.ABORT);
+    await assertRejects(ChannelError, ChannelError.CLOSED, first);
+    await assertRejects(ChannelError, ChannelError.CLOSED, second);
+    await stopped;
+    assertEqual(handler.seen, []);
+    assertEqual(failures, []);
+});
+
+test('errors/not-supported-off-the-default-context', async () => {
+    for (const handler of [new Recorder(), new SubRecorder(), new Later(), new AsyncKeyValue()]) {
+        const server = new Spark.ModuleServer({handler});
+
+        let error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start_in_thread());
+        assert(error.message.includes('JavaScript'), error.message);
+        assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start(new GLib.MainContext()));
+
+        // start(null) while another thread-default context is pushed.
+        const context = new GLib.MainContext();
+        context.push_thread_default();
+        try {
+            assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start(null));
+        } finally {
+            context.pop_thread_default();
+        }
+        assert(!server.running, 'a refused start is not a start');
+
+        // A refused start does not count: the default context works.
+        assert(server.start(null));
+        assertThrows(ChannelError, ChannelError.ALREADY_STARTED, () => server.start(null));
+        await shutdown(server);
+    }
+});
+
+test('errors/closed', async () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    const dispatcher = server.create_dispatcher();
+    await assertRejects(ChannelError, ChannelError.CLOSED, dispatcher.request_async('Int', null, null, null));
+    assertThrows(ChannelError, ChannelError.CLOSED, () => dispatcher.send_command('LogEvent', null, null));
+    assertThrows(ChannelError, ChannelError.CLOSED, () => dispatcher.try_send_command('LogEvent', null));
+    await assertRejects(ChannelError, ChannelError.CLOSED, dispatcher.send_command_async('LogEvent', null, null));
+    const {error} = await requestFull(dispatcher, 'Int');
+    assertError(error, ChannelError, ChannelError.CLOSED);
+
+    await shutdown(server);   // never started: at once
+    assertThrows(ChannelError, ChannelError.CLOSED, () => server.start(null));
+});
+
+test('errors/already-started', async () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    server.start(null);
+    assertThrows(ChannelError, ChannelError.ALREADY_STARTED, () => server.start(null));
+    assertThrows(ChannelError, ChannelError.ALREADY_STARTED, () => server.start(GLib.MainContext.default()));
+    await shutdown(server);
+});
+
+test('errors/type-mismatch', async () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    await assertRejects(ChannelError, ChannelError.TYPE_MISMATCH,
+        dispatcher.request_async('Int', null, new GLib.VariantType('s'), null));
+    const error = await assertRejects(ChannelError, ChannelError.TYPE_MISMATCH,
+        dispatcher.request_async('Int', null, new GLib.VariantType('(s)'), null));
+    assert(error.message.includes('has type “i”, expected “(s)”'), error.message);
+    await shutdown(server);
+});
+
+test('errors/full-and-would-deadlock', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler, capacity: 1});
+    assertEqual(server.capacity, 1);
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    assert(dispatcher.try_send_command('LogEvent', new GLib.Variant('s', 'a')));
+    assertThrows(ChannelError, ChannelError.FULL, () => dispatcher.try_send_command('LogEvent', null));
+    assertEqual(server.pending, 1);
+    // Blocking for room on the only thread that runs JavaScript.
+    assertThrows(ChannelError, ChannelError.WOULD_DEADLOCK, () => dispatcher.send_command('LogEvent', null, null));
+    // Waiting asynchronously works.
+    assert(await dispatcher.send_command_async('LogEvent', new GLib.Variant('s', 'b'), null));
+    await shutdown(server);
+    assertEqual(handler.seen, [['command', 'LogEvent', 'a'], ['command', 'LogEvent', 'b']]);
+});
+
+test('errors/would-deadlock-request-sync', async () => {
+    const handler = new Recorder();
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    assertThrows(ChannelError, ChannelError.WOULD_DEADLOCK,
+        () => dispatcher.request_sync('Int', null, null, null));
+    assertEqual(handler.seen, []);
+    await shutdown(server);
+});
+
+test('errors/timed-out', async () => {
+    const handler = new Later();
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    dispatcher.timeout = 50;
+    assertEqual(dispatcher.get_timeout(), 50);
+
+    await assertRejects(ChannelError, ChannelError.TIMED_OUT, dispatcher.request_async('Slow', null, null, null));
+    const invocation = handler.held.pop();
+    assert(invocation.get_cancellable().is_cancelled(), 'the handler\'s cancellable is cancelled');
+    invocation.return_value(new GLib.Variant('s', 'too late'));   // dropped quietly
+
+    const {error} = await requestFull(dispatcher, 'Slow');
+    assertError(error, ChannelError, ChannelError.TIMED_OUT);
+    handler.held.pop().return_value(new GLib.Variant('s', 'too late'));
+
+    dispatcher.timeout = -1;
+    const inTime = dispatcher.request_async('Now', null, null, null);
+    await waitFor(() => handler.held.length === 1, 'the invocation');
+    handler.held.pop().return_value(new GLib.Variant('s', 'in time'));
+    assertEqual((await inTime).unpack(), 'in time');
+    await shutdown(server);
+});
+
+test('errors/cancelled', async () => {
+    const handler = new Later();
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    const cancelled = new Gio.Cancellable();
+    cancelled.cancel();
+    await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        dispatcher.request_async('Never', null, null, cancelled));
+    assertThrows(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        () => dispatcher.send_command('Never', null, cancelled));
+    await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        dispatcher.send_command_async('Never', null, cancelled));
+
+    // Cancelled while the handler holds the invocation.
+    const requester = new Gio.Cancellable();
+    const held = dispatcher.request_async('Held', null, null, requester);
+    await waitFor(() => handler.held.length === 1, 'the invocation');
+    const invocation = handler.held.pop();
+    assert(!invocation.get_cancellable().is_cancelled());
+    requester.cancel();
+    await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED, held);
+    assert(invocation.get_cancellable().is_cancelled());
+    invocation.return_value(new GLib.Variant('s', 'too late'));
+
+    await shutdown(server);
+    assertEqual(handler.names, ['Held']);
+});
+
+test('introspection', () => {
+    assertEqual(GLib.quark_to_string(ChannelError.quark()), 'spark-channel-error-quark');
+    assertEqual([ChannelError.CLOSED, ChannelError.NO_REPLY, ChannelError.TYPE_MISMATCH,
+        ChannelError.FULL, ChannelError.TIMED_OUT, ChannelError.WOULD_DEADLOCK,
+        ChannelError.NOT_SUPPORTED, ChannelError.ALREADY_STARTED], [0, 1, 2, 3, 4, 5, 6, 7]);
+    assertEqual([Spark.ShutdownMode.DRAIN, Spark.ShutdownMode.ABORT], [0, 1]);
+    // C only, skipped for introspection.
+    assert(Spark.func_handler_new === undefined, 'func_handler_new is C only');
+    assert(Spark.Invocation.prototype.take_error === undefined, 'take_error is C only');
+});
+
+// Runner ---------------------------------------------------------------------
+
+async function runTests() {
+    print(`1..${tests.length}`);
+    let failed = 0;
+    for (const [index, [name, func]] of tests.entries()) {
+        try {
+            // eslint-disable-next-line no-await-in-loop
+            await Promise.race([func(), sleep(WATCHDOG_MS * 2).then(() => {
+                throw new Error('the test did not finish');
+            })]);
+            print(`ok ${index + 1} ${name}`);
+        } catch (error) {
+            failed++;
+            print(`not ok ${index + 1} ${name}`);
+            for (const line of `${error}\n${error.stack ?? ''}`.split('\n'))
+                print(`# ${line}`);
+        }
+    }
+    return failed;
+}
+
+const loop = new GLib.MainLoop(null, false);
+let status = 1;
+runTests().then(failed => (status = failed ? 1 : 0), error => logError(error)).finally(() => loop.quit());
+loop.run();
+System.exit(status);

@@ -1,0 +1,885 @@
+#!/usr/bin/python3
+# test-python.py: spark-channel from Python, through GObject-Introspection
+#
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# Everything a C program does, from Python (PyGObject 3.42): handlers on
+# their own thread and on a main context, replies that come later through
+# Spark.Invocation, sync, async and request_full requests, commands and the
+# command-failed signal, shutdown with a token, and every error arriving as
+# a GLib.Error with the right domain and code.
+#
+# PyGObject 3.42 has no awaitables: async calls take callbacks and the
+# tests drive the main context until a result has arrived. An exception
+# raised inside a GLib callback is printed and swallowed by PyGObject, so
+# callbacks only record what they got; the asserts are in the test bodies.
+#
+# Prints TAP. Run with Debian's /usr/bin/python3 (the one with gi), with
+# GI_TYPELIB_PATH and LD_LIBRARY_PATH pointing at the build directory.
+
+import contextlib
+import io
+import sys
+import threading
+import traceback
+
+import gi
+
+gi.require_version('Spark', '1.0')
+gi.require_version('Gio', '2.0')
+from gi.repository import GLib, GObject, Gio, Spark  # noqa: E402
+
+SPARK_ERROR = Spark.ChannelError.quark()
+IO_ERROR = Gio.io_error_quark()
+MAIN_THREAD = threading.get_ident()
+TIMEOUT_MS = 10000
+
+
+# Helpers ---------------------------------------------------------------------
+
+def wait_for(predicate, timeout_ms=TIMEOUT_MS):
+    """Iterates the global default context until predicate() is true.
+
+    Other threads that change what predicate() looks at wake the context
+    with GLib.idle_add() or through the library's own callbacks."""
+    context = GLib.MainContext.default()
+    expired = []
+
+    def on_timeout():
+        expired.append(True)
+        return GLib.SOURCE_REMOVE
+
+    watchdog = GLib.timeout_add(timeout_ms, on_timeout)
+    try:
+        while not predicate() and not expired:
+            context.iteration(True)
+    finally:
+        if not expired:
+            GLib.source_remove(watchdog)
+    assert predicate(), 'timed out waiting for %r' % predicate
+
+
+def wake_main():
+    """Wakes the main thread's wait_for() from another thread."""
+    GLib.idle_add(lambda: GLib.SOURCE_REMOVE)
+
+
+def assert_error(error, domain, code, message_part=None):
+    assert isinstance(error, GLib.Error), 'expected a GLib.Error, got %r' % (error,)
+    assert error.matches(domain, code), \
+        'expected %s %d, got %s %d: %s' % (GLib.quark_to_string(domain), code,
+                                          error.domain, error.code, error.message)
+    if message_part is not None:
+        assert message_part in error.message, \
+            '%r not in %r' % (message_part, error.message)
+
+
+def expect_error(domain, code, func, *args):
+    try:
+        result = func(*args)
+    except GLib.Error as error:
+        assert_error(error, domain, code)
+        return error
+    raise AssertionError('expected %s %d, got the result %r'
+                         % (GLib.quark_to_string(domain), code, result))
+
+
+def shutdown(server, mode=Spark.ShutdownMode.DRAIN):
+    """Stops server and waits until it has (its thread joined)."""
+    done = []
+    server.shutdown_async(mode, None, lambda s, res: done.append(s.shutdown_finish(res)))
+    wait_for(lambda: done)
+    assert done == [True]
+    assert not server.props.running
+
+
+def request_async(dispatcher, name, parameters=None, reply_type=None, cancellable=None):
+    """Sends a request; returns a list that receives (reply, error)."""
+    outcome = []
+
+    def on_reply(source, result):
+        try:
+            outcome.append((source.request_finish(result), None))
+        except GLib.Error as error:
+            outcome.append((None, error))
+
+    dispatcher.request_async(name, parameters, reply_type, cancellable, on_reply)
+    return outcome
+
+
+def finish_request(outcome):
+    wait_for(lambda: outcome)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """PyGObject prints the traceback of an exception that is not a
+    GLib.Error raised in a vfunc: keep it out of the log, and check it."""
+    saved = sys.stderr
+    sys.stderr = captured = io.StringIO()
+    try:
+        yield captured
+    finally:
+        sys.stderr = saved
+
+
+def variant_type(type_string):
+    return GLib.VariantType.new(type_string)
+
+
+# Handlers ----------------------------------------------------------------------
+
+class Recorder(GObject.Object, Spark.Handler):
+    """A sync handler: requests and commands, recording what it saw and on
+    which thread."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.threads = set()
+        self.dispatcher = None
+
+    def do_handle_request(self, name, parameters, cancellable):
+        self.threads.add(threading.get_ident())
+        self.seen.append(('request', name, None if parameters is None else parameters.unpack()))
+        if name == 'Echo':
+            return parameters if parameters is not None else GLib.Variant('s', 'no parameters')
+        if name == 'Int':
+            return GLib.Variant('i', 42)
+        if name == 'Fail':
+            raise GLib.Error.new_literal(IO_ERROR, 'No data for “user123”', Gio.IOErrorEnum.NOT_FOUND)
+        if name == 'ReturnNone':
+            return None
+        if name == 'RaiseValueError':
+            raise ValueError('not a GLib.Error')
+        if name == 'WrongReturnType':
+            return 7
+        if name == 'CallSelf':
+            # A blocking call on the server's own thread.
+            try:
+                self.dispatcher.request_sync('Int', None, None, None)
+            except GLib.Error as error:
+                return GLib.Variant('(sd)', (error.domain, error.code))
+            return GLib.Variant('(sd)', ('', -1))
+        raise GLib.Error.new_literal(SPARK_ERROR, '“%s” is not a request of this module' % name,
+                                     Spark.ChannelError.NOT_SUPPORTED)
+
+    def do_handle_command(self, name, parameters, cancellable):
+        self.threads.add(threading.get_ident())
+        self.seen.append(('command', name, None if parameters is None else parameters.unpack()))
+        if name == 'FailCommand':
+            raise GLib.Error.new_literal(IO_ERROR, 'The event log is full', Gio.IOErrorEnum.NO_SPACE)
+        if name == 'RaiseCommand':
+            raise RuntimeError('not a GLib.Error')
+        return True
+
+
+class RequestsOnly(GObject.Object, Spark.Handler):
+    """Implements requests only: commands are NOT_SUPPORTED."""
+
+    def do_handle_request(self, name, parameters, cancellable):
+        return GLib.Variant('s', name)
+
+
+class CommandsOnly(GObject.Object, Spark.Handler):
+    """Implements commands only: requests are NOT_SUPPORTED."""
+
+    def do_handle_command(self, name, parameters, cancellable):
+        return True
+
+
+class Later(GObject.Object, Spark.Handler):
+    """Replies later: keeps each Spark.Invocation in held (or hands it to
+    on_invocation) and lets the test complete it."""
+
+    def __init__(self, on_invocation=None):
+        super().__init__()
+        self.held = []
+        self.names = []
+        self.threads = set()
+        self.on_invocation = on_invocation
+
+    def do_handle_invocation(self, invocation):
+        self.threads.add(threading.get_ident())
+        self.names.append(invocation.get_name())
+        if self.on_invocation is not None:
+            self.on_invocation(invocation)
+        else:
+            self.held.append(invocation)
+        wake_main()
+
+
+# Tests -------------------------------------------------------------------------
+
+TESTS = []
+
+
+def test(func):
+    TESTS.append(func)
+    return func
+
+
+@test
+def thread_handler_request_sync():
+    """A Python handler on its own thread; request_sync from the main thread."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.props.name = 'py-thread'
+    server.start_in_thread()
+    assert server.props.running
+    assert server.props.handler == handler
+    dispatcher = server.create_dispatcher()
+
+    reply = dispatcher.request_sync('Echo', GLib.Variant('(su)', ('user123', 7)), None, None)
+    assert reply.unpack() == ('user123', 7)
+    reply = dispatcher.request_sync('Echo', None, variant_type('s'), None)
+    assert reply.unpack() == 'no parameters'
+    assert handler.seen == [('request', 'Echo', ('user123', 7)), ('request', 'Echo', None)]
+    assert MAIN_THREAD not in handler.threads and len(handler.threads) == 1
+
+    shutdown(server)
+
+
+@test
+def thread_handler_request_async():
+    """request_async's callback runs on the caller's context, not inside the call."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    outcomes = [request_async(dispatcher, 'Echo', GLib.Variant('u', i)) for i in range(20)]
+    assert not any(outcomes)
+    for i, outcome in enumerate(outcomes):
+        reply, error = finish_request(outcome)
+        assert error is None and reply.unpack() == i
+    # One at a time, in mailbox order.
+    assert [params for (_, _, params) in handler.seen] == list(range(20))
+
+    shutdown(server)
+
+
+@test
+def main_context_handler_request_async():
+    """A Python handler on the main context, served while the main loop runs."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+
+    reply, error = finish_request(request_async(dispatcher, 'Int', None, variant_type('i')))
+    assert error is None and reply.unpack() == 42
+    assert handler.threads == {MAIN_THREAD}
+
+    shutdown(server)
+
+
+@test
+def main_context_handler_request_sync_from_python_thread():
+    """A Python thread blocks in request_sync while the main thread serves it."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start(GLib.MainContext.default())
+    dispatcher = server.create_dispatcher()
+    results = []
+
+    def worker():
+        try:
+            results.append(dispatcher.request_sync('Echo', GLib.Variant('s', 'from a thread'), None, None))
+        except GLib.Error as error:
+            results.append(error)
+        wake_main()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    wait_for(lambda: results)
+    thread.join()
+    assert results[0].unpack() == 'from a thread'
+    assert handler.threads == {MAIN_THREAD}
+
+    shutdown(server)
+
+
+@test
+def handler_on_context_of_python_thread():
+    """start() with a context a Python thread pushed and iterates."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    started = threading.Event()
+    errors = []
+
+    def serve():
+        context = GLib.MainContext.new()
+        context.push_thread_default()
+        try:
+            server.start(None)   # thread-default: the context just pushed
+        except GLib.Error as error:
+            errors.append(error)
+            started.set()
+            return
+        started.set()
+        while server.props.running:
+            context.iteration(True)
+        context.pop_thread_default()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    started.wait()
+    assert not errors, errors
+    dispatcher = server.create_dispatcher()
+    assert dispatcher.request_sync('Int', None, None, None).unpack() == 42
+    assert len(handler.threads) == 1 and MAIN_THREAD not in handler.threads
+
+    token = Gio.Cancellable()
+    dispatcher.send_shutdown(token)
+    thread.join()
+    assert token.is_cancelled()
+    assert not server.props.running
+
+
+@test
+def request_full():
+    """request_full with a Python callback and user_data ((scope notified))."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    got = []
+
+    dispatcher.request_full('Int', None, None, None,
+                            lambda reply, error, data: got.append((reply, error, data)), 'data')
+    dispatcher.request_full('Int', None, variant_type('s'), None,
+                            lambda reply, error: got.append((reply, error)))
+    assert not got
+    wait_for(lambda: len(got) == 2)
+    reply, error, data = got[0]
+    assert error is None and reply.unpack() == 42 and data == 'data'
+    reply, error = got[1]
+    assert reply is None
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH, 'has type “i”, expected “s”')
+
+    shutdown(server)
+
+
+@test
+def invocation_reply_later_on_main_context():
+    """do_handle_invocation keeps the invocation; a timeout replies later."""
+    def later(invocation):
+        assert invocation.get_name() == 'Later'
+        assert invocation.get_parameters().unpack() == ('user123',)
+        assert isinstance(invocation.get_cancellable(), Gio.Cancellable)
+
+        def reply():
+            invocation.return_value(GLib.Variant('au', [1, 2, 3]))
+            return GLib.SOURCE_REMOVE
+        GLib.timeout_add(10, reply)
+
+    handler = Later(later)
+    server = Spark.ModuleServer.new(handler)
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+
+    reply, error = finish_request(request_async(dispatcher, 'Later', GLib.Variant('(s)', ('user123',)),
+                                                variant_type('au')))
+    assert error is None and reply.unpack() == [1, 2, 3]
+    assert handler.threads == {MAIN_THREAD}
+
+    shutdown(server)
+
+
+@test
+def invocation_reply_from_python_thread():
+    """A handler on its own thread hands its invocation to a Python thread."""
+    workers = []
+
+    def later(invocation):
+        def work():
+            invocation.return_value(GLib.Variant('s', 'done by a worker'))
+        worker = threading.Thread(target=work)
+        workers.append(worker)
+        worker.start()
+
+    handler = Later(later)
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    assert dispatcher.request_sync('Work', None, None, None).unpack() == 'done by a worker'
+    reply, error = finish_request(request_async(dispatcher, 'Work'))
+    assert error is None and reply.unpack() == 'done by a worker'
+    for worker in workers:
+        worker.join()
+
+    shutdown(server)
+
+
+@test
+def invocation_errors():
+    """return_error_literal and return_gerror reach the requester unchanged;
+    a dropped invocation gives NO_REPLY."""
+    def later(invocation):
+        name = invocation.get_name()
+        if name == 'Literal':
+            invocation.return_error_literal(IO_ERROR, Gio.IOErrorEnum.PERMISSION_DENIED, 'Not yours')
+        elif name == 'GError':
+            invocation.return_gerror(GLib.Error.new_literal(SPARK_ERROR, 'Not here',
+                                                            Spark.ChannelError.NOT_SUPPORTED))
+        # 'Drop': not kept, finalized when this returns
+
+    server = Spark.ModuleServer.new(Later(later))
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    error = expect_error(IO_ERROR, Gio.IOErrorEnum.PERMISSION_DENIED,
+                         dispatcher.request_sync, 'Literal', None, None, None)
+    assert error.message == 'Not yours'
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED,
+                         dispatcher.request_sync, 'GError', None, None, None)
+    assert error.message == 'Not here'
+    expect_error(SPARK_ERROR, Spark.ChannelError.NO_REPLY,
+                 dispatcher.request_sync, 'Drop', None, None, None)
+    reply, error = finish_request(request_async(dispatcher, 'Drop'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.NO_REPLY)
+
+    shutdown(server)
+
+
+@test
+def invocation_held_then_dropped():
+    """An invocation the handler holds and then lets go of gives NO_REPLY;
+    the server waits for it before the next message."""
+    handler = Later()
+    server = Spark.ModuleServer.new(handler)
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+
+    first = request_async(dispatcher, 'First')
+    second = request_async(dispatcher, 'Second')
+    wait_for(lambda: handler.held)
+    for _ in range(10):
+        GLib.MainContext.default().iteration(False)
+    assert [inv.get_name() for inv in handler.held] == ['First']
+    assert not first and not second
+    handler.held.clear()   # the last reference: finalized now
+    reply, error = finish_request(first)
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.NO_REPLY)
+    wait_for(lambda: handler.held)
+    handler.held.pop().return_value(GLib.Variant('b', True))
+    reply, error = finish_request(second)
+    assert error is None and reply.unpack() is True
+
+    shutdown(server)
+
+
+@test
+def handler_errors_reach_requester_unchanged():
+    """A GLib.Error raised by a handler keeps its domain, code and message."""
+    server = Spark.ModuleServer.new(Recorder())
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    error = expect_error(IO_ERROR, Gio.IOErrorEnum.NOT_FOUND,
+                         dispatcher.request_sync, 'Fail', None, None, None)
+    assert error.message == 'No data for “user123”'
+    reply, error = finish_request(request_async(dispatcher, 'Fail'))
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.NOT_FOUND)
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED,
+                         dispatcher.request_sync, 'Unknown', None, None, None)
+    assert error.message == '“Unknown” is not a request of this module'
+
+    shutdown(server)
+
+
+@test
+def handler_without_reply_gives_no_reply():
+    """None, a wrong return type, and an exception that is not a GLib.Error
+    end the request with NO_REPLY, not a hang; the server goes on."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    with captured_stderr() as stderr:
+        for name in ('ReturnNone', 'RaiseValueError', 'WrongReturnType'):
+            expect_error(SPARK_ERROR, Spark.ChannelError.NO_REPLY,
+                         dispatcher.request_sync, name, None, None, None)
+            reply, error = finish_request(request_async(dispatcher, name))
+            assert_error(error, SPARK_ERROR, Spark.ChannelError.NO_REPLY)
+    assert 'ValueError: not a GLib.Error' in stderr.getvalue(), stderr.getvalue()
+    assert 'Expected GLib.Variant' in stderr.getvalue(), stderr.getvalue()
+    assert dispatcher.request_sync('Int', None, None, None).unpack() == 42
+
+    shutdown(server)
+
+
+@test
+def missing_methods_not_supported():
+    """A handler without do_handle_request or do_handle_command: NOT_SUPPORTED."""
+    failures = []
+    server = Spark.ModuleServer.new(CommandsOnly())
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED,
+                         dispatcher.request_sync, 'GetData', None, None, None)
+    assert 'GetData' in error.message
+    assert dispatcher.send_command('LogEvent', None, None)
+    shutdown(server)
+
+    server = Spark.ModuleServer.new(RequestsOnly())
+    server.connect('command-failed', lambda s, name, params, error: failures.append((name, error)))
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    assert dispatcher.request_sync('GetData', None, None, None).unpack() == 'GetData'
+    assert dispatcher.send_command('LogEvent', None, None)
+    wait_for(lambda: failures)
+    assert failures[0][0] == 'LogEvent'
+    assert_error(failures[0][1], SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED)
+    shutdown(server)
+
+
+@test
+def commands():
+    """send_command, try_send_command and send_command_async, in mailbox order."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    sent = []
+
+    assert dispatcher.send_command('LogEvent', GLib.Variant('(s)', ('one',)), None)
+    assert dispatcher.try_send_command('LogEvent', GLib.Variant('(s)', ('two',)))
+    dispatcher.send_command_async('LogEvent', GLib.Variant('(s)', ('three',)), None,
+                                  lambda d, res: sent.append(d.send_command_finish(res)))
+    assert not sent
+    wait_for(lambda: sent)
+    assert sent == [True]
+    assert dispatcher.send_command('NoParameters', None, None)
+    dispatcher.request_sync('Int', None, None, None)
+    assert handler.seen == [('command', 'LogEvent', ('one',)),
+                            ('command', 'LogEvent', ('two',)),
+                            ('command', 'LogEvent', ('three',)),
+                            ('command', 'NoParameters', None),
+                            ('request', 'Int', None)]
+
+    shutdown(server)
+
+
+@test
+def command_failed_signal():
+    """command-failed carries the name, parameters and error, on the owner
+    context; a non-GLib.Error exception is reported as NO_REPLY."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    failures = []
+
+    def on_failed(srv, name, parameters, error):
+        failures.append((srv, name, parameters, error, threading.get_ident()))
+
+    server.connect('command-failed', on_failed)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    with captured_stderr() as stderr:
+        assert dispatcher.send_command('FailCommand', GLib.Variant('(s)', ('User logged in',)), None)
+        assert dispatcher.send_command('RaiseCommand', None, None)
+        assert dispatcher.send_command('LogEvent', None, None)
+        wait_for(lambda: len(failures) == 2)
+    assert 'RuntimeError: not a GLib.Error' in stderr.getvalue(), stderr.getvalue()
+    srv, name, parameters, error, thread = failures[0]
+    assert srv == server and name == 'FailCommand' and parameters.unpack() == ('User logged in',)
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.NO_SPACE)
+    assert error.message == 'The event log is full'
+    assert thread == MAIN_THREAD
+    srv, name, parameters, error, thread = failures[1]
+    assert name == 'RaiseCommand' and parameters is None
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.NO_REPLY)
+    # The error never reaches the sender; the next command is handled.
+    dispatcher.request_sync('Int', None, None, None)
+    assert ('command', 'LogEvent', None) in handler.seen
+
+    shutdown(server)
+
+
+@test
+def shutdown_with_token():
+    """send_shutdown handles what is queued, stops the server and cancels the token."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    running = []
+    server.connect('notify::running', lambda s, pspec: running.append(s.props.running))
+    server.start_in_thread()
+    wait_for(lambda: running == [True])
+    dispatcher = server.create_dispatcher()
+    token = Gio.Cancellable()
+    token_threads = []
+
+    def on_cancelled(*args):
+        token_threads.append(threading.get_ident())
+        wake_main()
+
+    # Gio.Cancellable.connect is g_cancellable_connect(): a GCallback
+    # without arguments.
+    token.connect(on_cancelled)
+    queued = request_async(dispatcher, 'Int')
+    assert dispatcher.send_command('LogEvent', None, None)
+    assert dispatcher.send_shutdown(token)
+
+    # Closed at once.
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.send_command, 'Late', None, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.send_shutdown, None)
+    reply, error = finish_request(request_async(dispatcher, 'Late'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.CLOSED)
+
+    # Queued before the shutdown: handled.
+    reply, error = finish_request(queued)
+    assert error is None and reply.unpack() == 42
+    wait_for(lambda: token_threads)
+    assert token.is_cancelled()
+    assert token_threads[0] != MAIN_THREAD   # the server's thread cancels it
+    assert ('command', 'LogEvent', None) in handler.seen
+    assert ('command', 'Late', None) not in handler.seen
+
+    wait_for(lambda: running == [True, False])
+    shutdown(server)   # already stopped: completes at once with True
+
+
+@test
+def shutdown_abort():
+    """ABORT: queued requests fail with CLOSED, queued commands are dropped."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    failures = []
+    server.connect('command-failed', lambda *args: failures.append(args))
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+
+    first = request_async(dispatcher, 'Int')
+    assert dispatcher.send_command('FailCommand', None, None)
+    second = request_async(dispatcher, 'Int')
+    assert server.props.pending == 3
+    shutdown(server, Spark.ShutdownMode.ABORT)
+    for outcome in (first, second):
+        reply, error = finish_request(outcome)
+        assert_error(error, SPARK_ERROR, Spark.ChannelError.CLOSED)
+    assert handler.seen == [] and failures == []
+
+
+@test
+def error_closed():
+    """CLOSED: a server never started, or shut down before it started."""
+    server = Spark.ModuleServer.new(Recorder())
+    dispatcher = server.create_dispatcher()
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED,
+                 dispatcher.request_sync, 'Int', None, None, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.send_command, 'LogEvent', None, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.try_send_command, 'LogEvent', None)
+    reply, error = finish_request(request_async(dispatcher, 'Int'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.CLOSED)
+
+    shutdown(server)   # never started: completes at once
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, server.start, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, server.start_in_thread)
+
+
+@test
+def error_already_started():
+    """ALREADY_STARTED: start twice, or start after start_in_thread."""
+    server = Spark.ModuleServer.new(Recorder())
+    server.start(None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.ALREADY_STARTED, server.start, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.ALREADY_STARTED, server.start_in_thread)
+    shutdown(server)
+
+    server = Spark.ModuleServer.new(Recorder())
+    server.start_in_thread()
+    expect_error(SPARK_ERROR, Spark.ChannelError.ALREADY_STARTED, server.start, None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.ALREADY_STARTED, server.start_in_thread)
+    shutdown(server)
+
+
+@test
+def error_type_mismatch():
+    """TYPE_MISMATCH names both types, for every kind of request."""
+    server = Spark.ModuleServer.new(Recorder())
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH,
+                         dispatcher.request_sync, 'Int', None, variant_type('s'), None)
+    assert 'has type “i”, expected “s”' in error.message, error.message
+    reply, error = finish_request(request_async(dispatcher, 'Int', None, variant_type('(s)')))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH, '“(s)”')
+    assert dispatcher.request_sync('Int', None, variant_type('i'), None).unpack() == 42
+    shutdown(server)
+
+
+@test
+def error_full():
+    """FULL: try_send_command on a full bounded mailbox; send_command_async waits."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.props.capacity = 1
+    server.start(None)   # not iterated until wait_for
+    dispatcher = server.create_dispatcher()
+
+    assert dispatcher.try_send_command('LogEvent', GLib.Variant('s', 'a'))
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, dispatcher.try_send_command, 'LogEvent', None)
+    assert server.props.pending == 1
+    # Blocking for room on the thread that must serve the mailbox.
+    expect_error(SPARK_ERROR, Spark.ChannelError.WOULD_DEADLOCK,
+                 dispatcher.send_command, 'LogEvent', None, None)
+    sent = []
+    dispatcher.send_command_async('LogEvent', GLib.Variant('s', 'b'), None,
+                                  lambda d, res: sent.append(d.send_command_finish(res)))
+    wait_for(lambda: sent)
+    assert sent == [True]
+    shutdown(server)
+    assert handler.seen == [('command', 'LogEvent', 'a'), ('command', 'LogEvent', 'b')]
+
+
+@test
+def error_timed_out():
+    """TIMED_OUT: the handler's cancellable is cancelled; a late reply is dropped quietly."""
+    handler = Later()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    dispatcher.props.timeout = 50
+    assert dispatcher.get_timeout() == 50
+
+    expect_error(SPARK_ERROR, Spark.ChannelError.TIMED_OUT,
+                 dispatcher.request_sync, 'Slow', None, None, None)
+    wait_for(lambda: handler.held)
+    invocation = handler.held.pop()
+    assert invocation.get_cancellable().is_cancelled()
+    invocation.return_value(GLib.Variant('s', 'too late'))   # no critical
+
+    reply, error = finish_request(request_async(dispatcher, 'Slow'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.TIMED_OUT)
+    wait_for(lambda: handler.held)
+    handler.held.pop().return_value(GLib.Variant('s', 'too late'))
+
+    dispatcher.props.timeout = -1
+    second = request_async(dispatcher, 'Now')
+    wait_for(lambda: handler.held)
+    handler.held.pop().return_value(GLib.Variant('s', 'in time'))
+    reply, error = finish_request(second)
+    assert error is None and reply.unpack() == 'in time'
+    shutdown(server)
+
+
+@test
+def error_would_deadlock():
+    """WOULD_DEADLOCK: request_sync on the thread that started the server, or
+    on the server's own thread."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+    expect_error(SPARK_ERROR, Spark.ChannelError.WOULD_DEADLOCK,
+                 dispatcher.request_sync, 'Int', None, None, None)
+    shutdown(server)
+
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    handler.dispatcher = server.create_dispatcher()
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    domain, code = dispatcher.request_sync('CallSelf', None, None, None).unpack()
+    assert domain == 'spark-channel-error-quark' and code == Spark.ChannelError.WOULD_DEADLOCK
+    handler.dispatcher = None
+    shutdown(server)
+
+
+@test
+def error_cancelled():
+    """G_IO_ERROR_CANCELLED: before sending, while the handler holds the
+    invocation, and for request_sync."""
+    requester = Gio.Cancellable()
+    handler = Later(None)
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    # Already cancelled: nothing is sent; the callback still runs later.
+    cancelled = Gio.Cancellable()
+    cancelled.cancel()
+    outcome = request_async(dispatcher, 'Never', None, None, cancelled)
+    assert not outcome
+    reply, error = finish_request(outcome)
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.CANCELLED)
+    expect_error(IO_ERROR, Gio.IOErrorEnum.CANCELLED,
+                 dispatcher.request_sync, 'Never', None, None, cancelled)
+    expect_error(IO_ERROR, Gio.IOErrorEnum.CANCELLED,
+                 dispatcher.send_command, 'Never', None, cancelled)
+    got = []
+    dispatcher.request_full('Never', None, None, cancelled, lambda reply, error: got.append(error))
+    assert not got
+    wait_for(lambda: got)
+    assert_error(got[0], IO_ERROR, Gio.IOErrorEnum.CANCELLED)
+
+    # Cancelled while the handler holds the invocation: its cancellable too.
+    outcome = request_async(dispatcher, 'Held', None, None, requester)
+    wait_for(lambda: handler.held)
+    invocation = handler.held.pop()
+    assert not invocation.get_cancellable().is_cancelled()
+    requester.cancel()
+    reply, error = finish_request(outcome)
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.CANCELLED)
+    assert invocation.get_cancellable().is_cancelled()
+    invocation.return_value(GLib.Variant('s', 'too late'))
+
+    # request_sync, cancelled by the handler's side while it blocks.
+    requester = Gio.Cancellable()
+    handler.on_invocation = lambda invocation: requester.cancel()
+    expect_error(IO_ERROR, Gio.IOErrorEnum.CANCELLED,
+                 dispatcher.request_sync, 'HeldSync', None, None, requester)
+    shutdown(server)
+    assert handler.names == ['Held', 'HeldSync'], handler.names
+
+
+@test
+def error_not_supported_from_handler():
+    """NOT_SUPPORTED raised by a Python handler reaches the requester."""
+    server = Spark.ModuleServer.new(Recorder())
+    server.start(None)
+    dispatcher = server.create_dispatcher()
+    reply, error = finish_request(request_async(dispatcher, 'Nonsense'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, 'Nonsense')
+    shutdown(server)
+
+
+@test
+def error_enum_is_registered():
+    """SparkChannelError is a GEnum with every code, and an error domain."""
+    assert GLib.quark_to_string(SPARK_ERROR) == 'spark-channel-error-quark'
+    names = [Spark.ChannelError(i).value_nick for i in range(8)]
+    assert names == ['closed', 'no-reply', 'type-mismatch', 'full', 'timed-out',
+                     'would-deadlock', 'not-supported', 'already-started'], names
+    assert Spark.ShutdownMode.DRAIN == 0 and Spark.ShutdownMode.ABORT == 1
+    # C only, skipped for introspection.
+    assert not hasattr(Spark, 'func_handler_new')
+    assert not hasattr(Spark.Invocation, 'take_error')
+
+
+def main():
+    print('1..%d' % len(TESTS))
+    failed = 0
+    for number, func in enumerate(TESTS, 1):
+        name = '/bindings/python/' + func.__name__.replace('_', '-')
+        try:
+            func()
+        except Exception:
+            failed += 1
+            print('not ok %d %s' % (number, name))
+            for line in traceback.format_exc().splitlines():
+                print('# ' + line)
+        else:
+            print('ok %d %s' % (number, name))
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
