@@ -29,7 +29,7 @@ struct _SparkMailbox
 
   GMutex             mutex;
   SparkMailboxState  state;              /* mutex */
-  SparkMessage      *head;               /* mutex */
+  SparkMessage      *head;               /* mutex; also read atomically, unlocked, by a spinning server */
   SparkMessage      *tail;               /* mutex */
   gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
   GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */
@@ -81,7 +81,8 @@ gboolean      spark_mailbox_send_shutdown    (SparkMailbox  *mailbox,
 gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
                                               gboolean       abort);
 
-SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox);
+SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
+                                              gboolean       spin);
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
                                               SparkRequest  *req,

@@ -214,7 +214,7 @@ enqueue_locked (SparkMailbox *mailbox,
   if (mailbox->tail != NULL)
     mailbox->tail->next = msg;
   else
-    mailbox->head = msg;
+    g_atomic_pointer_set (&mailbox->head, msg);   /* read unlocked by a spinning server */
   mailbox->tail = msg;
 
   if (counted)
@@ -798,11 +798,23 @@ spark_mailbox_close (SparkMailbox *mailbox,
 }
 
 /* The server takes everything queued at once. An empty result means the
- * server goes idle: the next sender wakes it. */
+ * server goes idle: the next sender wakes it. With @spin, a server that was
+ * just busy polls a little first: a message seen while spinning costs no
+ * wakeup. The decision to go idle is taken under the lock, so no wakeup is
+ * lost. */
 SparkMessage *
-spark_mailbox_take (SparkMailbox *mailbox)
+spark_mailbox_take (SparkMailbox *mailbox,
+                    gboolean      spin)
 {
   SparkMessage *batch;
+
+  if (spin && g_atomic_pointer_get (&mailbox->head) == NULL)
+    {
+      guint limit = spark_spin_limit ();
+
+      for (guint i = 0; i < limit && g_atomic_pointer_get (&mailbox->head) == NULL; i++)
+        spark_cpu_relax ();
+    }
 
   g_mutex_lock (&mailbox->mutex);
   batch = g_steal_pointer (&mailbox->head);

@@ -74,7 +74,7 @@ struct _SparkRequest
   GVariant        *reply;             /* written by the claim winner before delivery */
   GError          *error;             /* same */
 
-  GVariantType    *reply_type;        /* immutable, nullable */
+  const GVariantType *reply_type;     /* immutable, nullable: inline after the name */
   GCancellable    *cancellable;       /* immutable, nullable: the requester's */
   gulong           cancel_id;         /* written before cancel_armed is set */
   GCancellable    *handler_cancellable; /* immutable, nullable: only with a cancellable or timeout */
@@ -143,7 +143,8 @@ void             spark_reply_port_push             (SparkReplyPort   *port,
 void             spark_timer_add                   (SparkRequest     *req);
 void             spark_timer_remove                (SparkRequest     *req);
 
-void             spark_request_set_spin            (guint             spin);
+guint            spark_spin_limit                  (void);
+void             spark_cpu_relax                   (void);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (SparkRequest, spark_request_unref)
 

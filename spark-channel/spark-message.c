@@ -11,18 +11,35 @@
 #include "spark-mailbox-private.h"
 #include "spark-message-private.h"
 
-/* How many times a blocking caller polls for its outcome before it parks on
- * its condition variable. A cross-thread wakeup costs tens of µs here, a
- * hand-off seen while spinning well under one; SPARK_SPIN=0 turns it off. */
-static guint spin_limit = 2000;
+/* How many times a waiting thread polls before it sleeps: a blocking caller
+ * waiting for its outcome, and a server thread that was just busy waiting
+ * for the next message. A cross-thread wakeup costs tens of µs here, a
+ * hand-off seen while spinning well under one. SPARK_SPIN=N sets the
+ * number of polls (each a CPU pause, a few dozen ns); SPARK_SPIN=0 turns
+ * spinning off. */
+#define SPARK_SPIN_DEFAULT 4000
 
-void
-spark_request_set_spin (guint spin)
+guint
+spark_spin_limit (void)
 {
-  spin_limit = spin;
+  static gsize limit;
+
+  if (g_once_init_enter (&limit))
+    {
+      const char *env = g_getenv ("SPARK_SPIN");
+      gsize value = SPARK_SPIN_DEFAULT;
+
+      if (env != NULL && *env != '\0')
+        value = (gsize) g_ascii_strtoull (env, NULL, 10);
+
+      /* g_once_init_leave() takes no zero: store value + 1. */
+      g_once_init_leave (&limit, value + 1);
+    }
+
+  return (guint) (limit - 1);
 }
 
-static inline void
+void
 spark_cpu_relax (void)
 {
 #if defined(__x86_64__) || defined(__i386__)
@@ -95,10 +112,19 @@ spark_request_new (const char         *name,
                    SparkReplyKind      reply_kind)
 {
   gsize len = spark_name_size (name);
-  SparkRequest *req = g_malloc0 (sizeof *req + len);
+  gsize type_len = reply_type ? g_variant_type_get_string_length (reply_type) : 0;
+  SparkRequest *req = g_malloc0 (sizeof *req + len + type_len);
   char *inline_name = (char *) (req + 1);
 
+  /* One allocation: the request, its name, then its reply type (a
+   * GVariantType is its type string, not nul-terminated). */
   memcpy (inline_name, name, len);
+  if (reply_type != NULL)
+    {
+      memcpy (inline_name + len, reply_type, type_len);
+      req->reply_type = (const GVariantType *) (inline_name + len);
+    }
+
   req->msg.kind = SPARK_MESSAGE_REQUEST;
   req->msg.name = inline_name;
   req->msg.parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
@@ -106,8 +132,6 @@ spark_request_new (const char         *name,
   req->reply_kind = reply_kind;
   req->port_item.deliver = spark_request_deliver_on_port;
 
-  if (reply_type != NULL)
-    req->reply_type = g_variant_type_copy (reply_type);
   if (cancellable != NULL)
     req->cancellable = g_object_ref (cancellable);
   if (timeout_msec > 0)
@@ -140,7 +164,6 @@ spark_request_unref (SparkRequest *req)
   g_clear_pointer (&req->msg.parameters, g_variant_unref);
   g_clear_pointer (&req->reply, g_variant_unref);
   g_clear_error (&req->error);
-  g_clear_pointer (&req->reply_type, g_variant_type_free);
   g_clear_object (&req->cancellable);
   g_clear_object (&req->handler_cancellable);
   g_clear_object (&req->task);
@@ -429,7 +452,9 @@ void
 spark_sync_waiter_wait (SparkSyncWaiter *waiter,
                         gint            *flag)
 {
-  for (guint i = 0; i < spin_limit; i++)
+  guint spin = spark_spin_limit ();
+
+  for (guint i = 0; i < spin; i++)
     {
       if (g_atomic_int_get (flag))
         {

@@ -359,6 +359,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
 {
   SparkMailbox *mailbox = self->mailbox;
   guint budget = self->own_thread ? 256 : 64;
+  guint handled = 0;
 
   g_source_set_ready_time (self->source, -1);
 
@@ -388,7 +389,9 @@ spark_module_server_dispatch (SparkModuleServer *self)
 
       if (self->batch == NULL)
         {
-          self->batch = spark_mailbox_take (mailbox);
+          /* Only a server with a thread of its own spins, and only after it
+           * handled something: a shared context (the UI's) never burns. */
+          self->batch = spark_mailbox_take (mailbox, self->own_thread && handled > 0);
           if (self->batch == NULL)
             return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
         }
@@ -396,6 +399,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
       msg = self->batch;
       self->batch = msg->next;
       msg->next = NULL;
+      handled++;
 
       switch ((SparkMessageKind) msg->kind)
         {
