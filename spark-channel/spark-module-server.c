@@ -878,6 +878,27 @@ spark_module_server_get_pending (SparkModuleServer *self)
   return spark_mailbox_get_pending (self->mailbox);
 }
 
+/* Linux refuses thread names longer than 15 bytes (and GLib then leaves
+ * the process's name): keep as much of the server's name as fits, whole
+ * UTF-8 characters only. */
+static char *
+spark_module_server_dup_thread_name (SparkModuleServer *self)
+{
+  const char *name = self->name != NULL && *self->name != '\0' ? self->name : "spark-server";
+  const char *end = name;
+
+  while (*end != '\0')
+    {
+      const char *next = g_utf8_next_char (end);
+
+      if (next - name > 15)
+        break;
+      end = next;
+    }
+
+  return g_strndup (name, (gsize) (end - name));
+}
+
 static gboolean
 spark_module_server_start_internal (SparkModuleServer  *self,
                                     GMainContext       *context,
@@ -925,8 +946,11 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   g_source_attach (source, context);
 
   if (own_thread)
-    self->thread = g_thread_new (self->name ? self->name : "spark-server",
-                                 spark_module_server_thread_func, self);
+    {
+      g_autofree char *thread_name = spark_module_server_dup_thread_name (self);
+
+      self->thread = g_thread_new (thread_name, spark_module_server_thread_func, self);
+    }
 
   g_mutex_unlock (&self->state_mutex);
 
