@@ -230,7 +230,7 @@ enqueue_locked (SparkMailbox *mailbox,
 static inline SparkRoomWaiter *
 waiter_from_link (GList *link)
 {
-  return (SparkRoomWaiter *) ((char *) link - G_STRUCT_OFFSET (SparkRoomWaiter, link));
+  return (SparkRoomWaiter *) (void *) ((char *) link - G_STRUCT_OFFSET (SparkRoomWaiter, link));
 }
 
 static gboolean
@@ -326,7 +326,7 @@ admit_locked (SparkMailbox  *mailbox,
 static void
 deliver_waiter_on_port (SparkPortItem *item)
 {
-  SparkRoomWaiter *waiter = (SparkRoomWaiter *) ((char *) item - G_STRUCT_OFFSET (SparkRoomWaiter, port_item));
+  SparkRoomWaiter *waiter = (SparkRoomWaiter *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRoomWaiter, port_item));
 
   if (waiter->cancel_id != 0)
     g_cancellable_disconnect (waiter->cancellable, waiter->cancel_id);

@@ -378,7 +378,7 @@ spark_request_disarm (SparkRequest *req)
 static void
 spark_request_deliver_on_port (SparkPortItem *item)
 {
-  SparkRequest *req = (SparkRequest *) ((char *) item - G_STRUCT_OFFSET (SparkRequest, port_item));
+  SparkRequest *req = (SparkRequest *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRequest, port_item));
 
   spark_request_disarm (req);
 

@@ -1157,6 +1157,9 @@ spark_module_server_shutdown_async (SparkModuleServer   *self,
   task = g_task_new (self, cancellable, callback, user_data);
   g_task_set_source_tag (task, spark_module_server_shutdown_async);
   g_task_set_name (task, "[spark] module server shutdown");
+  /* The cancellable abandons a wait only: with nothing to wait for, the
+   * answer is TRUE even if it is cancelled. */
+  g_task_set_check_cancellable (task, FALSE);
 
   g_mutex_lock (&self->state_mutex);
   wait = self->started && !self->finished;

@@ -1,8 +1,910 @@
+/* test-invocation.c: SparkInvocation, replies that come later
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Most tests serve a SparkTestInvocationHandler, which keeps every
+ * invocation, on the main thread's default context, and send from the main
+ * thread: everything happens when the test iterates that context.
+ */
+
+#include <string.h>
+
 #include "spark-test-util.h"
+
+#define TEST_ERROR (g_quark_from_static_string ("spark-test-invocation-error"))
+
+/* Outcomes -------------------------------------------------------------------- */
+
+typedef struct
+{
+  gint      done;    /* atomic */
+  GVariant *reply;
+  GError   *error;
+} Outcome;
+
+static void
+outcome_cb (GVariant     *reply,
+            const GError *error,
+            gpointer      user_data)
+{
+  Outcome *outcome = user_data;
+
+  /* Exactly once. */
+  g_assert_false (g_atomic_int_get (&outcome->done));
+  g_assert_true ((reply == NULL) != (error == NULL));
+
+  outcome->reply = reply ? g_variant_ref (reply) : NULL;
+  outcome->error = error ? g_error_copy (error) : NULL;
+  g_atomic_int_set (&outcome->done, TRUE);
+}
+
+static void
+outcome_clear (Outcome *outcome)
+{
+  g_clear_pointer (&outcome->reply, g_variant_unref);
+  g_clear_error (&outcome->error);
+  outcome->done = FALSE;
+}
+
+static void
+on_async_reply (GObject      *source,
+                GAsyncResult *result,
+                gpointer      user_data)
+{
+  Outcome *outcome = user_data;
+
+  g_assert_false (g_atomic_int_get (&outcome->done));
+  outcome->reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &outcome->error);
+  g_atomic_int_set (&outcome->done, TRUE);
+}
+
+/* Runs what is ready on the default context, without blocking. */
+static void
+iterate_pending (void)
+{
+  while (g_main_context_iteration (NULL, FALSE))
+    {
+    }
+}
+
+typedef struct
+{
+  SparkTestInvocationHandler *handler;
+  SparkModuleServer          *server;
+  SparkDispatcher            *dispatcher;
+} Fixture;
+
+static void
+fixture_setup (Fixture       *fixture,
+               gconstpointer  data)
+{
+  GError *error = NULL;
+
+  fixture->handler = spark_test_invocation_handler_new ();
+  fixture->server = spark_module_server_new (SPARK_HANDLER (fixture->handler));
+  g_assert_true (spark_module_server_start (fixture->server, NULL, &error));
+  g_assert_no_error (error);
+  fixture->dispatcher = spark_module_server_create_dispatcher (fixture->server);
+}
+
+static void
+fixture_teardown (Fixture       *fixture,
+                  gconstpointer  data)
+{
+  if (fixture->server != NULL)
+    {
+      if (spark_module_server_get_running (fixture->server))
+        spark_test_shutdown (fixture->server, SPARK_SHUTDOWN_MODE_ABORT);
+    }
+
+  g_clear_object (&fixture->dispatcher);
+  g_clear_object (&fixture->server);
+  g_clear_object (&fixture->handler);
+}
+
+/* Waits until the handler has received @n invocations. */
+static void
+wait_received (Fixture *fixture,
+               gint     n)
+{
+  spark_test_wait_count (NULL, &fixture->handler->n_received, n);
+}
+
+static SparkInvocation *
+pop (Fixture *fixture)
+{
+  SparkInvocation *invocation = spark_test_invocation_handler_pop (fixture->handler);
+
+  g_assert_nonnull (invocation);
+  return invocation;
+}
+
+/* Sends a request with a timeout and returns its invocation, held by the
+ * handler. On a slow machine the timeout can end the request before the
+ * server handed it to the handler (which then never sees it): then it tries
+ * again with a longer timeout. Sets the dispatcher's timeout back to none. */
+static SparkInvocation *
+send_held_with_timeout (Fixture    *fixture,
+                        const char *name,
+                        Outcome    *outcome)
+{
+  for (gint timeout = 10; ; timeout *= 4)
+    {
+      gint before = g_atomic_int_get (&fixture->handler->n_received);
+
+      g_assert_cmpint (timeout, <, 60000);
+      spark_dispatcher_set_timeout (fixture->dispatcher, timeout);
+      spark_dispatcher_request_full (fixture->dispatcher, name, NULL, NULL, NULL,
+                                     outcome_cb, outcome, NULL);
+      spark_dispatcher_set_timeout (fixture->dispatcher, -1);
+
+      while (g_atomic_int_get (&fixture->handler->n_received) == before &&
+             !g_atomic_int_get (&outcome->done))
+        g_main_context_iteration (NULL, TRUE);
+
+      if (g_atomic_int_get (&fixture->handler->n_received) > before)
+        return pop (fixture);
+
+      g_assert_error (outcome->error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+      outcome_clear (outcome);
+    }
+}
+
+/* Replies later ---------------------------------------------------------------- */
+
+static gboolean
+reply_idle_cb (gpointer data)
+{
+  SparkInvocation *invocation = data;
+
+  spark_invocation_return_value (invocation, g_variant_new_string ("from-idle"));
+  return G_SOURCE_REMOVE;
+}
+
+typedef struct
+{
+  GThread      *thread;        /* the replying thread, joined by the test */
+  GThread      *handler_thread;
+  GMainContext *handler_context;
+  gint          returned;      /* atomic: handle_invocation has returned */
+} Later;
+
+static void
+on_invocation_idle (SparkTestInvocationHandler *handler,
+                    SparkInvocation            *invocation,
+                    gpointer                    user_data)
+{
+  Later *later = user_data;
+  GMainContext *context = g_main_context_ref_thread_default ();
+  GSource *idle = g_idle_source_new ();
+
+  later->handler_thread = g_thread_self ();
+  later->handler_context = context;
+
+  g_source_set_callback (idle, reply_idle_cb, g_object_ref (invocation), g_object_unref);
+  g_source_attach (idle, context);
+  g_source_unref (idle);
+  g_main_context_unref (context);
+}
+
+static gpointer
+reply_thread_func (gpointer data)
+{
+  SparkInvocation *invocation = data;
+
+  spark_invocation_return_value (invocation, g_variant_new_string ("from-thread"));
+  g_object_unref (invocation);
+  return NULL;
+}
+
+static void
+on_invocation_thread (SparkTestInvocationHandler *handler,
+                      SparkInvocation            *invocation,
+                      gpointer                    user_data)
+{
+  Later *later = user_data;
+
+  later->handler_thread = g_thread_self ();
+  later->thread = g_thread_new ("reply", reply_thread_func, g_object_ref (invocation));
+}
+
+static void
+test_reply_later_idle (Fixture       *fixture,
+                       gconstpointer  data)
+{
+  Later later = { NULL, NULL, NULL, 0 };
+  Outcome outcome = { 0, NULL, NULL };
+  Outcome next = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  fixture->handler->on_invocation = on_invocation_idle;
+  fixture->handler->user_data = &later;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                 outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                 outcome_cb, &next, NULL);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_no_error (outcome.error);
+  g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-idle");
+  g_assert_true (later.handler_thread == g_thread_self ());
+  g_assert_true (later.handler_context == g_main_context_default ());
+
+  /* The server moved on to the next request, answered the same way. */
+  spark_test_wait_flag (NULL, &next.done);
+  g_assert_no_error (next.error);
+  g_assert_cmpstr (g_variant_get_string (next.reply, NULL), ==, "from-idle");
+  g_assert_cmpint (fixture->handler->n_received, ==, 2);
+
+  invocation = pop (fixture);
+  g_object_unref (invocation);
+  invocation = pop (fixture);
+  g_object_unref (invocation);
+
+  outcome_clear (&outcome);
+  outcome_clear (&next);
+}
+
+static void
+test_reply_later_thread (Fixture       *fixture,
+                         gconstpointer  data)
+{
+  Later later = { NULL, NULL, NULL, 0 };
+  Outcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  fixture->handler->on_invocation = on_invocation_thread;
+  fixture->handler->user_data = &later;
+
+  spark_dispatcher_request_async (fixture->dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                  on_async_reply, &outcome);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_no_error (outcome.error);
+  g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-thread");
+  g_assert_true (later.handler_thread == g_thread_self ());
+  g_thread_join (g_steal_pointer (&later.thread));
+  outcome_clear (&outcome);
+
+  /* And the server goes on serving. */
+  spark_dispatcher_request_async (fixture->dispatcher, "again", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                  on_async_reply, &outcome);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_no_error (outcome.error);
+  g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-thread");
+  g_thread_join (g_steal_pointer (&later.thread));
+  outcome_clear (&outcome);
+
+  invocation = pop (fixture);
+  g_object_unref (invocation);
+  invocation = pop (fixture);
+  g_object_unref (invocation);
+}
+
+static void
+test_accessors (Fixture       *fixture,
+                gconstpointer  data)
+{
+  Outcome first = { 0, NULL, NULL };
+  Outcome second = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+  GVariant *parameters;
+  GCancellable *cancellable;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "GetData", g_variant_new ("(si)", "user123", 7),
+                                 NULL, NULL, outcome_cb, &first, NULL);
+  spark_dispatcher_request_full (fixture->dispatcher, "NoParameters", NULL,
+                                 NULL, NULL, outcome_cb, &second, NULL);
+  wait_received (fixture, 1);
+
+  invocation = pop (fixture);
+  g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "GetData");
+  parameters = spark_invocation_get_parameters (invocation);
+  g_assert_nonnull (parameters);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_assert_cmpstr (g_variant_get_type_string (parameters), ==, "(si)");
+  {
+    const char *key;
+    gint32 value;
+
+    g_variant_get (parameters, "(&si)", &key, &value);
+    g_assert_cmpstr (key, ==, "user123");
+    g_assert_cmpint (value, ==, 7);
+  }
+  cancellable = spark_invocation_get_cancellable (invocation);
+  g_assert_true (G_IS_CANCELLABLE (cancellable));
+  g_assert_false (g_cancellable_is_cancelled (cancellable));
+  spark_invocation_return_value (invocation, g_variant_new_boolean (TRUE));
+  g_object_unref (invocation);
+
+  wait_received (fixture, 2);
+  invocation = pop (fixture);
+  g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "NoParameters");
+  g_assert_null (spark_invocation_get_parameters (invocation));
+  g_assert_true (G_IS_CANCELLABLE (spark_invocation_get_cancellable (invocation)));
+  spark_invocation_return_value (invocation, g_variant_new_boolean (FALSE));
+  g_object_unref (invocation);
+
+  spark_test_wait_flag (NULL, &first.done);
+  spark_test_wait_flag (NULL, &second.done);
+  g_assert_no_error (first.error);
+  g_assert_true (g_variant_get_boolean (first.reply));
+  g_assert_no_error (second.error);
+  g_assert_false (g_variant_get_boolean (second.reply));
+
+  outcome_clear (&first);
+  outcome_clear (&second);
+}
+
+/* The server handles the next message only once the held invocation's
+ * request has ended: completed, dropped, or cancelled. */
+static void
+test_ordering (Fixture       *fixture,
+               gconstpointer  data)
+{
+  Outcome outcomes[4] = { { 0, NULL, NULL }, };
+  GCancellable *cancellable = g_cancellable_new ();
+  SparkInvocation *invocation;
+
+  for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
+    spark_dispatcher_request_full (fixture->dispatcher, "step", g_variant_new_uint32 (i), NULL,
+                                   i == 2 ? cancellable : NULL,
+                                   outcome_cb, &outcomes[i], NULL);
+
+  wait_received (fixture, 1);
+  iterate_pending ();
+  g_assert_cmpint (fixture->handler->n_received, ==, 1);
+  g_assert_cmpuint (spark_module_server_get_pending (fixture->server), ==, 3);
+
+  /* Completed: the next one is handled. */
+  invocation = pop (fixture);
+  g_assert_cmpuint (g_variant_get_uint32 (spark_invocation_get_parameters (invocation)), ==, 0);
+  spark_invocation_return_value (invocation, g_variant_new_string ("zero"));
+  g_object_unref (invocation);
+  wait_received (fixture, 2);
+  iterate_pending ();
+  g_assert_cmpint (fixture->handler->n_received, ==, 2);
+
+  /* Dropped without a reply: NO_REPLY, and the next one is handled. */
+  invocation = pop (fixture);
+  g_assert_cmpuint (g_variant_get_uint32 (spark_invocation_get_parameters (invocation)), ==, 1);
+  g_object_unref (invocation);
+  wait_received (fixture, 3);
+  iterate_pending ();
+  g_assert_cmpint (fixture->handler->n_received, ==, 3);
+
+  /* Its requester cancelled: the next one is handled, the invocation is
+   * still held. */
+  g_cancellable_cancel (cancellable);
+  wait_received (fixture, 4);
+  invocation = pop (fixture);
+  g_assert_cmpuint (g_variant_get_uint32 (spark_invocation_get_parameters (invocation)), ==, 2);
+  g_object_unref (invocation);
+
+  invocation = pop (fixture);
+  g_assert_cmpuint (g_variant_get_uint32 (spark_invocation_get_parameters (invocation)), ==, 3);
+  spark_invocation_return_value (invocation, g_variant_new_string ("three"));
+  g_object_unref (invocation);
+
+  for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
+    spark_test_wait_flag (NULL, &outcomes[i].done);
+
+  g_assert_no_error (outcomes[0].error);
+  g_assert_cmpstr (g_variant_get_string (outcomes[0].reply, NULL), ==, "zero");
+  g_assert_error (outcomes[1].error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
+  g_assert_error (outcomes[2].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_no_error (outcomes[3].error);
+  g_assert_cmpstr (g_variant_get_string (outcomes[3].reply, NULL), ==, "three");
+
+  for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
+    outcome_clear (&outcomes[i]);
+  g_object_unref (cancellable);
+}
+
+static void
+test_complete_twice (Fixture       *fixture,
+                     gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "twice", NULL, NULL, NULL,
+                                 outcome_cb, &outcome, NULL);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+
+  spark_invocation_return_value (invocation, g_variant_new_string ("first"));
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*twice*");
+  spark_invocation_return_value (invocation, g_variant_new_string ("second"));
+  g_test_assert_expected_messages ();
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*twice*");
+  spark_invocation_return_error_literal (invocation, TEST_ERROR, 1, "second");
+  g_test_assert_expected_messages ();
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*twice*");
+  spark_invocation_take_error (invocation, g_error_new_literal (TEST_ERROR, 2, "third"));
+  g_test_assert_expected_messages ();
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  iterate_pending ();   /* outcome_cb asserts it runs once */
+  g_assert_no_error (outcome.error);
+  g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "first");
+
+  g_object_unref (invocation);
+  outcome_clear (&outcome);
+}
+
+/* The request ended first (cancelled, timed out): completing is quiet and
+ * the reply is dropped; the requester saw only its own outcome. */
+static void
+test_complete_after_cancel (Fixture       *fixture,
+                            gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  Outcome next = { 0, NULL, NULL };
+  GCancellable *cancellable = g_cancellable_new ();
+  SparkInvocation *invocation;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "slow", NULL, NULL, cancellable,
+                                 outcome_cb, &outcome, NULL);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+
+  g_cancellable_cancel (cancellable);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_true (g_cancellable_is_cancelled (spark_invocation_get_cancellable (invocation)));
+
+  /* No critical (it would be fatal), no second outcome. */
+  spark_invocation_return_value (invocation, g_variant_new_string ("too late"));
+  iterate_pending ();
+  g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+  /* The server is not stuck on it. */
+  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+                                 outcome_cb, &next, NULL);
+  wait_received (fixture, 2);
+  g_object_unref (invocation);
+  invocation = pop (fixture);
+  spark_invocation_return_error_literal (invocation, TEST_ERROR, 3, "next");
+  spark_test_wait_flag (NULL, &next.done);
+  g_assert_error (next.error, TEST_ERROR, 3);
+
+  g_object_unref (invocation);
+  g_object_unref (cancellable);
+  outcome_clear (&outcome);
+  outcome_clear (&next);
+}
+
+static void
+test_complete_after_timeout (Fixture       *fixture,
+                             gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  Outcome next = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+  GError *error = NULL;
+  gint received;
+
+  invocation = send_held_with_timeout (fixture, "slow", &outcome);
+  received = g_atomic_int_get (&fixture->handler->n_received);
+
+  /* A timeout ends the request for the server too: it moves on while the
+   * invocation is still held. */
+  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+                                 outcome_cb, &next, NULL);
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  g_assert_true (g_cancellable_is_cancelled (spark_invocation_get_cancellable (invocation)));
+
+  /* Completing it now is quiet, and changes nothing. */
+  error = g_error_new_literal (TEST_ERROR, 4, "too late");
+  spark_invocation_return_gerror (invocation, error);
+  g_clear_error (&error);
+  iterate_pending ();
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  g_object_unref (invocation);
+
+  spark_test_wait_count (NULL, &fixture->handler->n_received, received + 1);
+  invocation = pop (fixture);
+  g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "next");
+  spark_invocation_return_value (invocation, g_variant_new_string ("in time"));
+  g_object_unref (invocation);
+  spark_test_wait_flag (NULL, &next.done);
+  g_assert_no_error (next.error);
+  g_assert_cmpstr (g_variant_get_string (next.reply, NULL), ==, "in time");
+
+  outcome_clear (&outcome);
+  outcome_clear (&next);
+}
+
+static void
+test_dropped (Fixture       *fixture,
+              gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  Outcome next = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "dropped", NULL, NULL, NULL,
+                                 outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+                                 outcome_cb, &next, NULL);
+  wait_received (fixture, 1);
+  iterate_pending ();
+  g_assert_false (outcome.done);
+
+  invocation = pop (fixture);
+  g_object_unref (invocation);   /* the last reference, no completion */
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_null (outcome.reply);
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
+
+  wait_received (fixture, 2);
+  invocation = pop (fixture);
+  spark_invocation_return_value (invocation, g_variant_new_int32 (2));
+  g_object_unref (invocation);
+  spark_test_wait_flag (NULL, &next.done);
+  g_assert_no_error (next.error);
+  g_assert_cmpint (g_variant_get_int32 (next.reply), ==, 2);
+
+  outcome_clear (&outcome);
+  outcome_clear (&next);
+}
+
+/* Errors reach the requester unchanged ------------------------------------------ */
+
+typedef enum {
+  RETURN_ERROR_LITERAL,
+  RETURN_GERROR,
+  TAKE_ERROR,
+} ErrorWay;
+
+static void
+check_error_way (Fixture  *fixture,
+                 ErrorWay  way,
+                 gboolean  use_async)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+  GError *error;
+
+  if (use_async)
+    spark_dispatcher_request_async (fixture->dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                    on_async_reply, &outcome);
+  else
+    spark_dispatcher_request_full (fixture->dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                   outcome_cb, &outcome, NULL);
+  spark_test_wait_count (NULL, &fixture->handler->n_received,
+                         fixture->handler->n_received + 1);
+  invocation = pop (fixture);
+
+  switch (way)
+    {
+    case RETURN_ERROR_LITERAL:
+      spark_invocation_return_error_literal (invocation, TEST_ERROR, 42, "a literal “message”");
+      break;
+
+    case RETURN_GERROR:
+      error = g_error_new_literal (G_IO_ERROR, G_IO_ERROR_NOT_FOUND, "No data for “user123”");
+      spark_invocation_return_gerror (invocation, error);
+      /* Copied: ours is still ours. */
+      g_assert_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+      g_error_free (error);
+      break;
+
+    case TAKE_ERROR:
+      spark_invocation_take_error (invocation,
+                                   g_error_new_literal (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
+                                                        "a handler's own FULL"));
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_object_unref (invocation);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_null (outcome.reply);
+
+  switch (way)
+    {
+    case RETURN_ERROR_LITERAL:
+      g_assert_error (outcome.error, TEST_ERROR, 42);
+      g_assert_cmpstr (outcome.error->message, ==, "a literal “message”");
+      break;
+
+    case RETURN_GERROR:
+      g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+      g_assert_cmpstr (outcome.error->message, ==, "No data for “user123”");
+      break;
+
+    case TAKE_ERROR:
+      g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+      g_assert_cmpstr (outcome.error->message, ==, "a handler's own FULL");
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+
+  outcome_clear (&outcome);
+}
+
+static void
+test_return_error_literal (Fixture       *fixture,
+                           gconstpointer  data)
+{
+  check_error_way (fixture, RETURN_ERROR_LITERAL, FALSE);
+  check_error_way (fixture, RETURN_ERROR_LITERAL, TRUE);
+}
+
+static void
+test_return_gerror (Fixture       *fixture,
+                    gconstpointer  data)
+{
+  check_error_way (fixture, RETURN_GERROR, FALSE);
+  check_error_way (fixture, RETURN_GERROR, TRUE);
+}
+
+static void
+test_take_error (Fixture       *fixture,
+                 gconstpointer  data)
+{
+  check_error_way (fixture, TAKE_ERROR, FALSE);
+  check_error_way (fixture, TAKE_ERROR, TRUE);
+}
+
+static void
+test_type_mismatch (Fixture       *fixture,
+                    gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "mismatch", NULL, G_VARIANT_TYPE_STRING, NULL,
+                                 outcome_cb, &outcome, NULL);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+  spark_invocation_return_value (invocation, g_variant_new_int32 (5));
+  g_object_unref (invocation);
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_null (outcome.reply);
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_nonnull (strstr (outcome.error->message, "“i”"));
+  g_assert_nonnull (strstr (outcome.error->message, "“s”"));
+  outcome_clear (&outcome);
+
+  /* The right type passes, a tuple type too. */
+  spark_dispatcher_request_full (fixture->dispatcher, "match", NULL, G_VARIANT_TYPE ("(si)"), NULL,
+                                 outcome_cb, &outcome, NULL);
+  wait_received (fixture, 2);
+  invocation = pop (fixture);
+  spark_invocation_return_value (invocation, g_variant_new ("(si)", "a", 1));
+  g_object_unref (invocation);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_no_error (outcome.error);
+  g_assert_cmpstr (g_variant_get_type_string (outcome.reply), ==, "(si)");
+  outcome_clear (&outcome);
+}
+
+/* The invocation's cancellable ------------------------------------------------- */
+
+static void
+test_cancellable_requester (Fixture       *fixture,
+                            gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  GCancellable *cancellable = g_cancellable_new ();
+  SparkInvocation *invocation;
+  GCancellable *handler_cancellable;
+
+  spark_dispatcher_request_async (fixture->dispatcher, "cancel-me", NULL, NULL, cancellable,
+                                  on_async_reply, &outcome);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+  handler_cancellable = spark_invocation_get_cancellable (invocation);
+  g_assert_false (g_cancellable_is_cancelled (handler_cancellable));
+
+  g_cancellable_cancel (cancellable);
+  g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+
+  spark_invocation_return_value (invocation, g_variant_new_string ("ignored"));
+  g_object_unref (invocation);
+  g_object_unref (cancellable);
+  outcome_clear (&outcome);
+}
+
+static void
+test_cancellable_timeout (Fixture       *fixture,
+                          gconstpointer  data)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+  GCancellable *handler_cancellable;
+
+  invocation = send_held_with_timeout (fixture, "time-me-out", &outcome);
+  handler_cancellable = spark_invocation_get_cancellable (invocation);
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
+
+  g_object_unref (invocation);
+  outcome_clear (&outcome);
+}
+
+static void
+on_shutdown_done (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  gint *done = user_data;
+  GError *error = NULL;
+
+  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, &error));
+  g_assert_no_error (error);
+  g_atomic_int_set (done, TRUE);
+}
+
+/* ABORT cancels a held invocation's cancellable, with or without a
+ * cancellable from the requester, and fails its request with CLOSED. */
+static void
+check_cancellable_abort (Fixture  *fixture,
+                         gboolean  requester_cancellable)
+{
+  Outcome outcome = { 0, NULL, NULL };
+  GCancellable *cancellable = requester_cancellable ? g_cancellable_new () : NULL;
+  SparkInvocation *invocation;
+  GCancellable *handler_cancellable;
+  gint done = FALSE;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "abort-me", NULL, NULL, cancellable,
+                                 outcome_cb, &outcome, NULL);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+  handler_cancellable = spark_invocation_get_cancellable (invocation);
+  g_assert_false (g_cancellable_is_cancelled (handler_cancellable));
+
+  spark_module_server_shutdown_async (fixture->server, SPARK_SHUTDOWN_MODE_ABORT, NULL,
+                                      on_shutdown_done, &done);
+  g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
+  spark_test_wait_flag (NULL, &done);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+
+  /* Completing it now is quiet. */
+  spark_invocation_return_value (invocation, g_variant_new_string ("after abort"));
+  iterate_pending ();
+  g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+
+  g_object_unref (invocation);
+  g_clear_object (&cancellable);
+  outcome_clear (&outcome);
+}
+
+static void
+test_cancellable_abort (Fixture       *fixture,
+                        gconstpointer  data)
+{
+  check_cancellable_abort (fixture, FALSE);
+}
+
+static void
+test_cancellable_abort_own (Fixture       *fixture,
+                            gconstpointer  data)
+{
+  check_cancellable_abort (fixture, TRUE);
+}
+
+/* Once its request has ended, an invocation holds no server, handler or
+ * mailbox: both are finalized while the invocations live on. */
+static void
+test_holds_nothing (void)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
+  SparkDispatcher *dispatcher;
+  Outcome completed = { 0, NULL, NULL };
+  Outcome aborted = { 0, NULL, NULL };
+  SparkInvocation *first;
+  SparkInvocation *second;
+  gpointer weak_server = server;
+  gpointer weak_handler = handler;
+  gpointer weak_first;
+  gpointer weak_second;
+  GError *error = NULL;
+  gint done = FALSE;
+
+  g_object_add_weak_pointer (G_OBJECT (server), &weak_server);
+  g_object_add_weak_pointer (G_OBJECT (handler), &weak_handler);
+
+  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  /* One completed by the handler... */
+  spark_dispatcher_request_full (dispatcher, "completed", g_variant_new_int32 (1), NULL, NULL,
+                                 outcome_cb, &completed, NULL);
+  spark_test_wait_count (NULL, &handler->n_received, 1);
+  first = spark_test_invocation_handler_pop (handler);
+  spark_invocation_return_value (first, g_variant_new_int32 (10));
+  spark_test_wait_flag (NULL, &completed.done);
+  g_assert_no_error (completed.error);
+
+  /* ...one ended by an abort while held. */
+  spark_dispatcher_request_full (dispatcher, "aborted", g_variant_new_int32 (2), NULL, NULL,
+                                 outcome_cb, &aborted, NULL);
+  spark_test_wait_count (NULL, &handler->n_received, 2);
+  second = spark_test_invocation_handler_pop (handler);
+
+  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_shutdown_done, &done);
+  spark_test_wait_flag (NULL, &done);
+  spark_test_wait_flag (NULL, &aborted.done);
+  g_assert_error (aborted.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+
+  g_object_unref (dispatcher);
+  g_object_unref (server);
+  g_object_unref (handler);
+
+  weak_first = first;
+  weak_second = second;
+  g_object_add_weak_pointer (G_OBJECT (first), &weak_first);
+  g_object_add_weak_pointer (G_OBJECT (second), &weak_second);
+
+  g_assert_null (weak_server);
+  g_assert_null (weak_handler);
+  g_assert_nonnull (weak_first);
+  g_assert_nonnull (weak_second);
+
+  /* Still usable. */
+  g_assert_cmpstr (spark_invocation_get_name (first), ==, "completed");
+  g_assert_cmpint (g_variant_get_int32 (spark_invocation_get_parameters (second)), ==, 2);
+
+  g_object_unref (first);
+  g_object_unref (second);
+  g_assert_null (weak_first);
+  g_assert_null (weak_second);
+
+  outcome_clear (&completed);
+  outcome_clear (&aborted);
+}
 
 int
 main (int argc, char *argv[])
 {
   g_test_init (&argc, &argv, NULL);
+
+#define ADD(path, func) \
+  g_test_add ("/spark/invocation/" path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+
+  ADD ("reply-later/idle", test_reply_later_idle);
+  ADD ("reply-later/thread", test_reply_later_thread);
+  ADD ("accessors", test_accessors);
+  ADD ("ordering", test_ordering);
+  ADD ("complete/twice", test_complete_twice);
+  ADD ("complete/after-cancel", test_complete_after_cancel);
+  ADD ("complete/after-timeout", test_complete_after_timeout);
+  ADD ("dropped", test_dropped);
+  ADD ("error/return-error-literal", test_return_error_literal);
+  ADD ("error/return-gerror", test_return_gerror);
+  ADD ("error/take-error", test_take_error);
+  ADD ("type-mismatch", test_type_mismatch);
+  ADD ("cancellable/requester", test_cancellable_requester);
+  ADD ("cancellable/timeout", test_cancellable_timeout);
+  ADD ("cancellable/abort", test_cancellable_abort);
+  ADD ("cancellable/abort-own-cancellable", test_cancellable_abort_own);
+
+#undef ADD
+
+  g_test_add_func ("/spark/invocation/holds-nothing", test_holds_nothing);
+
   return g_test_run ();
 }
