@@ -58,7 +58,7 @@ spark_invocation_finalize (GObject *object)
     spark_request_return_reply (self->req, NULL,
                                 g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
                                              "The invocation of request “%s” was dropped without a reply",
-                                             self->req->msg.name));
+                                             self->req->name));
 
   g_clear_pointer (&self->req, spark_request_unref);
   g_clear_object (&self->cancellable);
@@ -105,7 +105,7 @@ spark_invocation_get_name (SparkInvocation *self)
 {
   g_return_val_if_fail (SPARK_IS_INVOCATION (self), NULL);
 
-  return self->req->msg.name;
+  return self->req->name;
 }
 
 /**
@@ -154,7 +154,7 @@ spark_invocation_claim (SparkInvocation *self)
     return TRUE;
 
   g_critical ("The invocation of request “%s” was completed twice; "
-              "the second completion is ignored", self->req->msg.name);
+              "the second completion is ignored", self->req->name);
   return FALSE;
 }
 

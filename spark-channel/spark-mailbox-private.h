@@ -82,7 +82,7 @@ gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
                                               gboolean       abort);
 
 SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
-                                              gboolean       spin);
+                                              SparkSpin     *spin);
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
                                               SparkRequest  *req,

@@ -802,19 +802,22 @@ spark_mailbox_close (SparkMailbox *mailbox,
  * just busy polls a little first: a message seen while spinning costs no
  * wakeup. The decision to go idle is taken under the lock, so no wakeup is
  * lost. */
+static gboolean
+queue_is_not_empty (gconstpointer data)
+{
+  SparkMailbox *mailbox = (SparkMailbox *) data;
+
+  return g_atomic_pointer_get (&mailbox->head) != NULL;
+}
+
 SparkMessage *
 spark_mailbox_take (SparkMailbox *mailbox,
-                    gboolean      spin)
+                    SparkSpin    *spin)
 {
   SparkMessage *batch;
 
-  if (spin && g_atomic_pointer_get (&mailbox->head) == NULL)
-    {
-      guint limit = spark_spin_limit ();
-
-      for (guint i = 0; i < limit && g_atomic_pointer_get (&mailbox->head) == NULL; i++)
-        spark_cpu_relax ();
-    }
+  if (spin != NULL && !queue_is_not_empty (mailbox))
+    spark_spin_until (spin, queue_is_not_empty, mailbox);
 
   g_mutex_lock (&mailbox->mutex);
   batch = g_steal_pointer (&mailbox->head);

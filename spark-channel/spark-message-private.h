@@ -25,16 +25,18 @@ typedef enum {
   SPARK_MESSAGE_SHUTDOWN,
 } SparkMessageKind;
 
-/* What the mailbox queues. A command is exactly this struct followed by its
- * name (one allocation); a request embeds it first. All fields but @next are
- * immutable once the message is queued; @next belongs to whoever holds the
- * message (the mailbox lock while queued, then the server). */
+/* What the mailbox queues. A request embeds it first and points at its
+ * name; a command is this struct alone, its name stored right after @kind
+ * (in what would be padding), so that a queued command with a short name
+ * is one 24-byte allocation (a 32-byte malloc chunk) plus its GVariant.
+ * All fields but @next are immutable once the message is queued; @next
+ * belongs to whoever holds the message (the mailbox lock while queued,
+ * then the server). Use spark_message_get_name(). */
 struct _SparkMessage
 {
   SparkMessage *next;
   GVariant     *parameters;
-  const char   *name;
-  guint32       kind;
+  guint8        kind;
 };
 
 /* An item delivered in a batch on a requester's main context. */
@@ -63,6 +65,7 @@ typedef enum {
 struct _SparkRequest
 {
   SparkMessage     msg;
+  const char      *name;              /* immutable: inline after the struct */
 
   gint             ref_count;         /* atomic */
   gint             claimed;           /* atomic: 0 -> 1 once */
@@ -92,13 +95,31 @@ struct _SparkRequest
   GDestroyNotify   destroy;
 };
 
+/* An adaptive spin: how long its owner polls before it sleeps. Touched
+ * only by its owner (the waiting thread, or the server's thread). */
+typedef struct
+{
+  guint usec;   /* 0: not yet set, take the limit */
+} SparkSpin;
+
+typedef gboolean (*SparkSpinReadyFunc) (gconstpointer data);
+
 /* A thread's parking place for blocking calls: one per thread. */
 struct _SparkSyncWaiter
 {
-  GMutex   mutex;
-  GCond    cond;
-  gboolean parked;   /* the mutex: the owner thread sleeps in cond */
+  GMutex    mutex;
+  GCond     cond;
+  gboolean  parked;   /* the mutex: the owner thread sleeps in cond */
+  SparkSpin spin;     /* the owner thread */
 };
+
+static inline const char *
+spark_message_get_name (const SparkMessage *msg)
+{
+  if (msg->kind == SPARK_MESSAGE_REQUEST)
+    return ((const SparkRequest *) (const void *) msg)->name;
+  return (const char *) &msg->kind + 1;
+}
 
 SparkMessage    *spark_message_new_command         (const char       *name,
                                                     GVariant         *parameters);
@@ -144,6 +165,9 @@ void             spark_timer_add                   (SparkRequest     *req);
 void             spark_timer_remove                (SparkRequest     *req);
 
 guint            spark_spin_limit                  (void);
+gboolean         spark_spin_until                  (SparkSpin          *spin,
+                                                    SparkSpinReadyFunc  ready,
+                                                    gconstpointer       data);
 void             spark_cpu_relax                   (void);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (SparkRequest, spark_request_unref)

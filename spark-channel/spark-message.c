@@ -11,13 +11,17 @@
 #include "spark-mailbox-private.h"
 #include "spark-message-private.h"
 
-/* How many times a waiting thread polls before it sleeps: a blocking caller
+/* How long a waiting thread polls before it sleeps: a blocking caller
  * waiting for its outcome, and a server thread that was just busy waiting
- * for the next message. A cross-thread wakeup costs tens of µs here, a
- * hand-off seen while spinning well under one. SPARK_SPIN=N sets the
- * number of polls (each a CPU pause, a few dozen ns); SPARK_SPIN=0 turns
+ * for the next message. A cross-thread wakeup costs 20-45 µs here, a
+ * hand-off seen while spinning well under one, so a short spin that often
+ * succeeds saves most of a round trip; a spin that keeps failing only burns
+ * CPU, so each spinner halves its spin after a miss and goes back to the
+ * full spin after a hit (see SparkSpin).
+ *
+ * SPARK_SPIN=N sets the longest spin in µs (default 20); SPARK_SPIN=0 turns
  * spinning off. */
-#define SPARK_SPIN_DEFAULT 4000
+#define SPARK_SPIN_DEFAULT_USEC 20
 
 guint
 spark_spin_limit (void)
@@ -27,7 +31,7 @@ spark_spin_limit (void)
   if (g_once_init_enter (&limit))
     {
       const char *env = g_getenv ("SPARK_SPIN");
-      gsize value = SPARK_SPIN_DEFAULT;
+      gsize value = SPARK_SPIN_DEFAULT_USEC;
 
       if (env != NULL && *env != '\0')
         value = (gsize) g_ascii_strtoull (env, NULL, 10);
@@ -37,6 +41,42 @@ spark_spin_limit (void)
     }
 
   return (guint) (limit - 1);
+}
+
+/* Polls @ready until it returns TRUE or the spin's current budget is
+ * spent; adapts the budget to how spinning went. */
+gboolean
+spark_spin_until (SparkSpin       *spin,
+                  SparkSpinReadyFunc ready,
+                  gconstpointer    data)
+{
+  guint limit = spark_spin_limit ();
+  gint64 deadline;
+
+  if (spin->usec == 0 || spin->usec > limit)
+    spin->usec = limit;
+  if (limit == 0)
+    return ready (data);
+
+  deadline = g_get_monotonic_time () + spin->usec;
+
+  for (guint i = 1; ; i++)
+    {
+      if (ready (data))
+        {
+          spin->usec = limit;   /* it pays: spin fully next time */
+          return TRUE;
+        }
+      spark_cpu_relax ();
+
+      /* The clock every 16 polls (a pause is ~50 ns here). */
+      if ((i & 15) == 0 && g_get_monotonic_time () >= deadline)
+        break;
+    }
+
+  /* A miss: spin less next time, down to 1/16th of the limit. */
+  spin->usec = MAX (spin->usec / 2, MAX (limit / 16, 1));
+  return FALSE;
 }
 
 void
@@ -60,14 +100,13 @@ spark_message_new_command (const char *name,
                            GVariant   *parameters)
 {
   gsize len = spark_name_size (name);
-  SparkMessage *msg = g_malloc (sizeof *msg + len);
-  char *inline_name = (char *) (msg + 1);
+  gsize name_offset = G_STRUCT_OFFSET (SparkMessage, kind) + 1;
+  SparkMessage *msg = g_malloc (MAX (sizeof *msg, name_offset + len));
 
-  memcpy (inline_name, name, len);
   msg->next = NULL;
   msg->parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
-  msg->name = inline_name;
   msg->kind = SPARK_MESSAGE_COMMAND;
+  memcpy ((char *) msg + name_offset, name, len);
 
   return msg;
 }
@@ -75,10 +114,10 @@ spark_message_new_command (const char *name,
 SparkMessage *
 spark_message_new_shutdown (void)
 {
+  /* Zeroed: its name, after kind, is "". */
   SparkMessage *msg = g_new0 (SparkMessage, 1);
 
   msg->kind = SPARK_MESSAGE_SHUTDOWN;
-  msg->name = "";
 
   return msg;
 }
@@ -126,7 +165,7 @@ spark_request_new (const char         *name,
     }
 
   req->msg.kind = SPARK_MESSAGE_REQUEST;
-  req->msg.name = inline_name;
+  req->name = inline_name;
   req->msg.parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
   req->ref_count = 2;   /* the sender's side and the completion side */
   req->reply_kind = reply_kind;
@@ -294,14 +333,14 @@ spark_request_return_reply (SparkRequest *req,
   if (error != NULL && reply != NULL)
     {
       g_critical ("The handler of request “%s” returned a reply and set an error; "
-                  "the error wins", req->msg.name);
+                  "the error wins", req->name);
       g_clear_pointer (&reply, g_variant_unref);
     }
   else if (error == NULL && reply == NULL)
     {
       error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
                            "The handler of request “%s” gave no reply and no error",
-                           req->msg.name);
+                           req->name);
     }
   else if (reply != NULL &&
            req->reply_type != NULL &&
@@ -309,7 +348,7 @@ spark_request_return_reply (SparkRequest *req,
     {
       error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
                            "The reply to request “%s” has type “%s”, expected “%.*s”",
-                           req->msg.name,
+                           req->name,
                            g_variant_get_type_string (reply),
                            (int) g_variant_type_get_string_length (req->reply_type),
                            g_variant_type_peek_string (req->reply_type));
@@ -448,23 +487,23 @@ spark_sync_waiter_get (void)
 /* Waits, on the waiter's own thread, until @flag is set by
  * spark_sync_waiter_signal(). Spins briefly first: a hand-off seen while
  * spinning costs far less than a sleep and a wakeup. */
+static gboolean
+flag_is_set (gconstpointer data)
+{
+  return g_atomic_int_get ((const gint *) data) != 0;
+}
+
 void
 spark_sync_waiter_wait (SparkSyncWaiter *waiter,
                         gint            *flag)
 {
-  guint spin = spark_spin_limit ();
-
-  for (guint i = 0; i < spin; i++)
+  if (spark_spin_until (&waiter->spin, flag_is_set, flag))
     {
-      if (g_atomic_int_get (flag))
-        {
-          /* The signaller sets the flag under the mutex: passing through it
-           * makes sure it is done with the waiter before we go on. */
-          g_mutex_lock (&waiter->mutex);
-          g_mutex_unlock (&waiter->mutex);
-          return;
-        }
-      spark_cpu_relax ();
+      /* The signaller sets the flag under the mutex: passing through it
+       * makes sure it is done with the waiter before we go on. */
+      g_mutex_lock (&waiter->mutex);
+      g_mutex_unlock (&waiter->mutex);
+      return;
     }
 
   g_mutex_lock (&waiter->mutex);

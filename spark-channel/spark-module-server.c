@@ -88,6 +88,7 @@ struct _SparkModuleServer
   /* The server's context only. */
   SparkMessage  *batch;            /* taken from the mailbox, not handled yet */
   SparkRequest  *waiting;          /* a request whose invocation the handler holds */
+  SparkSpin      spin;             /* how long the server's own thread polls before it sleeps */
   gboolean       stopped;
 };
 
@@ -177,14 +178,14 @@ spark_module_server_report_command_failure (SparkModuleServer *self,
    * when nobody listens for the signal. */
   if (g_signal_has_handler_pending (self, signals[COMMAND_FAILED], 0, TRUE))
     g_debug ("Command “%s” of module server “%s” failed: %s",
-             msg->name, self->name ? self->name : "", error->message);
+             spark_message_get_name (msg), self->name ? self->name : "", error->message);
   else
     g_warning ("Command “%s” of module server “%s” failed: %s",
-               msg->name, self->name ? self->name : "", error->message);
+               spark_message_get_name (msg), self->name ? self->name : "", error->message);
 
   failure = g_new0 (CommandFailure, 1);
   failure->server = g_object_ref (self);
-  failure->name = g_strdup (msg->name);
+  failure->name = g_strdup (spark_message_get_name (msg));
   failure->parameters = msg->parameters ? g_variant_ref (msg->parameters) : NULL;
   failure->error = error;
 
@@ -281,13 +282,13 @@ spark_module_server_handle_command (SparkModuleServer *self,
 {
   GError *error = NULL;
 
-  if (!spark_handler_handle_command (self->handler, msg->name, msg->parameters,
+  if (!spark_handler_handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
                                      self->mailbox->abort_cancellable, &error))
     {
       if (error == NULL)
         error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
                              "The handler of command “%s” failed without an error",
-                             msg->name);
+                             spark_message_get_name (msg));
       spark_module_server_report_command_failure (self, msg, error);
     }
 }
@@ -340,7 +341,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       if (req->handler_cancellable != NULL)
         spark_mailbox_set_current (mailbox, req, FALSE);
 
-      reply = spark_handler_handle_request (self->handler, req->msg.name, req->msg.parameters,
+      reply = spark_handler_handle_request (self->handler, req->name, req->msg.parameters,
                                             cancellable, &error);
       spark_request_return_reply (req, reply, error);
 
@@ -391,7 +392,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
         {
           /* Only a server with a thread of its own spins, and only after it
            * handled something: a shared context (the UI's) never burns. */
-          self->batch = spark_mailbox_take (mailbox, self->own_thread && handled > 0);
+          self->batch = spark_mailbox_take (mailbox, self->own_thread && handled > 0 ? &self->spin : NULL);
           if (self->batch == NULL)
             return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
         }

@@ -69,6 +69,8 @@ spark_test_invocation_handler_handle_invocation (SparkHandler    *handler,
   g_mutex_unlock (&self->mutex);
 
   g_atomic_int_inc (&self->n_received);
+  /* Tests wait for n_received on the default context, maybe asleep. */
+  g_main_context_wakeup (g_main_context_default ());
 
   if (self->on_invocation != NULL)
     self->on_invocation (self, invocation, self->user_data);
