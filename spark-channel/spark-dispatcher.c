@@ -302,7 +302,7 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
   g_task_set_source_tag (task, spark_dispatcher_request_async);
   g_task_set_name (task, "[spark] request");
 
-  req = spark_request_new (name, params, reply_type, cancellable,
+  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
                            g_atomic_int_get (&self->timeout), SPARK_REPLY_TASK);
   req->task = task;
   req->port = spark_reply_port_get ();
@@ -378,7 +378,7 @@ spark_dispatcher_request_full (SparkDispatcher    *self,
   g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
   g_return_if_fail (reply_func != NULL);
 
-  req = spark_request_new (name, params, reply_type, cancellable,
+  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
                            g_atomic_int_get (&self->timeout), SPARK_REPLY_FUNC);
   req->reply_func = reply_func;
   req->user_data = user_data;
@@ -432,7 +432,7 @@ spark_dispatcher_request_sync (SparkDispatcher     *self,
   g_return_val_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable), NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  req = spark_request_new (name, params, reply_type, cancellable,
+  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
                            g_atomic_int_get (&self->timeout), SPARK_REPLY_SYNC);
   req->waiter = spark_sync_waiter_get ();
 
@@ -505,7 +505,7 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (name, params),
+                                     spark_message_new_command (name, g_steal_pointer (&params)),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
 }
 
@@ -543,7 +543,7 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (name, params),
+                                     spark_message_new_command (name, g_steal_pointer (&params)),
                                      SPARK_POST_TRY, NULL, NULL, error);
 }
 
@@ -596,7 +596,7 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
       g_task_return_error (task, error);
     }
   else if (!spark_mailbox_post_command (self->mailbox,
-                                        spark_message_new_command (name, params),
+                                        spark_message_new_command (name, g_steal_pointer (&params)),
                                         SPARK_POST_ASYNC, cancellable, task, &error))
     g_task_return_error (task, error);
 }

@@ -77,6 +77,22 @@ spark_handler_default_init (SparkHandlerInterface *iface)
   iface->handle_invocation = spark_handler_real_handle_invocation;
 }
 
+void
+spark_handler_set_not_supported (SparkHandler      *self,
+                                 SparkMessageKind   kind,
+                                 const char        *name,
+                                 GError           **error)
+{
+  if (kind == SPARK_MESSAGE_REQUEST)
+    g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                 "The handler %s does not handle requests (request “%s”)",
+                 G_OBJECT_TYPE_NAME (self), name);
+  else
+    g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                 "The handler %s does not handle commands (command “%s”)",
+                 G_OBJECT_TYPE_NAME (self), name);
+}
+
 /*
  * Whether requests must go through a SparkInvocation: only when the
  * handler's type overrides handle_invocation. Otherwise the server calls
@@ -151,9 +167,7 @@ spark_handler_handle_request (SparkHandler  *self,
 
   if (iface->handle_request == NULL)
     {
-      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
-                   "The handler %s does not handle requests (request “%s”)",
-                   G_OBJECT_TYPE_NAME (self), name);
+      spark_handler_set_not_supported (self, SPARK_MESSAGE_REQUEST, name, error);
       return NULL;
     }
 
@@ -199,9 +213,7 @@ spark_handler_handle_command (SparkHandler  *self,
 
   if (iface->handle_command == NULL)
     {
-      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
-                   "The handler %s does not handle commands (command “%s”)",
-                   G_OBJECT_TYPE_NAME (self), name);
+      spark_handler_set_not_supported (self, SPARK_MESSAGE_COMMAND, name, error);
       return FALSE;
     }
 

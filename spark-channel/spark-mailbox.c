@@ -15,7 +15,7 @@
  *     allocations: 1 (the message, name inline), plus the caller's GVariant
  *     locks:       1 mailbox lock by the sender; the server's lock to take
  *                  the queue is shared by the whole batch
- *     wakeups:     0, or 1 if the server was idle (g_source_set_ready_time)
+ *     wakeups:     0, or 1 if the server was idle (an eventfd write)
  *
  *   one request with request_full():
  *     allocations: 1 (the request, name inline), plus the caller's GVariant
@@ -41,6 +41,7 @@
 
 #include "spark-error.h"
 #include "spark-mailbox-private.h"
+#include "spark-wake-source-private.h"
 
 typedef enum {
   WAITER_INIT,
@@ -167,9 +168,10 @@ spark_mailbox_get_pending (SparkMailbox *mailbox)
 void
 spark_mailbox_wake_server (SparkMailbox *mailbox)
 {
-  /* source is immutable once set, and only woken once open */
+  /* source is immutable once set, and only woken once open; the mailbox
+   * holds its context alive. */
   if (mailbox->source != NULL)
-    g_source_set_ready_time (mailbox->source, 0);
+    spark_wake_source_wake ((SparkWakeSource *) mailbox->source);
 }
 
 static void

@@ -121,6 +121,7 @@ spark_message_get_name (const SparkMessage *msg)
   return (const char *) &msg->kind + 1;
 }
 
+/* Both take @parameters (transfer full, not floating, nullable). */
 SparkMessage    *spark_message_new_command         (const char       *name,
                                                     GVariant         *parameters);
 SparkMessage    *spark_message_new_shutdown        (void);

@@ -104,7 +104,7 @@ spark_message_new_command (const char *name,
   SparkMessage *msg = g_malloc (MAX (sizeof *msg, name_offset + len));
 
   msg->next = NULL;
-  msg->parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
+  msg->parameters = parameters;   /* ours now: sunk by the dispatcher */
   msg->kind = SPARK_MESSAGE_COMMAND;
   memcpy ((char *) msg + name_offset, name, len);
 
@@ -166,7 +166,7 @@ spark_request_new (const char         *name,
 
   req->msg.kind = SPARK_MESSAGE_REQUEST;
   req->name = inline_name;
-  req->msg.parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
+  req->msg.parameters = parameters;   /* ours now: sunk by the dispatcher */
   req->ref_count = 2;   /* the sender's side and the completion side */
   req->reply_kind = reply_kind;
   req->port_item.deliver = spark_request_deliver_on_port;

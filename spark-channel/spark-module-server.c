@@ -48,10 +48,11 @@
 #include "spark-invocation-private.h"
 #include "spark-mailbox-private.h"
 #include "spark-module-server.h"
+#include "spark-wake-source-private.h"
 
 typedef struct
 {
-  GSource            source;
+  SparkWakeSource    source;
   SparkModuleServer *server;   /* not a reference: the server outlives its started source */
 } SparkServerSource;
 
@@ -76,6 +77,7 @@ struct _SparkModuleServer
   GSList        *shutdown_waits;   /* state_mutex: ShutdownWait */
 
   /* Set by start, immutable afterwards. */
+  SparkHandlerInterface *iface;    /* the handler's vfuncs, looked up once */
   GMainContext  *owner_context;
   GMainContext  *context;
   GSource       *source;
@@ -282,8 +284,21 @@ spark_module_server_handle_command (SparkModuleServer *self,
 {
   GError *error = NULL;
 
-  if (!spark_handler_handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
-                                     self->mailbox->abort_cancellable, &error))
+  gboolean ok;
+
+  /* Straight to the vfunc: the public wrapper's type checks cost more than
+   * the rest of a command's trip through the library. */
+  if (self->iface->handle_command != NULL)
+    ok = self->iface->handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
+                                      self->mailbox->abort_cancellable, &error);
+  else
+    {
+      spark_handler_set_not_supported (self->handler, SPARK_MESSAGE_COMMAND,
+                                       spark_message_get_name (msg), &error);
+      ok = FALSE;
+    }
+
+  if (!ok)
     {
       if (error == NULL)
         error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
@@ -341,8 +356,14 @@ spark_module_server_handle_request (SparkModuleServer *self,
       if (req->handler_cancellable != NULL)
         spark_mailbox_set_current (mailbox, req, FALSE);
 
-      reply = spark_handler_handle_request (self->handler, req->name, req->msg.parameters,
-                                            cancellable, &error);
+      if (self->iface->handle_request != NULL)
+        reply = self->iface->handle_request (self->handler, req->name, req->msg.parameters,
+                                             cancellable, &error);
+      else
+        {
+          spark_handler_set_not_supported (self->handler, SPARK_MESSAGE_REQUEST, req->name, &error);
+          reply = NULL;
+        }
       spark_request_return_reply (req, reply, error);
 
       if (req->handler_cancellable != NULL)
@@ -362,7 +383,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
   guint budget = self->own_thread ? 256 : 64;
   guint handled = 0;
 
-  g_source_set_ready_time (self->source, -1);
+  spark_wake_source_set_ready ((SparkWakeSource *) self->source, FALSE);
 
   if (self->waiting != NULL)
     {
@@ -427,21 +448,15 @@ spark_module_server_dispatch (SparkModuleServer *self)
     }
 
   /* More to do, after the context's other sources had their turn. */
-  g_source_set_ready_time (self->source, 0);
+  spark_wake_source_set_ready ((SparkWakeSource *) self->source, TRUE);
   return G_SOURCE_CONTINUE;
 }
 
 static gboolean
-spark_server_source_dispatch (GSource     *source,
-                              GSourceFunc  callback,
-                              gpointer     user_data)
+spark_server_source_dispatch (gpointer data)
 {
-  return spark_module_server_dispatch (((SparkServerSource *) source)->server);
+  return spark_module_server_dispatch (((SparkServerSource *) data)->server);
 }
-
-static GSourceFuncs spark_server_source_funcs = {
-  .dispatch = spark_server_source_dispatch,
-};
 
 static gpointer
 spark_module_server_thread_func (gpointer data)
@@ -919,10 +934,9 @@ spark_module_server_start_internal (SparkModuleServer  *self,
       return FALSE;
     }
 
-  source = g_source_new (&spark_server_source_funcs, sizeof (SparkServerSource));
+  source = spark_wake_source_new (sizeof (SparkServerSource), spark_server_source_dispatch,
+                                  NULL, "[spark] module server");
   ((SparkServerSource *) source)->server = self;
-  g_source_set_static_name (source, "[spark] module server");
-  g_source_set_priority (source, G_PRIORITY_DEFAULT);
 
   if (!spark_mailbox_open (self->mailbox, source, context,
                            own_thread ? NULL : g_thread_self (),
@@ -939,12 +953,13 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->context = g_main_context_ref (context);
   self->owner_context = g_main_context_ref_thread_default ();
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
+  self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->running, TRUE);
 
   /* Held until the server has stopped and the owner side has finished. */
   g_object_ref (self);
 
-  g_source_attach (source, context);
+  spark_wake_source_attach ((SparkWakeSource *) source, context);
 
   if (own_thread)
     {

@@ -15,17 +15,22 @@
 #include "config.h"
 
 #include "spark-message-private.h"
+#include "spark-wake-source-private.h"
+
+/* Items delivered per dispatch at most, so that a stream of replies does
+ * not starve the context's other sources. */
+#define PORT_BUDGET 1024
 
 struct _SparkReplyPort
 {
-  GSource        source;
+  SparkWakeSource source;
 
-  GMutex         mutex;
-  SparkPortItem *head;        /* mutex */
-  SparkPortItem *tail;        /* mutex */
-  gboolean       scheduled;   /* mutex: a wakeup is on its way */
+  GMutex          mutex;
+  SparkPortItem  *head;        /* mutex */
+  SparkPortItem  *tail;        /* mutex */
+  gboolean        scheduled;   /* mutex: woken, or dispatching: pushers need not wake it */
 
-  GMainContext  *context;     /* the context it is attached to; not a reference */
+  GMainContext   *context;     /* the context it is attached to; not a reference */
 };
 
 /* Which port serves which context. A port leaves the table when its
@@ -52,28 +57,45 @@ port_cache_free (gpointer data)
 static GPrivate port_cache_key = G_PRIVATE_INIT (port_cache_free);
 
 static gboolean
-spark_reply_port_dispatch (GSource     *source,
-                           GSourceFunc  callback,
-                           gpointer     user_data)
+spark_reply_port_dispatch (gpointer data)
 {
-  SparkReplyPort *port = (SparkReplyPort *) source;
-  SparkPortItem *batch;
+  SparkReplyPort *port = data;
+  guint delivered = 0;
 
-  g_source_set_ready_time (source, -1);
+  spark_wake_source_set_ready (&port->source, FALSE);
 
-  g_mutex_lock (&port->mutex);
-  batch = port->head;
-  port->head = port->tail = NULL;
-  port->scheduled = FALSE;
-  g_mutex_unlock (&port->mutex);
-
-  while (batch != NULL)
+  /* Deliver until the queue is found empty: replies that arrive meanwhile
+   * join this dispatch instead of waking the context again. */
+  for (;;)
     {
-      SparkPortItem *item = batch;
+      SparkPortItem *batch;
 
-      batch = item->next;
-      item->next = NULL;
-      item->deliver (item);
+      g_mutex_lock (&port->mutex);
+      batch = port->head;
+      port->head = port->tail = NULL;
+      if (batch == NULL)
+        port->scheduled = FALSE;
+      g_mutex_unlock (&port->mutex);
+
+      if (batch == NULL)
+        break;
+
+      while (batch != NULL)
+        {
+          SparkPortItem *item = batch;
+
+          batch = item->next;
+          item->next = NULL;
+          item->deliver (item);
+          delivered++;
+        }
+
+      if (delivered >= PORT_BUDGET)
+        {
+          /* Still scheduled: come back after the other sources. */
+          spark_wake_source_set_ready (&port->source, TRUE);
+          break;
+        }
     }
 
   return G_SOURCE_CONTINUE;
@@ -95,10 +117,6 @@ spark_reply_port_finalize (GSource *source)
   g_mutex_clear (&port->mutex);
 }
 
-static GSourceFuncs spark_reply_port_funcs = {
-  .dispatch = spark_reply_port_dispatch,
-  .finalize = spark_reply_port_finalize,
-};
 
 static SparkReplyPort *
 spark_reply_port_lookup (GMainContext *context)
@@ -122,12 +140,11 @@ spark_reply_port_lookup (GMainContext *context)
 
   if (port == NULL)
     {
-      port = (SparkReplyPort *) g_source_new (&spark_reply_port_funcs, sizeof *port);
+      port = (SparkReplyPort *) spark_wake_source_new (sizeof *port, spark_reply_port_dispatch,
+                                                        spark_reply_port_finalize, "[spark] replies");
       g_mutex_init (&port->mutex);
       port->context = context;
-      g_source_set_static_name ((GSource *) port, "[spark] replies");
-      g_source_set_priority ((GSource *) port, G_PRIORITY_DEFAULT);
-      g_source_attach ((GSource *) port, context);
+      spark_wake_source_attach (&port->source, context);
       g_hash_table_insert (ports, context, port);
     }
   else
@@ -142,8 +159,8 @@ spark_reply_port_lookup (GMainContext *context)
  * spark_reply_port_get:
  *
  * Returns: (transfer full): the port of the calling thread's thread-default
- *   context. The reference holds the context too, so that the port can be
- *   pushed to until it is released with spark_reply_port_unref().
+ *   context, held (through a reference on its context) until released with
+ *   spark_reply_port_unref().
  */
 SparkReplyPort *
 spark_reply_port_get (void)
@@ -175,20 +192,19 @@ spark_reply_port_get (void)
   return spark_reply_port_ref (cache->port);
 }
 
+/* A hold on a port is a reference on its context: the port is attached to
+ * it, so it lives as long as the context does. */
 SparkReplyPort *
 spark_reply_port_ref (SparkReplyPort *port)
 {
   g_main_context_ref (port->context);
-  return (SparkReplyPort *) g_source_ref ((GSource *) port);
+  return port;
 }
 
 void
 spark_reply_port_unref (SparkReplyPort *port)
 {
-  GMainContext *context = port->context;
-
-  g_source_unref ((GSource *) port);
-  g_main_context_unref (context);
+  g_main_context_unref (port->context);
 }
 
 /* From any thread. The item is delivered on the port's context. */
@@ -211,5 +227,5 @@ spark_reply_port_push (SparkReplyPort *port,
   g_mutex_unlock (&port->mutex);
 
   if (wake)
-    g_source_set_ready_time ((GSource *) port, 0);
+    spark_wake_source_wake (&port->source);
 }
