@@ -58,6 +58,7 @@
 
 #include "config.h"
 
+#include "spark-async-result-private.h"
 #include "spark-dispatcher-private.h"
 #include "spark-error.h"
 
@@ -291,20 +292,19 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
 {
   g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
   SparkRequest *req;
-  GTask *task;
 
   g_return_if_fail (SPARK_IS_DISPATCHER (self));
   g_return_if_fail (name != NULL && *name != '\0');
   g_return_if_fail (reply_type_is_valid (reply_type));
   g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
 
-  task = g_task_new (self, cancellable, callback, user_data);
-  g_task_set_source_tag (task, spark_dispatcher_request_async);
-  g_task_set_name (task, "[spark] request");
-
+  /* No GTask: the result object is made when the outcome is delivered,
+   * from the reply port's batch on the caller's context. */
   req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
-                           g_atomic_int_get (&self->timeout), SPARK_REPLY_TASK);
-  req->task = task;
+                           g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
+  req->source_object = g_object_ref (G_OBJECT (self));
+  req->callback = callback;
+  req->user_data = user_data;
   req->port = spark_reply_port_get ();
 
   spark_dispatcher_send_request (self, req, FALSE);
@@ -331,10 +331,10 @@ spark_dispatcher_request_finish (SparkDispatcher  *self,
                                  GError          **error)
 {
   g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
-  g_return_val_if_fail (g_task_is_valid (result, self), NULL);
-  g_return_val_if_fail (g_task_get_source_tag (G_TASK (result)) == spark_dispatcher_request_async, NULL);
+  g_return_val_if_fail (spark_async_result_is_valid (result, self, spark_dispatcher_request_async), NULL);
+  g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  return g_task_propagate_pointer (G_TASK (result), error);
+  return spark_async_result_propagate (SPARK_ASYNC_RESULT (result), error);
 }
 
 /**

@@ -50,7 +50,7 @@ struct _SparkPortItem
 
 typedef enum {
   SPARK_REPLY_SYNC,
-  SPARK_REPLY_TASK,
+  SPARK_REPLY_ASYNC,
   SPARK_REPLY_FUNC,
 } SparkReplyKind;
 
@@ -87,12 +87,13 @@ struct _SparkRequest
 
   /* Where the outcome goes; immutable after send. */
   SparkSyncWaiter *waiter;            /* SYNC */
-  SparkReplyPort  *port;              /* TASK, FUNC: a reference */
+  SparkReplyPort  *port;              /* ASYNC, FUNC: a hold on it */
   SparkPortItem    port_item;
-  GTask           *task;              /* TASK */
+  GObject         *source_object;     /* ASYNC: a reference (the dispatcher) */
+  GAsyncReadyCallback callback;       /* ASYNC */
   SparkReplyFunc   reply_func;        /* FUNC */
-  gpointer         user_data;
-  GDestroyNotify   destroy;
+  gpointer         user_data;         /* ASYNC, FUNC */
+  GDestroyNotify   destroy;           /* FUNC */
 };
 
 /* An adaptive spin: how long its owner polls before it sleeps. Touched

@@ -7,6 +7,7 @@
 
 #include <string.h>
 
+#include "spark-async-result-private.h"
 #include "spark-error.h"
 #include "spark-mailbox-private.h"
 #include "spark-message-private.h"
@@ -205,7 +206,7 @@ spark_request_unref (SparkRequest *req)
   g_clear_error (&req->error);
   g_clear_object (&req->cancellable);
   g_clear_object (&req->handler_cancellable);
-  g_clear_object (&req->task);
+  g_clear_object (&req->source_object);
   g_clear_pointer (&req->port, spark_reply_port_unref);
   g_free (req);
 }
@@ -231,7 +232,7 @@ spark_request_deliver (SparkRequest *req)
       spark_sync_waiter_signal (req->waiter, &req->done);
       break;
 
-    case SPARK_REPLY_TASK:
+    case SPARK_REPLY_ASYNC:
     case SPARK_REPLY_FUNC:
     default:
       spark_reply_port_push (req->port, &req->port_item);
@@ -433,16 +434,17 @@ spark_request_deliver_on_port (SparkPortItem *item)
                                         "The request was cancelled");
     }
 
-  if (req->reply_kind == SPARK_REPLY_TASK)
+  if (req->reply_kind == SPARK_REPLY_ASYNC)
     {
-      GTask *task = g_steal_pointer (&req->task);
+      SparkAsyncResult *result;
 
-      if (req->error != NULL)
-        g_task_return_error (task, g_steal_pointer (&req->error));
-      else
-        g_task_return_pointer (task, g_steal_pointer (&req->reply),
-                               (GDestroyNotify) g_variant_unref);
-      g_object_unref (task);
+      result = spark_async_result_new (req->source_object, spark_dispatcher_request_async,
+                                       req->user_data,
+                                       g_steal_pointer (&req->reply),
+                                       g_steal_pointer (&req->error));
+      if (req->callback != NULL)
+        req->callback (req->source_object, G_ASYNC_RESULT (result), req->user_data);
+      g_object_unref (result);
     }
   else
     {

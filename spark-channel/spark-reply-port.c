@@ -60,9 +60,16 @@ static gboolean
 spark_reply_port_dispatch (gpointer data)
 {
   SparkReplyPort *port = data;
+  GMainContext *thread_default = g_main_context_get_thread_default ();
+  gboolean push = (thread_default ? thread_default : g_main_context_default ()) != port->context;
   guint delivered = 0;
 
   spark_wake_source_set_ready (&port->source, FALSE);
+
+  /* Callbacks run with their context as the thread-default one, as a
+   * GTask's do, so that what they start replies there too. */
+  if (push)
+    g_main_context_push_thread_default (port->context);
 
   /* Deliver until the queue is found empty: replies that arrive meanwhile
    * join this dispatch instead of waking the context again. */
@@ -97,6 +104,9 @@ spark_reply_port_dispatch (gpointer data)
           break;
         }
     }
+
+  if (push)
+    g_main_context_pop_thread_default (port->context);
 
   return G_SOURCE_CONTINUE;
 }

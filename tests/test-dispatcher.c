@@ -1,8 +1,2808 @@
+/* test-dispatcher.c: SparkDispatcher
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include <string.h>
+
 #include "spark-test-util.h"
+
+#define TEST_ERROR      (test_error_quark ())
+#define TEST_ERROR_CODE 42
+#define TEST_ERROR_TEXT "custom failure “x”"
+
+#define N_THREADS       8
+#define N_PER_THREAD    500
+#define N_FULL_PER_THREAD 50
+
+static GQuark
+test_error_quark (void)
+{
+  return g_quark_from_static_string ("test-dispatcher-error-quark");
+}
+
+/* A scripted module ---------------------------------------------------------
+ *
+ * A func handler whose messages do what their name says:
+ *
+ *   requests  "echo"          replies its parameters, or the string "echo"
+ *                             (and sets params_null) when there are none
+ *             "fail"          fails with TEST_ERROR / TEST_ERROR_CODE
+ *             "null"          returns NULL without an error
+ *             "int"           replies a floating int32 7
+ *             "block"         waits for the gate or its cancellable; replies
+ *                             "cancelled" or "released"
+ *             "block-ignore"  waits for the gate only; replies "finished"
+ *             "request-self"  request_sync on its own server
+ *             "try-self"      try_send_command "log" 100 on its own server
+ *             "send-self"     fills its own bounded mailbox, then
+ *                             send_command on it
+ *             "cancel-and-reply" cancels @cancel_me, then replies "replied"
+ *   commands  "log"           succeeds
+ *             "fail"          fails with G_IO_ERROR_FAILED "boom"
+ *             "false"         returns FALSE without an error
+ *             "block"         waits for the gate only
+ *             "seq"           (ii): checks that sender N's numbers come in order
+ *             "check-cancel"  records whether its cancellable is cancelled
+ *
+ * Every message is logged as "name" or "name:N" (int32 parameters), and
+ * every call wakes @waiter.
+ */
+
+typedef struct
+{
+  GMutex        mutex;
+  GCond         cond;
+  gboolean      open;            /* mutex: the gate */
+  GPtrArray    *log;             /* mutex */
+
+  GMainContext *waiter;          /* NULL: the global default */
+
+  gint          n_requests;      /* atomic: requests handled */
+  gint          n_commands;      /* atomic: commands handled */
+  gint          entered;         /* atomic: blocking handlers entered */
+  gint          finished;        /* atomic: blocking handlers returned */
+  gint          saw_cancelled;   /* atomic: the last blocking handler's cancellable was cancelled */
+  gint          params_null;     /* atomic: an "echo" had NULL parameters */
+  gint          cmd_cancelled;   /* atomic: a "check-cancel" command's cancellable was cancelled */
+  GCancellable *cancel_me;       /* a reference, or NULL: what "cancel-and-reply" cancels */
+
+  /* for the handlers that send to their own server */
+  SparkDispatcher *self_dispatcher;   /* a reference, or NULL */
+  GError          *self_error;
+  gboolean         self_ret;
+
+  /* "seq": only handler calls touch these */
+  gint          last_seq[N_THREADS];
+  gint          seq_errors;      /* atomic */
+} Module;
+
+static void
+module_wake (Module *m)
+{
+  g_main_context_wakeup (m->waiter);
+}
+
+static void
+module_log (Module     *m,
+            const char *name,
+            GVariant   *parameters)
+{
+  char *entry;
+
+  if (parameters != NULL && g_variant_is_of_type (parameters, G_VARIANT_TYPE_INT32))
+    entry = g_strdup_printf ("%s:%d", name, g_variant_get_int32 (parameters));
+  else
+    entry = g_strdup (name);
+
+  g_mutex_lock (&m->mutex);
+  g_ptr_array_add (m->log, entry);
+  g_mutex_unlock (&m->mutex);
+}
+
+static char *
+module_dup_log (Module *m)
+{
+  GString *string = g_string_new (NULL);
+  guint i;
+
+  g_mutex_lock (&m->mutex);
+  for (i = 0; i < m->log->len; i++)
+    {
+      if (i > 0)
+        g_string_append_c (string, ' ');
+      g_string_append (string, g_ptr_array_index (m->log, i));
+    }
+  g_mutex_unlock (&m->mutex);
+
+  return g_string_free (string, FALSE);
+}
+
+static guint
+module_log_length (Module *m)
+{
+  guint len;
+
+  g_mutex_lock (&m->mutex);
+  len = m->log->len;
+  g_mutex_unlock (&m->mutex);
+
+  return len;
+}
+
+static void
+module_open_gate (Module *m)
+{
+  g_mutex_lock (&m->mutex);
+  m->open = TRUE;
+  g_cond_broadcast (&m->cond);
+  g_mutex_unlock (&m->mutex);
+}
+
+static void
+gate_cancelled_cb (GCancellable *cancellable,
+                   Module       *m)
+{
+  g_mutex_lock (&m->mutex);
+  g_cond_broadcast (&m->cond);
+  g_mutex_unlock (&m->mutex);
+}
+
+/* Waits for the gate, or for @cancellable if not NULL. Returns TRUE if the
+ * cancellable ended the wait. */
+static gboolean
+module_wait_gate (Module       *m,
+                  GCancellable *cancellable)
+{
+  gulong id = 0;
+  gboolean cancelled;
+
+  g_atomic_int_inc (&m->entered);
+  module_wake (m);
+
+  if (cancellable != NULL)
+    id = g_cancellable_connect (cancellable, G_CALLBACK (gate_cancelled_cb), m, NULL);
+
+  g_mutex_lock (&m->mutex);
+  while (!m->open && !(cancellable != NULL && g_cancellable_is_cancelled (cancellable)))
+    g_cond_wait (&m->cond, &m->mutex);
+  cancelled = !m->open;
+  g_mutex_unlock (&m->mutex);
+
+  if (id != 0)
+    g_cancellable_disconnect (cancellable, id);
+
+  return cancelled;
+}
+
+static GVariant *
+module_request (const char    *name,
+                GVariant      *parameters,
+                GCancellable  *cancellable,
+                gpointer       user_data,
+                GError       **error)
+{
+  Module *m = user_data;
+  GVariant *reply = NULL;
+
+  module_log (m, name, parameters);
+
+  if (g_str_equal (name, "echo"))
+    {
+      if (parameters == NULL)
+        {
+          g_atomic_int_set (&m->params_null, TRUE);
+          reply = g_variant_new_string ("echo");
+        }
+      else
+        reply = g_variant_ref (parameters);
+    }
+  else if (g_str_equal (name, "fail"))
+    g_set_error_literal (error, TEST_ERROR, TEST_ERROR_CODE, TEST_ERROR_TEXT);
+  else if (g_str_equal (name, "null"))
+    reply = NULL;
+  else if (g_str_equal (name, "int"))
+    reply = g_variant_new_int32 (7);
+  else if (g_str_equal (name, "block"))
+    {
+      gboolean cancelled = module_wait_gate (m, cancellable);
+
+      g_atomic_int_set (&m->saw_cancelled, cancelled);
+      reply = g_variant_new_string (cancelled ? "cancelled" : "released");
+      g_atomic_int_inc (&m->finished);
+    }
+  else if (g_str_equal (name, "block-ignore"))
+    {
+      module_wait_gate (m, NULL);
+      g_atomic_int_set (&m->saw_cancelled, cancellable != NULL && g_cancellable_is_cancelled (cancellable));
+      reply = g_variant_new_string ("finished");
+      g_atomic_int_inc (&m->finished);
+    }
+  else if (g_str_equal (name, "request-self"))
+    {
+      GVariant *inner;
+
+      inner = spark_dispatcher_request_sync (m->self_dispatcher, "echo", NULL, NULL, NULL, &m->self_error);
+      m->self_ret = inner != NULL;
+      g_clear_pointer (&inner, g_variant_unref);
+      reply = g_variant_new_string ("done");
+    }
+  else if (g_str_equal (name, "try-self"))
+    {
+      m->self_ret = spark_dispatcher_try_send_command (m->self_dispatcher, "log",
+                                                       g_variant_new_int32 (100), &m->self_error);
+      reply = g_variant_new_string ("done");
+    }
+  else if (g_str_equal (name, "send-self"))
+    {
+      GError *local_error = NULL;
+
+      /* Fill the mailbox: every try succeeds until it is full. */
+      while (spark_dispatcher_try_send_command (m->self_dispatcher, "log", g_variant_new_int32 (200), &local_error))
+        ;
+      g_assert_error (local_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+      g_clear_error (&local_error);
+
+      m->self_ret = spark_dispatcher_send_command (m->self_dispatcher, "log",
+                                                   g_variant_new_int32 (300), NULL, &m->self_error);
+      reply = g_variant_new_string ("done");
+    }
+  else if (g_str_equal (name, "cancel-and-reply"))
+    {
+      g_cancellable_cancel (m->cancel_me);
+      reply = g_variant_new_string ("replied");
+    }
+  else
+    g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                 "Unknown test request “%s”", name);
+
+  g_atomic_int_inc (&m->n_requests);
+  module_wake (m);
+
+  return reply;
+}
+
+static gboolean
+module_command (const char    *name,
+                GVariant      *parameters,
+                GCancellable  *cancellable,
+                gpointer       user_data,
+                GError       **error)
+{
+  Module *m = user_data;
+  gboolean ret = TRUE;
+
+  if (!g_str_equal (name, "seq"))
+    module_log (m, name, parameters);
+
+  if (g_str_equal (name, "fail"))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "boom");
+      ret = FALSE;
+    }
+  else if (g_str_equal (name, "false"))
+    ret = FALSE;
+  else if (g_str_equal (name, "check-cancel"))
+    g_atomic_int_set (&m->cmd_cancelled, cancellable != NULL && g_cancellable_is_cancelled (cancellable));
+  else if (g_str_equal (name, "block"))
+    module_wait_gate (m, NULL);
+  else if (g_str_equal (name, "seq"))
+    {
+      gint32 sender, seq;
+
+      g_variant_get (parameters, "(ii)", &sender, &seq);
+      if (sender < 0 || sender >= N_THREADS || m->last_seq[sender] + 1 != seq)
+        g_atomic_int_inc (&m->seq_errors);
+      else
+        m->last_seq[sender] = seq;
+    }
+
+  g_atomic_int_inc (&m->n_commands);
+  module_wake (m);
+
+  return ret;
+}
+
+static Module *
+module_new (void)
+{
+  Module *m = g_new0 (Module, 1);
+  guint i;
+
+  g_mutex_init (&m->mutex);
+  g_cond_init (&m->cond);
+  m->log = g_ptr_array_new_with_free_func (g_free);
+  for (i = 0; i < N_THREADS; i++)
+    m->last_seq[i] = -1;
+
+  return m;
+}
+
+static void
+module_free (Module *m)
+{
+  g_ptr_array_unref (m->log);
+  g_clear_object (&m->self_dispatcher);
+  g_clear_object (&m->cancel_me);
+  g_clear_error (&m->self_error);
+  g_mutex_clear (&m->mutex);
+  g_cond_clear (&m->cond);
+  g_free (m);
+}
+
+/* A server for @m, not started, with @capacity (0: unbounded). */
+static SparkModuleServer *
+module_server_new (Module *m,
+                   guint   capacity)
+{
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (module_request, module_command, m, NULL);
+  SparkModuleServer *server = spark_module_server_new (handler);
+
+  spark_module_server_set_name (server, "test-dispatcher");
+  if (capacity > 0)
+    spark_module_server_set_capacity (server, capacity);
+
+  return server;
+}
+
+/* A server for @m started on a thread of its own. */
+static SparkModuleServer *
+module_server_new_in_thread (Module *m,
+                             guint   capacity)
+{
+  SparkModuleServer *server = module_server_new (m, capacity);
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+
+  return server;
+}
+
+/* Outcomes ------------------------------------------------------------------ */
+
+typedef enum {
+  VIA_ASYNC,
+  VIA_FULL,
+  VIA_SYNC,
+} Via;
+
+typedef struct
+{
+  gint          done;            /* atomic: completions seen */
+  gint          destroyed;       /* atomic: destroy notifications seen */
+  gint          returned;        /* atomic: set by the test right after the call */
+  gboolean      returned_first;  /* returned was set when the completion ran */
+  gboolean      destroy_first;   /* destroy ran before the completion */
+  GMainContext *context;         /* a reference: the context dispatching the completion, if any */
+  GVariant     *reply;
+  GError       *error;
+} Outcome;
+
+static void
+outcome_record (Outcome      *o,
+                GVariant     *reply,
+                const GError *error)
+{
+  GSource *source;
+
+  g_assert_cmpint (g_atomic_int_get (&o->done), ==, 0);
+  g_assert_true ((reply == NULL) != (error == NULL));
+
+  o->returned_first = g_atomic_int_get (&o->returned);
+  source = g_main_current_source ();
+  o->context = source ? g_main_context_ref (g_source_get_context (source)) : NULL;
+  o->reply = reply ? g_variant_ref (reply) : NULL;
+  o->error = error ? g_error_copy (error) : NULL;
+  g_atomic_int_inc (&o->done);
+}
+
+static void
+outcome_async_cb (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  Outcome *o = user_data;
+  GError *error = NULL;
+  GVariant *reply;
+
+  g_assert_true (SPARK_IS_DISPATCHER (source));
+  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
+  outcome_record (o, reply, error);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+outcome_full_cb (GVariant     *reply,
+                 const GError *error,
+                 gpointer      user_data)
+{
+  Outcome *o = user_data;
+
+  if (g_atomic_int_get (&o->destroyed) > 0)
+    o->destroy_first = TRUE;
+  outcome_record (o, reply, error);
+}
+
+static void
+outcome_destroy (gpointer user_data)
+{
+  Outcome *o = user_data;
+
+  g_atomic_int_inc (&o->destroyed);
+}
+
+static void
+outcome_command_cb (GObject      *source,
+                    GAsyncResult *result,
+                    gpointer      user_data)
+{
+  Outcome *o = user_data;
+  GError *error = NULL;
+  GVariant *reply;
+  gboolean ret;
+
+  g_assert_true (SPARK_IS_DISPATCHER (source));
+  ret = spark_dispatcher_send_command_finish (SPARK_DISPATCHER (source), result, &error);
+  g_assert_true (ret == (error == NULL));
+  reply = ret ? g_variant_ref_sink (g_variant_new_boolean (TRUE)) : NULL;
+  outcome_record (o, reply, error);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+outcome_clear (Outcome *o)
+{
+  g_clear_pointer (&o->context, g_main_context_unref);
+  g_clear_pointer (&o->reply, g_variant_unref);
+  g_clear_error (&o->error);
+  memset (o, 0, sizeof *o);
+}
+
+/* Sends a request by @via; the outcome lands in @o (at once for VIA_SYNC). */
+static void
+request_via (SparkDispatcher    *dispatcher,
+             Via                 via,
+             const char         *name,
+             GVariant           *parameters,
+             const GVariantType *reply_type,
+             GCancellable       *cancellable,
+             Outcome            *o)
+{
+  GError *error = NULL;
+  GVariant *reply;
+
+  switch (via)
+    {
+    case VIA_ASYNC:
+      spark_dispatcher_request_async (dispatcher, name, parameters, reply_type, cancellable,
+                                      outcome_async_cb, o);
+      g_atomic_int_set (&o->returned, TRUE);
+      break;
+
+    case VIA_FULL:
+      spark_dispatcher_request_full (dispatcher, name, parameters, reply_type, cancellable,
+                                     outcome_full_cb, o, outcome_destroy);
+      g_atomic_int_set (&o->returned, TRUE);
+      break;
+
+    case VIA_SYNC:
+      reply = spark_dispatcher_request_sync (dispatcher, name, parameters, reply_type, cancellable, &error);
+      g_atomic_int_set (&o->returned, TRUE);
+      outcome_record (o, reply, error);
+      g_atomic_int_inc (&o->destroyed);
+      g_clear_pointer (&reply, g_variant_unref);
+      g_clear_error (&error);
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+/* Waits (iterating the thread-default context) for @o to complete, and
+ * checks what every completion must do. */
+static void
+outcome_wait (Outcome *o,
+              Via      via)
+{
+  spark_test_wait_flag (NULL, &o->done);
+  if (via == VIA_FULL)
+    spark_test_wait_flag (NULL, &o->destroyed);
+
+  g_assert_cmpint (g_atomic_int_get (&o->done), ==, 1);
+  g_assert_true (o->returned_first);
+  g_assert_false (o->destroy_first);
+  if (via == VIA_FULL)
+    g_assert_cmpint (g_atomic_int_get (&o->destroyed), ==, 1);
+  if (via != VIA_SYNC)
+    g_assert_true (o->context == g_main_context_get_thread_default () ||
+                   (g_main_context_get_thread_default () == NULL && o->context == g_main_context_default ()));
+}
+
+static void
+assert_outcome_int32 (Outcome *o,
+                      gint32   expected)
+{
+  g_assert_cmpint (g_atomic_int_get (&o->done), ==, 1);
+  g_assert_no_error (o->error);
+  g_assert_nonnull (o->reply);
+  g_assert_cmpstr (g_variant_get_type_string (o->reply), ==, "i");
+  g_assert_cmpint (g_variant_get_int32 (o->reply), ==, expected);
+}
+
+static void
+assert_outcome_string (Outcome    *o,
+                       const char *expected)
+{
+  g_assert_cmpint (g_atomic_int_get (&o->done), ==, 1);
+  g_assert_no_error (o->error);
+  g_assert_nonnull (o->reply);
+  g_assert_cmpstr (g_variant_get_type_string (o->reply), ==, "s");
+  g_assert_cmpstr (g_variant_get_string (o->reply, NULL), ==, expected);
+}
+
+static void
+assert_outcome_error (Outcome *o,
+                      GQuark   domain,
+                      gint     code)
+{
+  g_assert_cmpint (g_atomic_int_get (&o->done), ==, 1);
+  g_assert_error (o->error, domain, code);
+  g_assert_null (o->reply);
+}
+
+/* Runs what is ready on the thread-default context, without blocking. */
+static void
+iterate_pending (void)
+{
+  while (g_main_context_iteration (g_main_context_get_thread_default (), FALSE))
+    {
+    }
+}
+
+static const char *via_names[] = { "async", "full", "sync" };
+
+/* Adds @func under "/spark/dispatcher/@path/{async,full,sync}"; only
+ * async and full when @async_only. */
+static void
+add_via_tests (const char    *path,
+               GTestDataFunc  func,
+               gboolean       async_only)
+{
+  guint via;
+
+  for (via = VIA_ASYNC; via <= VIA_SYNC; via++)
+    {
+      g_autofree char *full_path = NULL;
+
+      if (async_only && via == VIA_SYNC)
+        continue;
+      full_path = g_strdup_printf ("/spark/dispatcher/%s/%s", path, via_names[via]);
+      g_test_add_data_func (full_path, GUINT_TO_POINTER (via), func);
+    }
+}
+
+/* Requests: replies, errors, types ----------------------------------------- */
+
+static void
+test_request_reply (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "echo", g_variant_new_int32 (5), G_VARIANT_TYPE_INT32, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_int32 (&o, 5);
+  outcome_clear (&o);
+
+  /* A floating reply from the handler is sunk, and no reply_type checks nothing. */
+  request_via (dispatcher, via, "int", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_int32 (&o, 7);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* The completion runs on the caller's thread-default context at the time of
+ * the call, never inside the call: a server on its own thread. */
+static void
+test_request_context (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  GMainContext *context = g_main_context_new ();
+  Outcome o = { 0 };
+
+  g_main_context_push_thread_default (context);
+  request_via (dispatcher, via, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  g_main_context_pop_thread_default (context);
+
+  /* Iterating the global default context does not deliver it ... */
+  iterate_pending ();
+
+  /* ... iterating the context of the call does. */
+  spark_test_wait_flag (context, &o.done);
+  if (via == VIA_FULL)
+    spark_test_wait_flag (context, &o.destroyed);
+  g_assert_true (o.context == context);
+  g_assert_true (o.returned_first);
+  g_assert_false (o.destroy_first);
+  assert_outcome_int32 (&o, 1);
+  outcome_clear (&o);
+
+  /* With the context pushed for the whole time too. */
+  g_main_context_push_thread_default (context);
+  request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+  outcome_wait (&o, via);
+  g_assert_true (o.context == context);
+  assert_outcome_int32 (&o, 2);
+  outcome_clear (&o);
+
+  /* An immediate failure (CLOSED) too. */
+  {
+    g_autoptr(SparkModuleServer) idle = module_server_new (m, 0);
+    g_autoptr(SparkDispatcher) closed = spark_module_server_create_dispatcher (idle);
+
+    request_via (closed, via, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+    outcome_wait (&o, via);
+    g_assert_true (o.context == context);
+    assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+    outcome_clear (&o);
+  }
+  g_main_context_pop_thread_default (context);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_main_context_unref (context);
+  module_free (m);
+}
+
+/* The server serves the caller's own context: still never inside the call. */
+static void
+test_request_same_context (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+
+  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+
+  request_via (dispatcher, via, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
+  outcome_wait (&o, via);
+  assert_outcome_int32 (&o, 3);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_request_handler_error (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "fail", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, TEST_ERROR, TEST_ERROR_CODE);
+  g_assert_cmpstr (o.error->message, ==, TEST_ERROR_TEXT);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_request_no_reply (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "null", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_request_type_mismatch (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "int", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_nonnull (strstr (o.error->message, "“i”"));
+  g_assert_nonnull (strstr (o.error->message, "“s”"));
+  outcome_clear (&o);
+
+  /* A matching type, and a definite type matching an indefinite one. */
+  request_via (dispatcher, via, "int", NULL, G_VARIANT_TYPE_INT32, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_int32 (&o, 7);
+  outcome_clear (&o);
+
+  request_via (dispatcher, via, "echo", g_variant_new ("(si)", "a", 1), G_VARIANT_TYPE ("(s*)"), NULL, &o);
+  outcome_wait (&o, via);
+  g_assert_no_error (o.error);
+  g_assert_cmpstr (g_variant_get_type_string (o.reply), ==, "(si)");
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_request_null_parameters (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "echo", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_string (&o, "echo");
+  g_assert_true (g_atomic_int_get (&m->params_null));
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Closed ----------------------------------------------------------------------- */
+
+/* Every kind of send on @dispatcher fails with CLOSED, sinking its floating
+ * parameters. */
+static void
+assert_all_closed (SparkDispatcher *dispatcher)
+{
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+  GVariant *parameters;
+  guint via;
+
+  for (via = VIA_ASYNC; via <= VIA_SYNC; via++)
+    {
+      /* A floating variant with a second reference of the test's: the call
+       * must sink it (and drop the sunk reference). */
+      parameters = g_variant_ref (g_variant_new_int32 (1));
+      request_via (dispatcher, via, "echo", parameters, NULL, NULL, &o);
+      g_assert_false (g_variant_is_floating (parameters));
+      g_variant_unref (parameters);
+      outcome_wait (&o, via);
+      assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+      outcome_clear (&o);
+    }
+
+  parameters = g_variant_ref (g_variant_new_int32 (2));
+  g_assert_false (spark_dispatcher_send_command (dispatcher, "log", parameters, NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  g_clear_error (&error);
+
+  parameters = g_variant_ref (g_variant_new_int32 (3));
+  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", parameters, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  g_clear_error (&error);
+
+  parameters = g_variant_ref (g_variant_new_int32 (4));
+  spark_dispatcher_send_command_async (dispatcher, "log", parameters, NULL, outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  outcome_wait (&o, VIA_ASYNC);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  outcome_clear (&o);
+
+  g_assert_false (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_clear_error (&error);
+}
+
+static void
+test_closed_never_started (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+
+  assert_all_closed (dispatcher);
+  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
+
+  g_clear_object (&dispatcher);
+  g_clear_object (&server);
+  module_free (m);
+}
+
+static void
+test_closed_after_shutdown (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) later = NULL;
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+
+  assert_all_closed (dispatcher);
+  /* A dispatcher made after the shutdown too. */
+  later = spark_module_server_create_dispatcher (server);
+  assert_all_closed (later);
+  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
+
+  module_free (m);
+}
+
+static void
+test_closed_after_send_shutdown (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_no_error (error);
+
+  /* The second fails, from this dispatcher and from another one; so does
+   * everything else (assert_all_closed sends a shutdown too). */
+  g_assert_false (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_clear_error (&error);
+  assert_all_closed (other);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
+  module_free (m);
+}
+
+/* Commands -------------------------------------------------------------------- */
+
+static void
+test_command_send (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *log = NULL;
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", NULL, NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  log = module_dup_log (m);
+  g_assert_cmpstr (log, ==, "log:1 log");
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_command_try_send (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *log = NULL;
+
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (1), &error));
+  g_assert_no_error (error);
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  log = module_dup_log (m);
+  g_assert_cmpstr (log, ==, "log:1 log:2");
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_command_async (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autofree char *log = NULL;
+  Outcome o = { 0 };
+
+  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (1), NULL, outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  outcome_wait (&o, VIA_ASYNC);
+  g_assert_no_error (o.error);
+  outcome_clear (&o);
+
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  log = module_dup_log (m);
+  g_assert_cmpstr (log, ==, "log:1");
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Requests and commands from one sender are handled in mailbox order. */
+static void
+test_command_order (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *log = NULL;
+  Outcome o1 = { 0 }, o3 = { 0 }, o5 = { 0 }, o6 = { 0 };
+  guint round;
+
+  for (round = 0; round < 20; round++)
+    {
+      g_mutex_lock (&m->mutex);
+      g_ptr_array_set_size (m->log, 0);
+      g_mutex_unlock (&m->mutex);
+
+      g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (0), NULL, &error));
+      g_assert_no_error (error);
+      request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o1);
+      g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+      g_assert_no_error (error);
+      request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o3);
+      g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
+      g_assert_no_error (error);
+      spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (5), NULL, outcome_command_cb, &o5);
+      g_atomic_int_set (&o5.returned, TRUE);
+      request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (6), NULL, NULL, &o6);
+
+      outcome_wait (&o1, VIA_ASYNC);
+      outcome_wait (&o3, VIA_SYNC);
+      outcome_wait (&o5, VIA_ASYNC);
+      outcome_wait (&o6, VIA_FULL);
+      assert_outcome_int32 (&o1, 1);
+      assert_outcome_int32 (&o3, 3);
+      g_assert_no_error (o5.error);
+      assert_outcome_int32 (&o6, 6);
+      outcome_clear (&o1);
+      outcome_clear (&o3);
+      outcome_clear (&o5);
+      outcome_clear (&o6);
+
+      spark_test_wait_count (NULL, &m->n_commands, 4 * (round + 1));
+      g_clear_pointer (&log, g_free);
+      log = module_dup_log (m);
+      g_assert_cmpstr (log, ==, "log:0 echo:1 log:2 echo:3 log:4 log:5 echo:6");
+    }
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+typedef struct
+{
+  gint    n;        /* atomic */
+  char   *name;
+  GError *error;
+} Failure;
+
+static void
+on_command_failed (SparkModuleServer *server,
+                   const char        *name,
+                   GVariant          *parameters,
+                   GError            *error,
+                   gpointer           user_data)
+{
+  Failure *failure = user_data;
+
+  g_free (failure->name);
+  failure->name = g_strdup (name);
+  g_clear_error (&failure->error);
+  failure->error = g_error_copy (error);
+  g_atomic_int_inc (&failure->n);
+}
+
+/* A failing command does not reach its sender: it goes to command-failed. */
+static void
+test_command_failure_signal (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  Failure failure = { 0 };
+  Outcome o = { 0 };
+
+  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &failure.n, 1);
+  g_assert_cmpstr (failure.name, ==, "fail");
+  g_assert_error (failure.error, G_IO_ERROR, G_IO_ERROR_FAILED);
+  g_assert_cmpstr (failure.error->message, ==, "boom");
+
+  spark_dispatcher_send_command_async (dispatcher, "false", NULL, NULL, outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  outcome_wait (&o, VIA_ASYNC);
+  g_assert_no_error (o.error);
+  outcome_clear (&o);
+  spark_test_wait_count (NULL, &failure.n, 2);
+  g_assert_cmpstr (failure.name, ==, "false");
+  g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
+
+  /* The server goes on. */
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 1);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpint (g_atomic_int_get (&failure.n), ==, 2);
+  g_free (failure.name);
+  g_clear_error (&failure.error);
+  module_free (m);
+}
+
+/* Without a command-failed handler, the failure is a warning in SparkChannel. */
+static void
+test_command_failure_warning (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+
+  /* On this thread's context, so the warning is logged on this thread. */
+  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_WARNING, "*boom*");
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_no_error (error);
+  /* A request behind it: when it is answered, the command has been handled. */
+  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  outcome_wait (&o, VIA_ASYNC);
+  assert_outcome_int32 (&o, 1);
+  outcome_clear (&o);
+  g_test_assert_expected_messages ();
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 1);
+  module_free (m);
+}
+
+/* An already-cancelled cancellable fails a command and sends nothing. */
+static void
+test_command_cancelled_before (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  g_autofree char *log = NULL;
+  GVariant *parameters;
+  Outcome o = { 0 };
+
+  g_cancellable_cancel (cancellable);
+
+  parameters = g_variant_ref (g_variant_new_int32 (1));
+  g_assert_false (spark_dispatcher_send_command (dispatcher, "log", parameters, cancellable, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  g_clear_error (&error);
+
+  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), cancellable,
+                                       outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  outcome_wait (&o, VIA_ASYNC);
+  assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  outcome_clear (&o);
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+
+  log = module_dup_log (m);
+  g_assert_cmpstr (log, ==, "log:3");
+  module_free (m);
+}
+
+
+/* A request_sync on a thread of its own ----------------------------------- */
+
+typedef struct
+{
+  SparkDispatcher *dispatcher;
+  const char      *name;
+  GVariant        *parameters;    /* owned until the call */
+  GCancellable    *cancellable;
+  Outcome          o;
+} SyncCall;
+
+static gpointer
+sync_call_thread (gpointer data)
+{
+  SyncCall *call = data;
+
+  request_via (call->dispatcher, VIA_SYNC, call->name, call->parameters,
+               NULL, call->cancellable, &call->o);
+  g_clear_pointer (&call->parameters, g_variant_unref);
+  g_main_context_wakeup (NULL);
+
+  return NULL;
+}
+
+static GThread *
+sync_call_start (SyncCall        *call,
+                 SparkDispatcher *dispatcher,
+                 const char      *name,
+                 GVariant        *parameters,
+                 GCancellable    *cancellable)
+{
+  memset (call, 0, sizeof *call);
+  call->dispatcher = dispatcher;
+  call->name = name;
+  call->parameters = parameters ? g_variant_ref_sink (parameters) : NULL;
+  call->cancellable = cancellable;
+
+  return g_thread_new ("sync-call", sync_call_thread, call);
+}
+
+/* Waits for the sync call's thread and its outcome. */
+static void
+sync_call_join (SyncCall *call,
+                GThread  *thread)
+{
+  spark_test_wait_flag (NULL, &call->o.done);
+  g_thread_join (thread);
+  outcome_wait (&call->o, VIA_SYNC);
+}
+
+/* Busy-waits (yielding) until @server has @n messages queued: for senders
+ * that block in a call and cannot signal anything. */
+static void
+wait_pending (SparkModuleServer *server,
+              guint              n)
+{
+  while (spark_module_server_get_pending (server) < n)
+    g_thread_yield ();
+}
+
+
+/* Once queued, a command's send has succeeded: cancelling its cancellable
+ * afterwards changes nothing, and its handler's cancellable is not
+ * cancelled. */
+static void
+test_command_cancel_after_queued (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr(GCancellable) async_cancellable = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  Outcome blocker = { 0 }, o = { 0 };
+
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &m->entered, 1);
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "check-cancel", g_variant_new_int32 (1),
+                                                cancellable, &error));
+  g_assert_no_error (error);
+  g_cancellable_cancel (cancellable);
+
+  spark_dispatcher_send_command_async (dispatcher, "check-cancel", g_variant_new_int32 (2), async_cancellable,
+                                       outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  g_cancellable_cancel (async_cancellable);
+  outcome_wait (&o, VIA_ASYNC);
+  g_assert_no_error (o.error);
+  outcome_clear (&o);
+
+  module_open_gate (m);
+  outcome_wait (&blocker, VIA_ASYNC);
+  outcome_clear (&blocker);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+  g_assert_false (g_atomic_int_get (&m->cmd_cancelled));
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  {
+    g_autofree char *log = module_dup_log (m);
+
+    g_assert_cmpstr (log, ==, "block-ignore check-cancel:1 check-cancel:2");
+  }
+  module_free (m);
+}
+
+/* Bad input --------------------------------------------------------------- */
+
+/* Programmer errors are criticals; floating parameters are sunk anyway. */
+static void
+test_bad_input (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  GVariant *parameters;
+  GVariant *reply;
+
+  parameters = g_variant_ref (g_variant_new_int32 (1));
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  spark_dispatcher_request_async (dispatcher, "", parameters, NULL, NULL, outcome_async_cb, NULL);
+  g_test_assert_expected_messages ();
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+
+  parameters = g_variant_ref (g_variant_new_int32 (2));
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  spark_dispatcher_request_full (dispatcher, "echo", parameters, NULL, NULL, NULL, NULL, NULL);
+  g_test_assert_expected_messages ();
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+
+  parameters = g_variant_ref (g_variant_new_int32 (3));
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  reply = spark_dispatcher_request_sync (dispatcher, NULL, parameters, NULL, NULL, &error);
+  g_test_assert_expected_messages ();
+  g_assert_null (reply);
+  g_assert_no_error (error);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+
+  parameters = g_variant_ref (g_variant_new_int32 (4));
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  g_assert_false (spark_dispatcher_send_command (dispatcher, "", parameters, NULL, &error));
+  g_test_assert_expected_messages ();
+  g_assert_no_error (error);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  g_assert_false (spark_dispatcher_try_send_command (NULL, "log", NULL, &error));
+  g_test_assert_expected_messages ();
+  g_assert_no_error (error);
+
+  /* Nothing was sent. */
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (5), NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  {
+    g_autofree char *log = module_dup_log (m);
+
+    g_assert_cmpstr (log, ==, "log:5");
+  }
+  module_free (m);
+}
+
+/* Cancellation ------------------------------------------------------------- */
+
+/* Already cancelled: fails at once, the handler never runs, and the
+ * callback still comes from the caller's context. */
+static void
+test_cancel_before (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autofree char *log = NULL;
+  GVariant *parameters;
+  Outcome o = { 0 };
+
+  g_cancellable_cancel (cancellable);
+
+  parameters = g_variant_ref (g_variant_new_int32 (1));
+  request_via (dispatcher, via, "echo", parameters, NULL, cancellable, &o);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  outcome_clear (&o);
+
+  /* A request behind it is the first the handler sees. */
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 2);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  log = module_dup_log (m);
+  g_assert_cmpstr (log, ==, "echo:2");
+  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 1);
+  module_free (m);
+}
+
+/* Cancelled while queued behind a handler that blocks the server: fails
+ * with CANCELLED at once, without waiting for the server. */
+static void
+test_cancel_queued (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Outcome blocker = { 0 };
+  Outcome o = { 0 };
+  SyncCall call;
+  GThread *thread;
+
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &m->entered, 1);
+
+  if (via == VIA_SYNC)
+    {
+      thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), cancellable);
+      wait_pending (server, 1);
+      g_cancellable_cancel (cancellable);
+      sync_call_join (&call, thread);
+      assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&call.o);
+    }
+  else
+    {
+      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
+      g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+      g_cancellable_cancel (cancellable);
+      outcome_wait (&o, via);
+      assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&o);
+    }
+
+  /* The server was blocked the whole time. */
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  module_open_gate (m);
+  outcome_wait (&blocker, VIA_ASYNC);
+  assert_outcome_string (&blocker, "finished");
+  outcome_clear (&blocker);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Cancelled while its handler runs: the handler's cancellable is cancelled
+ * and the requester gets CANCELLED (for sync: from another thread). */
+static void
+test_cancel_running (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Outcome o = { 0 };
+  SyncCall call;
+  GThread *thread;
+
+  if (via == VIA_SYNC)
+    {
+      thread = sync_call_start (&call, dispatcher, "block", NULL, cancellable);
+      spark_test_wait_count (NULL, &m->entered, 1);
+      g_cancellable_cancel (cancellable);
+      sync_call_join (&call, thread);
+      assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&call.o);
+    }
+  else
+    {
+      request_via (dispatcher, via, "block", NULL, NULL, cancellable, &o);
+      spark_test_wait_count (NULL, &m->entered, 1);
+      g_cancellable_cancel (cancellable);
+      outcome_wait (&o, via);
+      assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&o);
+    }
+
+  spark_test_wait_count (NULL, &m->finished, 1);
+  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
+
+  /* The server goes on. */
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 1);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Cancelled after the completion: no effect. */
+static void
+test_cancel_after (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Outcome o = { 0 };
+
+  request_via (dispatcher, via, "echo", g_variant_new_int32 (1), NULL, cancellable, &o);
+  outcome_wait (&o, via);
+  g_cancellable_cancel (cancellable);
+  iterate_pending ();
+
+  /* A request behind it: its completion also flushes anything left. */
+  {
+    Outcome later = { 0 };
+
+    request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &later);
+    outcome_wait (&later, via);
+    assert_outcome_int32 (&later, 2);
+    outcome_clear (&later);
+  }
+  iterate_pending ();
+
+  assert_outcome_int32 (&o, 1);
+  if (via == VIA_FULL)
+    g_assert_cmpint (g_atomic_int_get (&o.destroyed), ==, 1);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Timeouts ------------------------------------------------------------------ */
+
+static void
+wake_on_invocation (SparkTestInvocationHandler *handler,
+                    SparkInvocation            *invocation,
+                    gpointer                    user_data)
+{
+  g_main_context_wakeup (NULL);
+}
+
+/* A server on its own thread whose handler holds every invocation. */
+static SparkModuleServer *
+holding_server_new (SparkTestInvocationHandler **handler_out)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
+  g_autoptr(GError) error = NULL;
+
+  handler->on_invocation = wake_on_invocation;
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+  *handler_out = handler;
+
+  return server;
+}
+
+/* A request nobody answers fails with TIMED_OUT, and its handler's
+ * cancellable is cancelled; a late reply is dropped quietly. */
+static void
+test_timeout_unanswered (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  SparkTestInvocationHandler *handler = NULL;
+  g_autoptr(SparkModuleServer) server = holding_server_new (&handler);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkInvocation) invocation = NULL;
+  Outcome o = { 0 };
+
+  spark_dispatcher_set_timeout (dispatcher, 50);
+  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, 50);
+
+  request_via (dispatcher, via, "held", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  outcome_clear (&o);
+
+  spark_test_wait_count (NULL, &handler->n_received, 1);
+  invocation = spark_test_invocation_handler_pop (handler);
+  g_assert_nonnull (invocation);
+  g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "held");
+  g_assert_true (g_cancellable_is_cancelled (spark_invocation_get_cancellable (invocation)));
+  spark_invocation_return_value (invocation, g_variant_new_int32 (1));
+
+  /* The server goes on to the next one. */
+  request_via (dispatcher, via, "second", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  outcome_clear (&o);
+  spark_test_wait_count (NULL, &handler->n_received, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
+  g_clear_object (&invocation);
+  g_clear_object (&server);
+  g_object_unref (handler);
+}
+
+/* Timeouts fire while the server is stuck in a sync handler that ignores
+ * its cancellable: for the running request and for queued ones (async,
+ * full and sync). The running handler's cancellable is cancelled. */
+static void
+test_timeout_stuck_handler (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome running = { 0 }, queued_async = { 0 }, queued_full = { 0 }, queued_sync = { 0 };
+  Outcome o = { 0 };
+
+  spark_dispatcher_set_timeout (dispatcher, 50);
+
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &running);
+  spark_test_wait_count (NULL, &m->entered, 1);
+  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &queued_async);
+  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued_full);
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &queued_sync);
+
+  outcome_wait (&running, VIA_ASYNC);
+  outcome_wait (&queued_async, VIA_ASYNC);
+  outcome_wait (&queued_full, VIA_FULL);
+  outcome_wait (&queued_sync, VIA_SYNC);
+  assert_outcome_error (&running, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  assert_outcome_error (&queued_async, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  assert_outcome_error (&queued_full, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  assert_outcome_error (&queued_sync, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+
+  module_open_gate (m);
+  spark_test_wait_count (NULL, &m->finished, 1);
+  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
+
+  /* Nothing completes twice. */
+  spark_dispatcher_set_timeout (dispatcher, -1);
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (4), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 4);
+  iterate_pending ();
+  g_assert_cmpint (g_atomic_int_get (&running.done), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&queued_async.done), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&queued_full.done), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&queued_full.destroyed), ==, 1);
+
+  outcome_clear (&o);
+  outcome_clear (&running);
+  outcome_clear (&queued_async);
+  outcome_clear (&queued_full);
+  outcome_clear (&queued_sync);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* The handler's cancellable is cancelled on timeout: a handler that
+ * watches it returns early. */
+static void
+test_timeout_handler_cancellable (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  spark_dispatcher_set_timeout (dispatcher, 50);
+  request_via (dispatcher, via, "block", NULL, NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  outcome_clear (&o);
+
+  spark_test_wait_count (NULL, &m->finished, 1);
+  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+on_notify (GObject    *object,
+           GParamSpec *pspec,
+           gpointer    user_data)
+{
+  gint *n = user_data;
+
+  (*n)++;
+}
+
+/* 0 and -1 mean no timeout: a request held past another dispatcher's
+ * timeout is still answered. */
+static void
+test_timeout_none (void)
+{
+  SparkTestInvocationHandler *handler = NULL;
+  g_autoptr(SparkModuleServer) server = holding_server_new (&handler);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) hasty = spark_module_server_create_dispatcher (server);
+  static const gint none[] = { 0, -1 };
+  gint n_notify = 0;
+  gint n_seen = 0;
+  guint i;
+
+  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, -1);
+  g_signal_connect (dispatcher, "notify::timeout", G_CALLBACK (on_notify), &n_notify);
+  spark_dispatcher_set_timeout (hasty, 30);
+
+  for (i = 0; i < G_N_ELEMENTS (none); i++)
+    {
+      g_autoptr(SparkInvocation) invocation = NULL;
+      Outcome held = { 0 }, timed = { 0 };
+      gint timeout;
+
+      spark_dispatcher_set_timeout (dispatcher, none[i]);
+      g_object_get (dispatcher, "timeout", &timeout, NULL);
+      g_assert_cmpint (timeout, ==, none[i]);
+
+      request_via (dispatcher, VIA_ASYNC, "held", NULL, NULL, NULL, &held);
+      spark_test_wait_count (NULL, &handler->n_received, ++n_seen);
+      /* Queued behind the held one: times out while the first waits. */
+      request_via (hasty, VIA_FULL, "hasty", NULL, NULL, NULL, &timed);
+      outcome_wait (&timed, VIA_FULL);
+      assert_outcome_error (&timed, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+      outcome_clear (&timed);
+
+      iterate_pending ();
+      g_assert_cmpint (g_atomic_int_get (&held.done), ==, 0);
+
+      invocation = spark_test_invocation_handler_pop (handler);
+      g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "held");
+      g_assert_false (g_cancellable_is_cancelled (spark_invocation_get_cancellable (invocation)));
+      spark_invocation_return_value (invocation, g_variant_new_int32 (10));
+      outcome_wait (&held, VIA_ASYNC);
+      assert_outcome_int32 (&held, 10);
+      outcome_clear (&held);
+
+      /* The hasty one may reach the handler after all, or be skipped: a
+       * probe behind it tells. */
+      request_via (dispatcher, VIA_ASYNC, "probe", NULL, NULL, NULL, &held);
+      for (;;)
+        {
+          spark_test_wait_count (NULL, &handler->n_received, ++n_seen);
+          g_clear_object (&invocation);
+          invocation = spark_test_invocation_handler_pop (handler);
+          g_assert_nonnull (invocation);
+          spark_invocation_return_value (invocation, g_variant_new_int32 (11));
+          if (g_str_equal (spark_invocation_get_name (invocation), "probe"))
+            break;
+          g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "hasty");
+        }
+      outcome_wait (&held, VIA_ASYNC);
+      assert_outcome_int32 (&held, 11);
+      outcome_clear (&held);
+    }
+  g_assert_cmpint (n_notify, ==, 2);
+
+  /* Other negative values are a programmer error, and are ignored. */
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
+  spark_dispatcher_set_timeout (dispatcher, -2);
+  g_test_assert_expected_messages ();
+  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, -1);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_clear_object (&server);
+  g_object_unref (handler);
+}
+
+
+/* Backpressure -------------------------------------------------------------- */
+
+/* A send_command on a thread of its own. */
+typedef struct
+{
+  SparkDispatcher *dispatcher;
+  gint32           value;
+  GCancellable    *cancellable;
+  gint             started;   /* atomic */
+  gint             done;      /* atomic */
+  gboolean         ret;
+  GError          *error;
+} SendCall;
+
+static gpointer
+send_call_thread (gpointer data)
+{
+  SendCall *call = data;
+  gboolean ret;
+
+  g_atomic_int_set (&call->started, TRUE);
+  g_main_context_wakeup (NULL);
+  ret = spark_dispatcher_send_command (call->dispatcher, "log", g_variant_new_int32 (call->value),
+                                       call->cancellable, &call->error);
+  call->ret = ret;
+  g_atomic_int_set (&call->done, TRUE);
+  g_main_context_wakeup (NULL);
+
+  return NULL;
+}
+
+static GThread *
+send_call_start (SendCall        *call,
+                 SparkDispatcher *dispatcher,
+                 gint32           value,
+                 GCancellable    *cancellable)
+{
+  memset (call, 0, sizeof *call);
+  call->dispatcher = dispatcher;
+  call->value = value;
+  call->cancellable = cancellable;
+
+  return g_thread_new ("send-call", send_call_thread, call);
+}
+
+static void
+send_call_join (SendCall *call,
+                GThread  *thread)
+{
+  spark_test_wait_flag (NULL, &call->done);
+  g_thread_join (thread);
+}
+
+/* A started bounded server whose thread is blocked in a "block-ignore"
+ * request (@blocker) and whose mailbox holds @capacity commands
+ * "log:1" ... "log:@capacity". */
+static SparkModuleServer *
+full_server_new (Module          *m,
+                 guint            capacity,
+                 SparkDispatcher **dispatcher_out,
+                 Outcome         *blocker)
+{
+  SparkModuleServer *server = module_server_new_in_thread (m, capacity);
+  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  guint i;
+
+  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, capacity);
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, blocker);
+  spark_test_wait_count (NULL, &m->entered, 1);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+
+  for (i = 1; i <= capacity; i++)
+    {
+      g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (i), &error));
+      g_assert_no_error (error);
+    }
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, capacity);
+
+  *dispatcher_out = dispatcher;
+  return server;
+}
+
+/* Opens the gate and waits for the blocker's reply. */
+static void
+release_blocker (Module  *m,
+                 Outcome *blocker)
+{
+  module_open_gate (m);
+  outcome_wait (blocker, VIA_ASYNC);
+  assert_outcome_string (blocker, "finished");
+  outcome_clear (blocker);
+}
+
+static void
+assert_log (Module     *m,
+            const char *expected)
+{
+  g_autofree char *log = module_dup_log (m);
+
+  g_assert_cmpstr (log, ==, expected);
+}
+
+static void
+test_backpressure_try_full (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 2, &dispatcher, &blocker);
+  g_autoptr(GError) error = NULL;
+  GVariant *parameters;
+
+  parameters = g_variant_ref (g_variant_new_int32 (3));
+  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", parameters, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_assert_false (g_variant_is_floating (parameters));
+  g_variant_unref (parameters);
+  g_clear_error (&error);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+
+  release_blocker (m, &blocker);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (4), &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 3);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 log:2 log:4");
+  module_free (m);
+}
+
+/* send_command blocks until there is room. */
+static void
+test_backpressure_send_blocks (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GError) error = NULL;
+  SendCall call;
+  GThread *thread;
+
+  thread = send_call_start (&call, dispatcher, 2, NULL);
+  spark_test_wait_flag (NULL, &call.started);
+
+  /* Still full (and, once the thread waits, someone waits for room). */
+  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (3), &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+  g_assert_false (g_atomic_int_get (&call.done));
+
+  release_blocker (m, &blocker);
+  send_call_join (&call, thread);
+  g_assert_no_error (call.error);
+  g_assert_true (call.ret);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 log:2");
+  module_free (m);
+}
+
+/* send_command waiting for room can be cancelled: that command is never
+ * handled. */
+static void
+test_backpressure_send_cancelled (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  SendCall call;
+  GThread *thread;
+
+  thread = send_call_start (&call, dispatcher, 2, cancellable);
+  spark_test_wait_flag (NULL, &call.started);
+  g_cancellable_cancel (cancellable);
+  send_call_join (&call, thread);
+  g_assert_false (call.ret);
+  g_assert_error (call.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&call.error);
+
+  /* It was answered while the server was still blocked. */
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  release_blocker (m, &blocker);
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 log:3");
+  module_free (m);
+}
+
+/* send_command_async waits for room, and completes when admitted. */
+static void
+test_backpressure_async_command_waits (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+
+  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), NULL, outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  iterate_pending ();
+  g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+
+  /* First come, first served: try_send does not overtake it. */
+  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (3), &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+
+  release_blocker (m, &blocker);
+  outcome_wait (&o, VIA_ASYNC);
+  g_assert_no_error (o.error);
+  outcome_clear (&o);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 log:2");
+  module_free (m);
+}
+
+/* send_command_async waiting for room can be cancelled; it is not sent. */
+static void
+test_backpressure_async_command_cancelled (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+
+  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), cancellable,
+                                       outcome_command_cb, &o);
+  g_atomic_int_set (&o.returned, TRUE);
+  iterate_pending ();
+  g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
+
+  g_cancellable_cancel (cancellable);
+  outcome_wait (&o, VIA_ASYNC);
+  assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  outcome_clear (&o);
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+
+  release_blocker (m, &blocker);
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 log:3");
+  module_free (m);
+}
+
+/* Requests wait for room too (async and full without blocking, sync on
+ * another thread). */
+static void
+test_backpressure_request_waits (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  Outcome o = { 0 };
+  SyncCall call;
+  GThread *thread = NULL;
+
+  if (via == VIA_SYNC)
+    thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), NULL);
+  else
+    {
+      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+      iterate_pending ();
+      g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
+      g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+    }
+
+  release_blocker (m, &blocker);
+
+  if (via == VIA_SYNC)
+    {
+      sync_call_join (&call, thread);
+      assert_outcome_int32 (&call.o, 2);
+      outcome_clear (&call.o);
+    }
+  else
+    {
+      outcome_wait (&o, via);
+      assert_outcome_int32 (&o, 2);
+      outcome_clear (&o);
+    }
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 echo:2");
+  module_free (m);
+}
+
+/* A request waiting for room can be cancelled; it is never handled. */
+static void
+test_backpressure_request_cancelled (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Outcome o = { 0 };
+  SyncCall call;
+  GThread *thread;
+
+  if (via == VIA_SYNC)
+    {
+      thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), cancellable);
+      g_cancellable_cancel (cancellable);
+      sync_call_join (&call, thread);
+      assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&call.o);
+    }
+  else
+    {
+      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
+      iterate_pending ();
+      g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
+      g_cancellable_cancel (cancellable);
+      outcome_wait (&o, via);
+      assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      outcome_clear (&o);
+    }
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+
+  release_blocker (m, &blocker);
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 3);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 echo:3");
+  module_free (m);
+}
+
+static void
+on_token_cancelled (GCancellable *token,
+                    gpointer      user_data)
+{
+  gint *flag = user_data;
+
+  g_atomic_int_set (flag, TRUE);
+  g_main_context_wakeup (NULL);
+}
+
+/* send_shutdown is accepted when the mailbox is full, and everything
+ * queued before it is handled. */
+static void
+test_backpressure_shutdown_when_full (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 2, &dispatcher, &blocker);
+  g_autoptr(GCancellable) token = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  gint stopped = FALSE;
+
+  g_cancellable_connect (token, G_CALLBACK (on_token_cancelled), &stopped, NULL);
+  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_no_error (error);
+  /* The Shutdown message counts neither in pending nor against capacity. */
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+
+  release_blocker (m, &blocker);
+  spark_test_wait_flag (NULL, &stopped);
+  assert_log (m, "block-ignore log:1 log:2");
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+on_shutdown_done (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  gint *done = user_data;
+  g_autoptr(GError) error = NULL;
+
+  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, &error));
+  g_assert_no_error (error);
+  g_atomic_int_set (done, TRUE);
+}
+
+/* Senders waiting for room get CLOSED when the server is shut down: by
+ * send_shutdown (data 0) or by shutdown_async (data 1). */
+static void
+test_backpressure_closed_while_waiting (gconstpointer data)
+{
+  gboolean by_server = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
+  g_autoptr(GError) error = NULL;
+  Outcome command = { 0 }, async = { 0 }, full = { 0 };
+  SendCall send_call;
+  SyncCall sync_call;
+  GThread *send_thread, *sync_thread;
+  gint stopped = FALSE;
+
+  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), NULL,
+                                       outcome_command_cb, &command);
+  g_atomic_int_set (&command.returned, TRUE);
+  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &async);
+  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (4), NULL, NULL, &full);
+  send_thread = send_call_start (&send_call, dispatcher, 5, NULL);
+  sync_thread = sync_call_start (&sync_call, dispatcher, "echo", g_variant_new_int32 (6), NULL);
+  spark_test_wait_flag (NULL, &send_call.started);
+  iterate_pending ();
+  g_assert_cmpint (g_atomic_int_get (&command.done), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&async.done), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&full.done), ==, 0);
+
+  if (by_server)
+    spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_shutdown_done, &stopped);
+  else
+    {
+      g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+      g_assert_no_error (error);
+    }
+
+  /* Every waiting sender fails at once, while the server is still blocked. */
+  outcome_wait (&command, VIA_ASYNC);
+  outcome_wait (&async, VIA_ASYNC);
+  outcome_wait (&full, VIA_FULL);
+  send_call_join (&send_call, send_thread);
+  sync_call_join (&sync_call, sync_thread);
+  assert_outcome_error (&command, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  assert_outcome_error (&async, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  assert_outcome_error (&full, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_false (send_call.ret);
+  g_assert_error (send_call.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  assert_outcome_error (&sync_call.o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  outcome_clear (&command);
+  outcome_clear (&async);
+  outcome_clear (&full);
+  outcome_clear (&sync_call.o);
+  g_clear_error (&send_call.error);
+
+  release_blocker (m, &blocker);
+  if (by_server)
+    spark_test_wait_flag (NULL, &stopped);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1");
+  module_free (m);
+}
+
+/* pending counts queued messages only: not the one being handled, not
+ * senders waiting for room, not the Shutdown message. */
+static void
+test_backpressure_pending (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) bounded_dispatcher = NULL;
+  g_autoptr(SparkModuleServer) bounded = NULL;
+  g_autoptr(GCancellable) token = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  Module *bm = module_new ();
+  Outcome blocker = { 0 }, a = { 0 }, b = { 0 }, waiting = { 0 };
+  gint stopped = FALSE;
+
+  /* Unbounded. */
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &m->entered, 1);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &a);
+  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (4), NULL, NULL, &b);
+  g_assert_no_error (error);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 4);
+  release_blocker (m, &blocker);
+  outcome_wait (&a, VIA_ASYNC);
+  outcome_wait (&b, VIA_FULL);
+  outcome_clear (&a);
+  outcome_clear (&b);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+
+  /* Bounded, with a sender waiting and a Shutdown message queued. */
+  bounded = full_server_new (bm, 2, &bounded_dispatcher, &blocker);
+  spark_dispatcher_send_command_async (bounded_dispatcher, "log", g_variant_new_int32 (3), NULL,
+                                       outcome_command_cb, &waiting);
+  g_atomic_int_set (&waiting.returned, TRUE);
+  g_assert_cmpuint (spark_module_server_get_pending (bounded), ==, 2);
+  g_cancellable_connect (token, G_CALLBACK (on_token_cancelled), &stopped, NULL);
+  g_assert_true (spark_dispatcher_send_shutdown (bounded_dispatcher, token, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (spark_module_server_get_pending (bounded), ==, 2);
+  outcome_wait (&waiting, VIA_ASYNC);
+  assert_outcome_error (&waiting, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  outcome_clear (&waiting);
+
+  release_blocker (bm, &blocker);
+  spark_test_wait_flag (NULL, &stopped);
+  g_assert_cmpuint (spark_module_server_get_pending (bounded), ==, 0);
+  spark_test_shutdown (bounded, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (bm, "block-ignore log:1 log:2");
+
+  module_free (m);
+  module_free (bm);
+}
+
+/* Would deadlock ------------------------------------------------------------ */
+
+/* request_sync from a handler of the same server, on the server's thread. */
+static void
+test_deadlock_handler_request_sync (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  m->self_dispatcher = spark_module_server_create_dispatcher (server);
+  request_via (dispatcher, VIA_SYNC, "request-self", NULL, NULL, NULL, &o);
+  assert_outcome_string (&o, "done");
+  outcome_clear (&o);
+  g_assert_false (m->self_ret);
+  g_assert_error (m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  /* The inner request never reached the handler. */
+  assert_log (m, "request-self");
+  module_free (m);
+}
+
+/* send_command that would have to wait for room, from a handler of the
+ * same server. */
+static void
+test_deadlock_handler_send_full (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 1);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  m->self_dispatcher = spark_module_server_create_dispatcher (server);
+  request_via (dispatcher, VIA_SYNC, "send-self", NULL, NULL, NULL, &o);
+  assert_outcome_string (&o, "done");
+  outcome_clear (&o);
+  g_assert_false (m->self_ret);
+  g_assert_error (m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "send-self log:200");
+  module_free (m);
+}
+
+/* try_send_command from the server's own thread works. */
+static void
+test_deadlock_try_send_from_handler (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  m->self_dispatcher = spark_module_server_create_dispatcher (server);
+  request_via (dispatcher, VIA_SYNC, "try-self", NULL, NULL, NULL, &o);
+  assert_outcome_string (&o, "done");
+  outcome_clear (&o);
+  g_assert_no_error (m->self_error);
+  g_assert_true (m->self_ret);
+
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "try-self log:100");
+  module_free (m);
+}
+
+/* Blocking calls on the thread that called start (NULL: this thread's
+ * context): request_sync, and send_command on a full mailbox. */
+static void
+test_deadlock_start_thread (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 1);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  Outcome o = { 0 };
+
+  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  outcome_clear (&o);
+
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+  g_assert_no_error (error);
+  g_assert_false (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_clear_error (&error);
+
+  spark_test_wait_count (NULL, &m->n_commands, 1);
+  /* With room, send_command does not wait, so it works here. */
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &m->n_commands, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "log:2 log:4");
+  module_free (m);
+}
+
+typedef struct
+{
+  GMainContext *context;
+  gint          quit;   /* atomic */
+} Iterator;
+
+static gpointer
+iterator_thread (gpointer data)
+{
+  Iterator *it = data;
+
+  g_main_context_push_thread_default (it->context);
+  while (!g_atomic_int_get (&it->quit))
+    g_main_context_iteration (it->context, TRUE);
+  g_main_context_pop_thread_default (it->context);
+
+  return NULL;
+}
+
+/* The thread that called start (ctx) cannot block on the server even when
+ * another thread iterates ctx; a third thread can. */
+static void
+test_deadlock_start_thread_other_iterator (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(GError) error = NULL;
+  Iterator it = { 0 };
+  GThread *iterating;
+  SyncCall call;
+  GThread *thread;
+  Outcome o = { 0 };
+
+  it.context = g_main_context_new ();
+  g_assert_true (spark_module_server_start (server, it.context, &error));
+  g_assert_no_error (error);
+  iterating = g_thread_new ("iterator", iterator_thread, &it);
+
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  outcome_clear (&o);
+
+  thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), NULL);
+  sync_call_join (&call, thread);
+  assert_outcome_int32 (&call.o, 2);
+  outcome_clear (&call.o);
+
+  /* Async works from here. */
+  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  outcome_wait (&o, VIA_ASYNC);
+  assert_outcome_int32 (&o, 3);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_atomic_int_set (&it.quit, TRUE);
+  g_main_context_wakeup (it.context);
+  g_thread_join (iterating);
+  g_main_context_unref (it.context);
+
+  assert_log (m, "echo:2 echo:3");
+  module_free (m);
+}
+
+
+
+/* The handler cancels the request's cancellable, then replies: the
+ * cancellation came before the completion was delivered, so the request
+ * fails with CANCELLED (for sync: checked when it returns). */
+static void
+test_cancel_during_reply (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Outcome o = { 0 };
+
+  m->cancel_me = g_cancellable_new ();
+  request_via (dispatcher, via, "cancel-and-reply", NULL, NULL, m->cancel_me, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* A request waiting for room times out too: the timeout counts from the
+ * call. */
+static void
+test_timeout_waiting_for_room (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) server = NULL;
+  g_autoptr(SparkDispatcher) hasty = NULL;
+  Outcome o = { 0 };
+
+  server = full_server_new (m, 1, &dispatcher, &blocker);
+  hasty = spark_module_server_create_dispatcher (server);
+  spark_dispatcher_set_timeout (hasty, 50);
+
+  request_via (hasty, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
+  outcome_clear (&o);
+  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+
+  release_blocker (m, &blocker);
+  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  assert_outcome_int32 (&o, 3);
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (m, "block-ignore log:1 echo:3");
+  module_free (m);
+}
+
+/* Many threads -------------------------------------------------------------- */
+
+typedef struct
+{
+  SparkDispatcher *dispatcher;
+  gint             index;
+  gint             errors;   /* atomic: wrong or failed replies, failed sends */
+  gint             done;     /* atomic */
+} Worker;
+
+static gpointer
+worker_thread (gpointer data)
+{
+  Worker *w = data;
+  GMainContext *context = g_main_context_new ();
+  Outcome *outcomes = g_new0 (Outcome, N_FULL_PER_THREAD);
+  gint i, n_async = 0;
+
+  g_main_context_push_thread_default (context);
+
+  for (i = 0; i < N_PER_THREAD; i++)
+    {
+      GError *error = NULL;
+      GVariant *reply;
+      gboolean sent;
+
+      reply = spark_dispatcher_request_sync (w->dispatcher, "echo", g_variant_new ("(ii)", w->index, i),
+                                             G_VARIANT_TYPE ("(ii)"), NULL, &error);
+      if (reply == NULL)
+        g_atomic_int_inc (&w->errors);
+      else
+        {
+          gint32 index, seq;
+
+          g_variant_get (reply, "(ii)", &index, &seq);
+          if (index != w->index || seq != i)
+            g_atomic_int_inc (&w->errors);
+          g_variant_unref (reply);
+        }
+      g_clear_error (&error);
+
+      if (i % 2 == 0)
+        sent = spark_dispatcher_send_command (w->dispatcher, "seq", g_variant_new ("(ii)", w->index, i), NULL, &error);
+      else
+        sent = spark_dispatcher_try_send_command (w->dispatcher, "seq", g_variant_new ("(ii)", w->index, i), &error);
+      if (!sent)
+        g_atomic_int_inc (&w->errors);
+      g_clear_error (&error);
+
+      if (i % (N_PER_THREAD / N_FULL_PER_THREAD) == 0)
+        {
+          request_via (w->dispatcher, n_async % 2 ? VIA_ASYNC : VIA_FULL, "echo",
+                       g_variant_new_int32 (i), G_VARIANT_TYPE_INT32, NULL, &outcomes[n_async]);
+          n_async++;
+        }
+    }
+
+  g_assert_cmpint (n_async, ==, N_FULL_PER_THREAD);
+  for (i = 0; i < N_FULL_PER_THREAD; i++)
+    {
+      outcome_wait (&outcomes[i], i % 2 ? VIA_ASYNC : VIA_FULL);
+      assert_outcome_int32 (&outcomes[i], i * (N_PER_THREAD / N_FULL_PER_THREAD));
+    }
+  /* Nothing completes twice. */
+  iterate_pending ();
+  for (i = 0; i < N_FULL_PER_THREAD; i++)
+    {
+      g_assert_cmpint (g_atomic_int_get (&outcomes[i].done), ==, 1);
+      if (i % 2 == 0)
+        g_assert_cmpint (g_atomic_int_get (&outcomes[i].destroyed), ==, 1);
+      outcome_clear (&outcomes[i]);
+    }
+
+  g_main_context_pop_thread_default (context);
+  g_main_context_unref (context);
+  g_free (outcomes);
+
+  g_atomic_int_set (&w->done, TRUE);
+  g_main_context_wakeup (NULL);
+
+  return NULL;
+}
+
+/* N_THREADS threads, some sharing a dispatcher, each sending requests and
+ * commands: every request completes once, each thread's commands are
+ * handled in its order. */
+static void
+test_threads_many (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) shared = spark_module_server_create_dispatcher (server);
+  Worker workers[N_THREADS];
+  GThread *threads[N_THREADS];
+  gint i;
+
+  for (i = 0; i < N_THREADS; i++)
+    {
+      memset (&workers[i], 0, sizeof workers[i]);
+      workers[i].index = i;
+      workers[i].dispatcher = i % 2 ? g_object_ref (shared) : spark_module_server_create_dispatcher (server);
+      threads[i] = g_thread_new ("worker", worker_thread, &workers[i]);
+    }
+
+  for (i = 0; i < N_THREADS; i++)
+    {
+      spark_test_wait_flag (NULL, &workers[i].done);
+      g_thread_join (threads[i]);
+      g_assert_cmpint (g_atomic_int_get (&workers[i].errors), ==, 0);
+      g_object_unref (workers[i].dispatcher);
+    }
+
+  spark_test_wait_count (NULL, &m->n_commands, N_THREADS * N_PER_THREAD);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+
+  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, N_THREADS * N_PER_THREAD);
+  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, N_THREADS * (N_PER_THREAD + N_FULL_PER_THREAD));
+  g_assert_cmpint (g_atomic_int_get (&m->seq_errors), ==, 0);
+  for (i = 0; i < N_THREADS; i++)
+    g_assert_cmpint (m->last_seq[i], ==, N_PER_THREAD - 1);
+  module_free (m);
+}
+
+/* A dropped dispatcher ------------------------------------------------------ */
+
+#define N_DROPPED 6
+
+/* A dispatcher dropped with requests in flight: each still completes
+ * exactly once (request_full: reply_func, then destroy), whether its
+ * handler answers it or the server aborts. */
+static void
+test_dropped_in_flight (void)
+{
+  SparkTestInvocationHandler *handler = NULL;
+  g_autoptr(SparkModuleServer) server = holding_server_new (&handler);
+  SparkDispatcher *dispatcher;
+  Outcome answered[N_DROPPED];
+  Outcome aborted[N_DROPPED];
+  gint i;
+
+  memset (answered, 0, sizeof answered);
+  memset (aborted, 0, sizeof aborted);
+
+  /* Answered by the handler after the dispatcher is gone. */
+  dispatcher = spark_module_server_create_dispatcher (server);
+  for (i = 0; i < N_DROPPED; i++)
+    request_via (dispatcher, i % 2 ? VIA_ASYNC : VIA_FULL, "answered", g_variant_new_int32 (i),
+                 NULL, NULL, &answered[i]);
+  g_object_unref (dispatcher);
+
+  for (i = 0; i < N_DROPPED; i++)
+    {
+      g_autoptr(SparkInvocation) invocation = NULL;
+
+      spark_test_wait_count (NULL, &handler->n_received, i + 1);
+      invocation = spark_test_invocation_handler_pop (handler);
+      g_assert_nonnull (invocation);
+      spark_invocation_return_value (invocation, spark_invocation_get_parameters (invocation));
+    }
+  for (i = 0; i < N_DROPPED; i++)
+    {
+      outcome_wait (&answered[i], i % 2 ? VIA_ASYNC : VIA_FULL);
+      assert_outcome_int32 (&answered[i], i);
+    }
+
+  /* Held or queued when the server aborts. */
+  dispatcher = spark_module_server_create_dispatcher (server);
+  for (i = 0; i < N_DROPPED; i++)
+    request_via (dispatcher, i % 2 ? VIA_ASYNC : VIA_FULL, "aborted", g_variant_new_int32 (i),
+                 NULL, NULL, &aborted[i]);
+  g_object_unref (dispatcher);
+  spark_test_wait_count (NULL, &handler->n_received, N_DROPPED + 1);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
+  for (i = 0; i < N_DROPPED; i++)
+    {
+      outcome_wait (&aborted[i], i % 2 ? VIA_ASYNC : VIA_FULL);
+      assert_outcome_error (&aborted[i], SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+    }
+
+  /* Nothing completes twice. */
+  iterate_pending ();
+  for (i = 0; i < N_DROPPED; i++)
+    {
+      g_assert_cmpint (g_atomic_int_get (&answered[i].done), ==, 1);
+      g_assert_cmpint (g_atomic_int_get (&aborted[i].done), ==, 1);
+      if (i % 2 == 0)
+        {
+          g_assert_cmpint (g_atomic_int_get (&answered[i].destroyed), ==, 1);
+          g_assert_cmpint (g_atomic_int_get (&aborted[i].destroyed), ==, 1);
+        }
+      outcome_clear (&answered[i]);
+      outcome_clear (&aborted[i]);
+    }
+
+  g_clear_object (&server);
+  g_object_unref (handler);
+}
+
+/* Shutdown with a token -------------------------------------------------------- */
+
+typedef struct
+{
+  Module *m;
+  gint    cancelled;   /* atomic */
+  guint   log_length;  /* the log's length when the token was cancelled */
+} Token;
+
+static void
+on_token_recorded (GCancellable *token,
+                   gpointer      user_data)
+{
+  Token *t = user_data;
+
+  t->log_length = module_log_length (t->m);
+  g_atomic_int_set (&t->cancelled, TRUE);
+  g_main_context_wakeup (NULL);
+}
+
+/* The token is cancelled after everything queued before the Shutdown
+ * message was handled; nothing is handled after it. */
+static void
+test_shutdown_token (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (server);
+  g_autoptr(GCancellable) token = g_cancellable_new ();
+  g_autoptr(GError) error = NULL;
+  Outcome blocker = { 0 }, queued = { 0 }, late = { 0 };
+  Token t = { 0 };
+
+  t.m = m;
+  g_cancellable_connect (token, G_CALLBACK (on_token_recorded), &t, NULL);
+
+  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &m->entered, 1);
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
+  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued);
+  g_assert_true (spark_dispatcher_try_send_command (other, "log", g_variant_new_int32 (3), &error));
+  g_assert_no_error (error);
+
+  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_no_error (error);
+
+  /* Closed at once, for every dispatcher. */
+  g_assert_false (spark_dispatcher_try_send_command (other, "log", g_variant_new_int32 (4), &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_clear_error (&error);
+  request_via (other, VIA_ASYNC, "echo", g_variant_new_int32 (5), NULL, NULL, &late);
+  outcome_wait (&late, VIA_ASYNC);
+  assert_outcome_error (&late, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  outcome_clear (&late);
+  g_assert_false (g_cancellable_is_cancelled (token));
+
+  release_blocker (m, &blocker);
+  outcome_wait (&queued, VIA_FULL);
+  assert_outcome_int32 (&queued, 2);
+  outcome_clear (&queued);
+  spark_test_wait_flag (NULL, &t.cancelled);
+  g_assert_cmpuint (t.log_length, ==, 4);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpuint (module_log_length (m), ==, 4);
+  assert_log (m, "block-ignore log:1 echo:2 log:3");
+  module_free (m);
+}
+
+/* Main --------------------------------------------------------------------- */
 
 int
 main (int argc, char *argv[])
 {
   g_test_init (&argc, &argv, NULL);
+
+  add_via_tests ("request/reply", test_request_reply, FALSE);
+  add_via_tests ("request/caller-context", test_request_context, TRUE);
+  add_via_tests ("request/same-context", test_request_same_context, TRUE);
+  add_via_tests ("request/handler-error", test_request_handler_error, FALSE);
+  add_via_tests ("request/no-reply", test_request_no_reply, FALSE);
+  add_via_tests ("request/type-mismatch", test_request_type_mismatch, FALSE);
+  add_via_tests ("request/null-parameters", test_request_null_parameters, FALSE);
+
+  g_test_add_func ("/spark/dispatcher/closed/never-started", test_closed_never_started);
+  g_test_add_func ("/spark/dispatcher/closed/after-shutdown", test_closed_after_shutdown);
+  g_test_add_func ("/spark/dispatcher/closed/after-send-shutdown", test_closed_after_send_shutdown);
+
+  g_test_add_func ("/spark/dispatcher/command/send", test_command_send);
+  g_test_add_func ("/spark/dispatcher/command/try-send", test_command_try_send);
+  g_test_add_func ("/spark/dispatcher/command/async", test_command_async);
+  g_test_add_func ("/spark/dispatcher/command/order", test_command_order);
+  g_test_add_func ("/spark/dispatcher/command/failure-signal", test_command_failure_signal);
+  g_test_add_func ("/spark/dispatcher/command/failure-warning", test_command_failure_warning);
+  g_test_add_func ("/spark/dispatcher/command/cancelled-before", test_command_cancelled_before);
+  g_test_add_func ("/spark/dispatcher/command/cancel-after-queued", test_command_cancel_after_queued);
+  g_test_add_func ("/spark/dispatcher/bad-input", test_bad_input);
+
+  add_via_tests ("cancel/before", test_cancel_before, FALSE);
+  add_via_tests ("cancel/queued", test_cancel_queued, FALSE);
+  add_via_tests ("cancel/running", test_cancel_running, FALSE);
+  add_via_tests ("cancel/after-completion", test_cancel_after, FALSE);
+  add_via_tests ("cancel/during-reply", test_cancel_during_reply, FALSE);
+
+  add_via_tests ("timeout/unanswered", test_timeout_unanswered, FALSE);
+  g_test_add_func ("/spark/dispatcher/timeout/stuck-handler", test_timeout_stuck_handler);
+  add_via_tests ("timeout/handler-cancellable", test_timeout_handler_cancellable, FALSE);
+  g_test_add_func ("/spark/dispatcher/timeout/none", test_timeout_none);
+
+  g_test_add_func ("/spark/dispatcher/backpressure/try-full", test_backpressure_try_full);
+  g_test_add_func ("/spark/dispatcher/backpressure/send-blocks", test_backpressure_send_blocks);
+  g_test_add_func ("/spark/dispatcher/backpressure/send-cancelled", test_backpressure_send_cancelled);
+  g_test_add_func ("/spark/dispatcher/backpressure/async-command-waits", test_backpressure_async_command_waits);
+  g_test_add_func ("/spark/dispatcher/backpressure/async-command-cancelled", test_backpressure_async_command_cancelled);
+  add_via_tests ("backpressure/request-waits", test_backpressure_request_waits, FALSE);
+  add_via_tests ("backpressure/request-cancelled", test_backpressure_request_cancelled, FALSE);
+  g_test_add_func ("/spark/dispatcher/backpressure/shutdown-when-full", test_backpressure_shutdown_when_full);
+  g_test_add_data_func ("/spark/dispatcher/backpressure/closed-while-waiting/send-shutdown",
+                        GUINT_TO_POINTER (FALSE), test_backpressure_closed_while_waiting);
+  g_test_add_data_func ("/spark/dispatcher/backpressure/closed-while-waiting/server-shutdown",
+                        GUINT_TO_POINTER (TRUE), test_backpressure_closed_while_waiting);
+  g_test_add_func ("/spark/dispatcher/backpressure/pending", test_backpressure_pending);
+
+  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-request-sync", test_deadlock_handler_request_sync);
+  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-send-full", test_deadlock_handler_send_full);
+  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-try-send", test_deadlock_try_send_from_handler);
+  g_test_add_func ("/spark/dispatcher/would-deadlock/start-thread", test_deadlock_start_thread);
+  g_test_add_func ("/spark/dispatcher/would-deadlock/start-thread-other-iterator",
+                   test_deadlock_start_thread_other_iterator);
+
+  add_via_tests ("timeout/waiting-for-room", test_timeout_waiting_for_room, FALSE);
+  g_test_add_func ("/spark/dispatcher/threads/many", test_threads_many);
+  g_test_add_func ("/spark/dispatcher/dropped/in-flight", test_dropped_in_flight);
+  g_test_add_func ("/spark/dispatcher/shutdown/token", test_shutdown_token);
+
   return g_test_run ();
 }
