@@ -39,9 +39,8 @@ struct _SparkMailbox
   GCancellable      *token;              /* mutex: the send_shutdown() token */
   gboolean           has_token;          /* mutex */
 
-  gint               n_pending;          /* atomic; raised under the mutex */
+  gint               n_queued;           /* mutex; read atomically: counted messages in head..tail */
   gint               n_waiters;          /* atomic mirror of waiters.length */
-  gint               aborting;           /* atomic */
 
   GCancellable      *abort_cancellable;  /* immutable: cancelled by an ABORT shutdown */
 
@@ -50,6 +49,12 @@ struct _SparkMailbox
   GSource           *source;             /* a reference: the server's source */
   GMainContext      *context;            /* a reference: the server's context */
   GThread           *start_thread;       /* the thread that called start(), NULL for start_in_thread() */
+
+  /* The server's side, on a cache line of its own: it changes per message,
+   * and must not bounce between the producers and the server. */
+  char               server_line[64];
+  gint               n_taken;            /* atomic: taken by the server, not handled yet */
+  gint               aborting;           /* atomic */
 };
 
 SparkMailbox *spark_mailbox_new              (void);
@@ -89,7 +94,8 @@ void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
                                               gboolean       held);
 GCancellable *spark_mailbox_finish           (SparkMailbox  *mailbox);
 void          spark_mailbox_drop_messages    (SparkMailbox  *mailbox,
-                                              SparkMessage  *list);
+                                              SparkMessage  *list,
+                                              gboolean       taken);
 void          spark_mailbox_wake_server      (SparkMailbox  *mailbox);
 
 G_END_DECLS

@@ -159,10 +159,16 @@ spark_mailbox_is_closed (SparkMailbox *mailbox)
   return closed;
 }
 
+static inline gint
+pending (SparkMailbox *mailbox)
+{
+  return g_atomic_int_get (&mailbox->n_queued) + g_atomic_int_get (&mailbox->n_taken);
+}
+
 guint
 spark_mailbox_get_pending (SparkMailbox *mailbox)
 {
-  return (guint) MAX (0, g_atomic_int_get (&mailbox->n_pending));
+  return (guint) MAX (0, pending (mailbox));
 }
 
 void
@@ -220,7 +226,7 @@ enqueue_locked (SparkMailbox *mailbox,
   mailbox->tail = msg;
 
   if (counted)
-    g_atomic_int_inc (&mailbox->n_pending);
+    g_atomic_int_inc (&mailbox->n_queued);
 
   if (mailbox->consumer_idle)
     {
@@ -277,7 +283,7 @@ has_room_locked (SparkMailbox  *mailbox,
   prune_dead_waiters_locked (mailbox, dead);
 
   return g_queue_is_empty (&mailbox->waiters) &&
-         (guint) g_atomic_int_get (&mailbox->n_pending) < mailbox->capacity;
+         (guint) pending (mailbox) < mailbox->capacity;
 }
 
 static void
@@ -303,7 +309,7 @@ admit_locked (SparkMailbox  *mailbox,
   GList *link;
 
   while ((link = mailbox->waiters.head) != NULL &&
-         (guint) g_atomic_int_get (&mailbox->n_pending) < mailbox->capacity)
+         (guint) pending (mailbox) < mailbox->capacity)
     {
       SparkRoomWaiter *waiter = waiter_from_link (link);
 
@@ -706,10 +712,13 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
   return TRUE;
 }
 
-/* Fails or drops messages that will never be handled. */
+/* Fails or drops messages that will never be handled: @taken says they
+ * were the server's (counted in n_taken) rather than detached from the
+ * queue (whose count the caller reset under the lock). */
 void
 spark_mailbox_drop_messages (SparkMailbox *mailbox,
-                             SparkMessage *list)
+                             SparkMessage *list,
+                             gboolean      taken)
 {
   while (list != NULL)
     {
@@ -718,8 +727,8 @@ spark_mailbox_drop_messages (SparkMailbox *mailbox,
       list = msg->next;
       msg->next = NULL;
 
-      if (msg->kind != SPARK_MESSAGE_SHUTDOWN)
-        g_atomic_int_add (&mailbox->n_pending, -1);
+      if (taken && msg->kind != SPARK_MESSAGE_SHUTDOWN)
+        g_atomic_int_add (&mailbox->n_taken, -1);
 
       if (msg->kind == SPARK_MESSAGE_REQUEST)
         spark_request_complete_literal ((SparkRequest *) msg,
@@ -765,6 +774,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
       g_atomic_int_set (&mailbox->aborting, TRUE);
       dropped = g_steal_pointer (&mailbox->head);
       mailbox->tail = NULL;
+      g_atomic_int_set (&mailbox->n_queued, 0);
       if (mailbox->current != NULL)
         {
           current = spark_request_ref (mailbox->current);
@@ -776,7 +786,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
   g_mutex_unlock (&mailbox->mutex);
 
   notify_waiters (resolved);
-  spark_mailbox_drop_messages (mailbox, dropped);
+  spark_mailbox_drop_messages (mailbox, dropped, FALSE);
 
   if (abort && !was_new)
     {
@@ -826,6 +836,12 @@ spark_mailbox_take (SparkMailbox *mailbox,
   mailbox->tail = NULL;
   if (batch == NULL)
     mailbox->consumer_idle = TRUE;
+  else
+    {
+      /* The batch moves from the producers' count to the server's. */
+      g_atomic_int_add (&mailbox->n_taken, g_atomic_int_get (&mailbox->n_queued));
+      g_atomic_int_set (&mailbox->n_queued, 0);
+    }
   g_mutex_unlock (&mailbox->mutex);
 
   return batch;
@@ -842,14 +858,14 @@ spark_mailbox_release_one (SparkMailbox *mailbox)
 
   if (mailbox->capacity == 0)
     {
-      g_atomic_int_add (&mailbox->n_pending, -1);
+      g_atomic_int_add (&mailbox->n_taken, -1);
       return;
     }
 
   /* Under the lock: a sender that found no room must either see this
    * place freed or be admitted by us. */
   g_mutex_lock (&mailbox->mutex);
-  g_atomic_int_add (&mailbox->n_pending, -1);
+  g_atomic_int_add (&mailbox->n_taken, -1);
   admit_locked (mailbox, &resolved, &dead, &wake);
   g_mutex_unlock (&mailbox->mutex);
 
@@ -890,10 +906,11 @@ spark_mailbox_finish (SparkMailbox *mailbox)
   g_assert (mailbox->state == SPARK_MAILBOX_CLOSED);
   leftovers = g_steal_pointer (&mailbox->head);
   mailbox->tail = NULL;
+  g_atomic_int_set (&mailbox->n_queued, 0);
   token = g_steal_pointer (&mailbox->token);
   g_mutex_unlock (&mailbox->mutex);
 
-  spark_mailbox_drop_messages (mailbox, leftovers);
+  spark_mailbox_drop_messages (mailbox, leftovers, FALSE);
 
   return token;
 }

@@ -257,7 +257,7 @@ spark_module_server_stop (SparkModuleServer *self)
 
   self->stopped = TRUE;
 
-  spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&self->batch));
+  spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&self->batch), TRUE);
   token = spark_mailbox_finish (self->mailbox);
 
   g_source_destroy (self->source);

@@ -208,12 +208,15 @@ SparkReplyPort *
 spark_reply_port_ref (SparkReplyPort *port)
 {
   g_main_context_ref (port->context);
+  /* A hold is an outcome on its way: the context may spin for it. */
+  spark_wake_source_expect (&port->source, 1);
   return port;
 }
 
 void
 spark_reply_port_unref (SparkReplyPort *port)
 {
+  spark_wake_source_expect (&port->source, -1);
   g_main_context_unref (port->context);
 }
 

@@ -8,11 +8,27 @@
 #include "spark-wake-source-private.h"
 
 static gboolean
+is_ready (gconstpointer data)
+{
+  return g_atomic_int_get (&((SparkWakeSource *) data)->ready) != 0;
+}
+
+static gboolean
 spark_wake_source_prepare (GSource *source,
                            gint    *timeout)
 {
+  SparkWakeSource *self = (SparkWakeSource *) source;
+
   *timeout = -1;
-  return g_atomic_int_get (&((SparkWakeSource *) source)->ready);
+
+  if (is_ready (self))
+    return TRUE;
+
+  /* GLib calls prepare without the context's lock held. */
+  if (g_atomic_int_get (&self->expecting) > 0)
+    return spark_spin_until (&self->spin, is_ready, self);
+
+  return FALSE;
 }
 
 static gboolean
