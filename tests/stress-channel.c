@@ -433,7 +433,7 @@ client_thread (gpointer data)
   /* The main thread may be asleep in its main context, waiting for us. */
   g_main_context_wakeup (NULL);
 
-  return NULL;
+  return client;   /* freed by the joiner */
 }
 
 static gpointer

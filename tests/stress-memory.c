@@ -97,8 +97,11 @@ test_bounded_flood (void)
   /* The sanitizers' quarantines and shadow memory make RSS meaningless. */
   g_test_message ("RSS bound not checked under a sanitizer");
 #else
-  /* Generous: 8 MiB, against ~110 MB for the same flood unbounded. */
-  g_assert_cmpuint (after - before, <, 8 * 1024);
+  /* So does valgrind's own heap; the bound on pending still holds. */
+  if (g_getenv ("SPARK_UNDER_VALGRIND") != NULL)
+    g_test_message ("RSS bound not checked under valgrind");
+  else
+    g_assert_cmpuint (after - before, <, 8 * 1024);   /* vs ~110 MB unbounded */
 #endif
 
   g_clear_object (&flood.server);
