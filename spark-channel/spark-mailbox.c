@@ -12,14 +12,17 @@
  * What the hot path costs (unbounded mailbox, no cancellable, no timeout):
  *
  *   one command, send_command() or try_send_command():
- *     allocations: 1 (the message, name inline), plus the caller's GVariant
+ *     allocations: 1 (the message, 24 bytes with a short name inline: one
+ *                  32-byte malloc chunk), plus the caller's GVariant
  *     locks:       1 mailbox lock by the sender; the server's lock to take
  *                  the queue is shared by the whole batch
  *     wakeups:     0, or 1 if the server was idle (an eventfd write)
  *
  *   one request with request_full():
- *     allocations: 1 (the request, name inline), plus the caller's GVariant
- *                  and the handler's reply; a reply_type adds one copy
+ *     allocations: 0 beyond the caller's GVariant and the handler's reply:
+ *                  the request (name and reply type inline) comes from a
+ *                  per-thread pool, since it is made and freed on the
+ *                  requester's thread (off with G_SLICE=always-malloc)
  *     locks:       1 mailbox lock by the sender, 1 reply-port lock by the
  *                  server; the server's queue lock and the requester's
  *                  port lock are shared by their batches
@@ -27,7 +30,8 @@
  *                  the requester's context (only if its port was idle)
  *     atomics:     the claim (one compare-and-swap), reference counts
  *
- *   request_async() adds the GTask (one GObject) on top of request_full();
+ *   request_async() adds the async-result object (one GObject, made at
+ *   delivery) on top of request_full();
  *   request_sync() delivers to the caller's parked (or spinning) thread
  *   instead of a reply port: one more lock, no GSource.
  *

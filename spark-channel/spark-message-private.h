@@ -66,6 +66,7 @@ struct _SparkRequest
 {
   SparkMessage     msg;
   const char      *name;              /* immutable: inline after the struct */
+  gsize            size;              /* immutable: of the allocation */
 
   gint             ref_count;         /* atomic */
   gint             claimed;           /* atomic: 0 -> 1 once */
