@@ -28,10 +28,21 @@ spark_test_wait_count (GMainContext *context,
     g_main_context_iteration (context, TRUE);
 }
 
-static void
-on_shutdown_done (GObject      *source,
-                  GAsyncResult *result,
-                  gpointer      user_data)
+void
+spark_test_iterate_pending (GMainContext *context)
+{
+  if (context == NULL)
+    context = g_main_context_get_thread_default ();
+
+  while (g_main_context_iteration (context, FALSE))
+    {
+    }
+}
+
+void
+spark_test_shutdown_done_cb (GObject      *source,
+                             GAsyncResult *result,
+                             gpointer      user_data)
 {
   g_autoptr(GError) error = NULL;
   gint *done = user_data;
@@ -47,9 +58,186 @@ spark_test_shutdown (SparkModuleServer *server,
 {
   gint done = FALSE;
 
-  spark_module_server_shutdown_async (server, mode, NULL, on_shutdown_done, &done);
+  spark_module_server_shutdown_async (server, mode, NULL, spark_test_shutdown_done_cb, &done);
   spark_test_wait_flag (NULL, &done);
   g_assert_false (spark_module_server_get_running (server));
+}
+
+void
+spark_test_outcome_cb (GVariant     *reply,
+                       const GError *error,
+                       gpointer      user_data)
+{
+  SparkTestOutcome *outcome = user_data;
+
+  /* Exactly once. */
+  g_assert_false (g_atomic_int_get (&outcome->done));
+  g_assert_true ((reply == NULL) != (error == NULL));
+
+  outcome->reply = reply ? g_variant_ref (reply) : NULL;
+  outcome->error = error ? g_error_copy (error) : NULL;
+  g_atomic_int_set (&outcome->done, TRUE);
+}
+
+void
+spark_test_outcome_clear (SparkTestOutcome *outcome)
+{
+  g_clear_pointer (&outcome->reply, g_variant_unref);
+  g_clear_error (&outcome->error);
+  outcome->done = FALSE;
+}
+
+void
+spark_test_on_command_failed (SparkModuleServer *server,
+                              const char        *name,
+                              GVariant          *parameters,
+                              GError            *error,
+                              gpointer           user_data)
+{
+  SparkTestFailure *failure = user_data;
+
+  failure->thread = g_thread_self ();
+  g_free (failure->name);
+  failure->name = g_strdup (name);
+  g_clear_pointer (&failure->parameters, g_variant_unref);
+  failure->parameters = parameters ? g_variant_ref (parameters) : NULL;
+  g_clear_error (&failure->error);
+  failure->error = g_error_copy (error);
+  g_atomic_int_inc (&failure->n);
+}
+
+void
+spark_test_failure_clear (SparkTestFailure *failure)
+{
+  g_clear_pointer (&failure->name, g_free);
+  g_clear_pointer (&failure->parameters, g_variant_unref);
+  g_clear_error (&failure->error);
+  failure->thread = NULL;
+  failure->n = 0;
+}
+
+void
+spark_test_gate_init (SparkTestGate *gate)
+{
+  g_mutex_init (&gate->mutex);
+  g_cond_init (&gate->cond);
+  gate->open = FALSE;
+}
+
+void
+spark_test_gate_clear (SparkTestGate *gate)
+{
+  g_mutex_clear (&gate->mutex);
+  g_cond_clear (&gate->cond);
+}
+
+void
+spark_test_gate_open (SparkTestGate *gate)
+{
+  g_mutex_lock (&gate->mutex);
+  gate->open = TRUE;
+  g_cond_broadcast (&gate->cond);
+  g_mutex_unlock (&gate->mutex);
+}
+
+static void
+gate_cancelled_cb (GCancellable  *cancellable,
+                   SparkTestGate *gate)
+{
+  g_mutex_lock (&gate->mutex);
+  g_cond_broadcast (&gate->cond);
+  g_mutex_unlock (&gate->mutex);
+}
+
+gboolean
+spark_test_gate_wait (SparkTestGate *gate,
+                      GCancellable  *cancellable)
+{
+  gulong id = 0;
+  gboolean cancelled;
+
+  if (cancellable != NULL)
+    id = g_cancellable_connect (cancellable, G_CALLBACK (gate_cancelled_cb), gate, NULL);
+
+  g_mutex_lock (&gate->mutex);
+  while (!gate->open && !(cancellable != NULL && g_cancellable_is_cancelled (cancellable)))
+    g_cond_wait (&gate->cond, &gate->mutex);
+  cancelled = !gate->open;
+  g_mutex_unlock (&gate->mutex);
+
+  if (id != 0)
+    g_cancellable_disconnect (cancellable, id);
+
+  return cancelled;
+}
+
+void
+spark_test_log_init (SparkTestLog *log)
+{
+  g_mutex_init (&log->mutex);
+  log->entries = g_ptr_array_new_with_free_func (g_free);
+}
+
+void
+spark_test_log_clear (SparkTestLog *log)
+{
+  g_clear_pointer (&log->entries, g_ptr_array_unref);
+  g_mutex_clear (&log->mutex);
+}
+
+void
+spark_test_log_append (SparkTestLog *log,
+                       const char   *name,
+                       GVariant     *parameters)
+{
+  char *entry;
+
+  if (parameters != NULL && g_variant_is_of_type (parameters, G_VARIANT_TYPE_INT32))
+    entry = g_strdup_printf ("%s:%d", name, g_variant_get_int32 (parameters));
+  else
+    entry = g_strdup (name);
+
+  g_mutex_lock (&log->mutex);
+  g_ptr_array_add (log->entries, entry);
+  g_mutex_unlock (&log->mutex);
+}
+
+void
+spark_test_log_reset (SparkTestLog *log)
+{
+  g_mutex_lock (&log->mutex);
+  g_ptr_array_set_size (log->entries, 0);
+  g_mutex_unlock (&log->mutex);
+}
+
+guint
+spark_test_log_length (SparkTestLog *log)
+{
+  guint len;
+
+  g_mutex_lock (&log->mutex);
+  len = log->entries->len;
+  g_mutex_unlock (&log->mutex);
+
+  return len;
+}
+
+char *
+spark_test_log_dup (SparkTestLog *log)
+{
+  GString *string = g_string_new (NULL);
+  guint i;
+
+  g_mutex_lock (&log->mutex);
+  for (i = 0; i < log->entries->len; i++)
+    {
+      if (i > 0)
+        g_string_append_c (string, ' ');
+      g_string_append (string, g_ptr_array_index (log->entries, i));
+    }
+  g_mutex_unlock (&log->mutex);
+
+  return g_string_free (string, FALSE);
 }
 
 static void spark_test_invocation_handler_iface_init (SparkHandlerInterface *iface);

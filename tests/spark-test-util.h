@@ -27,6 +27,104 @@ void spark_test_wait_count (GMainContext *context,
 void spark_test_shutdown (SparkModuleServer *server,
                           SparkShutdownMode  mode);
 
+/* Dispatches what is ready on @context (NULL: the thread-default one, as
+ * for spark_test_wait_flag) without blocking. Pass g_main_context_default ()
+ * for the global default context even while another one is pushed. */
+void spark_test_iterate_pending (GMainContext *context);
+
+/* A GAsyncReadyCallback for spark_module_server_shutdown_async(): asserts
+ * that the shutdown succeeded, then sets the gint flag @user_data
+ * (atomically), for spark_test_wait_flag. */
+void spark_test_shutdown_done_cb (GObject      *source,
+                                  GAsyncResult *result,
+                                  gpointer      user_data);
+
+/* The outcome of one request sent with spark_test_outcome_cb as its
+ * SparkReplyFunc. Start from { 0 }, wait for @done with
+ * spark_test_wait_flag, and free it with spark_test_outcome_clear. */
+typedef struct
+{
+  gint      done;    /* atomic: the reply function has run */
+  GVariant *reply;   /* a reference, or NULL */
+  GError   *error;   /* a copy, or NULL */
+} SparkTestOutcome;
+
+/* A SparkReplyFunc whose @user_data is a SparkTestOutcome: asserts that it
+ * runs once, with exactly one of @reply and @error, keeps a reference to
+ * @reply or a copy of @error, and sets done. */
+void spark_test_outcome_cb    (GVariant         *reply,
+                               const GError     *error,
+                               gpointer          user_data);
+/* Frees what @outcome holds and resets it to { 0 } for another request. */
+void spark_test_outcome_clear (SparkTestOutcome *outcome);
+
+/* What SparkModuleServer::command-failed reported last, recorded by
+ * spark_test_on_command_failed. Start from { 0 }, free with
+ * spark_test_failure_clear. */
+typedef struct
+{
+  gint      n;           /* atomic: failures seen */
+  GThread  *thread;      /* the thread of the last emission */
+  char     *name;        /* the last failed command's name */
+  GVariant *parameters;  /* its parameters, a reference, or NULL */
+  GError   *error;       /* a copy of its error */
+} SparkTestFailure;
+
+/* A SparkModuleServer::command-failed handler whose @user_data is a
+ * SparkTestFailure: replaces what it holds with this failure, then
+ * increments n (atomically; wait with spark_test_wait_count). */
+void spark_test_on_command_failed (SparkModuleServer *server,
+                                   const char        *name,
+                                   GVariant          *parameters,
+                                   GError            *error,
+                                   gpointer           user_data);
+/* Frees what @failure holds and resets it to { 0 }. */
+void spark_test_failure_clear     (SparkTestFailure  *failure);
+
+/* A gate that handler threads wait at until the test opens it. Once open,
+ * it stays open. Embed it, and spark_test_gate_init/clear it. */
+typedef struct
+{
+  GMutex   mutex;
+  GCond    cond;
+  gboolean open;   /* mutex */
+} SparkTestGate;
+
+/* Initializes @gate, closed. */
+void     spark_test_gate_init  (SparkTestGate *gate);
+/* Frees what @gate holds; nothing may wait at it any more. */
+void     spark_test_gate_clear (SparkTestGate *gate);
+/* Opens @gate, releasing every waiter, now and later. */
+void     spark_test_gate_open  (SparkTestGate *gate);
+/* Waits until @gate is open or, if @cancellable is not NULL, until it is
+ * cancelled. Returns TRUE if the cancellable ended the wait (the gate is
+ * still closed). */
+gboolean spark_test_gate_wait  (SparkTestGate *gate,
+                                GCancellable  *cancellable);
+
+/* A log of the messages a scripted handler got, from any thread, in
+ * handling order. Embed it, and spark_test_log_init/clear it. */
+typedef struct
+{
+  GMutex     mutex;
+  GPtrArray *entries;   /* mutex: char * */
+} SparkTestLog;
+
+/* Initializes @log, empty. */
+void   spark_test_log_init   (SparkTestLog *log);
+/* Frees @log's entries and what it holds. */
+void   spark_test_log_clear  (SparkTestLog *log);
+/* Appends "@name", or "@name:N" when @parameters is an int32 N. */
+void   spark_test_log_append (SparkTestLog *log,
+                              const char   *name,
+                              GVariant     *parameters);
+/* Empties @log. */
+void   spark_test_log_reset  (SparkTestLog *log);
+/* The number of entries. */
+guint  spark_test_log_length (SparkTestLog *log);
+/* The entries joined with spaces, for comparing (transfer full). */
+char  *spark_test_log_dup    (SparkTestLog *log);
+
 /* A handler type that overrides handle_invocation: every request's
  * invocation is appended to @invocations (a reference each), and
  * @on_invocation, if set, is called on the server's context. */

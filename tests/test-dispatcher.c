@@ -51,10 +51,8 @@ test_error_quark (void)
 
 typedef struct
 {
-  GMutex        mutex;
-  GCond         cond;
-  gboolean      open;            /* mutex: the gate */
-  GPtrArray    *log;             /* mutex */
+  SparkTestGate gate;
+  SparkTestLog  log;
 
   GMainContext *waiter;          /* NULL: the global default */
 
@@ -83,96 +81,17 @@ module_wake (Module *m)
   g_main_context_wakeup (m->waiter);
 }
 
-static void
-module_log (Module     *m,
-            const char *name,
-            GVariant   *parameters)
-{
-  char *entry;
-
-  if (parameters != NULL && g_variant_is_of_type (parameters, G_VARIANT_TYPE_INT32))
-    entry = g_strdup_printf ("%s:%d", name, g_variant_get_int32 (parameters));
-  else
-    entry = g_strdup (name);
-
-  g_mutex_lock (&m->mutex);
-  g_ptr_array_add (m->log, entry);
-  g_mutex_unlock (&m->mutex);
-}
-
-static char *
-module_dup_log (Module *m)
-{
-  GString *string = g_string_new (NULL);
-  guint i;
-
-  g_mutex_lock (&m->mutex);
-  for (i = 0; i < m->log->len; i++)
-    {
-      if (i > 0)
-        g_string_append_c (string, ' ');
-      g_string_append (string, g_ptr_array_index (m->log, i));
-    }
-  g_mutex_unlock (&m->mutex);
-
-  return g_string_free (string, FALSE);
-}
-
-static guint
-module_log_length (Module *m)
-{
-  guint len;
-
-  g_mutex_lock (&m->mutex);
-  len = m->log->len;
-  g_mutex_unlock (&m->mutex);
-
-  return len;
-}
-
-static void
-module_open_gate (Module *m)
-{
-  g_mutex_lock (&m->mutex);
-  m->open = TRUE;
-  g_cond_broadcast (&m->cond);
-  g_mutex_unlock (&m->mutex);
-}
-
-static void
-gate_cancelled_cb (GCancellable *cancellable,
-                   Module       *m)
-{
-  g_mutex_lock (&m->mutex);
-  g_cond_broadcast (&m->cond);
-  g_mutex_unlock (&m->mutex);
-}
-
-/* Waits for the gate, or for @cancellable if not NULL. Returns TRUE if the
- * cancellable ended the wait. */
+/* Counts a blocking handler in, wakes the test, then waits for the gate, or
+ * for @cancellable if not NULL. Returns TRUE if the cancellable ended the
+ * wait. */
 static gboolean
 module_wait_gate (Module       *m,
                   GCancellable *cancellable)
 {
-  gulong id = 0;
-  gboolean cancelled;
-
   g_atomic_int_inc (&m->entered);
   module_wake (m);
 
-  if (cancellable != NULL)
-    id = g_cancellable_connect (cancellable, G_CALLBACK (gate_cancelled_cb), m, NULL);
-
-  g_mutex_lock (&m->mutex);
-  while (!m->open && !(cancellable != NULL && g_cancellable_is_cancelled (cancellable)))
-    g_cond_wait (&m->cond, &m->mutex);
-  cancelled = !m->open;
-  g_mutex_unlock (&m->mutex);
-
-  if (id != 0)
-    g_cancellable_disconnect (cancellable, id);
-
-  return cancelled;
+  return spark_test_gate_wait (&m->gate, cancellable);
 }
 
 static GVariant *
@@ -185,7 +104,7 @@ module_request (const char    *name,
   Module *m = user_data;
   GVariant *reply = NULL;
 
-  module_log (m, name, parameters);
+  spark_test_log_append (&m->log, name, parameters);
 
   if (g_str_equal (name, "echo"))
     {
@@ -273,7 +192,7 @@ module_command (const char    *name,
   gboolean ret = TRUE;
 
   if (!g_str_equal (name, "seq"))
-    module_log (m, name, parameters);
+    spark_test_log_append (&m->log, name, parameters);
 
   if (g_str_equal (name, "fail"))
     {
@@ -309,9 +228,8 @@ module_new (void)
   Module *m = g_new0 (Module, 1);
   guint i;
 
-  g_mutex_init (&m->mutex);
-  g_cond_init (&m->cond);
-  m->log = g_ptr_array_new_with_free_func (g_free);
+  spark_test_gate_init (&m->gate);
+  spark_test_log_init (&m->log);
   for (i = 0; i < N_THREADS; i++)
     m->last_seq[i] = -1;
 
@@ -321,12 +239,11 @@ module_new (void)
 static void
 module_free (Module *m)
 {
-  g_ptr_array_unref (m->log);
+  spark_test_log_clear (&m->log);
   g_clear_object (&m->self_dispatcher);
   g_clear_object (&m->cancel_me);
   g_clear_error (&m->self_error);
-  g_mutex_clear (&m->mutex);
-  g_cond_clear (&m->cond);
+  spark_test_gate_clear (&m->gate);
   g_free (m);
 }
 
@@ -554,15 +471,6 @@ assert_outcome_error (Outcome *o,
   g_assert_null (o->reply);
 }
 
-/* Runs what is ready on the thread-default context, without blocking. */
-static void
-iterate_pending (void)
-{
-  while (g_main_context_iteration (g_main_context_get_thread_default (), FALSE))
-    {
-    }
-}
-
 static const char *via_names[] = { "async", "full", "sync" };
 
 /* Adds @func under "/spark/dispatcher/@path/{async,full,sync}"; only
@@ -628,7 +536,7 @@ test_request_context (gconstpointer data)
   g_main_context_pop_thread_default (context);
 
   /* Iterating the global default context does not deliver it ... */
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
 
   /* ... iterating the context of the call does. */
   spark_test_wait_flag (context, &o.done);
@@ -909,7 +817,7 @@ test_command_send (void)
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &m->n_commands, 2);
 
-  log = module_dup_log (m);
+  log = spark_test_log_dup (&m->log);
   g_assert_cmpstr (log, ==, "log:1 log");
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
@@ -931,7 +839,7 @@ test_command_try_send (void)
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &m->n_commands, 2);
 
-  log = module_dup_log (m);
+  log = spark_test_log_dup (&m->log);
   g_assert_cmpstr (log, ==, "log:1 log:2");
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
@@ -954,7 +862,7 @@ test_command_async (void)
   outcome_clear (&o);
 
   spark_test_wait_count (NULL, &m->n_commands, 1);
-  log = module_dup_log (m);
+  log = spark_test_log_dup (&m->log);
   g_assert_cmpstr (log, ==, "log:1");
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
@@ -975,9 +883,7 @@ test_command_order (void)
 
   for (round = 0; round < 20; round++)
     {
-      g_mutex_lock (&m->mutex);
-      g_ptr_array_set_size (m->log, 0);
-      g_mutex_unlock (&m->mutex);
+      spark_test_log_reset (&m->log);
 
       g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (0), NULL, &error));
       g_assert_no_error (error);
@@ -1006,35 +912,12 @@ test_command_order (void)
 
       spark_test_wait_count (NULL, &m->n_commands, 4 * (round + 1));
       g_clear_pointer (&log, g_free);
-      log = module_dup_log (m);
+      log = spark_test_log_dup (&m->log);
       g_assert_cmpstr (log, ==, "log:0 echo:1 log:2 echo:3 log:4 log:5 echo:6");
     }
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   module_free (m);
-}
-
-typedef struct
-{
-  gint    n;        /* atomic */
-  char   *name;
-  GError *error;
-} Failure;
-
-static void
-on_command_failed (SparkModuleServer *server,
-                   const char        *name,
-                   GVariant          *parameters,
-                   GError            *error,
-                   gpointer           user_data)
-{
-  Failure *failure = user_data;
-
-  g_free (failure->name);
-  failure->name = g_strdup (name);
-  g_clear_error (&failure->error);
-  failure->error = g_error_copy (error);
-  g_atomic_int_inc (&failure->n);
 }
 
 /* A failing command does not reach its sender: it goes to command-failed. */
@@ -1045,10 +928,10 @@ test_command_failure_signal (void)
   g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
   g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
-  Failure failure = { 0 };
+  SparkTestFailure failure = { 0 };
   Outcome o = { 0 };
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   g_assert_no_error (error);
 
@@ -1075,8 +958,7 @@ test_command_failure_signal (void)
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_assert_cmpint (g_atomic_int_get (&failure.n), ==, 2);
-  g_free (failure.name);
-  g_clear_error (&failure.error);
+  spark_test_failure_clear (&failure);
   module_free (m);
 }
 
@@ -1143,7 +1025,7 @@ test_command_cancelled_before (void)
   spark_test_wait_count (NULL, &m->n_commands, 1);
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
 
-  log = module_dup_log (m);
+  log = spark_test_log_dup (&m->log);
   g_assert_cmpstr (log, ==, "log:3");
   module_free (m);
 }
@@ -1240,7 +1122,7 @@ test_command_cancel_after_queued (void)
   g_assert_no_error (o.error);
   outcome_clear (&o);
 
-  module_open_gate (m);
+  spark_test_gate_open (&m->gate);
   outcome_wait (&blocker, VIA_ASYNC);
   outcome_clear (&blocker);
   spark_test_wait_count (NULL, &m->n_commands, 2);
@@ -1248,7 +1130,7 @@ test_command_cancel_after_queued (void)
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   {
-    g_autofree char *log = module_dup_log (m);
+    g_autofree char *log = spark_test_log_dup (&m->log);
 
     g_assert_cmpstr (log, ==, "block-ignore check-cancel:1 check-cancel:2");
   }
@@ -1310,7 +1192,7 @@ test_bad_input (void)
   spark_test_wait_count (NULL, &m->n_commands, 1);
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   {
-    g_autofree char *log = module_dup_log (m);
+    g_autofree char *log = spark_test_log_dup (&m->log);
 
     g_assert_cmpstr (log, ==, "log:5");
   }
@@ -1349,7 +1231,7 @@ test_cancel_before (gconstpointer data)
   outcome_clear (&o);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  log = module_dup_log (m);
+  log = spark_test_log_dup (&m->log);
   g_assert_cmpstr (log, ==, "echo:2");
   g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 1);
   module_free (m);
@@ -1394,7 +1276,7 @@ test_cancel_queued (gconstpointer data)
 
   /* The server was blocked the whole time. */
   g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
-  module_open_gate (m);
+  spark_test_gate_open (&m->gate);
   outcome_wait (&blocker, VIA_ASYNC);
   assert_outcome_string (&blocker, "finished");
   outcome_clear (&blocker);
@@ -1462,7 +1344,7 @@ test_cancel_after (gconstpointer data)
   request_via (dispatcher, via, "echo", g_variant_new_int32 (1), NULL, cancellable, &o);
   outcome_wait (&o, via);
   g_cancellable_cancel (cancellable);
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
 
   /* A request behind it: its completion also flushes anything left. */
   {
@@ -1473,7 +1355,7 @@ test_cancel_after (gconstpointer data)
     assert_outcome_int32 (&later, 2);
     outcome_clear (&later);
   }
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
 
   assert_outcome_int32 (&o, 1);
   if (via == VIA_FULL)
@@ -1580,7 +1462,7 @@ test_timeout_stuck_handler (void)
   assert_outcome_error (&queued_sync, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
 
-  module_open_gate (m);
+  spark_test_gate_open (&m->gate);
   spark_test_wait_count (NULL, &m->finished, 1);
   g_assert_true (g_atomic_int_get (&m->saw_cancelled));
 
@@ -1588,7 +1470,7 @@ test_timeout_stuck_handler (void)
   spark_dispatcher_set_timeout (dispatcher, -1);
   request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (4), NULL, NULL, &o);
   assert_outcome_int32 (&o, 4);
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&running.done), ==, 1);
   g_assert_cmpint (g_atomic_int_get (&queued_async.done), ==, 1);
   g_assert_cmpint (g_atomic_int_get (&queued_full.done), ==, 1);
@@ -1673,7 +1555,7 @@ test_timeout_none (void)
       assert_outcome_error (&timed, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
       outcome_clear (&timed);
 
-      iterate_pending ();
+      spark_test_iterate_pending (NULL);
       g_assert_cmpint (g_atomic_int_get (&held.done), ==, 0);
 
       invocation = spark_test_invocation_handler_pop (handler);
@@ -1804,7 +1686,7 @@ static void
 release_blocker (Module  *m,
                  Outcome *blocker)
 {
-  module_open_gate (m);
+  spark_test_gate_open (&m->gate);
   outcome_wait (blocker, VIA_ASYNC);
   assert_outcome_string (blocker, "finished");
   outcome_clear (blocker);
@@ -1814,7 +1696,7 @@ static void
 assert_log (Module     *m,
             const char *expected)
 {
-  g_autofree char *log = module_dup_log (m);
+  g_autofree char *log = spark_test_log_dup (&m->log);
 
   g_assert_cmpstr (log, ==, expected);
 }
@@ -1928,7 +1810,7 @@ test_backpressure_async_command_waits (void)
 
   spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), NULL, outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
 
@@ -1963,7 +1845,7 @@ test_backpressure_async_command_cancelled (void)
   spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), cancellable,
                                        outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
 
   g_cancellable_cancel (cancellable);
@@ -2001,7 +1883,7 @@ test_backpressure_request_waits (gconstpointer data)
   else
     {
       request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
-      iterate_pending ();
+      spark_test_iterate_pending (NULL);
       g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
       g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
     }
@@ -2051,7 +1933,7 @@ test_backpressure_request_cancelled (gconstpointer data)
   else
     {
       request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
-      iterate_pending ();
+      spark_test_iterate_pending (NULL);
       g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
       g_cancellable_cancel (cancellable);
       outcome_wait (&o, via);
@@ -2107,19 +1989,6 @@ test_backpressure_shutdown_when_full (void)
   module_free (m);
 }
 
-static void
-on_shutdown_done (GObject      *source,
-                  GAsyncResult *result,
-                  gpointer      user_data)
-{
-  gint *done = user_data;
-  g_autoptr(GError) error = NULL;
-
-  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, &error));
-  g_assert_no_error (error);
-  g_atomic_int_set (done, TRUE);
-}
-
 /* Senders waiting for room get CLOSED when the server is shut down: by
  * send_shutdown (data 0) or by shutdown_async (data 1). */
 static void
@@ -2145,13 +2014,13 @@ test_backpressure_closed_while_waiting (gconstpointer data)
   send_thread = send_call_start (&send_call, dispatcher, 5, NULL);
   sync_thread = sync_call_start (&sync_call, dispatcher, "echo", g_variant_new_int32 (6), NULL);
   spark_test_wait_flag (NULL, &send_call.started);
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&command.done), ==, 0);
   g_assert_cmpint (g_atomic_int_get (&async.done), ==, 0);
   g_assert_cmpint (g_atomic_int_get (&full.done), ==, 0);
 
   if (by_server)
-    spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_shutdown_done, &stopped);
+    spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, spark_test_shutdown_done_cb, &stopped);
   else
     {
       g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
@@ -2533,7 +2402,7 @@ worker_thread (gpointer data)
       assert_outcome_int32 (&outcomes[i], i * (N_PER_THREAD / N_FULL_PER_THREAD));
     }
   /* Nothing completes twice. */
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   for (i = 0; i < N_FULL_PER_THREAD; i++)
     {
       g_assert_cmpint (g_atomic_int_get (&outcomes[i].done), ==, 1);
@@ -2650,7 +2519,7 @@ test_dropped_in_flight (void)
     }
 
   /* Nothing completes twice. */
-  iterate_pending ();
+  spark_test_iterate_pending (NULL);
   for (i = 0; i < N_DROPPED; i++)
     {
       g_assert_cmpint (g_atomic_int_get (&answered[i].done), ==, 1);
@@ -2683,7 +2552,7 @@ on_token_recorded (GCancellable *token,
 {
   Token *t = user_data;
 
-  t->log_length = module_log_length (t->m);
+  t->log_length = spark_test_log_length (&t->m->log);
   g_atomic_int_set (&t->cancelled, TRUE);
   g_main_context_wakeup (NULL);
 }
@@ -2733,7 +2602,7 @@ test_shutdown_token (void)
   g_assert_cmpuint (t.log_length, ==, 4);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_assert_cmpuint (module_log_length (m), ==, 4);
+  g_assert_cmpuint (spark_test_log_length (&m->log), ==, 4);
   assert_log (m, "block-ignore log:1 echo:2 log:3");
   module_free (m);
 }

@@ -9,82 +9,17 @@
 
 /* Outcomes -------------------------------------------------------------------- */
 
-typedef struct
-{
-  gint      done;    /* atomic */
-  GVariant *reply;
-  GError   *error;
-} Outcome;
-
-static void
-outcome_cb (GVariant     *reply,
-            const GError *error,
-            gpointer      user_data)
-{
-  Outcome *outcome = user_data;
-
-  g_assert_false (g_atomic_int_get (&outcome->done));
-  g_assert_true ((reply == NULL) != (error == NULL));
-
-  outcome->reply = reply ? g_variant_ref (reply) : NULL;
-  outcome->error = error ? g_error_copy (error) : NULL;
-  g_atomic_int_set (&outcome->done, TRUE);
-}
-
-static void
-outcome_clear (Outcome *outcome)
-{
-  g_clear_pointer (&outcome->reply, g_variant_unref);
-  g_clear_error (&outcome->error);
-  outcome->done = FALSE;
-}
-
 /* Sends a request from the main thread and waits for its outcome there. */
 static void
 request_and_wait (SparkDispatcher    *dispatcher,
                   const char         *name,
                   GVariant           *parameters,
                   const GVariantType *reply_type,
-                  Outcome            *outcome)
+                  SparkTestOutcome   *outcome)
 {
   spark_dispatcher_request_full (dispatcher, name, parameters, reply_type, NULL,
-                                 outcome_cb, outcome, NULL);
+                                 spark_test_outcome_cb, outcome, NULL);
   spark_test_wait_flag (NULL, &outcome->done);
-}
-
-typedef struct
-{
-  gint      n;        /* atomic */
-  char     *name;
-  GVariant *parameters;
-  GError   *error;
-} Failure;
-
-static void
-on_command_failed (SparkModuleServer *server,
-                   const char        *name,
-                   GVariant          *parameters,
-                   GError            *error,
-                   gpointer           user_data)
-{
-  Failure *failure = user_data;
-
-  g_free (failure->name);
-  failure->name = g_strdup (name);
-  g_clear_pointer (&failure->parameters, g_variant_unref);
-  failure->parameters = parameters ? g_variant_ref (parameters) : NULL;
-  g_clear_error (&failure->error);
-  failure->error = g_error_copy (error);
-  g_atomic_int_inc (&failure->n);
-}
-
-static void
-failure_clear (Failure *failure)
-{
-  g_clear_pointer (&failure->name, g_free);
-  g_clear_pointer (&failure->parameters, g_variant_unref);
-  g_clear_error (&failure->error);
-  failure->n = 0;
 }
 
 /* A recording handler: every vfunc -------------------------------------------- */
@@ -511,7 +446,7 @@ test_wrapper_invocation (void)
   TestRecorder *recorder = g_object_new (TEST_TYPE_RECORDER, NULL);
   TestForward *forward = test_forward_new (SPARK_HANDLER (recorder));
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
 
   served_start (&served, SPARK_HANDLER (forward));
 
@@ -525,7 +460,7 @@ test_wrapper_invocation (void)
   g_assert_true (recorder->invocation == forward->invocation);
   g_assert_cmpstr (recorder->name, ==, "ask");
   g_assert_cmpint (g_variant_get_int32 (recorder->parameters), ==, 1);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   served_stop (&served);
   g_object_unref (forward);
@@ -540,7 +475,7 @@ test_default_invocation (void)
   TestSyncOnly *sync_only = g_object_new (TEST_TYPE_SYNC_ONLY, NULL);
   TestForward *forward = test_forward_new (SPARK_HANDLER (sync_only));
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
 
   served_start (&served, SPARK_HANDLER (forward));
 
@@ -550,20 +485,20 @@ test_default_invocation (void)
   g_assert_true (outcome.reply == sync_only->returned);
   g_assert_false (g_variant_is_floating (outcome.reply));
   g_assert_cmpint (sync_only->n_request, ==, 1);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   request_and_wait (served.dispatcher, "fail", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, TEST_ERROR, 9);
   g_assert_cmpstr (outcome.error->message, ==, "the sync request failed");
   g_assert_cmpint (sync_only->n_request, ==, 2);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   request_and_wait (served.dispatcher, "null", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
   g_assert_cmpint (sync_only->n_request, ==, 3);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   g_assert_cmpint (forward->n_forwarded, ==, 3);
 
@@ -579,7 +514,7 @@ test_not_supported_direct (void)
   SparkHandler *handler = g_object_new (TEST_TYPE_EMPTY, NULL);
   TestForward *forward = test_forward_new (handler);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
   GVariant *reply;
 
@@ -600,7 +535,7 @@ test_not_supported_direct (void)
   request_and_wait (served.dispatcher, "get", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   served_stop (&served);
 
   g_object_unref (forward);
@@ -614,17 +549,17 @@ test_not_supported_served (void)
 {
   SparkHandler *handler = g_object_new (TEST_TYPE_EMPTY, NULL);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
   served_start (&served, handler);
-  g_signal_connect (served.server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (served.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
   request_and_wait (served.dispatcher, "get", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   g_assert_true (spark_dispatcher_send_command (served.dispatcher, "log", g_variant_new_int32 (2),
                                                 NULL, &error));
@@ -635,7 +570,7 @@ test_not_supported_served (void)
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
 
   served_stop (&served);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (handler);
 }
 
@@ -692,8 +627,8 @@ test_func_request_only (void)
   FuncData data = { 0, 0, 0 };
   SparkHandler *handler = spark_func_handler_new (func_request, NULL, &data, func_destroy);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
   GVariant *reply;
 
@@ -711,12 +646,12 @@ test_func_request_only (void)
 
   /* Served: the same. */
   served_start (&served, handler);
-  g_signal_connect (served.server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (served.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
   request_and_wait (served.dispatcher, "served", NULL, NULL, &outcome);
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "func:served");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   g_assert_true (spark_dispatcher_send_command (served.dispatcher, "log", NULL, NULL, &error));
   g_assert_no_error (error);
@@ -726,7 +661,7 @@ test_func_request_only (void)
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
 
   served_stop (&served);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
 
   g_assert_cmpint (data.n_request, ==, 2);
   g_assert_cmpint (data.n_command, ==, 0);
@@ -741,7 +676,7 @@ test_func_command_only (void)
   FuncData data = { 0, 0, 0 };
   SparkHandler *handler = spark_func_handler_new (NULL, func_command, &data, func_destroy);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
   GVariant *reply;
 
@@ -757,7 +692,7 @@ test_func_command_only (void)
   request_and_wait (served.dispatcher, "served", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   g_assert_true (spark_dispatcher_send_command (served.dispatcher, "log", NULL, NULL, &error));
   g_assert_no_error (error);
@@ -780,7 +715,7 @@ test_func_destroy (void)
   SparkHandler *handler = spark_func_handler_new (func_request, func_command, &data, func_destroy);
   SparkHandler *no_destroy;
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   gpointer weak = handler;
 
   g_object_add_weak_pointer (G_OBJECT (handler), &weak);
@@ -788,7 +723,7 @@ test_func_destroy (void)
   served_start (&served, handler);
   request_and_wait (served.dispatcher, "x", NULL, NULL, &outcome);
   g_assert_no_error (outcome.error);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   /* The server holds the handler: dropping ours finalizes nothing. */
   g_object_unref (handler);
@@ -818,30 +753,30 @@ test_no_reply (void)
   SparkHandler *handler = spark_func_handler_new (func_request, NULL, &data, NULL);
   SparkHandler *sync_only = g_object_new (TEST_TYPE_SYNC_ONLY, NULL);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
 
   served_start (&served, handler);
   request_and_wait (served.dispatcher, "null", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   request_and_wait (served.dispatcher, "after", NULL, NULL, &outcome);
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "func:after");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   served_stop (&served);
 
   served_start (&served, sync_only);
   request_and_wait (served.dispatcher, "null", NULL, NULL, &outcome);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   request_and_wait (served.dispatcher, "after", NULL, NULL, &outcome);
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "sync:after");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   served_stop (&served);
 
   g_object_unref (sync_only);
@@ -855,7 +790,7 @@ on_async_reply (GObject      *source,
                 GAsyncResult *result,
                 gpointer      user_data)
 {
-  Outcome *outcome = user_data;
+  SparkTestOutcome *outcome = user_data;
 
   outcome->reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &outcome->error);
   g_atomic_int_set (&outcome->done, TRUE);
@@ -866,7 +801,7 @@ test_floating_reply (void)
 {
   TestSyncOnly *sync_only = g_object_new (TEST_TYPE_SYNC_ONLY, NULL);
   Served served = { NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
 
   served_start (&served, SPARK_HANDLER (sync_only));
 
@@ -876,7 +811,7 @@ test_floating_reply (void)
   g_assert_true (outcome.reply == sync_only->returned);
   g_assert_false (g_variant_is_floating (outcome.reply));
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "sync:float");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   /* request_async: the GTask path */
   spark_dispatcher_request_async (served.dispatcher, "float2", NULL, NULL, NULL,
@@ -886,7 +821,7 @@ test_floating_reply (void)
   g_assert_true (outcome.reply == sync_only->returned);
   g_assert_false (g_variant_is_floating (outcome.reply));
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "sync:float2");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   served_stop (&served);
   g_object_unref (sync_only);
@@ -978,11 +913,11 @@ test_cancellable_requester (void)
 {
   WaitServer ws = { { { 0 }, { 0 }, 0, 0 }, NULL, NULL, NULL };
   GCancellable *cancellable = g_cancellable_new ();
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
 
   wait_server_start (&ws);
 
-  spark_dispatcher_request_full (ws.dispatcher, "wait", NULL, NULL, cancellable, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (ws.dispatcher, "wait", NULL, NULL, cancellable, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_count (NULL, &ws.waiting.n_entered, 1);
   g_cancellable_cancel (cancellable);
 
@@ -995,7 +930,7 @@ test_cancellable_requester (void)
   wait_server_stop (&ws);
   g_assert_cmpint (ws.waiting.n_saw_cancel, ==, 1);
 
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   g_object_unref (cancellable);
 }
 
@@ -1003,7 +938,7 @@ static void
 test_cancellable_timeout (void)
 {
   WaitServer ws = { { { 0 }, { 0 }, 0, 0 }, NULL, NULL, NULL };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
 
   wait_server_start (&ws);
@@ -1016,13 +951,13 @@ test_cancellable_timeout (void)
 
       g_assert_cmpint (timeout, <, 60000);
       spark_dispatcher_set_timeout (ws.dispatcher, timeout);
-      spark_dispatcher_request_full (ws.dispatcher, "wait", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+      spark_dispatcher_request_full (ws.dispatcher, "wait", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
       spark_dispatcher_set_timeout (ws.dispatcher, -1);
 
       spark_test_wait_flag (NULL, &outcome.done);
       g_assert_null (outcome.reply);
       g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
-      outcome_clear (&outcome);
+      spark_test_outcome_clear (&outcome);
 
       /* Once this is answered, "wait" was handled or skipped. */
       reply = spark_dispatcher_request_sync (ws.dispatcher, "flush", NULL, NULL, NULL, &error);

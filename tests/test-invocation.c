@@ -15,56 +15,16 @@
 
 /* Outcomes -------------------------------------------------------------------- */
 
-typedef struct
-{
-  gint      done;    /* atomic */
-  GVariant *reply;
-  GError   *error;
-} Outcome;
-
-static void
-outcome_cb (GVariant     *reply,
-            const GError *error,
-            gpointer      user_data)
-{
-  Outcome *outcome = user_data;
-
-  /* Exactly once. */
-  g_assert_false (g_atomic_int_get (&outcome->done));
-  g_assert_true ((reply == NULL) != (error == NULL));
-
-  outcome->reply = reply ? g_variant_ref (reply) : NULL;
-  outcome->error = error ? g_error_copy (error) : NULL;
-  g_atomic_int_set (&outcome->done, TRUE);
-}
-
-static void
-outcome_clear (Outcome *outcome)
-{
-  g_clear_pointer (&outcome->reply, g_variant_unref);
-  g_clear_error (&outcome->error);
-  outcome->done = FALSE;
-}
-
 static void
 on_async_reply (GObject      *source,
                 GAsyncResult *result,
                 gpointer      user_data)
 {
-  Outcome *outcome = user_data;
+  SparkTestOutcome *outcome = user_data;
 
   g_assert_false (g_atomic_int_get (&outcome->done));
   outcome->reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &outcome->error);
   g_atomic_int_set (&outcome->done, TRUE);
-}
-
-/* Runs what is ready on the default context, without blocking. */
-static void
-iterate_pending (void)
-{
-  while (g_main_context_iteration (NULL, FALSE))
-    {
-    }
 }
 
 typedef struct
@@ -124,9 +84,9 @@ pop (Fixture *fixture)
  * server handed it to the handler (which then never sees it): then it tries
  * again with a longer timeout. Sets the dispatcher's timeout back to none. */
 static SparkInvocation *
-send_held_with_timeout (Fixture    *fixture,
-                        const char *name,
-                        Outcome    *outcome)
+send_held_with_timeout (Fixture          *fixture,
+                        const char       *name,
+                        SparkTestOutcome *outcome)
 {
   for (gint timeout = 10; ; timeout *= 4)
     {
@@ -135,7 +95,7 @@ send_held_with_timeout (Fixture    *fixture,
       g_assert_cmpint (timeout, <, 60000);
       spark_dispatcher_set_timeout (fixture->dispatcher, timeout);
       spark_dispatcher_request_full (fixture->dispatcher, name, NULL, NULL, NULL,
-                                     outcome_cb, outcome, NULL);
+                                     spark_test_outcome_cb, outcome, NULL);
       spark_dispatcher_set_timeout (fixture->dispatcher, -1);
 
       while (g_atomic_int_get (&fixture->handler->n_received) == before &&
@@ -146,7 +106,7 @@ send_held_with_timeout (Fixture    *fixture,
         return pop (fixture);
 
       g_assert_error (outcome->error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
-      outcome_clear (outcome);
+      spark_test_outcome_clear (outcome);
     }
 }
 
@@ -213,17 +173,17 @@ test_reply_later_idle (Fixture       *fixture,
                        gconstpointer  data)
 {
   Later later = { NULL, NULL, NULL, 0 };
-  Outcome outcome = { 0, NULL, NULL };
-  Outcome next = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome next = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
   fixture->handler->on_invocation = on_invocation_idle;
   fixture->handler->user_data = &later;
 
   spark_dispatcher_request_full (fixture->dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, G_VARIANT_TYPE_STRING, NULL,
-                                 outcome_cb, &next, NULL);
+                                 spark_test_outcome_cb, &next, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-idle");
@@ -241,8 +201,8 @@ test_reply_later_idle (Fixture       *fixture,
   invocation = pop (fixture);
   g_object_unref (invocation);
 
-  outcome_clear (&outcome);
-  outcome_clear (&next);
+  spark_test_outcome_clear (&outcome);
+  spark_test_outcome_clear (&next);
 }
 
 static void
@@ -250,7 +210,7 @@ test_reply_later_thread (Fixture       *fixture,
                          gconstpointer  data)
 {
   Later later = { NULL, NULL, NULL, 0 };
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
   fixture->handler->on_invocation = on_invocation_thread;
@@ -263,7 +223,7 @@ test_reply_later_thread (Fixture       *fixture,
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-thread");
   g_assert_true (later.handler_thread == g_thread_self ());
   g_thread_join (g_steal_pointer (&later.thread));
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   /* And the server goes on serving. */
   spark_dispatcher_request_async (fixture->dispatcher, "again", NULL, G_VARIANT_TYPE_STRING, NULL,
@@ -272,7 +232,7 @@ test_reply_later_thread (Fixture       *fixture,
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "from-thread");
   g_thread_join (g_steal_pointer (&later.thread));
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   invocation = pop (fixture);
   g_object_unref (invocation);
@@ -284,16 +244,16 @@ static void
 test_accessors (Fixture       *fixture,
                 gconstpointer  data)
 {
-  Outcome first = { 0, NULL, NULL };
-  Outcome second = { 0, NULL, NULL };
+  SparkTestOutcome first = { 0, NULL, NULL };
+  SparkTestOutcome second = { 0, NULL, NULL };
   SparkInvocation *invocation;
   GVariant *parameters;
   GCancellable *cancellable;
 
   spark_dispatcher_request_full (fixture->dispatcher, "GetData", g_variant_new ("(si)", "user123", 7),
-                                 NULL, NULL, outcome_cb, &first, NULL);
+                                 NULL, NULL, spark_test_outcome_cb, &first, NULL);
   spark_dispatcher_request_full (fixture->dispatcher, "NoParameters", NULL,
-                                 NULL, NULL, outcome_cb, &second, NULL);
+                                 NULL, NULL, spark_test_outcome_cb, &second, NULL);
   wait_received (fixture, 1);
 
   invocation = pop (fixture);
@@ -331,8 +291,8 @@ test_accessors (Fixture       *fixture,
   g_assert_no_error (second.error);
   g_assert_false (g_variant_get_boolean (second.reply));
 
-  outcome_clear (&first);
-  outcome_clear (&second);
+  spark_test_outcome_clear (&first);
+  spark_test_outcome_clear (&second);
 }
 
 /* The server handles the next message only once the held invocation's
@@ -341,17 +301,17 @@ static void
 test_ordering (Fixture       *fixture,
                gconstpointer  data)
 {
-  Outcome outcomes[4] = { { 0, NULL, NULL }, };
+  SparkTestOutcome outcomes[4] = { { 0, NULL, NULL }, };
   GCancellable *cancellable = g_cancellable_new ();
   SparkInvocation *invocation;
 
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
     spark_dispatcher_request_full (fixture->dispatcher, "step", g_variant_new_uint32 (i), NULL,
                                    i == 2 ? cancellable : NULL,
-                                   outcome_cb, &outcomes[i], NULL);
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
 
   wait_received (fixture, 1);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (fixture->handler->n_received, ==, 1);
   g_assert_cmpuint (spark_module_server_get_pending (fixture->server), ==, 3);
 
@@ -361,7 +321,7 @@ test_ordering (Fixture       *fixture,
   spark_invocation_return_value (invocation, g_variant_new_string ("zero"));
   g_object_unref (invocation);
   wait_received (fixture, 2);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (fixture->handler->n_received, ==, 2);
 
   /* Dropped without a reply: NO_REPLY, and the next one is handled. */
@@ -369,7 +329,7 @@ test_ordering (Fixture       *fixture,
   g_assert_cmpuint (g_variant_get_uint32 (spark_invocation_get_parameters (invocation)), ==, 1);
   g_object_unref (invocation);
   wait_received (fixture, 3);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (fixture->handler->n_received, ==, 3);
 
   /* Its requester cancelled: the next one is handled, the invocation is
@@ -396,7 +356,7 @@ test_ordering (Fixture       *fixture,
   g_assert_cmpstr (g_variant_get_string (outcomes[3].reply, NULL), ==, "three");
 
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
-    outcome_clear (&outcomes[i]);
+    spark_test_outcome_clear (&outcomes[i]);
   g_object_unref (cancellable);
 }
 
@@ -404,11 +364,11 @@ static void
 test_complete_twice (Fixture       *fixture,
                      gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
   spark_dispatcher_request_full (fixture->dispatcher, "twice", NULL, NULL, NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
 
@@ -427,12 +387,12 @@ test_complete_twice (Fixture       *fixture,
   g_test_assert_expected_messages ();
 
   spark_test_wait_flag (NULL, &outcome.done);
-  iterate_pending ();   /* outcome_cb asserts it runs once */
+  spark_test_iterate_pending (g_main_context_default ());   /* spark_test_outcome_cb asserts it runs once */
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_string (outcome.reply, NULL), ==, "first");
 
   g_object_unref (invocation);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 }
 
 /* The request ended first (cancelled, timed out): completing is quiet and
@@ -441,13 +401,13 @@ static void
 test_complete_after_cancel (Fixture       *fixture,
                             gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
-  Outcome next = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome next = { 0, NULL, NULL };
   GCancellable *cancellable = g_cancellable_new ();
   SparkInvocation *invocation;
 
   spark_dispatcher_request_full (fixture->dispatcher, "slow", NULL, NULL, cancellable,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
 
@@ -458,12 +418,12 @@ test_complete_after_cancel (Fixture       *fixture,
 
   /* No critical (it would be fatal), no second outcome. */
   spark_invocation_return_value (invocation, g_variant_new_string ("too late"));
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
   /* The server is not stuck on it. */
   spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
-                                 outcome_cb, &next, NULL);
+                                 spark_test_outcome_cb, &next, NULL);
   wait_received (fixture, 2);
   g_object_unref (invocation);
   invocation = pop (fixture);
@@ -473,16 +433,16 @@ test_complete_after_cancel (Fixture       *fixture,
 
   g_object_unref (invocation);
   g_object_unref (cancellable);
-  outcome_clear (&outcome);
-  outcome_clear (&next);
+  spark_test_outcome_clear (&outcome);
+  spark_test_outcome_clear (&next);
 }
 
 static void
 test_complete_after_timeout (Fixture       *fixture,
                              gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
-  Outcome next = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome next = { 0, NULL, NULL };
   SparkInvocation *invocation;
   GError *error = NULL;
   gint received;
@@ -493,7 +453,7 @@ test_complete_after_timeout (Fixture       *fixture,
   /* A timeout ends the request for the server too: it moves on while the
    * invocation is still held. */
   spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
-                                 outcome_cb, &next, NULL);
+                                 spark_test_outcome_cb, &next, NULL);
 
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
@@ -503,7 +463,7 @@ test_complete_after_timeout (Fixture       *fixture,
   error = g_error_new_literal (TEST_ERROR, 4, "too late");
   spark_invocation_return_gerror (invocation, error);
   g_clear_error (&error);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   g_object_unref (invocation);
 
@@ -516,24 +476,24 @@ test_complete_after_timeout (Fixture       *fixture,
   g_assert_no_error (next.error);
   g_assert_cmpstr (g_variant_get_string (next.reply, NULL), ==, "in time");
 
-  outcome_clear (&outcome);
-  outcome_clear (&next);
+  spark_test_outcome_clear (&outcome);
+  spark_test_outcome_clear (&next);
 }
 
 static void
 test_dropped (Fixture       *fixture,
               gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
-  Outcome next = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome next = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
   spark_dispatcher_request_full (fixture->dispatcher, "dropped", NULL, NULL, NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
-                                 outcome_cb, &next, NULL);
+                                 spark_test_outcome_cb, &next, NULL);
   wait_received (fixture, 1);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (outcome.done);
 
   invocation = pop (fixture);
@@ -551,8 +511,8 @@ test_dropped (Fixture       *fixture,
   g_assert_no_error (next.error);
   g_assert_cmpint (g_variant_get_int32 (next.reply), ==, 2);
 
-  outcome_clear (&outcome);
-  outcome_clear (&next);
+  spark_test_outcome_clear (&outcome);
+  spark_test_outcome_clear (&next);
 }
 
 /* Errors reach the requester unchanged ------------------------------------------ */
@@ -568,7 +528,7 @@ check_error_way (Fixture  *fixture,
                  ErrorWay  way,
                  gboolean  use_async)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
   GError *error;
 
@@ -577,7 +537,7 @@ check_error_way (Fixture  *fixture,
                                     on_async_reply, &outcome);
   else
     spark_dispatcher_request_full (fixture->dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
-                                   outcome_cb, &outcome, NULL);
+                                   spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_count (NULL, &fixture->handler->n_received,
                          fixture->handler->n_received + 1);
   invocation = pop (fixture);
@@ -631,7 +591,7 @@ check_error_way (Fixture  *fixture,
       g_assert_not_reached ();
     }
 
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 }
 
 static void
@@ -662,11 +622,11 @@ static void
 test_type_mismatch (Fixture       *fixture,
                     gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
   spark_dispatcher_request_full (fixture->dispatcher, "mismatch", NULL, G_VARIANT_TYPE_STRING, NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
   spark_invocation_return_value (invocation, g_variant_new_int32 (5));
@@ -677,11 +637,11 @@ test_type_mismatch (Fixture       *fixture,
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
   g_assert_nonnull (strstr (outcome.error->message, "“i”"));
   g_assert_nonnull (strstr (outcome.error->message, "“s”"));
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   /* The right type passes, a tuple type too. */
   spark_dispatcher_request_full (fixture->dispatcher, "match", NULL, G_VARIANT_TYPE ("(si)"), NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 2);
   invocation = pop (fixture);
   spark_invocation_return_value (invocation, g_variant_new ("(si)", "a", 1));
@@ -689,7 +649,7 @@ test_type_mismatch (Fixture       *fixture,
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_no_error (outcome.error);
   g_assert_cmpstr (g_variant_get_type_string (outcome.reply), ==, "(si)");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 }
 
 /* The invocation's cancellable ------------------------------------------------- */
@@ -698,7 +658,7 @@ static void
 test_cancellable_requester (Fixture       *fixture,
                             gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GCancellable *cancellable = g_cancellable_new ();
   SparkInvocation *invocation;
   GCancellable *handler_cancellable;
@@ -719,14 +679,14 @@ test_cancellable_requester (Fixture       *fixture,
   spark_invocation_return_value (invocation, g_variant_new_string ("ignored"));
   g_object_unref (invocation);
   g_object_unref (cancellable);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 }
 
 static void
 test_cancellable_timeout (Fixture       *fixture,
                           gconstpointer  data)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
   GCancellable *handler_cancellable;
 
@@ -738,20 +698,7 @@ test_cancellable_timeout (Fixture       *fixture,
   g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
 
   g_object_unref (invocation);
-  outcome_clear (&outcome);
-}
-
-static void
-on_shutdown_done (GObject      *source,
-                  GAsyncResult *result,
-                  gpointer      user_data)
-{
-  gint *done = user_data;
-  GError *error = NULL;
-
-  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, &error));
-  g_assert_no_error (error);
-  g_atomic_int_set (done, TRUE);
+  spark_test_outcome_clear (&outcome);
 }
 
 /* ABORT cancels a held invocation's cancellable, with or without a
@@ -760,21 +707,21 @@ static void
 check_cancellable_abort (Fixture  *fixture,
                          gboolean  requester_cancellable)
 {
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GCancellable *cancellable = requester_cancellable ? g_cancellable_new () : NULL;
   SparkInvocation *invocation;
   GCancellable *handler_cancellable;
   gint done = FALSE;
 
   spark_dispatcher_request_full (fixture->dispatcher, "abort-me", NULL, NULL, cancellable,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
   handler_cancellable = spark_invocation_get_cancellable (invocation);
   g_assert_false (g_cancellable_is_cancelled (handler_cancellable));
 
   spark_module_server_shutdown_async (fixture->server, SPARK_SHUTDOWN_MODE_ABORT, NULL,
-                                      on_shutdown_done, &done);
+                                      spark_test_shutdown_done_cb, &done);
   g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
   spark_test_wait_flag (NULL, &done);
   spark_test_wait_flag (NULL, &outcome.done);
@@ -782,12 +729,12 @@ check_cancellable_abort (Fixture  *fixture,
 
   /* Completing it now is quiet. */
   spark_invocation_return_value (invocation, g_variant_new_string ("after abort"));
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
 
   g_object_unref (invocation);
   g_clear_object (&cancellable);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 }
 
 static void
@@ -812,8 +759,8 @@ test_holds_nothing (void)
   SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
   SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
   SparkDispatcher *dispatcher;
-  Outcome completed = { 0, NULL, NULL };
-  Outcome aborted = { 0, NULL, NULL };
+  SparkTestOutcome completed = { 0, NULL, NULL };
+  SparkTestOutcome aborted = { 0, NULL, NULL };
   SparkInvocation *first;
   SparkInvocation *second;
   gpointer weak_server = server;
@@ -832,7 +779,7 @@ test_holds_nothing (void)
 
   /* One completed by the handler... */
   spark_dispatcher_request_full (dispatcher, "completed", g_variant_new_int32 (1), NULL, NULL,
-                                 outcome_cb, &completed, NULL);
+                                 spark_test_outcome_cb, &completed, NULL);
   spark_test_wait_count (NULL, &handler->n_received, 1);
   first = spark_test_invocation_handler_pop (handler);
   spark_invocation_return_value (first, g_variant_new_int32 (10));
@@ -841,11 +788,11 @@ test_holds_nothing (void)
 
   /* ...one ended by an abort while held. */
   spark_dispatcher_request_full (dispatcher, "aborted", g_variant_new_int32 (2), NULL, NULL,
-                                 outcome_cb, &aborted, NULL);
+                                 spark_test_outcome_cb, &aborted, NULL);
   spark_test_wait_count (NULL, &handler->n_received, 2);
   second = spark_test_invocation_handler_pop (handler);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_shutdown_done, &done);
+  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, spark_test_shutdown_done_cb, &done);
   spark_test_wait_flag (NULL, &done);
   spark_test_wait_flag (NULL, &aborted.done);
   g_assert_error (aborted.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
@@ -873,8 +820,8 @@ test_holds_nothing (void)
   g_assert_null (weak_first);
   g_assert_null (weak_second);
 
-  outcome_clear (&completed);
-  outcome_clear (&aborted);
+  spark_test_outcome_clear (&completed);
+  spark_test_outcome_clear (&aborted);
 }
 
 int

@@ -31,10 +31,9 @@
 
 typedef struct
 {
-  GMutex        mutex;
-  GCond         cond;
-  gboolean      open;            /* mutex: the gate */
-  GPtrArray    *log;             /* mutex: "name" or "name:N", in handling order */
+  SparkTestGate gate;
+  SparkTestLog  log;             /* "name" or "name:N", in handling order */
+  GMutex        mutex;           /* guards cancellable */
 
   GMainContext *waiter;          /* immutable: woken after every call; NULL: the global default */
   GMainContext *expected;        /* immutable: the context "where" should find itself on */
@@ -51,7 +50,7 @@ typedef struct
   gboolean      owns_thread_default;
   GMainContext *thread_default;  /* a reference */
   char          thread_name[17];
-  GCancellable *cancellable;     /* a reference: the last blocking handler's */
+  GCancellable *cancellable;     /* mutex, a reference: the last blocking handler's */
   gboolean      saw_cancelled;   /* the last "block" returned because of it */
 
   /* For the "shutdown-self" command: not references. */
@@ -64,9 +63,9 @@ state_new (GMainContext *waiter)
 {
   State *state = g_new0 (State, 1);
 
+  spark_test_gate_init (&state->gate);
+  spark_test_log_init (&state->log);
   g_mutex_init (&state->mutex);
-  g_cond_init (&state->cond);
-  state->log = g_ptr_array_new_with_free_func (g_free);
   state->waiter = waiter;
 
   return state;
@@ -75,11 +74,11 @@ state_new (GMainContext *waiter)
 static void
 state_free (State *state)
 {
-  g_ptr_array_unref (state->log);
+  spark_test_log_clear (&state->log);
   g_clear_pointer (&state->thread_default, g_main_context_unref);
   g_clear_object (&state->cancellable);
   g_mutex_clear (&state->mutex);
-  g_cond_clear (&state->cond);
+  spark_test_gate_clear (&state->gate);
   g_free (state);
 }
 
@@ -89,68 +88,13 @@ state_wake (State *state)
   g_main_context_wakeup (state->waiter);
 }
 
-static void
-state_log (State      *state,
-           const char *name,
-           GVariant   *parameters)
-{
-  char *entry;
-
-  if (parameters != NULL && g_variant_is_of_type (parameters, G_VARIANT_TYPE_INT32))
-    entry = g_strdup_printf ("%s:%d", name, g_variant_get_int32 (parameters));
-  else
-    entry = g_strdup (name);
-
-  g_mutex_lock (&state->mutex);
-  g_ptr_array_add (state->log, entry);
-  g_mutex_unlock (&state->mutex);
-}
-
-/* The log joined with spaces, for comparing. */
-static char *
-state_dup_log (State *state)
-{
-  GString *string = g_string_new (NULL);
-
-  g_mutex_lock (&state->mutex);
-  for (guint i = 0; i < state->log->len; i++)
-    {
-      if (i > 0)
-        g_string_append_c (string, ' ');
-      g_string_append (string, g_ptr_array_index (state->log, i));
-    }
-  g_mutex_unlock (&state->mutex);
-
-  return g_string_free (string, FALSE);
-}
-
-static void
-state_open_gate (State *state)
-{
-  g_mutex_lock (&state->mutex);
-  state->open = TRUE;
-  g_cond_broadcast (&state->cond);
-  g_mutex_unlock (&state->mutex);
-}
-
-static void
-gate_cancelled_cb (GCancellable *cancellable,
-                   State        *state)
-{
-  g_mutex_lock (&state->mutex);
-  g_cond_broadcast (&state->cond);
-  g_mutex_unlock (&state->mutex);
-}
-
-/* Waits for the gate, or for @cancellable if not NULL. Returns TRUE if the
- * cancellable ended the wait. */
+/* Keeps @cancellable, sets entered, wakes the test, then waits for the gate,
+ * or for @cancellable if not NULL. Returns TRUE if the cancellable ended the
+ * wait. */
 static gboolean
 state_wait_gate (State        *state,
                  GCancellable *cancellable)
 {
-  gulong id = 0;
-  gboolean cancelled;
-
   g_mutex_lock (&state->mutex);
   g_clear_object (&state->cancellable);
   state->cancellable = cancellable ? g_object_ref (cancellable) : NULL;
@@ -159,19 +103,7 @@ state_wait_gate (State        *state,
   g_atomic_int_set (&state->entered, TRUE);
   state_wake (state);
 
-  if (cancellable != NULL)
-    id = g_cancellable_connect (cancellable, G_CALLBACK (gate_cancelled_cb), state, NULL);
-
-  g_mutex_lock (&state->mutex);
-  while (!state->open && !(cancellable != NULL && g_cancellable_is_cancelled (cancellable)))
-    g_cond_wait (&state->cond, &state->mutex);
-  cancelled = !state->open;
-  g_mutex_unlock (&state->mutex);
-
-  if (id != 0)
-    g_cancellable_disconnect (cancellable, id);
-
-  return cancelled;
+  return spark_test_gate_wait (&state->gate, cancellable);
 }
 
 static void
@@ -194,7 +126,7 @@ state_request (const char    *name,
   State *state = user_data;
   GVariant *reply;
 
-  state_log (state, name, parameters);
+  spark_test_log_append (&state->log, name, parameters);
 
   if (g_str_equal (name, "echo"))
     reply = parameters ? g_variant_ref (parameters) : g_variant_new_string (name);
@@ -259,7 +191,7 @@ state_command (const char    *name,
   State *state = user_data;
   gboolean ret = TRUE;
 
-  state_log (state, name, parameters);
+  spark_test_log_append (&state->log, name, parameters);
 
   if (g_str_equal (name, "fail"))
     {
@@ -288,39 +220,9 @@ state_handler_new (State *state)
 
 /* Outcomes ------------------------------------------------------------------- */
 
-typedef struct
-{
-  gint      done;    /* atomic */
-  GVariant *reply;
-  GError   *error;
-} Outcome;
-
 static void
-outcome_cb (GVariant     *reply,
-            const GError *error,
-            gpointer      user_data)
-{
-  Outcome *outcome = user_data;
-
-  g_assert_false (g_atomic_int_get (&outcome->done));
-  g_assert_true ((reply == NULL) != (error == NULL));
-
-  outcome->reply = reply ? g_variant_ref (reply) : NULL;
-  outcome->error = error ? g_error_copy (error) : NULL;
-  g_atomic_int_set (&outcome->done, TRUE);
-}
-
-static void
-outcome_clear (Outcome *outcome)
-{
-  g_clear_pointer (&outcome->reply, g_variant_unref);
-  g_clear_error (&outcome->error);
-  outcome->done = FALSE;
-}
-
-static void
-assert_reply_string (Outcome    *outcome,
-                     const char *expected)
+assert_reply_string (SparkTestOutcome *outcome,
+                     const char       *expected)
 {
   g_assert_true (g_atomic_int_get (&outcome->done));
   g_assert_no_error (outcome->error);
@@ -349,51 +251,6 @@ on_stopped (GObject      *source,
   if (stopped->state != NULL)
     stopped->thread_exited_then = g_atomic_int_get (&stopped->state->thread_exited);
   g_atomic_int_set (&stopped->done, TRUE);
-}
-
-typedef struct
-{
-  gint      n;        /* atomic */
-  GThread  *thread;
-  char     *name;
-  GVariant *parameters;
-  GError   *error;
-} Failure;
-
-static void
-on_command_failed (SparkModuleServer *server,
-                   const char        *name,
-                   GVariant          *parameters,
-                   GError            *error,
-                   gpointer           user_data)
-{
-  Failure *failure = user_data;
-
-  failure->thread = g_thread_self ();
-  g_free (failure->name);
-  failure->name = g_strdup (name);
-  g_clear_pointer (&failure->parameters, g_variant_unref);
-  failure->parameters = parameters ? g_variant_ref (parameters) : NULL;
-  g_clear_error (&failure->error);
-  failure->error = g_error_copy (error);
-  g_atomic_int_inc (&failure->n);
-}
-
-static void
-failure_clear (Failure *failure)
-{
-  g_clear_pointer (&failure->name, g_free);
-  g_clear_pointer (&failure->parameters, g_variant_unref);
-  g_clear_error (&failure->error);
-}
-
-/* Runs what is ready on the global default context, without blocking. */
-static void
-iterate_pending (void)
-{
-  while (g_main_context_iteration (NULL, FALSE))
-    {
-    }
 }
 
 /* Iterates two contexts on this thread until *@flag is set: for a server
@@ -439,7 +296,7 @@ test_start_context (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
@@ -450,10 +307,10 @@ test_start_context (void)
   g_assert_true (spark_module_server_get_running (server));
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
 
   /* The caller's context does not run it. */
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (state->n_requests, ==, 0);
 
   spark_test_wait_count (context, &state->n_requests, 1);
@@ -470,7 +327,7 @@ test_start_context (void)
   g_assert_no_error (stopped.error);
   g_assert_false (spark_module_server_get_running (server));
 
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -488,7 +345,7 @@ test_start_thread_default (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
 
   /* A pushed context. */
@@ -499,8 +356,8 @@ test_start_thread_default (void)
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
-  iterate_pending ();   /* the global default context: nothing */
+  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
+  spark_test_iterate_pending (g_main_context_default ());   /* the global default context: nothing */
   g_assert_cmpint (state->n_requests, ==, 0);
 
   spark_test_wait_flag (context, &outcome.done);
@@ -508,7 +365,7 @@ test_start_thread_default (void)
   g_assert_true (state->thread == g_thread_self ());
   g_assert_true (state->owns_expected);
   g_assert_true (state->thread_default == context);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_main_context_pop_thread_default (context);
@@ -527,14 +384,14 @@ test_start_thread_default (void)
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "where", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   g_main_context_iteration (context, FALSE);
   g_assert_cmpint (state->n_requests, ==, 0);
   spark_test_wait_flag (NULL, &outcome.done);
   assert_reply_string (&outcome, "where");
   g_assert_true (state->thread == g_thread_self ());
   g_assert_true (state->owns_expected);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_object_unref (dispatcher);
@@ -790,8 +647,8 @@ test_shutdown_drain (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcomes[3] = { { 0, NULL, NULL }, };
-  Outcome late = { 0, NULL, NULL };
+  SparkTestOutcome outcomes[3] = { { 0, NULL, NULL }, };
+  SparkTestOutcome late = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
@@ -804,7 +661,7 @@ test_shutdown_drain (void)
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
     {
       spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
-                                     outcome_cb, &outcomes[i], NULL);
+                                     spark_test_outcome_cb, &outcomes[i], NULL);
       g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (i),
                                                     NULL, &error));
       g_assert_no_error (error);
@@ -816,7 +673,7 @@ test_shutdown_drain (void)
 
   /* Closed at once, before anything queued was handled. */
   assert_send_closed (dispatcher);
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, outcome_cb, &late, NULL);
+  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &late, NULL);
   g_assert_cmpint (state->n_requests + state->n_commands, ==, 0);
   g_assert_true (spark_module_server_get_running (server));
 
@@ -825,7 +682,7 @@ test_shutdown_drain (void)
   g_assert_no_error (stopped.error);
   g_assert_false (spark_module_server_get_running (server));
 
-  log = state_dup_log (state);
+  log = spark_test_log_dup (&state->log);
   g_assert_cmpstr (log, ==, "echo:0 ok:0 echo:1 ok:1 echo:2 ok:2");
   g_free (log);
 
@@ -834,11 +691,11 @@ test_shutdown_drain (void)
       spark_test_wait_flag (NULL, &outcomes[i].done);
       g_assert_no_error (outcomes[i].error);
       g_assert_cmpint (g_variant_get_int32 (outcomes[i].reply), ==, (gint) i);
-      outcome_clear (&outcomes[i]);
+      spark_test_outcome_clear (&outcomes[i]);
     }
   spark_test_wait_flag (NULL, &late.done);
   g_assert_error (late.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-  outcome_clear (&late);
+  spark_test_outcome_clear (&late);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
 
   g_object_unref (dispatcher);
@@ -856,20 +713,20 @@ test_shutdown_abort_queued (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcomes[3] = { { 0, NULL, NULL }, };
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestOutcome outcomes[3] = { { 0, NULL, NULL }, };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   dispatcher = spark_module_server_create_dispatcher (server);
 
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
     {
       spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
-                                     outcome_cb, &outcomes[i], NULL);
+                                     spark_test_outcome_cb, &outcomes[i], NULL);
       g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
       g_assert_no_error (error);
     }
@@ -884,16 +741,16 @@ test_shutdown_abort_queued (void)
       spark_test_wait_flag (NULL, &outcomes[i].done);
       g_assert_null (outcomes[i].reply);
       g_assert_error (outcomes[i].error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-      outcome_clear (&outcomes[i]);
+      spark_test_outcome_clear (&outcomes[i]);
     }
 
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (state->n_requests, ==, 0);
   g_assert_cmpint (state->n_commands, ==, 0);
   g_assert_cmpint (failure.n, ==, 0);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
 
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -911,23 +768,23 @@ check_abort_running (gboolean requester_cancellable)
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
   GCancellable *cancellable = requester_cancellable ? g_cancellable_new () : NULL;
-  Outcome running = { 0, NULL, NULL };
-  Outcome queued = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestOutcome running = { 0, NULL, NULL };
+  SparkTestOutcome queued = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   dispatcher = spark_module_server_create_dispatcher (server);
 
   spark_dispatcher_request_full (dispatcher, "block", NULL, NULL, cancellable,
-                                 outcome_cb, &running, NULL);
+                                 spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
 
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, outcome_cb, &queued, NULL);
+  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", NULL, NULL, &error));
@@ -946,8 +803,8 @@ check_abort_running (gboolean requester_cancellable)
   spark_test_wait_flag (NULL, &queued.done);
   g_assert_error (queued.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
 
-  iterate_pending ();
-  log = state_dup_log (state);
+  spark_test_iterate_pending (g_main_context_default ());
+  log = spark_test_log_dup (&state->log);
   g_assert_cmpstr (log, ==, "block");
   g_free (log);
   g_assert_cmpint (failure.n, ==, 0);
@@ -956,9 +813,9 @@ check_abort_running (gboolean requester_cancellable)
   if (cancellable != NULL)
     g_assert_false (g_cancellable_is_cancelled (cancellable));
 
-  outcome_clear (&running);
-  outcome_clear (&queued);
-  failure_clear (&failure);
+  spark_test_outcome_clear (&running);
+  spark_test_outcome_clear (&queued);
+  spark_test_failure_clear (&failure);
   g_clear_object (&cancellable);
   g_object_unref (dispatcher);
   g_object_unref (server);
@@ -988,30 +845,30 @@ test_shutdown_abort_held (void)
   SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
   SparkDispatcher *dispatcher;
   SparkInvocation *invocation;
-  Outcome held = { 0, NULL, NULL };
-  Outcome batched = { 0, NULL, NULL };
-  Outcome queued = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestOutcome held = { 0, NULL, NULL };
+  SparkTestOutcome batched = { 0, NULL, NULL };
+  SparkTestOutcome queued = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   dispatcher = spark_module_server_create_dispatcher (server);
 
   /* This handler has no handle_command: were a command handled, it would
    * fail and command-failed would be emitted. */
-  spark_dispatcher_request_full (dispatcher, "held", NULL, NULL, NULL, outcome_cb, &held, NULL);
-  spark_dispatcher_request_full (dispatcher, "batched", NULL, NULL, NULL, outcome_cb, &batched, NULL);
+  spark_dispatcher_request_full (dispatcher, "held", NULL, NULL, NULL, spark_test_outcome_cb, &held, NULL);
+  spark_dispatcher_request_full (dispatcher, "batched", NULL, NULL, NULL, spark_test_outcome_cb, &batched, NULL);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "batched", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &handler->n_received, 1);
 
-  spark_dispatcher_request_full (dispatcher, "queued", NULL, NULL, NULL, outcome_cb, &queued, NULL);
+  spark_dispatcher_request_full (dispatcher, "queued", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "queued", NULL, NULL, &error));
   g_assert_no_error (error);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (held.done);
   g_assert_cmpint (handler->n_received, ==, 1);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 4);
@@ -1034,14 +891,14 @@ test_shutdown_abort_held (void)
   spark_invocation_return_value (invocation, g_variant_new_string ("late"));
   g_object_unref (invocation);
 
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (handler->n_received, ==, 1);
   g_assert_cmpint (failure.n, ==, 0);
 
-  outcome_clear (&held);
-  outcome_clear (&batched);
-  outcome_clear (&queued);
-  failure_clear (&failure);
+  spark_test_outcome_clear (&held);
+  spark_test_outcome_clear (&batched);
+  spark_test_outcome_clear (&queued);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -1056,7 +913,7 @@ test_shutdown_abort_ignored (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome running = { 0, NULL, NULL };
+  SparkTestOutcome running = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
@@ -1065,19 +922,19 @@ test_shutdown_abort_ignored (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
-                                 outcome_cb, &running, NULL);
+                                 spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
 
   spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
   assert_send_closed (dispatcher);
 
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (stopped.done);
   g_assert_false (running.done);
   g_assert_false (state->finished);
   g_assert_true (spark_module_server_get_running (server));
 
-  state_open_gate (state);
+  spark_test_gate_open (&state->gate);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_true (state->finished);
@@ -1088,7 +945,7 @@ test_shutdown_abort_ignored (void)
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
 
-  outcome_clear (&running);
+  spark_test_outcome_clear (&running);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -1143,7 +1000,7 @@ test_shutdown_cancel_wait (void)
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
   GCancellable *cancellable = g_cancellable_new ();
-  Outcome running = { 0, NULL, NULL };
+  SparkTestOutcome running = { 0, NULL, NULL };
   Stopped abandoned = { 0, FALSE, NULL, 0, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
@@ -1153,7 +1010,7 @@ test_shutdown_cancel_wait (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
-                                 outcome_cb, &running, NULL);
+                                 spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
 
   spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, cancellable,
@@ -1167,7 +1024,7 @@ test_shutdown_cancel_wait (void)
   g_assert_true (spark_module_server_get_running (server));
   assert_send_closed (dispatcher);
 
-  state_open_gate (state);
+  spark_test_gate_open (&state->gate);
   spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
@@ -1177,7 +1034,7 @@ test_shutdown_cancel_wait (void)
   assert_reply_string (&running, "finished");
 
   g_clear_error (&abandoned.error);
-  outcome_clear (&running);
+  spark_test_outcome_clear (&running);
   g_object_unref (cancellable);
   g_object_unref (dispatcher);
   g_object_unref (server);
@@ -1195,15 +1052,15 @@ check_shutdown_from_handler (SparkShutdownMode mode)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcome = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
   state->server = server;
   state->stopped = &stopped;
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
@@ -1213,7 +1070,7 @@ check_shutdown_from_handler (SparkShutdownMode mode)
                                                 NULL, &error));
   g_assert_no_error (error);
   spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (1), NULL, NULL,
-                                 outcome_cb, &outcome, NULL);
+                                 spark_test_outcome_cb, &outcome, NULL);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (2), NULL, &error));
   g_assert_no_error (error);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
@@ -1223,9 +1080,9 @@ check_shutdown_from_handler (SparkShutdownMode mode)
   g_assert_true (stopped.ret);
   g_assert_false (spark_module_server_get_running (server));
   spark_test_wait_flag (NULL, &outcome.done);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
 
-  log = state_dup_log (state);
+  log = spark_test_log_dup (&state->log);
   if (mode == SPARK_SHUTDOWN_MODE_DRAIN)
     {
       g_assert_cmpstr (log, ==, "shutdown-self:0 echo:1 ok:2 fail");
@@ -1242,8 +1099,8 @@ check_shutdown_from_handler (SparkShutdownMode mode)
   g_free (log);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
 
-  outcome_clear (&outcome);
-  failure_clear (&failure);
+  spark_test_outcome_clear (&outcome);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -1271,8 +1128,8 @@ test_shutdown_drain_held (void)
   SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
   SparkDispatcher *dispatcher;
   SparkInvocation *invocation;
-  Outcome first = { 0, NULL, NULL };
-  Outcome second = { 0, NULL, NULL };
+  SparkTestOutcome first = { 0, NULL, NULL };
+  SparkTestOutcome second = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
@@ -1280,12 +1137,12 @@ test_shutdown_drain_held (void)
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "first", NULL, NULL, NULL, outcome_cb, &first, NULL);
+  spark_dispatcher_request_full (dispatcher, "first", NULL, NULL, NULL, spark_test_outcome_cb, &first, NULL);
   spark_test_wait_count (NULL, &handler->n_received, 1);
-  spark_dispatcher_request_full (dispatcher, "second", NULL, NULL, NULL, outcome_cb, &second, NULL);
+  spark_dispatcher_request_full (dispatcher, "second", NULL, NULL, NULL, spark_test_outcome_cb, &second, NULL);
 
   spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (stopped.done);
   g_assert_false (first.done);
   g_assert_cmpint (handler->n_received, ==, 1);
@@ -1296,7 +1153,7 @@ test_shutdown_drain_held (void)
   spark_invocation_return_value (invocation, g_variant_new_string ("one"));
   g_object_unref (invocation);
   spark_test_wait_count (NULL, &handler->n_received, 2);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (stopped.done);
 
   invocation = spark_test_invocation_handler_pop (handler);
@@ -1310,8 +1167,8 @@ test_shutdown_drain_held (void)
   assert_reply_string (&first, "one");
   assert_reply_string (&second, "two");
 
-  outcome_clear (&first);
-  outcome_clear (&second);
+  spark_test_outcome_clear (&first);
+  spark_test_outcome_clear (&second);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -1349,7 +1206,7 @@ test_shutdown_token_reached (void)
   g_assert_true (stopped.ret);
   g_assert_true (g_cancellable_is_cancelled (token));
 
-  log = state_dup_log (state);
+  log = spark_test_log_dup (&state->log);
   g_assert_cmpstr (log, ==, "ok:1");
   g_free (log);
 
@@ -1368,7 +1225,7 @@ test_shutdown_token_abort (void)
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
-  Outcome running = { 0, NULL, NULL };
+  SparkTestOutcome running = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
@@ -1378,7 +1235,7 @@ test_shutdown_token_abort (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
-                                 outcome_cb, &running, NULL);
+                                 spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
   g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", NULL, NULL, &error));
   g_assert_no_error (error);
@@ -1388,23 +1245,23 @@ test_shutdown_token_abort (void)
   /* ABORT drops the queued shutdown message; the token is still cancelled,
    * but only once the server has stopped. */
   spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (g_cancellable_is_cancelled (token));
   g_assert_false (stopped.done);
 
-  state_open_gate (state);
+  spark_test_gate_open (&state->gate);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_true (g_cancellable_is_cancelled (token));
 
-  log = state_dup_log (state);
+  log = spark_test_log_dup (&state->log);
   g_assert_cmpstr (log, ==, "block-ignore");
   g_free (log);
 
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
 
-  outcome_clear (&running);
+  spark_test_outcome_clear (&running);
   g_object_unref (token);
   g_object_unref (dispatcher);
   g_object_unref (server);
@@ -1436,7 +1293,7 @@ test_shutdown_token_drain (void)
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_assert_true (g_cancellable_is_cancelled (token));
-  log = state_dup_log (state);
+  log = spark_test_log_dup (&state->log);
   g_assert_cmpstr (log, ==, "ok:1");
   g_free (log);
 
@@ -1469,7 +1326,7 @@ test_lifetime_keeps_alive (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   g_object_unref (server);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_nonnull (weak);
   g_assert_true (spark_module_server_get_running (weak));
 
@@ -1477,7 +1334,7 @@ test_lifetime_keeps_alive (void)
   g_assert_no_error (error);
   g_assert_cmpint (g_variant_get_int32 (reply), ==, 7);
   g_variant_unref (reply);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_nonnull (weak);
 
   g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
@@ -1523,7 +1380,7 @@ test_lifetime_keeps_alive_context (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   g_object_unref (server);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_nonnull (weak);
 
   spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (8), NULL, NULL,
@@ -1586,7 +1443,7 @@ test_lifetime_dispatchers (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   gpointer weak = server;
   GError *error = NULL;
 
@@ -1599,10 +1456,10 @@ test_lifetime_dispatchers (void)
   g_assert_null (spark_dispatcher_request_sync (dispatcher, "echo", NULL, NULL, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   g_clear_error (&error);
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   g_assert_false (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   g_clear_error (&error);
@@ -1623,10 +1480,10 @@ test_lifetime_dispatchers (void)
   g_assert_null (spark_dispatcher_request_sync (dispatcher, "echo", NULL, NULL, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   g_clear_error (&error);
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   g_assert_cmpint (state->n_requests + state->n_commands, ==, 0);
   g_object_unref (dispatcher);
@@ -1720,7 +1577,7 @@ test_property_capacity (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome running = { 0, NULL, NULL };
+  SparkTestOutcome running = { 0, NULL, NULL };
   gint notified = 0;
   guint capacity = 99;
   GError *error = NULL;
@@ -1753,7 +1610,7 @@ test_property_capacity (void)
   g_assert_cmpint (notified, ==, 1);
 
   /* The mailbox still holds 2. */
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL, outcome_cb, &running, NULL);
+  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL, spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
   g_assert_true (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error));
   g_assert_no_error (error);
@@ -1763,13 +1620,13 @@ test_property_capacity (void)
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
   g_clear_error (&error);
 
-  state_open_gate (state);
+  spark_test_gate_open (&state->gate);
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
   g_assert_cmpint (state->n_commands, ==, 2);
 
-  outcome_clear (&running);
+  spark_test_outcome_clear (&running);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -1869,7 +1726,7 @@ test_property_running (void)
   g_thread_join (thread);
 
   /* Nothing was left for the main thread. */
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (test.n_notify, ==, 2);
 
   g_object_unref (test.handler);
@@ -1893,8 +1750,8 @@ test_property_pending (void)
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
-  Outcome outcomes[2] = { { 0, NULL, NULL }, };
-  Outcome running = { 0, NULL, NULL };
+  SparkTestOutcome outcomes[2] = { { 0, NULL, NULL }, };
+  SparkTestOutcome running = { 0, NULL, NULL };
   gint stopped = FALSE;
   guint pending = 99;
   GError *error = NULL;
@@ -1920,7 +1777,7 @@ test_property_pending (void)
       g_assert_no_error (error);
     }
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
-    spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, outcome_cb, &outcomes[i], NULL);
+    spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &outcomes[i], NULL);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 5);
   g_object_get (server, "pending", &pending, NULL);
   g_assert_cmpuint (pending, ==, 5);
@@ -1941,7 +1798,7 @@ test_property_pending (void)
     {
       spark_test_wait_flag (NULL, &outcomes[i].done);
       assert_reply_string (&outcomes[i], "echo");
-      outcome_clear (&outcomes[i]);
+      spark_test_outcome_clear (&outcomes[i]);
     }
   g_clear_object (&dispatcher);
   g_clear_object (&server);
@@ -1952,7 +1809,7 @@ test_property_pending (void)
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL, outcome_cb, &running, NULL);
+  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL, spark_test_outcome_cb, &running, NULL);
   spark_test_wait_flag (NULL, &state->entered);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
   for (guint i = 0; i < 2; i++)
@@ -1962,7 +1819,7 @@ test_property_pending (void)
     }
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
 
-  state_open_gate (state);
+  spark_test_gate_open (&state->gate);
   reply = spark_dispatcher_request_sync (dispatcher, "echo", NULL, NULL, NULL, &error);
   g_assert_no_error (error);
   g_variant_unref (reply);
@@ -1970,7 +1827,7 @@ test_property_pending (void)
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_wait_flag (NULL, &running.done);
-  outcome_clear (&running);
+  spark_test_outcome_clear (&running);
 
   g_object_unref (token);
   g_object_unref (dispatcher);
@@ -1990,13 +1847,13 @@ test_command_failed_signal (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
   GVariant *reply;
   const char *text;
   gint32 number;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
@@ -2029,7 +1886,7 @@ test_command_failed_signal (void)
   g_assert_null (failure.parameters);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -2055,7 +1912,7 @@ test_command_failed_warning (void)
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_WARNING, "*fail*boom*");
   spark_test_wait_count (NULL, &state->n_commands, 1);
   g_test_assert_expected_messages ();
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_object_unref (dispatcher);
@@ -2072,10 +1929,10 @@ test_command_failed_debug (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
@@ -2088,7 +1945,7 @@ test_command_failed_debug (void)
   g_assert_error (failure.error, G_IO_ERROR, G_IO_ERROR_FAILED);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -2103,10 +1960,10 @@ test_command_failed_no_reply (void)
   SparkHandler *handler = state_handler_new (state);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
@@ -2119,7 +1976,7 @@ test_command_failed_no_reply (void)
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -2210,18 +2067,18 @@ test_not_supported_request (void)
   TestCommandOnly *handler = g_object_new (TEST_TYPE_COMMAND_ONLY, NULL);
   SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
   SparkDispatcher *dispatcher;
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
 
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
-  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   /* Its commands work. */
   g_assert_true (spark_dispatcher_send_command (dispatcher, "log", NULL, NULL, &error));
@@ -2240,11 +2097,11 @@ test_not_supported_command (void)
   SparkHandler *handler = g_object_new (TEST_TYPE_REQUEST_ONLY, NULL);
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
-  Outcome outcome = { 0, NULL, NULL };
-  Failure failure = { 0, NULL, NULL, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (on_command_failed), &failure);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
   g_assert_true (spark_module_server_start (server, NULL, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
@@ -2256,13 +2113,13 @@ test_not_supported_command (void)
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
 
   /* Its requests work. */
-  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   assert_reply_string (&outcome, "request-only");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  failure_clear (&failure);
+  spark_test_failure_clear (&failure);
   g_object_unref (dispatcher);
   g_object_unref (server);
   g_object_unref (handler);
@@ -2353,14 +2210,14 @@ static void
 serve_on_default (SparkModuleServer *server)
 {
   SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
-  Outcome outcome = { 0, NULL, NULL };
+  SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
   gint notified = 0;
   gulong id;
 
   /* The refused starts did not start anything. */
   id = g_signal_connect (server, "notify::running", G_CALLBACK (count_notify), &notified);
-  iterate_pending ();
+  spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (notified, ==, 0);
   g_assert_false (spark_module_server_get_running (server));
   assert_send_closed (dispatcher);
@@ -2368,10 +2225,10 @@ serve_on_default (SparkModuleServer *server)
   g_assert_true (spark_module_server_start (server, g_main_context_default (), &error));
   g_assert_no_error (error);
 
-  spark_dispatcher_request_full (dispatcher, "hello", NULL, NULL, NULL, outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (dispatcher, "hello", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   assert_reply_string (&outcome, "from-js");
-  outcome_clear (&outcome);
+  spark_test_outcome_clear (&outcome);
   g_assert_cmpint (notified, ==, 1);
 
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
