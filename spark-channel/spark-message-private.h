@@ -101,7 +101,8 @@ struct _SparkRequest
  * only by its owner (the waiting thread, or the server's thread). */
 typedef struct
 {
-  guint usec;   /* 0: not yet set, take the limit */
+  guint  usec;        /* 0: not yet set, take the limit */
+  gint64 missed_at;   /* when the last spin gave up, 0 if it did not */
 } SparkSpin;
 
 typedef gboolean (*SparkSpinReadyFunc) (gconstpointer data);
@@ -171,6 +172,7 @@ guint            spark_spin_limit                  (void);
 gboolean         spark_spin_until                  (SparkSpin          *spin,
                                                     SparkSpinReadyFunc  ready,
                                                     gconstpointer       data);
+void             spark_spin_note_event             (SparkSpin          *spin);
 void             spark_cpu_relax                   (void);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (SparkRequest, spark_request_unref)

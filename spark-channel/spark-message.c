@@ -13,16 +13,19 @@
 #include "spark-message-private.h"
 
 /* How long a waiting thread polls before it sleeps: a blocking caller
- * waiting for its outcome, and a server thread that was just busy waiting
- * for the next message. A cross-thread wakeup costs 20-45 µs here, a
- * hand-off seen while spinning well under one, so a short spin that often
- * succeeds saves most of a round trip; a spin that keeps failing only burns
- * CPU, so each spinner halves its spin after a miss and goes back to the
- * full spin after a hit (see SparkSpin).
+ * waiting for its outcome, a server thread that was just busy waiting for
+ * the next message, and a context with replies due. Waking a sleeping
+ * thread costs 20-100 µs here (more on an idle machine, whose cores sleep
+ * deeper), a hand-off seen while spinning well under one. A spin only pays
+ * if it outlasts the other side's wakeup once: then both sides are awake
+ * and hand messages over without sleeping. So the spin is long enough for
+ * that (100 µs), and adapts: a miss halves the next spin (down to 1/16),
+ * and a hit, or a near miss (the event came less than one full spin after
+ * giving up), restores it.
  *
- * SPARK_SPIN=N sets the longest spin in µs (default 20); SPARK_SPIN=0 turns
- * spinning off. */
-#define SPARK_SPIN_DEFAULT_USEC 20
+ * SPARK_SPIN=N sets the longest spin in µs; SPARK_SPIN=0 turns spinning
+ * off. */
+#define SPARK_SPIN_DEFAULT_USEC 100
 
 guint
 spark_spin_limit (void)
@@ -77,7 +80,21 @@ spark_spin_until (SparkSpin       *spin,
 
   /* A miss: spin less next time, down to 1/16th of the limit. */
   spin->usec = MAX (spin->usec / 2, MAX (limit / 16, 1));
+  spin->missed_at = g_get_monotonic_time ();
   return FALSE;
+}
+
+/* The awaited event came after all, following a missed spin: if it came
+ * soon, a full spin would have caught it, so spin fully next time. */
+void
+spark_spin_note_event (SparkSpin *spin)
+{
+  if (spin->missed_at == 0)
+    return;
+
+  if (g_get_monotonic_time () - spin->missed_at <= (gint64) spark_spin_limit ())
+    spin->usec = spark_spin_limit ();
+  spin->missed_at = 0;
 }
 
 void
@@ -607,6 +624,8 @@ spark_sync_waiter_wait (SparkSyncWaiter *waiter,
     }
   waiter->parked = FALSE;
   g_mutex_unlock (&waiter->mutex);
+
+  spark_spin_note_event (&waiter->spin);
 }
 
 void

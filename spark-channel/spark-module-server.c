@@ -416,6 +416,8 @@ spark_module_server_dispatch (SparkModuleServer *self)
           self->batch = spark_mailbox_take (mailbox, self->own_thread && handled > 0 ? &self->spin : NULL);
           if (self->batch == NULL)
             return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
+          if (handled == 0)
+            spark_spin_note_event (&self->spin);   /* woken after going idle */
         }
 
       msg = self->batch;

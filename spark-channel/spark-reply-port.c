@@ -65,6 +65,7 @@ spark_reply_port_dispatch (gpointer data)
   guint delivered = 0;
 
   spark_wake_source_set_ready (&port->source, FALSE);
+  spark_spin_note_event (&port->source.spin);
 
   /* Callbacks run with their context as the thread-default one, as a
    * GTask's do, so that what they start replies there too. */
