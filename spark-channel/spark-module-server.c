@@ -940,16 +940,9 @@ spark_module_server_start_internal (SparkModuleServer  *self,
                                   NULL, "[spark] module server");
   ((SparkServerSource *) source)->server = self;
 
-  if (!spark_mailbox_open (self->mailbox, source, context,
-                           own_thread ? NULL : g_thread_self (),
-                           self->capacity, error))
-    {
-      g_mutex_unlock (&self->state_mutex);
-      g_source_unref (source);
-      return FALSE;
-    }
-
-  self->started = TRUE;
+  /* Everything the server's dispatch and its stop need is set before the
+   * mailbox opens: from then on, a context iterated by another thread may
+   * handle (and even stop) at once. */
   self->own_thread = own_thread;
   self->source = source;
   self->context = g_main_context_ref (context);
@@ -957,11 +950,29 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->running, TRUE);
-
   /* Held until the server has stopped and the owner side has finished. */
   g_object_ref (self);
 
+  /* Attached before the mailbox opens, so that the first sender's wakeup
+   * reaches this context. Nothing dispatches it before a message comes. */
   spark_wake_source_attach ((SparkWakeSource *) source, context);
+
+  if (!spark_mailbox_open (self->mailbox, source, context,
+                           own_thread ? NULL : g_thread_self (),
+                           self->capacity, error))
+    {
+      g_source_destroy (source);
+      g_clear_pointer (&self->source, g_source_unref);
+      g_clear_pointer (&self->context, g_main_context_unref);
+      g_clear_pointer (&self->owner_context, g_main_context_unref);
+      self->iface = NULL;
+      g_atomic_int_set (&self->running, FALSE);
+      g_mutex_unlock (&self->state_mutex);
+      g_object_unref (self);
+      return FALSE;
+    }
+
+  self->started = TRUE;
 
   if (own_thread)
     {
