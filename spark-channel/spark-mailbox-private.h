@@ -37,7 +37,6 @@ struct _SparkMailbox
                                           * of its own or its invocation is held; a reference */
   gboolean           current_held;       /* mutex: current's invocation is held by the handler */
   GCancellable      *token;              /* mutex: the send_shutdown() token */
-  gboolean           has_token;          /* mutex */
 
   gint               n_queued;           /* mutex; read atomically: counted messages in head..tail */
   gint               n_waiters;          /* atomic mirror of waiters.length */
@@ -67,7 +66,6 @@ gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
                                               GThread       *start_thread,
                                               guint          capacity,
                                               GError       **error);
-gboolean      spark_mailbox_is_closed        (SparkMailbox  *mailbox);
 guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
 
 gboolean      spark_mailbox_post_request     (SparkMailbox  *mailbox,

@@ -151,18 +151,6 @@ spark_mailbox_open (SparkMailbox  *mailbox,
   return ret;
 }
 
-gboolean
-spark_mailbox_is_closed (SparkMailbox *mailbox)
-{
-  gboolean closed;
-
-  g_mutex_lock (&mailbox->mutex);
-  closed = mailbox->state != SPARK_MAILBOX_OPEN;
-  g_mutex_unlock (&mailbox->mutex);
-
-  return closed;
-}
-
 static inline gint
 pending (SparkMailbox *mailbox)
 {
@@ -699,7 +687,6 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
     }
 
   mailbox->state = SPARK_MAILBOX_CLOSED;
-  mailbox->has_token = TRUE;
   if (token != NULL)
     mailbox->token = g_object_ref (token);
 
