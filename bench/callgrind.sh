@@ -71,10 +71,26 @@ instructions () {
   total=$(sed -n 's/^summary: *//p; s/^totals: *//p' "$tmp/out" | head -n 1)
   spin=$(callgrind_annotate --inclusive=yes --threshold=100 "$tmp/out" 2>/dev/null |
          awk '/:spark_sync_waiter_wait( |$)/ { gsub(",", "", $1); print $1; exit }')
-  echo "$total ${spin:-0}"
+  # Calls to malloc, calloc and realloc, from anywhere (GLib's GVariant
+  # and GObject code included): callgrind names a function once, as
+  # "cfn=(ID) name", then by its ID alone.
+  allocs=$(awk '
+    /^c?fn=\(/ {
+      id = $1; sub(/^c?fn=/, "", id); sub(/\).*/, ")", id)
+      if (NF > 1) name[id] = $2
+      if ($1 ~ /^cfn=/) callee = name[id]
+      next
+    }
+    /^calls=/ {
+      if (callee == "malloc" || callee == "calloc" || callee == "realloc") {
+        n = $1; sub(/^calls=/, "", n); total += n
+      }
+    }
+    END { print total + 0 }' "$tmp/out")
+  echo "$total ${spin:-0} $allocs"
 }
 
-printf '%-19s %-12s %12s %12s\n' workload impl instr/op spin/op >&2
+printf '%-19s %-12s %12s %12s %10s\n' workload impl instr/op spin/op allocs/op >&2
 for case in $cases; do
   workload=${case%%:*}
   impl=${case#*:}
@@ -85,15 +101,18 @@ for case in $cases; do
 
   instructions "$workload" "$impl" "$small" >"$tmp/small"
   instructions "$workload" "$impl" "$large" >"$tmp/large"
-  read -r ir_small spin_small <"$tmp/small"
-  read -r ir_large spin_large <"$tmp/large"
+  read -r ir_small spin_small alloc_small <"$tmp/small"
+  read -r ir_large spin_large alloc_large <"$tmp/large"
   per_op=$(awk -v a="$ir_small" -v sa="$spin_small" -v b="$ir_large" -v sb="$spin_large" \
            -v n="$small" -v m="$large" 'BEGIN { printf "%.0f", ((b - sb) - (a - sa)) / (m - n) }')
   spin_op=$(awk -v sa="$spin_small" -v sb="$spin_large" -v n="$small" -v m="$large" \
             'BEGIN { printf "%.0f", (sb - sa) / (m - n) }')
 
-  printf '%-19s %-12s %12s %12s\n' "$workload" "$impl" "$per_op" "$spin_op" >&2
-  echo "callgrind workload=$workload impl=$impl instr_per_op=$per_op spin_per_op=$spin_op" >>"$tmp/results"
+  allocs_op=$(awk -v a="$alloc_small" -v b="$alloc_large" -v n="$small" -v m="$large" \
+              'BEGIN { printf "%.2f", (b - a) / (m - n) }')
+
+  printf '%-19s %-12s %12s %12s %10s\n' "$workload" "$impl" "$per_op" "$spin_op" "$allocs_op" >&2
+  echo "callgrind workload=$workload impl=$impl instr_per_op=$per_op spin_per_op=$spin_op allocs_per_op=$allocs_op" >>"$tmp/results"
 done
 
 cat "$tmp/results"
@@ -101,14 +120,15 @@ cat "$tmp/results"
 # Ratios against the baselines of the same workload.
 echo
 awk '
-  { split($2, w, "="); split($3, i, "="); split($4, v, "=");
-    key[NR] = w[2] " " i[2]; val[w[2], i[2]] = v[2]; wl[NR] = w[2]; im[NR] = i[2] }
+  { split($2, w, "="); split($3, i, "="); split($4, v, "="); split($6, a, "=");
+    key[NR] = w[2] " " i[2]; val[w[2], i[2]] = v[2]; al[NR] = a[2]; wl[NR] = w[2]; im[NR] = i[2] }
   END {
-    printf "%-19s %-12s %10s %9s %9s\n", "workload", "impl", "instr/op", "/ floor", "/ idiom"
+    printf "%-19s %-12s %10s %9s %9s %10s\n", "workload", "impl", "instr/op", "/ floor", "/ idiom", "allocs/op"
     for (n = 1; n <= NR; n++) {
       f = val[wl[n], "floor"]; d = val[wl[n], "idiom"]
-      printf "%-19s %-12s %10d %9s %9s\n", wl[n], im[n], val[wl[n], im[n]],
+      printf "%-19s %-12s %10d %9s %9s %10s\n", wl[n], im[n], val[wl[n], im[n]],
              (f > 0 && im[n] != "floor") ? sprintf("%.2f", val[wl[n], im[n]] / f) : "-",
-             (d > 0 && im[n] != "idiom") ? sprintf("%.2f", val[wl[n], im[n]] / d) : "-"
+             (d > 0 && im[n] != "idiom") ? sprintf("%.2f", val[wl[n], im[n]] / d) : "-",
+             al[n]
     }
   }' "$tmp/results"
