@@ -29,7 +29,7 @@ struct _SparkMailbox
 
   GMutex             mutex;
   SparkMailboxState  state;              /* mutex */
-  SparkMessage      *head;               /* mutex; also read atomically, unlocked, by a spinning server */
+  SparkMessage      *head;               /* mutex; written atomically, since a spinning server reads it unlocked */
   SparkMessage      *tail;               /* mutex */
   gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
   GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */

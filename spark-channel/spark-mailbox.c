@@ -763,7 +763,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
   if (abort && !was_new)
     {
       g_atomic_int_set (&mailbox->aborting, TRUE);
-      dropped = g_steal_pointer (&mailbox->head);
+      dropped = g_atomic_pointer_exchange (&mailbox->head, NULL);
       mailbox->tail = NULL;
       g_atomic_int_set (&mailbox->n_queued, 0);
       if (mailbox->current != NULL)
@@ -823,7 +823,7 @@ spark_mailbox_take (SparkMailbox *mailbox,
     spark_spin_until (spin, queue_is_not_empty, mailbox);
 
   g_mutex_lock (&mailbox->mutex);
-  batch = g_steal_pointer (&mailbox->head);
+  batch = g_atomic_pointer_exchange (&mailbox->head, NULL);
   mailbox->tail = NULL;
   if (batch == NULL)
     mailbox->consumer_idle = TRUE;
@@ -895,7 +895,7 @@ spark_mailbox_finish (SparkMailbox *mailbox)
 
   g_mutex_lock (&mailbox->mutex);
   g_assert (mailbox->state == SPARK_MAILBOX_CLOSED);
-  leftovers = g_steal_pointer (&mailbox->head);
+  leftovers = g_atomic_pointer_exchange (&mailbox->head, NULL);
   mailbox->tail = NULL;
   g_atomic_int_set (&mailbox->n_queued, 0);
   token = g_steal_pointer (&mailbox->token);
