@@ -519,6 +519,54 @@ test_request_reply (gconstpointer data)
   module_free (m);
 }
 
+static GVariant *
+name_request (const char    *name,
+              GVariant      *parameters,
+              GCancellable  *cancellable,
+              gpointer       user_data,
+              GError       **error)
+{
+  return g_variant_new_string (name);
+}
+
+/* A name and reply type too long for a pooled request block take the
+ * plain allocation, and arrive whole. */
+static void
+test_request_long_name (gconstpointer data)
+{
+  Via via = GPOINTER_TO_UINT (data);
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (name_request, NULL, NULL, NULL);
+  g_autoptr(SparkModuleServer) server = spark_module_server_new (handler);
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GError) error = NULL;
+  g_autofree char *name = g_strnfill (300, 'n');
+  GString *tuple = g_string_new ("(");
+  g_autofree char *long_type = NULL;
+  Outcome o = { 0 };
+
+  for (guint i = 0; i < 150; i++)
+    g_string_append_c (tuple, 'i');
+  g_string_append_c (tuple, ')');
+  long_type = g_string_free (tuple, FALSE);
+
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  request_via (dispatcher, via, name, NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_string (&o, name);
+  outcome_clear (&o);
+
+  /* The long reply type is kept whole: the mismatch names all of it. */
+  request_via (dispatcher, via, name, NULL, G_VARIANT_TYPE (long_type), NULL, &o);
+  outcome_wait (&o, via);
+  assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_nonnull (strstr (o.error->message, long_type));
+  outcome_clear (&o);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+}
+
 /* The completion runs on the caller's thread-default context at the time of
  * the call, never inside the call: a server on its own thread. */
 static void
@@ -2621,6 +2669,7 @@ main (int argc, char *argv[])
   add_via_tests ("request/no-reply", test_request_no_reply, FALSE);
   add_via_tests ("request/type-mismatch", test_request_type_mismatch, FALSE);
   add_via_tests ("request/null-parameters", test_request_null_parameters, FALSE);
+  add_via_tests ("request/long-name", test_request_long_name, FALSE);
 
   g_test_add_func ("/spark/dispatcher/closed/never-started", test_closed_never_started);
   g_test_add_func ("/spark/dispatcher/closed/after-shutdown", test_closed_after_shutdown);
