@@ -277,6 +277,12 @@ spark_dispatcher_send_request (SparkDispatcher *self,
  * room. If @cancellable is already cancelled, nothing is sent and the
  * request fails with %G_IO_ERROR_CANCELLED.
  *
+ * As with any [iface@Gio.AsyncResult], take a reference to the result to
+ * use it after @callback returns. A result that @callback left with no
+ * reference, data, weak reference or signal handler is reused for a later
+ * request's outcome on the same context, so do not compare results by
+ * address.
+ *
  * May be called from any thread.
  *
  * Since: 1.0
@@ -334,7 +340,8 @@ spark_dispatcher_request_finish (SparkDispatcher  *self,
   g_return_val_if_fail (spark_async_result_is_valid (result, self, spark_dispatcher_request_async), NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  return spark_async_result_propagate (SPARK_ASYNC_RESULT (result), error);
+  /* Checked just above: a plain cast spares a second type check. */
+  return spark_async_result_propagate ((SparkAsyncResult *) result, error);
 }
 
 /**

@@ -30,8 +30,10 @@
  *                  the requester's context (only if its port was idle)
  *     atomics:     the claim (one compare-and-swap), reference counts
  *
- *   request_async() adds the async-result object (one GObject, made at
- *   delivery) on top of request_full();
+ *   request_async() adds the async-result object on top of request_full():
+ *   a GObject handed to the callback at delivery, and reused for the next
+ *   reply on that context when the callback kept nothing of it (see
+ *   spark-async-result.c), so that a stream of replies allocates none;
  *   request_sync() delivers to the caller's parked (or spinning) thread
  *   instead of a reply port: one more lock, no GSource.
  *

@@ -164,6 +164,8 @@ SparkReplyPort  *spark_reply_port_ref              (SparkReplyPort   *port);
 void             spark_reply_port_unref            (SparkReplyPort   *port);
 void             spark_reply_port_push             (SparkReplyPort   *port,
                                                     SparkPortItem    *item);
+struct _SparkAsyncResultPool *
+                 spark_reply_port_get_result_pool  (SparkReplyPort   *port);
 
 void             spark_timer_add                   (SparkRequest     *req);
 void             spark_timer_remove                (SparkRequest     *req);

@@ -546,13 +546,15 @@ spark_request_deliver_on_port (SparkPortItem *item)
     {
       SparkAsyncResult *result;
 
-      result = spark_async_result_new (req->source_object, spark_dispatcher_request_async,
-                                       req->user_data,
-                                       g_steal_pointer (&req->reply),
-                                       g_steal_pointer (&req->error));
+      SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (req->port);
+
+      result = spark_async_result_obtain (pool, req->source_object, spark_dispatcher_request_async,
+                                          req->user_data,
+                                          g_steal_pointer (&req->reply),
+                                          g_steal_pointer (&req->error));
       if (req->callback != NULL)
-        req->callback (req->source_object, G_ASYNC_RESULT (result), req->user_data);
-      g_object_unref (result);
+        req->callback (req->source_object, (GAsyncResult *) result, req->user_data);
+      spark_async_result_release (pool, result);
     }
   else
     {

@@ -14,6 +14,7 @@
 
 #include "config.h"
 
+#include "spark-async-result-private.h"
 #include "spark-message-private.h"
 #include "spark-wake-source-private.h"
 
@@ -31,6 +32,8 @@ struct _SparkReplyPort
   gboolean        scheduled;   /* mutex: woken, or dispatching: pushers need not wake it */
 
   GMainContext   *context;     /* the context it is attached to; not a reference */
+
+  SparkAsyncResultPool results; /* its dispatch: spare request_async() results */
 };
 
 /* Which port serves which context. A port leaves the table when its
@@ -126,6 +129,7 @@ spark_reply_port_finalize (GSource *source)
    * be left when the context is finalized. */
   g_assert (port->head == NULL);
   g_mutex_clear (&port->mutex);
+  spark_async_result_pool_clear (&port->results);
 }
 
 
@@ -219,6 +223,13 @@ spark_reply_port_unref (SparkReplyPort *port)
 {
   spark_wake_source_expect (&port->source, -1);
   g_main_context_unref (port->context);
+}
+
+/* For an item's deliver function, from the port's dispatch only. */
+SparkAsyncResultPool *
+spark_reply_port_get_result_pool (SparkReplyPort *port)
+{
+  return &port->results;
 }
 
 /* From any thread. The item is delivered on the port's context. */

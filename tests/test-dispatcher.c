@@ -2655,6 +2655,230 @@ test_shutdown_token (void)
   module_free (m);
 }
 
+/* Async results: recycled unless kept or watched ---------------------------
+ *
+ * A request_async() result nobody kept is reused for a later request on the
+ * same context. These tests check that reuse is invisible: a result that is
+ * referenced, or that carries data, a weak reference or a signal handler,
+ * behaves exactly as a new object that gets finalized would. */
+
+typedef enum
+{
+  USE_FINISH,       /* finish in the callback, keep nothing */
+  USE_KEEP,         /* keep a reference; finish later */
+  USE_DATA,         /* attach data with a destroy notify */
+  USE_WEAK_REF,     /* g_object_weak_ref() */
+  USE_WEAK_POINTER, /* a GWeakRef */
+  USE_SIGNAL,       /* connect a ::notify handler with a destroy notify */
+} ResultUse;
+
+typedef struct
+{
+  ResultUse     use;
+  gint          done;       /* atomic */
+  GAsyncResult *seen;       /* not a reference: compared only */
+  GAsyncResult *kept;       /* USE_KEEP: a reference */
+  gint          released;   /* atomic: a destroy or weak notify ran */
+  GWeakRef      weak;       /* USE_WEAK_POINTER */
+  gint32        value;      /* the echoed reply, when finished in the callback */
+  gboolean      had_data;   /* the result already carried "probe" data */
+} ResultProbe;
+
+static void
+probe_released (gpointer data)
+{
+  ResultProbe *p = data;
+
+  g_atomic_int_inc (&p->released);
+}
+
+static void
+probe_weak_notify (gpointer  data,
+                   GObject  *where_the_object_was)
+{
+  probe_released (data);
+}
+
+static void
+probe_closure_released (gpointer  data,
+                        GClosure *closure)
+{
+  probe_released (data);
+}
+
+static void
+probe_on_notify (GObject    *object,
+                 GParamSpec *pspec,
+                 gpointer    data)
+{
+  g_assert_not_reached ();
+}
+
+static gint32
+probe_finish (GObject      *source,
+              GAsyncResult *result)
+{
+  g_autoptr(GError) error = NULL;
+  g_autoptr(GVariant) reply = NULL;
+
+  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
+  g_assert_no_error (error);
+  g_assert_nonnull (reply);
+  return g_variant_get_int32 (reply);
+}
+
+static void
+probe_cb (GObject      *source,
+          GAsyncResult *result,
+          gpointer      user_data)
+{
+  ResultProbe *p = user_data;
+  g_autoptr(GObject) result_source = g_async_result_get_source_object (result);
+
+  /* Whether new or reused, the result describes this request only. */
+  g_assert_true (result_source == source);
+  g_assert_true (g_async_result_get_user_data (result) == p);
+  g_assert_true (g_async_result_is_tagged (result, spark_dispatcher_request_async));
+  p->had_data = g_object_get_data (G_OBJECT (result), "probe") != NULL;
+  p->seen = result;
+
+  switch (p->use)
+    {
+    case USE_FINISH:
+      break;
+    case USE_KEEP:
+      p->kept = g_object_ref (result);
+      break;
+    case USE_DATA:
+      g_object_set_data_full (G_OBJECT (result), "probe", p, probe_released);
+      break;
+    case USE_WEAK_REF:
+      g_object_weak_ref (G_OBJECT (result), probe_weak_notify, p);
+      break;
+    case USE_WEAK_POINTER:
+      g_weak_ref_init (&p->weak, result);
+      break;
+    case USE_SIGNAL:
+      g_signal_connect_data (result, "notify", G_CALLBACK (probe_on_notify),
+                             p, probe_closure_released, 0);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  if (p->use != USE_KEEP)
+    p->value = probe_finish (source, result);
+  g_atomic_int_set (&p->done, 1);
+}
+
+static void
+probe_request (SparkDispatcher *dispatcher,
+               ResultProbe     *p,
+               gint32           value)
+{
+  spark_dispatcher_request_async (dispatcher, "echo", g_variant_new_int32 (value),
+                                  G_VARIANT_TYPE_INT32, NULL, probe_cb, p);
+  /* Delivery releases the result right after the callback, in the same
+   * dispatch: by the time the wait returns, that has happened too. */
+  spark_test_wait_flag (NULL, &p->done);
+  g_assert_false (p->had_data);
+}
+
+/* Results nobody kept are reused, across dispatchers, and do not keep
+ * their dispatcher alive. */
+static void
+test_async_result_recycled (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  SparkDispatcher *first = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) second = spark_module_server_create_dispatcher (server);
+  ResultProbe a = { USE_FINISH }, b = { USE_FINISH }, c = { USE_FINISH };
+
+  probe_request (first, &a, 1);
+  g_assert_cmpint (a.value, ==, 1);
+
+  /* The reused result holds no reference to the dispatcher it served. */
+  g_object_add_weak_pointer (G_OBJECT (first), (gpointer *) &first);
+  g_object_unref (first);
+  g_assert_null (first);
+
+  probe_request (second, &b, 2);
+  g_assert_cmpint (b.value, ==, 2);
+  g_assert_true (b.seen == a.seen);
+
+  probe_request (second, &c, 3);
+  g_assert_cmpint (c.value, ==, 3);
+  g_assert_true (c.seen == a.seen);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* A result the callback keeps is never handed to another request, and can
+ * be finished after later requests completed. */
+static void
+test_async_result_kept (void)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  ResultProbe kept = { USE_KEEP }, later = { USE_FINISH }, again = { USE_FINISH };
+  GAsyncResult *result;
+
+  probe_request (dispatcher, &kept, 10);
+  probe_request (dispatcher, &later, 20);
+  probe_request (dispatcher, &again, 30);
+  g_assert_true (later.seen != kept.seen);
+  g_assert_true (again.seen != kept.seen);
+  g_assert_cmpint (later.value, ==, 20);
+  g_assert_cmpint (again.value, ==, 30);
+
+  result = g_steal_pointer (&kept.kept);
+  g_assert_true (g_async_result_get_user_data (result) == &kept);
+  g_assert_cmpint (probe_finish (G_OBJECT (dispatcher), result), ==, 10);
+  g_assert_finalize_object (result);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+/* Data, weak references and signal handlers attached in a callback see the
+ * result go as if it were finalized when the callback returns; the next
+ * result carries none of them. */
+static void
+test_async_result_watched (gconstpointer data)
+{
+  ResultUse use = GPOINTER_TO_INT (data);
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  ResultProbe warm = { USE_FINISH }, watched = { use }, next = { USE_FINISH };
+
+  /* A spare result first, so that the watched request gets a reused one. */
+  probe_request (dispatcher, &warm, 1);
+  probe_request (dispatcher, &watched, 2);
+  g_assert_true (watched.seen == warm.seen);
+  g_assert_cmpint (watched.value, ==, 2);
+
+  if (use == USE_WEAK_POINTER)
+    {
+      GObject *object = g_weak_ref_get (&watched.weak);
+
+      g_assert_null (object);
+      g_weak_ref_clear (&watched.weak);
+    }
+  else
+    g_assert_cmpint (g_atomic_int_get (&watched.released), ==, 1);
+
+  probe_request (dispatcher, &next, 3);
+  g_assert_cmpint (next.value, ==, 3);
+  g_assert_cmpint (g_atomic_int_get (&watched.released), ==, use == USE_WEAK_POINTER ? 0 : 1);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
 /* Main --------------------------------------------------------------------- */
 
 int
@@ -2662,6 +2886,12 @@ main (int argc, char *argv[])
 {
   g_test_init (&argc, &argv, NULL);
 
+  g_test_add_func ("/spark/dispatcher/async-result/recycled", test_async_result_recycled);
+  g_test_add_func ("/spark/dispatcher/async-result/kept", test_async_result_kept);
+  g_test_add_data_func ("/spark/dispatcher/async-result/watched/data", GINT_TO_POINTER (USE_DATA), test_async_result_watched);
+  g_test_add_data_func ("/spark/dispatcher/async-result/watched/weak-ref", GINT_TO_POINTER (USE_WEAK_REF), test_async_result_watched);
+  g_test_add_data_func ("/spark/dispatcher/async-result/watched/weak-pointer", GINT_TO_POINTER (USE_WEAK_POINTER), test_async_result_watched);
+  g_test_add_data_func ("/spark/dispatcher/async-result/watched/signal", GINT_TO_POINTER (USE_SIGNAL), test_async_result_watched);
   add_via_tests ("request/reply", test_request_reply, FALSE);
   add_via_tests ("request/caller-context", test_request_context, TRUE);
   add_via_tests ("request/same-context", test_request_same_context, TRUE);

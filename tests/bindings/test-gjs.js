@@ -280,6 +280,36 @@ test('sync-handler/request-async', async () => {
     await shutdown(server);
 });
 
+test('sync-handler/kept-async-results-stay-valid', async () => {
+    // Results kept by callbacks are finished later, after other requests
+    // reused the results nobody kept.
+    const server = Spark.ModuleServer.new(new Recorder());
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    const kept = [];
+    const finished = [];
+
+    await new Promise(resolve => {
+        const done = () => {
+            if (kept.length === 5 && finished.length === 5)
+                resolve();
+        };
+        for (let i = 0; i < 10; i++) {
+            dispatcher.request_async('Echo', new GLib.Variant('u', i), null, null, (source, result) => {
+                if (i % 2 === 0)
+                    kept.push(result);
+                else
+                    finished.push(source.request_finish(result).unpack());
+                done();
+            });
+        }
+    });
+    assertEqual(finished, [1, 3, 5, 7, 9]);
+    assertEqual(kept.reverse().map(result => dispatcher.request_finish(result).unpack()), [8, 6, 4, 2, 0]);
+
+    await shutdown(server);
+});
+
 test('sync-handler/on-explicit-default-context', async () => {
     const server = Spark.ModuleServer.new(new Recorder());
     server.start(GLib.MainContext.default());

@@ -262,6 +262,50 @@ def thread_handler_request_async():
 
 
 @test
+def kept_async_results_stay_valid():
+    """Results a callback keeps (or marks) are finished later, after other
+    requests reused the results nobody kept; one with a weak reference goes
+    away when its callback returns."""
+    handler = Recorder()
+    server = Spark.ModuleServer.new(handler)
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    kept = []
+    marked = []
+    finished = []
+    gone = []
+
+    def keep(source, result):
+        kept.append(result)
+
+    def mark(source, result):
+        # An attribute on the wrapper ties the wrapper to the object.
+        result.mark = len(marked)
+        marked.append(result.mark)
+        finished.append(source.request_finish(result).unpack())
+
+    def watch(source, result):
+        result.weak_ref(lambda: gone.append(True))
+        finished.append(source.request_finish(result).unpack())
+
+    for i in range(5):
+        dispatcher.request_async('Echo', GLib.Variant('u', i), None, None, keep)
+    wait_for(lambda: len(kept) == 5)
+    for i in range(5, 10):
+        dispatcher.request_async('Echo', GLib.Variant('u', i), None, None, mark)
+    dispatcher.request_async('Echo', GLib.Variant('u', 10), None, None, watch)
+    wait_for(lambda: len(finished) == 6)
+    assert finished == list(range(5, 11)), finished
+    assert marked == list(range(5))
+    assert gone == [True]
+
+    assert len(set(id(result) for result in kept)) == 5
+    assert [dispatcher.request_finish(result).unpack() for result in reversed(kept)] == [4, 3, 2, 1, 0]
+
+    shutdown(server)
+
+
+@test
 def main_context_handler_request_async():
     """A Python handler on the main context, served while the main loop runs."""
     handler = Recorder()
