@@ -512,7 +512,8 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (name, g_steal_pointer (&params)),
+                                     spark_message_new_command (&self->mailbox->command_blocks, name,
+                                                                g_steal_pointer (&params)),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
 }
 
@@ -550,7 +551,8 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (name, g_steal_pointer (&params)),
+                                     spark_message_new_command (&self->mailbox->command_blocks, name,
+                                                                g_steal_pointer (&params)),
                                      SPARK_POST_TRY, NULL, NULL, error);
 }
 
@@ -603,7 +605,8 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
       g_task_return_error (task, error);
     }
   else if (!spark_mailbox_post_command (self->mailbox,
-                                        spark_message_new_command (name, g_steal_pointer (&params)),
+                                        spark_message_new_command (&self->mailbox->command_blocks, name,
+                                                                g_steal_pointer (&params)),
                                         SPARK_POST_ASYNC, cancellable, task, &error))
     g_task_return_error (task, error);
 }

@@ -54,6 +54,7 @@ struct _SparkMailbox
   char               server_line[64];
   gint               n_taken;            /* atomic: taken by the server, not handled yet */
   gint               aborting;           /* atomic */
+  SparkCommandBlocks command_blocks;     /* handed back by the server, taken by senders */
 };
 
 SparkMailbox *spark_mailbox_new              (void);

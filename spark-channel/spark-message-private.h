@@ -124,9 +124,28 @@ spark_message_get_name (const SparkMessage *msg)
   return (const char *) &msg->kind + 1;
 }
 
-/* Both take @parameters (transfer full, not floating, nullable). */
-SparkMessage    *spark_message_new_command         (const char       *name,
+/* Command blocks on their way back from a server to the threads that send
+ * to it (see spark-message.c). One per mailbox: @returned is shared, the
+ * rest belongs to the server's thread. */
+#define SPARK_COMMAND_CLASSES 2
+
+typedef struct
+{
+  SparkMessage *returned[SPARK_COMMAND_CLASSES];   /* atomic: a chain for senders to take whole */
+  SparkMessage *freed[SPARK_COMMAND_CLASSES];      /* the server: collected since the last hand-back */
+  guint         n_freed[SPARK_COMMAND_CLASSES];    /* the server */
+} SparkCommandBlocks;
+
+/* Both take @parameters (transfer full, not floating, nullable). @blocks
+ * (nullable) is where spare command blocks may be taken from. */
+SparkMessage    *spark_message_new_command         (SparkCommandBlocks *blocks,
+                                                    const char       *name,
                                                     GVariant         *parameters);
+/* By the server's thread, for a command it is done with. */
+void             spark_message_recycle_command     (SparkCommandBlocks *blocks,
+                                                    SparkMessage     *msg);
+void             spark_command_blocks_hand_back    (SparkCommandBlocks *blocks);
+void             spark_command_blocks_clear        (SparkCommandBlocks *blocks);
 SparkMessage    *spark_message_new_shutdown        (void);
 void             spark_message_free                (SparkMessage     *msg);
 

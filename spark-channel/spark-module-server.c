@@ -435,7 +435,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
         case SPARK_MESSAGE_COMMAND:
           spark_mailbox_release_one (mailbox);
           spark_module_server_handle_command (self, msg);
-          spark_message_free (msg);
+          spark_message_recycle_command (&mailbox->command_blocks, msg);
           break;
 
         case SPARK_MESSAGE_REQUEST:

@@ -968,6 +968,78 @@ test_command_order (void)
   module_free (m);
 }
 
+/* Command blocks come in sizes by name length and are reused once the
+ * server is done with them: names on either side of each size's limit (6
+ * and 22 bytes), sent again and again, arrive whole, with their own
+ * parameters, in order. */
+typedef struct
+{
+  SparkTestLog log;
+  gint         n;        /* atomic */
+} NameLog;
+
+static gboolean
+name_log_command (const char    *name,
+                  GVariant      *parameters,
+                  GCancellable  *cancellable,
+                  gpointer       user_data,
+                  GError       **error)
+{
+  NameLog *names = user_data;
+
+  spark_test_log_append (&names->log, name, parameters);
+  g_atomic_int_inc (&names->n);
+  g_main_context_wakeup (NULL);
+  return TRUE;
+}
+
+static void
+test_command_reused_blocks (void)
+{
+  NameLog names = { 0 };
+  g_autoptr(SparkHandler) handler = NULL;
+  g_autoptr(SparkModuleServer) server = NULL;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GString) expected = g_string_new (NULL);
+  g_autoptr(GError) error = NULL;
+  g_autofree char *log = NULL;
+  const guint max_len = 30;
+  const guint rounds = 40;
+  gint sent = 0;
+
+  spark_test_log_init (&names.log);
+  handler = spark_func_handler_new (NULL, name_log_command, &names, NULL);
+  server = spark_module_server_new (handler);
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  for (guint round = 0; round < rounds; round++)
+    {
+      for (guint len = 1; len <= max_len; len++)
+        {
+          g_autofree char *name = g_strnfill (len, (char) ('a' + (round + len) % 26));
+
+          g_assert_true (spark_dispatcher_send_command (dispatcher, name, g_variant_new_int32 (sent), NULL, &error));
+          g_assert_no_error (error);
+          g_string_append_printf (expected, "%s%s:%d", expected->len > 0 ? " " : "", name, sent);
+          sent++;
+        }
+
+      /* Every other round, let the server catch up, so that later rounds
+       * get the blocks it handed back. */
+      if (round % 2 == 1)
+        spark_test_wait_count (NULL, &names.n, sent);
+    }
+
+  spark_test_wait_count (NULL, &names.n, sent);
+  log = spark_test_log_dup (&names.log);
+  g_assert_cmpstr (log, ==, expected->str);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_log_clear (&names.log);
+}
+
 /* A failing command does not reach its sender: it goes to command-failed. */
 static void
 test_command_failure_signal (void)
@@ -2909,6 +2981,7 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/dispatcher/command/try-send", test_command_try_send);
   g_test_add_func ("/spark/dispatcher/command/async", test_command_async);
   g_test_add_func ("/spark/dispatcher/command/order", test_command_order);
+  g_test_add_func ("/spark/dispatcher/command/reused-blocks", test_command_reused_blocks);
   g_test_add_func ("/spark/dispatcher/command/failure-signal", test_command_failure_signal);
   g_test_add_func ("/spark/dispatcher/command/failure-warning", test_command_failure_warning);
   g_test_add_func ("/spark/dispatcher/command/cancelled-before", test_command_cancelled_before);
