@@ -131,9 +131,14 @@ spark_message_get_name (const SparkMessage *msg)
 
 typedef struct
 {
-  SparkMessage *returned[SPARK_COMMAND_CLASSES];   /* atomic: a chain for senders to take whole */
   SparkMessage *freed[SPARK_COMMAND_CLASSES];      /* the server: collected since the last hand-back */
   guint         n_freed[SPARK_COMMAND_CLASSES];    /* the server */
+
+  /* On a cache line of its own: senders with an empty cache read it on
+   * every send, and must not pull the server's counters along. */
+  char          senders_line[64];
+  SparkMessage *returned[SPARK_COMMAND_CLASSES];   /* atomic: a chain for senders to take whole */
+  char          senders_line_end[64 - SPARK_COMMAND_CLASSES * sizeof (SparkMessage *)];
 } SparkCommandBlocks;
 
 /* Both take @parameters (transfer full, not floating, nullable). @blocks
