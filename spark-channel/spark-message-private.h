@@ -132,12 +132,14 @@ spark_message_get_name (const SparkMessage *msg)
 typedef struct
 {
   SparkMessage *freed[SPARK_COMMAND_CLASSES];      /* the server: collected since the last hand-back */
+  SparkMessage *freed_tail[SPARK_COMMAND_CLASSES]; /* the server */
   guint         n_freed[SPARK_COMMAND_CLASSES];    /* the server */
+  guint         n_returned[SPARK_COMMAND_CLASSES]; /* the server: in @returned, if it is not NULL */
 
   /* On a cache line of its own: senders with an empty cache read it on
    * every send, and must not pull the server's counters along. */
   char          senders_line[64];
-  SparkMessage *returned[SPARK_COMMAND_CLASSES];   /* atomic: a chain for senders to take whole */
+  SparkMessage *returned[SPARK_COMMAND_CLASSES];   /* atomic: a stack for senders to take whole */
   char          senders_line_end[64 - SPARK_COMMAND_CLASSES * sizeof (SparkMessage *)];
 } SparkCommandBlocks;
 

@@ -156,12 +156,13 @@ static void spark_request_deliver_on_port (SparkPortItem *item);
  * pay for that: its per-thread cache never refills from the other thread's
  * frees (perf put a third of a sender's time in _int_malloc). So command
  * blocks of the two usual sizes go back. The server collects the commands
- * it is done with into a chain per size and hands the chain to the mailbox
- * (one compare-and-swap, once the previous chain was taken); a sender
- * whose thread's cache is empty takes a whole chain at once (one exchange).
- * Taking only whole chains keeps the hand-over free of the ABA problem.
- * Memory stays bounded: the server collects at most COMMAND_KEEP_MAX blocks
- * per size, and a thread's cache is refilled only when it is empty.
+ * it is done with into a chain per size and pushes the chain onto a stack
+ * in the mailbox (one compare-and-swap per chain); a sender whose thread's
+ * cache is empty takes the whole stack at once (one exchange). Senders
+ * only ever take the whole stack, which keeps it free of the ABA problem.
+ * Memory stays bounded: per size, the server collects at most
+ * COMMAND_KEEP_MAX blocks, the stack holds at most COMMAND_RETURNED_MAX,
+ * and a thread's cache is refilled only when it is empty.
  *
  * Like GSlice, both are off with G_SLICE=always-malloc, so that valgrind
  * and the sanitizers see every block; SPARK_POOLS=1 turns them back on
@@ -174,6 +175,7 @@ static void spark_request_deliver_on_port (SparkPortItem *item);
 #define COMMAND_NAME_OFFSET (G_STRUCT_OFFSET (SparkMessage, kind) + 1)
 #define COMMAND_CHAIN       64    /* hand a chain back once it is this long */
 #define COMMAND_KEEP_MAX    256   /* blocks per size the server collects at most */
+#define COMMAND_RETURNED_MAX 1024 /* blocks per size waiting for senders at most */
 
 /* Block sizes: a 24-byte message holds names of up to 6 bytes (a 32-byte
  * malloc chunk), a 40-byte one names of up to 22 (48). */
@@ -332,20 +334,38 @@ spark_message_new_command (SparkCommandBlocks *blocks,
   return msg;
 }
 
+/* Pushes what the server collected onto the stack senders take from, as
+ * long as the stack stays within COMMAND_RETURNED_MAX blocks. Only the
+ * server pushes and senders only take the whole stack, so a stack found
+ * non-empty is the one the server pushed last, n_returned blocks deep. */
 static void
 command_blocks_hand_back_class (SparkCommandBlocks *blocks,
                                 gint                klass)
 {
-  if (blocks->freed[klass] != NULL &&
-      g_atomic_pointer_compare_and_exchange (&blocks->returned[klass], NULL, blocks->freed[klass]))
+  SparkMessage *chain = blocks->freed[klass];
+  SparkMessage *old;
+  guint depth;
+
+  if (chain == NULL)
+    return;
+
+  do
     {
-      blocks->freed[klass] = NULL;
-      blocks->n_freed[klass] = 0;
+      old = g_atomic_pointer_get (&blocks->returned[klass]);
+      depth = (old != NULL ? blocks->n_returned[klass] : 0) + blocks->n_freed[klass];
+      if (depth > COMMAND_RETURNED_MAX)
+        return;   /* senders are not taking: keep collecting, up to COMMAND_KEEP_MAX */
+      blocks->freed_tail[klass]->next = old;
     }
+  while (!g_atomic_pointer_compare_and_exchange (&blocks->returned[klass], old, chain));
+
+  blocks->n_returned[klass] = depth;
+  blocks->freed[klass] = NULL;
+  blocks->freed_tail[klass] = NULL;
+  blocks->n_freed[klass] = 0;
 }
 
-/* By the server's thread: offers what it collected to the senders, unless
- * they have not taken the previous chain yet. */
+/* By the server's thread: offers what it collected to the senders. */
 void
 spark_command_blocks_hand_back (SparkCommandBlocks *blocks)
 {
@@ -372,6 +392,8 @@ spark_message_recycle_command (SparkCommandBlocks *blocks,
     }
 
   msg->next = blocks->freed[klass];
+  if (msg->next == NULL)
+    blocks->freed_tail[klass] = msg;
   blocks->freed[klass] = msg;
   if (++blocks->n_freed[klass] >= COMMAND_CHAIN)
     command_blocks_hand_back_class (blocks, klass);
@@ -385,7 +407,9 @@ spark_command_blocks_clear (SparkCommandBlocks *blocks)
     {
       free_chain (g_atomic_pointer_exchange (&blocks->returned[klass], NULL));
       free_chain (g_steal_pointer (&blocks->freed[klass]));
+      blocks->freed_tail[klass] = NULL;
       blocks->n_freed[klass] = 0;
+      blocks->n_returned[klass] = 0;
     }
 }
 
