@@ -202,6 +202,7 @@ gboolean         spark_spin_until                  (SparkSpin          *spin,
                                                     gconstpointer       data);
 void             spark_spin_note_event             (SparkSpin          *spin);
 void             spark_cpu_relax                   (void);
+void             spark_mutex_lock                  (GMutex             *mutex);
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (SparkRequest, spark_request_unref)
 

@@ -107,6 +107,32 @@ spark_cpu_relax (void)
 #endif
 }
 
+/* Locks @mutex, trying for a moment before sleeping. GLib's GMutex goes
+ * to the kernel as soon as it finds the mutex taken: a futex wait for the
+ * one who locks, a futex wake for the one who unlocks. Our hot locks (a
+ * mailbox, a reply port, a sync waiter) are held for a few stores, so a
+ * holder that is running lets go within a few polls; counted with perf,
+ * command_throughput made 380k to 530k futex calls per 2M commands
+ * without this. Taken this way, the lock is never marked contended, so
+ * unlocking needs no wake either. */
+#define MUTEX_SPIN_TRIES 64
+
+void
+spark_mutex_lock (GMutex *mutex)
+{
+  if G_LIKELY (g_mutex_trylock (mutex))
+    return;
+
+  for (guint i = 0; i < MUTEX_SPIN_TRIES; i++)
+    {
+      spark_cpu_relax ();
+      if (g_mutex_trylock (mutex))
+        return;
+    }
+
+  g_mutex_lock (mutex);
+}
+
 static gsize
 spark_name_size (const char *name)
 {
@@ -776,12 +802,12 @@ spark_sync_waiter_wait (SparkSyncWaiter *waiter,
     {
       /* The signaller sets the flag under the mutex: passing through it
        * makes sure it is done with the waiter before we go on. */
-      g_mutex_lock (&waiter->mutex);
+      spark_mutex_lock (&waiter->mutex);
       g_mutex_unlock (&waiter->mutex);
       return;
     }
 
-  g_mutex_lock (&waiter->mutex);
+  spark_mutex_lock (&waiter->mutex);
   while (!g_atomic_int_get (flag))
     {
       waiter->parked = TRUE;
@@ -797,7 +823,7 @@ void
 spark_sync_waiter_signal (SparkSyncWaiter *waiter,
                           gint            *flag)
 {
-  g_mutex_lock (&waiter->mutex);
+  spark_mutex_lock (&waiter->mutex);
   g_atomic_int_set (flag, 1);
   if (waiter->parked)
     g_cond_signal (&waiter->cond);

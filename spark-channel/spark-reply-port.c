@@ -81,7 +81,7 @@ spark_reply_port_dispatch (gpointer data)
     {
       SparkPortItem *batch;
 
-      g_mutex_lock (&port->mutex);
+      spark_mutex_lock (&port->mutex);
       batch = port->head;
       port->head = port->tail = NULL;
       if (batch == NULL)
@@ -241,7 +241,7 @@ spark_reply_port_push (SparkReplyPort *port,
 
   item->next = NULL;
 
-  g_mutex_lock (&port->mutex);
+  spark_mutex_lock (&port->mutex);
   if (port->tail != NULL)
     port->tail->next = item;
   else
