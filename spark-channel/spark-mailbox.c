@@ -46,6 +46,17 @@
  *   signal connection, and (timeout) one entry in the timer thread's queue.
  *   A bounded mailbox adds the mailbox lock on the server side per message
  *   (to admit senders waiting for room in order).
+ *
+ * Counted, not just claimed: tests/test-allocations.c preloads a malloc
+ * counter and sends streams of parameterless messages in bursts of 64. It
+ * asserts fewer than 0.05 allocations per message and typically counts 0
+ * to 0.008 (commands, request_full, request_async, request_sync alike);
+ * with the pools off (SPARK_POOLS=0) a command costs 1.00. When senders
+ * outrun the server for long, the queue holds more commands than the
+ * pools keep and the surplus is malloc'd: command_mpsc reuses 44% of its
+ * blocks, command_throughput 98%. bench/callgrind.sh counts malloc calls
+ * too, but valgrind runs one thread at a time in long stretches, so there
+ * commands show their block as allocated.
  */
 
 #include "config.h"
