@@ -27,10 +27,12 @@
  *     allocations: 0 beyond the caller's GVariant and the handler's reply:
  *                  the request (name and reply type inline) comes from a
  *                  per-thread pool, since it is made and freed on the
- *                  requester's thread (off with G_SLICE=always-malloc)
- *     locks:       1 mailbox lock by the sender, 1 reply-port lock by the
- *                  server; the server's queue lock and the requester's
- *                  port lock are shared by their batches
+ *                  requester's thread (off with G_SLICE=always-malloc
+ *                  unless SPARK_POOLS=1)
+ *     locks:       1 mailbox lock by the sender; the server's queue lock
+ *                  is shared by its batch. The reply goes onto the
+ *                  requester's reply port with one compare-and-swap, and
+ *                  the port takes its whole stack with one exchange
  *     wakeups:     0 or 1 of the server (only if it was idle), 0 or 1 of
  *                  the requester's context (only if its port was idle)
  *     atomics:     the claim (one compare-and-swap), reference counts

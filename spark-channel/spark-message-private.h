@@ -44,7 +44,7 @@ typedef void (*SparkPortDeliverFunc) (SparkPortItem *item);
 
 struct _SparkPortItem
 {
-  SparkPortItem        *next;   /* the port's lock */
+  SparkPortItem        *next;   /* the pusher, until pushed; then the port's dispatch */
   SparkPortDeliverFunc  deliver;
 };
 
