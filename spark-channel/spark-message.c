@@ -290,8 +290,10 @@ request_alloc (gsize size)
     {
       ThreadBlocks *blocks = thread_blocks_get ();
 
+      /* Only the struct needs zeroing: the name and reply type after it
+       * are written whole by the caller. */
       if (blocks->n_requests > 0)
-        return memset (blocks->requests[--blocks->n_requests], 0, REQUEST_BLOCK);
+        return memset (blocks->requests[--blocks->n_requests], 0, sizeof (SparkRequest));
       return g_malloc0 (REQUEST_BLOCK);
     }
 

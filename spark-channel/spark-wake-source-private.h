@@ -22,7 +22,10 @@ typedef struct
   GMainContext *context;                   /* immutable once attached; not a reference */
   gint          ready;                     /* atomic */
   void        (*finalize) (GSource *self); /* immutable, nullable: the owner's */
-  gint          expecting;                 /* atomic: > 0 while a wakeup is expected soon */
+  gint          expecting;                 /* atomic: > 0 while a wakeup is expected soon; then
+                                            * the iterating thread polls the flag for a bounded,
+                                            * adaptive time in prepare() before the context
+                                            * sleeps (the owner counts it) */
   SparkSpin     spin;                      /* the thread iterating the context */
 } SparkWakeSource;
 
@@ -33,16 +36,6 @@ GSource  *spark_wake_source_new    (gsize             struct_size,
 void      spark_wake_source_attach (SparkWakeSource  *self,
                                     GMainContext     *context);
 void      spark_wake_source_wake   (SparkWakeSource  *self);
-
-/* While @expecting is above zero, the iterating thread polls the flag for
- * a bounded, adaptive time in prepare() before the context goes to sleep:
- * a wakeup seen while spinning costs no eventfd round trip. */
-static inline void
-spark_wake_source_expect (SparkWakeSource *self,
-                          gint             delta)
-{
-  g_atomic_int_add (&self->expecting, delta);
-}
 
 /* From its own dispatch: not ready any more, or ready again (to be
  * dispatched in the next iteration, without a wakeup). */
