@@ -2870,20 +2870,23 @@ test_async_result_recycled (void)
   probe_request (first, &a, 1);
   g_assert_cmpint (a.value, ==, 1);
 
-  /* The reused result holds no reference to the dispatcher it served. */
-  g_object_add_weak_pointer (G_OBJECT (first), (gpointer *) &first);
-  g_object_unref (first);
-  g_assert_null (first);
-
   probe_request (second, &b, 2);
   g_assert_cmpint (b.value, ==, 2);
   g_assert_true (b.seen == a.seen);
 
-  probe_request (second, &c, 3);
+  /* The spare result served @first last. */
+  probe_request (first, &c, 3);
   g_assert_cmpint (c.value, ==, 3);
   g_assert_true (c.seen == a.seen);
 
+  /* Once the server's thread is done (it drops its references to the
+   * requests just after replying), only the spare result could still hold
+   * @first: it does not. */
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_add_weak_pointer (G_OBJECT (first), (gpointer *) &first);
+  g_object_unref (first);
+  g_assert_null (first);
+
   module_free (m);
 }
 
