@@ -109,7 +109,7 @@ spark_async_result_init (SparkAsyncResult *self)
 
 /*
  * spark_async_result_obtain:
- * @pool: (nullable): where a spare result may be taken from
+ * @pool: where a spare result may be taken from
  *
  * Takes @reply and @error (transfer full).
  *
@@ -125,7 +125,7 @@ spark_async_result_obtain (SparkAsyncResultPool *pool,
 {
   SparkAsyncResult *self;
 
-  if (pool != NULL && pool->spare != NULL)
+  if (pool->spare != NULL)
     {
       self = pool->spare;
       pool->spare = self->next_spare;
@@ -162,19 +162,19 @@ spark_async_result_is_untouched (SparkAsyncResult *self)
 
 /*
  * spark_async_result_release:
- * @pool: (nullable): where to keep @self if it can be recycled
+ * @pool: where to keep @self if it can be recycled
  * @self: (transfer full): a result whose callback has returned
  *
- * Drops the caller's reference to @self, keeping the object in @pool when
- * nothing else holds or watches it. What the result still owned (the
- * source object, an unclaimed reply or error, signal handlers) is released
- * now in either case, as finalization would.
+ * Drops the caller's reference to @self. If nothing else holds or watches
+ * it, the object goes to @pool instead of being finalized, and what it
+ * owned (the source object, an unclaimed reply or error, its signal
+ * handlers) is released now, as finalization would.
  */
 void
 spark_async_result_release (SparkAsyncResultPool *pool,
                             SparkAsyncResult     *self)
 {
-  if (pool == NULL || pool->n_spare >= POOL_MAX || !spark_async_result_is_untouched (self))
+  if (pool->n_spare >= POOL_MAX || !spark_async_result_is_untouched (self))
     {
       g_object_unref (self);
       return;

@@ -220,6 +220,16 @@ reply_type_is_valid (const GVariantType *reply_type)
          g_variant_type_string_scan ((const char *) reply_type, NULL, NULL);
 }
 
+/* A command to @self's mailbox, in a block its server may have handed back.
+ * Takes @parameters. */
+static SparkMessage *
+new_command (SparkDispatcher *self,
+             const char      *name,
+             GVariant        *parameters)
+{
+  return spark_message_new_command (&self->mailbox->command_blocks, name, parameters);
+}
+
 static gboolean
 set_closed_error (GError **error)
 {
@@ -512,8 +522,7 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (&self->mailbox->command_blocks, name,
-                                                                g_steal_pointer (&params)),
+                                     new_command (self, name, g_steal_pointer (&params)),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
 }
 
@@ -551,8 +560,7 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return spark_mailbox_post_command (self->mailbox,
-                                     spark_message_new_command (&self->mailbox->command_blocks, name,
-                                                                g_steal_pointer (&params)),
+                                     new_command (self, name, g_steal_pointer (&params)),
                                      SPARK_POST_TRY, NULL, NULL, error);
 }
 
@@ -605,8 +613,7 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
       g_task_return_error (task, error);
     }
   else if (!spark_mailbox_post_command (self->mailbox,
-                                        spark_message_new_command (&self->mailbox->command_blocks, name,
-                                                                g_steal_pointer (&params)),
+                                        new_command (self, name, g_steal_pointer (&params)),
                                         SPARK_POST_ASYNC, cancellable, task, &error))
     g_task_return_error (task, error);
 }

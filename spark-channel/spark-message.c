@@ -735,9 +735,8 @@ spark_request_deliver_on_port (SparkPortItem *item)
 
   if (req->reply_kind == SPARK_REPLY_ASYNC)
     {
-      SparkAsyncResult *result;
-
       SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (req->port);
+      SparkAsyncResult *result;
 
       result = spark_async_result_obtain (pool, req->source_object, spark_dispatcher_request_async,
                                           req->user_data,
