@@ -34,6 +34,8 @@ struct _SparkReplyPort
 
   SparkPortItem  *stack;       /* atomic: pushed items, newest first */
 
+  SparkPortItem  *pending;     /* its dispatch: taken from @stack, oldest first, not delivered yet */
+
   GMainContext   *context;     /* the context it is attached to; not a reference */
 
   SparkAsyncResultPool results; /* its dispatch: spare request_async() results */
@@ -97,38 +99,45 @@ spark_reply_port_dispatch (gpointer data)
 
   /* Deliver until the stack is found empty: items pushed meanwhile join
    * this dispatch, and their pushers find the port ready, so they make no
-   * wakeup. */
+   * wakeup.
+   *
+   * A callback may iterate this context again (a modal dialog, a
+   * sync-over-async helper): the port can recurse, and a nested dispatch
+   * goes on with the same @pending list, so the items taken already are
+   * still delivered first and each exactly once, in order. */
   for (;;)
     {
-      SparkPortItem *batch = g_atomic_pointer_exchange (&port->stack, NULL);
+      SparkPortItem *item = port->pending;
 
-      if (batch == NULL)
+      if (item == NULL)
         {
-          /* Going idle. A pusher that found the port still ready did not
-           * wake it: look once more after clearing the flag. Both are
-           * sequentially consistent, so either the pusher sees the flag
-           * cleared and wakes the context, or this sees its item. */
-          spark_wake_source_set_ready (&port->source, FALSE);
-          if (g_atomic_pointer_get (&port->stack) == NULL)
-            break;
-          spark_wake_source_set_ready (&port->source, TRUE);
+          SparkPortItem *batch = g_atomic_pointer_exchange (&port->stack, NULL);
+
+          if (batch == NULL)
+            {
+              /* Going idle. A pusher that found the port still ready did
+               * not wake it: look once more after clearing the flag. Both
+               * are sequentially consistent, so either the pusher sees the
+               * flag cleared and wakes the context, or this sees its item. */
+              spark_wake_source_set_ready (&port->source, FALSE);
+              if (g_atomic_pointer_get (&port->stack) == NULL)
+                break;
+              spark_wake_source_set_ready (&port->source, TRUE);
+              continue;
+            }
+
+          port->pending = reverse_items (batch);
           continue;
-        }
-
-      batch = reverse_items (batch);
-      while (batch != NULL)
-        {
-          SparkPortItem *item = batch;
-
-          batch = item->next;
-          item->next = NULL;
-          item->deliver (item);
-          delivered++;
         }
 
       /* Still ready: come back after the context's other sources. */
       if (delivered >= PORT_BUDGET)
         break;
+
+      port->pending = item->next;
+      item->next = NULL;
+      item->deliver (item);
+      delivered++;
     }
 
   if (push)
@@ -149,7 +158,7 @@ spark_reply_port_finalize (GSource *source)
 
   /* Every pushed item comes with a reference on the context, so none can
    * be left when the context is finalized. */
-  g_assert (port->stack == NULL);
+  g_assert (port->stack == NULL && port->pending == NULL);
   spark_async_result_pool_clear (&port->results);
 }
 
@@ -179,6 +188,8 @@ spark_reply_port_lookup (GMainContext *context)
       port = (SparkReplyPort *) spark_wake_source_new (sizeof *port, spark_reply_port_dispatch,
                                                         spark_reply_port_finalize, "[spark] replies");
       port->context = context;
+      /* Nested iterations of the context deliver too (GTask semantics). */
+      g_source_set_can_recurse ((GSource *) port, TRUE);
       spark_wake_source_attach (&port->source, context);
       g_hash_table_insert (ports, context, port);
     }
@@ -250,6 +261,25 @@ spark_reply_port_unref (SparkReplyPort *port)
 
   if (g_atomic_int_dec_and_test (&port->source.expecting))
     g_main_context_unref (context);
+}
+
+/* Whether outcomes are on their way to @context's port: requests made on
+ * that context (and waits for room) that have not been delivered yet. A
+ * server's thread goes on iterating its context after the server stopped
+ * until this is FALSE, so that nothing it asked for is lost. */
+gboolean
+spark_reply_port_context_is_expecting (GMainContext *context)
+{
+  SparkReplyPort *port;
+  gboolean expecting = FALSE;
+
+  G_LOCK (ports);
+  port = ports != NULL ? g_hash_table_lookup (ports, context) : NULL;
+  if (port != NULL && !g_source_is_destroyed ((GSource *) port))
+    expecting = g_atomic_int_get (&port->source.expecting) > 0;
+  G_UNLOCK (ports);
+
+  return expecting;
 }
 
 /* For an item's deliver function, from the port's dispatch only. */

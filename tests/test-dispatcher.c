@@ -2956,6 +2956,222 @@ test_async_result_watched (gconstpointer data)
 
 /* Main --------------------------------------------------------------------- */
 
+/* Nested main loops ----------------------------------------------------------
+ *
+ * A reply callback that runs a main loop of its own on the same context (a
+ * modal dialog, a sync-over-async helper) still receives replies, as it
+ * would with GTask: each level sends the next request and iterates until
+ * its reply came. A guard timeout makes a lost reply a failure, not a
+ * hang. */
+
+#define NEST_MAX 3
+
+typedef struct _Nest Nest;
+
+typedef struct
+{
+  Nest *nest;
+  gint  level;
+} NestStep;
+
+struct _Nest
+{
+  SparkDispatcher *dispatcher;
+  Via              via;
+  gint             depth;            /* nested loops wanted */
+  gint             stuck;            /* atomic: the guard fired */
+  gint             deepest;          /* the deepest loop that got its reply */
+  Outcome          outcomes[NEST_MAX + 1];
+  NestStep         steps[NEST_MAX + 1];
+};
+
+static gboolean
+set_flag_cb (gpointer data)
+{
+  g_atomic_int_set ((gint *) data, TRUE);
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterates the thread-default context until *@flag is set, or for at most
+ * 30 s, then sets *@stuck. */
+static void
+wait_flag_or_give_up (gint *flag,
+                      gint *stuck)
+{
+  GSource *guard = g_timeout_source_new_seconds (30);
+
+  g_source_set_callback (guard, set_flag_cb, stuck, NULL);
+  g_source_attach (guard, g_main_context_get_thread_default ());
+
+  while (!g_atomic_int_get (flag) && !g_atomic_int_get (stuck))
+    g_main_context_iteration (NULL, TRUE);
+
+  g_source_destroy (guard);
+  g_source_unref (guard);
+}
+
+static void nest_send (Nest *nest,
+                       gint  level);
+
+static void
+nest_deeper (NestStep *step)
+{
+  Nest *nest = step->nest;
+  gint next = step->level + 1;
+
+  if (step->level >= nest->depth || g_atomic_int_get (&nest->stuck))
+    return;
+
+  nest_send (nest, next);
+  wait_flag_or_give_up (&nest->outcomes[next].done, &nest->stuck);
+  if (g_atomic_int_get (&nest->outcomes[next].done))
+    nest->deepest = MAX (nest->deepest, next);
+}
+
+static void
+nest_async_cb (GObject      *source,
+               GAsyncResult *result,
+               gpointer      user_data)
+{
+  NestStep *step = user_data;
+
+  outcome_async_cb (source, result, &step->nest->outcomes[step->level]);
+  nest_deeper (step);
+}
+
+static void
+nest_full_cb (GVariant     *reply,
+              const GError *error,
+              gpointer      user_data)
+{
+  NestStep *step = user_data;
+
+  outcome_full_cb (reply, error, &step->nest->outcomes[step->level]);
+  nest_deeper (step);
+}
+
+static void
+nest_send (Nest *nest,
+           gint  level)
+{
+  NestStep *step = &nest->steps[level];
+
+  step->nest = nest;
+  step->level = level;
+
+  if (nest->via == VIA_ASYNC)
+    spark_dispatcher_request_async (nest->dispatcher, "echo", g_variant_new_int32 (level), NULL, NULL,
+                                    nest_async_cb, step);
+  else
+    spark_dispatcher_request_full (nest->dispatcher, "echo", g_variant_new_int32 (level), NULL, NULL,
+                                   nest_full_cb, step, NULL);
+  g_atomic_int_set (&nest->outcomes[level].returned, TRUE);
+}
+
+static void
+check_nested_loop (Via  via,
+                   gint depth)
+{
+  Module *m = module_new ();
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Nest nest = { 0 };
+
+  nest.dispatcher = dispatcher;
+  nest.via = via;
+  nest.depth = depth;
+
+  nest_send (&nest, 0);
+  wait_flag_or_give_up (&nest.outcomes[0].done, &nest.stuck);
+
+  g_assert_false (g_atomic_int_get (&nest.stuck));
+  g_assert_cmpint (nest.deepest, ==, depth);
+  for (gint level = 0; level <= depth; level++)
+    {
+      g_assert_cmpint (g_atomic_int_get (&nest.outcomes[level].done), ==, 1);
+      assert_outcome_int32 (&nest.outcomes[level], level);
+      outcome_clear (&nest.outcomes[level]);
+    }
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  module_free (m);
+}
+
+static void
+test_nested_loop_async (gconstpointer data)
+{
+  check_nested_loop (VIA_ASYNC, GPOINTER_TO_INT (data));
+}
+
+static void
+test_nested_loop_full (gconstpointer data)
+{
+  check_nested_loop (VIA_FULL, GPOINTER_TO_INT (data));
+}
+
+typedef struct
+{
+  Module          *blocked;      /* the full server's module */
+  SparkDispatcher *full;         /* to the full server */
+  gint             stuck;        /* atomic */
+  Outcome          outer;
+  Outcome          command;
+} RoomNest;
+
+static void
+room_nest_cb (GVariant     *reply,
+              const GError *error,
+              gpointer      user_data)
+{
+  RoomNest *r = user_data;
+
+  outcome_record (&r->outer, reply, error);
+
+  /* Waits for room, which comes once the blocked handler returns. */
+  spark_dispatcher_send_command_async (r->full, "log", g_variant_new_int32 (2), NULL,
+                                       outcome_command_cb, &r->command);
+  g_atomic_int_set (&r->command.returned, TRUE);
+  spark_test_gate_open (&r->blocked->gate);
+  wait_flag_or_give_up (&r->command.done, &r->stuck);
+}
+
+/* send_command_async that waited for room completes in a nested loop. */
+static void
+test_nested_loop_room (void)
+{
+  Module *blocked = module_new ();
+  Module *m = module_new ();
+  g_autoptr(SparkDispatcher) full = NULL;
+  Outcome blocker = { 0 };
+  g_autoptr(SparkModuleServer) full_server = full_server_new (blocked, 1, &full, &blocker);
+  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
+  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  RoomNest r = { 0 };
+
+  r.blocked = blocked;
+  r.full = full;
+
+  spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (1), NULL, NULL,
+                                 room_nest_cb, &r, NULL);
+  g_atomic_int_set (&r.outer.returned, TRUE);
+  wait_flag_or_give_up (&r.outer.done, &r.stuck);
+
+  g_assert_false (g_atomic_int_get (&r.stuck));
+  assert_outcome_int32 (&r.outer, 1);
+  g_assert_cmpint (g_atomic_int_get (&r.command.done), ==, 1);
+  g_assert_no_error (r.command.error);
+
+  release_blocker (blocked, &blocker);
+  spark_test_wait_count (NULL, &blocked->n_commands, 2);
+  spark_test_shutdown (full_server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (blocked, "block-ignore log:1 log:2");
+  outcome_clear (&r.outer);
+  outcome_clear (&r.command);
+  module_free (blocked);
+  module_free (m);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -3027,6 +3243,15 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/dispatcher/threads/many", test_threads_many);
   g_test_add_func ("/spark/dispatcher/dropped/in-flight", test_dropped_in_flight);
   g_test_add_func ("/spark/dispatcher/shutdown/token", test_shutdown_token);
+  for (gint depth = 1; depth <= NEST_MAX; depth++)
+    {
+      g_autofree char *async_path = g_strdup_printf ("/spark/dispatcher/nested-loop/async/%d", depth);
+      g_autofree char *full_path = g_strdup_printf ("/spark/dispatcher/nested-loop/full/%d", depth);
+
+      g_test_add_data_func (async_path, GINT_TO_POINTER (depth), test_nested_loop_async);
+      g_test_add_data_func (full_path, GINT_TO_POINTER (depth), test_nested_loop_full);
+    }
+  g_test_add_func ("/spark/dispatcher/nested-loop/room", test_nested_loop_room);
 
   return g_test_run ();
 }
