@@ -473,6 +473,7 @@ spark_dispatcher_request_sync (SparkDispatcher     *self,
   else
     reply = g_steal_pointer (&req->reply);
 
+  spark_request_release_requester (req);
   spark_request_unref (req);
 
   return reply;

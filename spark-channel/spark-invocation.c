@@ -175,20 +175,19 @@ void
 spark_invocation_return_value (SparkInvocation *self,
                                GVariant        *reply)
 {
-  g_return_if_fail (SPARK_IS_INVOCATION (self));
-  g_return_if_fail (reply != NULL);
-
   /* Transfer none, like g_dbus_method_invocation_return_value(): a
-   * floating reply is consumed, a real one gets a reference of ours. */
-  g_variant_ref_sink (reply);
+   * floating reply is consumed, a real one gets a reference of ours.
+   * Sunk before the checks, as every dispatcher entry point does, so that
+   * a programmer error does not leak it either. */
+  g_autoptr(GVariant) owned = reply ? g_variant_ref_sink (reply) : NULL;
+
+  g_return_if_fail (SPARK_IS_INVOCATION (self));
+  g_return_if_fail (owned != NULL);
 
   if (!spark_invocation_claim (self))
-    {
-      g_variant_unref (reply);
-      return;
-    }
+    return;
 
-  spark_request_return_reply (self->req, reply, NULL);
+  spark_request_return_reply (self->req, g_steal_pointer (&owned), NULL);
 }
 
 /**

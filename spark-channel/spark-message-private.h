@@ -177,6 +177,7 @@ gboolean         spark_request_return_reply        (SparkRequest     *req,
                                                     GError           *error);
 void             spark_request_arm                 (SparkRequest     *req);
 void             spark_request_disarm              (SparkRequest     *req);
+void             spark_request_release_requester   (SparkRequest     *req);
 GCancellable    *spark_request_get_handler_cancellable (SparkRequest *req);
 
 SparkSyncWaiter *spark_sync_waiter_get             (void);
@@ -190,6 +191,7 @@ SparkReplyPort  *spark_reply_port_ref              (SparkReplyPort   *port);
 void             spark_reply_port_unref            (SparkReplyPort   *port);
 void             spark_reply_port_push             (SparkReplyPort   *port,
                                                     SparkPortItem    *item);
+gboolean         spark_reply_port_context_is_expecting (GMainContext *context);
 struct _SparkAsyncResultPool *
                  spark_reply_port_get_result_pool  (SparkReplyPort   *port);
 

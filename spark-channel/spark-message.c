@@ -753,7 +753,31 @@ spark_request_deliver_on_port (SparkPortItem *item)
         req->destroy (req->user_data);
     }
 
+  spark_request_release_requester (req);
   spark_request_unref (req);
+}
+
+/*
+ * spark_request_release_requester:
+ *
+ * Drops what @req holds for its requester (the dispatcher, the
+ * requester's cancellable, the hold on its reply port and with it the
+ * context), once its outcome has been delivered: an invocation the handler
+ * keeps may hold the request much longer, and must not keep those alive,
+ * nor the context spinning for an outcome that is not coming.
+ */
+void
+spark_request_release_requester (SparkRequest *req)
+{
+  g_assert (g_atomic_int_get (&req->claimed));
+
+  g_clear_object (&req->source_object);
+  g_clear_object (&req->cancellable);
+  g_clear_pointer (&req->port, spark_reply_port_unref);
+  req->callback = NULL;
+  req->reply_func = NULL;
+  req->user_data = NULL;
+  req->destroy = NULL;
 }
 
 /* Sync waiters ----------------------------------------------------------- */

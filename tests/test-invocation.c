@@ -824,6 +824,153 @@ test_holds_nothing (void)
   spark_test_outcome_clear (&aborted);
 }
 
+/* Nor does it hold anything of its requester once the request has ended:
+ * not the dispatcher, the requester's cancellable or its main context
+ * (which a hold would also keep spinning for an outcome that is not
+ * coming). */
+typedef enum {
+  REQUESTER_ASYNC,
+  REQUESTER_FULL,
+  REQUESTER_SYNC,
+} Requester;
+
+typedef struct
+{
+  SparkDispatcher *dispatcher;
+  GCancellable    *cancellable;
+  GVariant        *reply;
+  GError          *error;
+  gint             done;         /* atomic */
+} RequesterCall;
+
+static void
+requester_async_cb (GObject      *source,
+                    GAsyncResult *result,
+                    gpointer      user_data)
+{
+  RequesterCall *call = user_data;
+
+  call->reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &call->error);
+  g_atomic_int_set (&call->done, TRUE);
+}
+
+static void
+requester_full_cb (GVariant     *reply,
+                   const GError *error,
+                   gpointer      user_data)
+{
+  RequesterCall *call = user_data;
+
+  call->reply = reply ? g_variant_ref (reply) : NULL;
+  call->error = error ? g_error_copy (error) : NULL;
+  g_atomic_int_set (&call->done, TRUE);
+}
+
+static gpointer
+requester_sync_thread (gpointer data)
+{
+  RequesterCall *call = data;
+
+  call->reply = spark_dispatcher_request_sync (call->dispatcher, "kept", NULL, NULL,
+                                               call->cancellable, &call->error);
+  g_atomic_int_set (&call->done, TRUE);
+  return NULL;
+}
+
+static gboolean
+never_cb (gpointer data)
+{
+  g_assert_not_reached ();
+  return G_SOURCE_REMOVE;
+}
+
+static void
+set_flag_notify (gpointer data)
+{
+  g_atomic_int_set ((gint *) data, TRUE);
+}
+
+static void
+test_holds_no_requester (gconstpointer data)
+{
+  Requester requester = GPOINTER_TO_INT (data);
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
+  GMainContext *context = g_main_context_new ();
+  GSource *witness = g_timeout_source_new_seconds (3600);
+  RequesterCall call = { NULL, NULL, NULL, NULL, 0 };
+  SparkInvocation *invocation;
+  GThread *thread = NULL;
+  gpointer weak_dispatcher;
+  gpointer weak_cancellable;
+  gint context_gone = FALSE;
+  GError *error = NULL;
+
+  /* The context's sources are destroyed when it is finalized. */
+  g_source_set_callback (witness, never_cb, &context_gone, set_flag_notify);
+  g_source_attach (witness, context);
+  g_source_unref (witness);
+
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+  call.dispatcher = spark_module_server_create_dispatcher (server);
+  call.cancellable = g_cancellable_new ();
+  weak_dispatcher = call.dispatcher;
+  weak_cancellable = call.cancellable;
+  g_object_add_weak_pointer (G_OBJECT (call.dispatcher), &weak_dispatcher);
+  g_object_add_weak_pointer (G_OBJECT (call.cancellable), &weak_cancellable);
+
+  g_main_context_push_thread_default (context);
+  if (requester == REQUESTER_ASYNC)
+    spark_dispatcher_request_async (call.dispatcher, "kept", NULL, NULL, call.cancellable,
+                                    requester_async_cb, &call);
+  else if (requester == REQUESTER_FULL)
+    spark_dispatcher_request_full (call.dispatcher, "kept", NULL, NULL, call.cancellable,
+                                   requester_full_cb, &call, NULL);
+  else
+    thread = g_thread_new ("requester", requester_sync_thread, &call);
+
+  spark_test_wait_count (g_main_context_default (), &handler->n_received, 1);
+  invocation = spark_test_invocation_handler_pop (handler);
+  g_assert_nonnull (invocation);
+  spark_invocation_return_value (invocation, g_variant_new_int32 (5));
+
+  if (thread != NULL)
+    g_thread_join (thread);
+  else
+    spark_test_wait_flag (context, &call.done);
+  g_main_context_pop_thread_default (context);
+
+  g_assert_no_error (call.error);
+  g_assert_cmpint (g_variant_get_int32 (call.reply), ==, 5);
+  g_clear_pointer (&call.reply, g_variant_unref);
+
+  /* The request has ended; the handler still keeps its invocation. */
+  g_object_unref (call.dispatcher);
+  g_object_unref (call.cancellable);
+  g_main_context_unref (context);
+  g_assert_null (weak_dispatcher);
+  g_assert_null (weak_cancellable);
+  g_assert_true (g_atomic_int_get (&context_gone));
+
+  g_assert_cmpstr (spark_invocation_get_name (invocation), ==, "kept");
+  g_object_unref (invocation);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (server);
+  g_object_unref (handler);
+}
+
+/* A floating reply is sunk even when the call is a programmer error (run
+ * under valgrind, a leak fails the test). */
+static void
+test_return_value_bad_input (void)
+{
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*SPARK_IS_INVOCATION*");
+  spark_invocation_return_value (NULL, g_variant_new_int32 (1));
+  g_test_assert_expected_messages ();
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -852,6 +999,13 @@ main (int argc, char *argv[])
 #undef ADD
 
   g_test_add_func ("/spark/invocation/holds-nothing", test_holds_nothing);
+  g_test_add_data_func ("/spark/invocation/holds-no-requester/async",
+                        GINT_TO_POINTER (REQUESTER_ASYNC), test_holds_no_requester);
+  g_test_add_data_func ("/spark/invocation/holds-no-requester/full",
+                        GINT_TO_POINTER (REQUESTER_FULL), test_holds_no_requester);
+  g_test_add_data_func ("/spark/invocation/holds-no-requester/sync",
+                        GINT_TO_POINTER (REQUESTER_SYNC), test_holds_no_requester);
+  g_test_add_func ("/spark/invocation/bad-input/floating-reply", test_return_value_bad_input);
 
   return g_test_run ();
 }
