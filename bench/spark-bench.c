@@ -18,6 +18,29 @@
  *                       RSS growth per queued message, with the message's
  *                       own GVariant and without it
  *
+ * and three that report CPU time (of the whole process, every thread:
+ * CLOCK_PROCESS_CPUTIME_ID) next to wall time, for spinning where it
+ * cannot pay off (issue 15):
+ *
+ *   same_context        a server started with spark_module_server_start
+ *                       (server, NULL) on the requester's own main context,
+ *                       10k sequential requests on a GMainLoop, each sent
+ *                       from the previous one's callback: one thread does
+ *                       everything, so nothing can arrive while it spins
+ *   pipeline            three stages, each a server on a thread of its own
+ *                       whose handle_invocation forwards the request to the
+ *                       next stage with request_full and completes its
+ *                       invocation from the reply callback (on the stage's
+ *                       own context); the client keeps 64 of 20k requests
+ *                       in flight to the first stage
+ *   ui_idle_cpu         a main loop with a 60 Hz tick and one request
+ *                       outstanding whose handler replies after 2 s (a
+ *                       timeout on its server's context): the CPU time the
+ *                       process used while waiting. Its "ops" is that delay
+ *                       in ms (--ops changes it, --quick makes it 100 ms).
+ *
+ * Compare these with SPARK_SPIN=0 in the environment (spinning off).
+ *
  * Every workload runs, in the same process and run, spark-channel and two
  * baselines written in plain GLib, so every figure comes with ratios
  * measured side by side:
@@ -52,7 +75,13 @@
  * Options: --quick (small counts: the test suite's smoke test), --workload
  * and --impl (comma-separated names), --ops N, --window N (requests in
  * flight in request_pipelined), --repeat N (each workload N times, its
- * implementations interleaved, medians reported), --json.
+ * implementations interleaved, medians reported), --json, --json-out FILE
+ * (the JSON document written to FILE as well as the usual text output).
+ *
+ * --contended runs everything next to a process that keeps one core busy
+ * (a child that spins on a volatile counter; it is killed at exit, on
+ * SIGINT, SIGTERM and SIGHUP, and by the kernel if this process dies
+ * first: PR_SET_PDEATHSIG). The header of the report says which mode ran.
  *
  * --callgrind runs one workload and one implementation (--workload,
  * --impl, --ops) with no output but a summary line: bench/callgrind.sh runs
@@ -62,10 +91,15 @@
 
 #include <spark-channel.h>
 
+#include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef HAVE_MALLOC_TRIM
@@ -83,12 +117,16 @@ static gint opt_repeat = 1;
 static gint64 opt_ops;
 static gint opt_window = 256;
 static char *opt_queued_child;
+static gboolean opt_contended;
+static char *opt_json_out;
 
 static GOptionEntry entries[] = {
   { "quick", 'q', 0, G_OPTION_ARG_NONE, &opt_quick, "Small counts: a smoke test (the test suite runs this)", NULL },
   { "workload", 'w', 0, G_OPTION_ARG_STRING, &opt_workload, "Run only these workloads (comma-separated)", "NAME[,NAME]" },
   { "impl", 'i', 0, G_OPTION_ARG_STRING, &opt_impl, "Run only these implementations (comma-separated)", "NAME[,NAME]" },
   { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json, "Print the results as JSON", NULL },
+  { "json-out", 0, 0, G_OPTION_ARG_FILENAME, &opt_json_out, "Also write the results as JSON to FILE", "FILE" },
+  { "contended", 'c', 0, G_OPTION_ARG_NONE, &opt_contended, "Keep one core busy with a spinning process while running", NULL },
   { "repeat", 'r', 0, G_OPTION_ARG_INT, &opt_repeat, "Run each workload N times and report the medians", "N" },
   { "ops", 'n', 0, G_OPTION_ARG_INT64, &opt_ops, "Override the number of operations of each workload", "N" },
   { "window", 0, 0, G_OPTION_ARG_INT, &opt_window, "Requests in flight in request_pipelined (default 256)", "N" },
@@ -110,6 +148,17 @@ now_ns (void)
 #else
   return g_get_monotonic_time () * 1000;
 #endif
+}
+
+/* CPU time of the whole process (every thread), user and system. */
+static gint64
+cpu_ns (void)
+{
+  struct timespec ts;
+
+  if (clock_gettime (CLOCK_PROCESS_CPUTIME_ID, &ts) != 0)
+    return 0;
+  return (gint64) ts.tv_sec * G_GINT64_CONSTANT (1000000000) + ts.tv_nsec;
 }
 
 /* Resident set size in bytes, read without allocating. */
@@ -184,6 +233,76 @@ latch_wait (Latch *latch)
   while (!latch->set)
     g_cond_wait (&latch->cond, &latch->mutex);
   g_mutex_unlock (&latch->mutex);
+}
+
+/* Contention: a process that keeps one core busy --------------------------------- */
+
+/* The spinning child, or 0. Read by the signal handler. */
+static volatile sig_atomic_t spinner_pid;
+
+static void
+spinner_stop (void)
+{
+  pid_t pid = (pid_t) spinner_pid;
+
+  if (pid <= 0)
+    return;
+  spinner_pid = 0;
+  kill (pid, SIGKILL);
+  while (waitpid (pid, NULL, 0) < 0 && errno == EINTR)
+    ;
+}
+
+/* SIGINT, SIGTERM, SIGHUP: kill the spinner, then die of the signal. */
+static void
+on_fatal_signal (int signum)
+{
+  pid_t pid = (pid_t) spinner_pid;
+
+  if (pid > 0)
+    kill (pid, SIGKILL);
+  signal (signum, SIG_DFL);
+  raise (signum);
+}
+
+static void
+spinner_start (void)
+{
+  static const int signals[] = { SIGINT, SIGTERM, SIGHUP };
+  struct sigaction action;
+  pid_t parent = getpid ();
+  pid_t pid;
+
+  fflush (stdout);
+  fflush (stderr);
+
+  pid = fork ();
+  if (pid < 0)
+    g_error ("--contended: cannot fork: %s", g_strerror (errno));
+
+  if (pid == 0)
+    {
+      volatile guint64 counter = 0;
+
+      /* Die with the parent, even if it is killed with SIGKILL; if it
+       * died before prctl(), getppid() is no longer the parent. */
+      if (prctl (PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid () != parent)
+        _exit (1);
+      for (;;)
+        counter++;
+    }
+
+  spinner_pid = pid;
+  atexit (spinner_stop);
+
+  memset (&action, 0, sizeof action);
+  action.sa_handler = on_fatal_signal;
+  sigemptyset (&action.sa_mask);
+  for (guint i = 0; i < G_N_ELEMENTS (signals); i++)
+    sigaction (signals[i], &action, NULL);
+
+  /* Let it reach its core before the first measurement. */
+  g_usleep (200 * G_TIME_SPAN_MILLISECOND);
 }
 
 /* The module: the same two functions behind every transport --------------------- */
@@ -288,18 +407,33 @@ typedef struct
   SparkDispatcher   *dispatcher;
 } SparkSide;
 
+/* @in_thread: on a thread of its own, or on the caller's thread-default
+ * context (the requester's own). */
 static void
-spark_side_start (SparkSide  *side,
-                  BenchState *state)
+spark_side_start_full (SparkSide  *side,
+                       BenchState *state,
+                       gboolean    in_thread)
 {
   GError *error = NULL;
+  gboolean started;
 
   side->handler = spark_func_handler_new (bench_request_func, bench_command_func, state, NULL);
   side->server = spark_module_server_new (side->handler);
   spark_module_server_set_name (side->server, "bench-spark");
-  if (!spark_module_server_start_in_thread (side->server, &error))
+  if (in_thread)
+    started = spark_module_server_start_in_thread (side->server, &error);
+  else
+    started = spark_module_server_start (side->server, NULL, &error);
+  if (!started)
     g_error ("Cannot start the server: %s", error->message);
   side->dispatcher = spark_module_server_create_dispatcher (side->server);
+}
+
+static void
+spark_side_start (SparkSide  *side,
+                  BenchState *state)
+{
+  spark_side_start_full (side, state, TRUE);
 }
 
 static void
@@ -453,9 +587,10 @@ floor_send_command (FloorServer *server,
 typedef struct
 {
   GMainContext *context;
-  GMainLoop    *loop;
-  GThread      *thread;
+  GMainLoop    *loop;      /* NULL on the caller's own context */
+  GThread      *thread;    /* NULL on the caller's own context */
   BenchState   *state;
+  guint         delay_ms;  /* requests reply after this long; set before the first */
   Latch         ready;
 } IdiomServer;
 
@@ -512,9 +647,31 @@ idiom_start (IdiomServer *server,
   server->context = g_main_context_new ();
   server->loop = g_main_loop_new (server->context, FALSE);
   server->state = state;
+  server->delay_ms = 0;
   latch_init (&server->ready);
   server->thread = g_thread_new ("bench-idiom", idiom_thread_func, server);
   latch_wait (&server->ready);
+}
+
+/* The server on the caller's thread-default context: requests are handled
+ * by the caller's own main loop. */
+static void
+idiom_start_here (IdiomServer *server,
+                  BenchState  *state)
+{
+  server->context = g_main_context_ref_thread_default ();
+  server->loop = NULL;
+  server->thread = NULL;
+  server->state = state;
+  server->delay_ms = 0;
+  latch_init (&server->ready);
+}
+
+static void
+idiom_stop_here (IdiomServer *server)
+{
+  g_clear_pointer (&server->context, g_main_context_unref);
+  latch_clear (&server->ready);
 }
 
 static gboolean
@@ -556,6 +713,21 @@ idiom_handle_request_cb (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+/* On the server's thread: handles the request after server->delay_ms. */
+static gboolean
+idiom_handle_delayed_cb (gpointer data)
+{
+  GTask *task = data;
+  IdiomCall *call = g_task_get_task_data (task);
+  GSource *source = g_timeout_source_new (call->server->delay_ms);
+
+  g_source_set_callback (source, idiom_handle_request_cb, task, NULL);
+  g_source_attach (source, call->server->context);
+  g_source_unref (source);
+
+  return G_SOURCE_REMOVE;
+}
+
 static void
 idiom_request_async (IdiomServer         *server,
                      const char          *name,
@@ -568,7 +740,9 @@ idiom_request_async (IdiomServer         *server,
   g_task_set_source_tag (task, idiom_request_async);
   g_task_set_name (task, "idiom request");
   g_task_set_task_data (task, idiom_call_new (server, name, parameters), idiom_call_free);
-  g_main_context_invoke (server->context, idiom_handle_request_cb, task);
+  g_main_context_invoke (server->context,
+                         server->delay_ms > 0 ? idiom_handle_delayed_cb : idiom_handle_request_cb,
+                         task);
 }
 
 static GVariant *
@@ -623,6 +797,9 @@ typedef struct
   gboolean    has_bytes;
   double      bytes_per_msg;
   double      variant_bytes;
+  gboolean    has_cpu;
+  double      cpu_ns;          /* CPU time of the process over secs */
+  double      ticks;           /* ui_idle_cpu: main-loop ticks seen */
 } Result;
 
 static int
@@ -1304,6 +1481,391 @@ run_queued_bytes (ImplId   impl,
   result->bytes_per_msg = bytes;
 }
 
+/* CPU time next to wall time ------------------------------------------------------ */
+
+/* A handler that completes its invocations later: it forwards each request
+ * to the next stage of a pipeline, or replies after a delay, or at once
+ * (the last stage). */
+#define BENCH_TYPE_STAGE (bench_stage_get_type ())
+G_DECLARE_FINAL_TYPE (BenchStage, bench_stage, BENCH, STAGE, GObject)
+
+struct _BenchStage
+{
+  GObject          parent_instance;
+
+  SparkDispatcher *next;      /* the next stage's, NULL on the last; set before start */
+  guint            delay_ms;  /* the last stage replies after this long; set before start */
+  guint64          handled;   /* the server's thread; read once every reply arrived */
+};
+
+static void bench_stage_handler_iface_init (SparkHandlerInterface *iface);
+
+G_DEFINE_FINAL_TYPE_WITH_CODE (BenchStage, bench_stage, G_TYPE_OBJECT,
+                               G_IMPLEMENT_INTERFACE (SPARK_TYPE_HANDLER,
+                                                      bench_stage_handler_iface_init))
+
+static void
+bench_stage_dispose (GObject *object)
+{
+  BenchStage *self = BENCH_STAGE (object);
+
+  g_clear_object (&self->next);
+
+  G_OBJECT_CLASS (bench_stage_parent_class)->dispose (object);
+}
+
+static void
+bench_stage_class_init (BenchStageClass *klass)
+{
+  G_OBJECT_CLASS (klass)->dispose = bench_stage_dispose;
+}
+
+static void
+bench_stage_init (BenchStage *self)
+{
+}
+
+/* On the stage's server thread: request_full replies on the thread-default
+ * context of its caller, here the stage's own. */
+static void
+on_stage_reply (GVariant     *reply,
+                const GError *error,
+                gpointer      user_data)
+{
+  SparkInvocation *invocation = user_data;
+
+  /* Not on the client's thread, whose thread-default is the default
+   * context (NULL). */
+  g_assert (g_main_context_get_thread_default () != NULL);
+
+  if (reply != NULL)
+    spark_invocation_return_value (invocation, reply);
+  else
+    spark_invocation_return_gerror (invocation, error);
+  g_object_unref (invocation);
+}
+
+static gboolean
+stage_delayed_reply_cb (gpointer data)
+{
+  SparkInvocation *invocation = data;
+  GVariant *parameters = spark_invocation_get_parameters (invocation);
+
+  spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+bench_stage_handle_invocation (SparkHandler    *handler,
+                               SparkInvocation *invocation)
+{
+  BenchStage *self = BENCH_STAGE (handler);
+  GVariant *parameters = spark_invocation_get_parameters (invocation);
+
+  self->handled++;
+
+  if (self->next != NULL)
+    spark_dispatcher_request_full (self->next, spark_invocation_get_name (invocation), parameters,
+                                   NULL, NULL, on_stage_reply, g_object_ref (invocation), NULL);
+  else if (self->delay_ms > 0)
+    {
+      GSource *source = g_timeout_source_new (self->delay_ms);
+
+      g_source_set_callback (source, stage_delayed_reply_cb, g_object_ref (invocation), g_object_unref);
+      g_source_attach (source, g_main_context_get_thread_default ());
+      g_source_unref (source);
+    }
+  else
+    spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
+}
+
+static void
+bench_stage_handler_iface_init (SparkHandlerInterface *iface)
+{
+  iface->handle_invocation = bench_stage_handle_invocation;
+}
+
+/* A BenchStage behind a server on a thread of its own; stop it with
+ * spark_side_stop(). */
+static void
+stage_side_start (SparkSide       *side,
+                  const char      *name,
+                  SparkDispatcher *next,
+                  guint            delay_ms)
+{
+  BenchStage *stage = g_object_new (BENCH_TYPE_STAGE, NULL);
+  GError *error = NULL;
+
+  stage->next = next != NULL ? g_object_ref (next) : NULL;
+  stage->delay_ms = delay_ms;
+  side->handler = SPARK_HANDLER (stage);
+  side->server = spark_module_server_new (side->handler);
+  spark_module_server_set_name (side->server, name);
+  if (!spark_module_server_start_in_thread (side->server, &error))
+    g_error ("Cannot start the server: %s", error->message);
+  side->dispatcher = spark_module_server_create_dispatcher (side->server);
+}
+
+static void
+result_set_cpu (Result *result,
+                gint64  cpu_elapsed_ns)
+{
+  result->has_cpu = TRUE;
+  result->cpu_ns = (double) cpu_elapsed_ns;
+}
+
+/* same_context: the server on the requester's own context, so the thread
+ * that waits for a reply is the one that must make it. */
+static void
+run_same_context (ImplId   impl,
+                  guint64  n,
+                  Result  *result)
+{
+  BenchState state;
+  AsyncClient client = { impl, n, 1, 0, };
+  gint64 expected_sum = (gint64) n * (gint64) (n - 1) / 2;
+  gint64 elapsed = 0;
+  gint64 c0 = 0;
+  gint64 c1 = 0;
+
+  bench_state_init (&state, 0);
+  client.latencies = opt_callgrind ? NULL : g_new (gint64, n);
+
+  switch (impl)
+    {
+    case IMPL_SPARK_ASYNC:
+    case IMPL_SPARK_FULL:
+      {
+        SparkSide side;
+
+        spark_side_start_full (&side, &state, FALSE);
+        client.dispatcher = side.dispatcher;
+        c0 = cpu_ns ();
+        elapsed = async_client_run (&client);
+        c1 = cpu_ns ();
+        spark_side_stop (&side);
+      }
+      break;
+
+    case IMPL_IDIOM:
+      {
+        IdiomServer server;
+
+        idiom_start_here (&server, &state);
+        client.idiom = &server;
+        c0 = cpu_ns ();
+        elapsed = async_client_run (&client);
+        c1 = cpu_ns ();
+        idiom_stop_here (&server);
+      }
+      break;
+
+    case IMPL_SPARK_SYNC:
+    case IMPL_SPARK:
+    case IMPL_FLOOR:
+    case N_IMPLS:
+    default:
+      g_assert_not_reached ();
+    }
+
+  if (client.reply_sum != expected_sum || state.requests != n)
+    g_error ("same_context %s: lost or wrong replies: %" G_GUINT64_FORMAT " handled of %"
+             G_GUINT64_FORMAT, impl_names[impl], state.requests, n);
+
+  result_set_time (result, n, elapsed);
+  result_set_cpu (result, c1 - c0);
+  if (client.latencies != NULL)
+    result_set_latencies (result, client.latencies, n);
+
+  g_free (client.latencies);
+  bench_state_clear (&state);
+}
+
+#define PIPELINE_STAGES 3
+#define PIPELINE_WINDOW 64
+
+/* pipeline: client -> stage 1 -> stage 2 -> stage 3, each stage on a thread
+ * of its own, forwarding with request_full from its handler. */
+static void
+run_pipeline (ImplId   impl,
+              guint64  n,
+              Result  *result)
+{
+  SparkSide stages[PIPELINE_STAGES];
+  AsyncClient client = { impl, n, PIPELINE_WINDOW, 0, };
+  gint64 expected_sum = (gint64) n * (gint64) (n - 1) / 2;
+  gint64 elapsed;
+  gint64 c0;
+  gint64 c1;
+
+  g_assert (impl == IMPL_SPARK_FULL || impl == IMPL_SPARK_ASYNC);
+
+  /* The last stage first: each one needs the next one's dispatcher. */
+  for (gint i = PIPELINE_STAGES - 1; i >= 0; i--)
+    {
+      char name[32];
+
+      g_snprintf (name, sizeof name, "bench-stage-%d", i + 1);
+      stage_side_start (&stages[i], name,
+                        i + 1 < PIPELINE_STAGES ? stages[i + 1].dispatcher : NULL, 0);
+    }
+
+  client.dispatcher = stages[0].dispatcher;
+  c0 = cpu_ns ();
+  elapsed = async_client_run (&client);
+  c1 = cpu_ns ();
+
+  /* The first stage first, so that each one stops after its callers. Every
+   * reply arrived: the stages' counters are final. */
+  for (guint i = 0; i < PIPELINE_STAGES; i++)
+    {
+      guint64 handled = BENCH_STAGE (stages[i].handler)->handled;
+
+      if (handled != n)
+        g_error ("pipeline %s: stage %u handled %" G_GUINT64_FORMAT " requests of %" G_GUINT64_FORMAT,
+                 impl_names[impl], i + 1, handled, n);
+      spark_side_stop (&stages[i]);
+    }
+
+  if (client.reply_sum != expected_sum)
+    g_error ("pipeline %s: wrong replies", impl_names[impl]);
+
+  result_set_time (result, n, elapsed);
+  result_set_cpu (result, c1 - c0);
+}
+
+/* ui_idle_cpu: a UI thread's main loop waiting for a slow reply. */
+typedef struct
+{
+  GMainLoop *loop;
+  guint      ticks;
+  gint32     reply;
+  gint64     t_end;
+  gint64     cpu_end;
+} IdleWait;
+
+#define UI_TICK_MS 16   /* 60 Hz, to GLib's millisecond */
+
+static gboolean
+on_ui_tick (gpointer data)
+{
+  IdleWait *wait = data;
+
+  wait->ticks++;
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+idle_wait_complete (IdleWait     *wait,
+                    GVariant     *reply,
+                    const GError *error)
+{
+  wait->cpu_end = cpu_ns ();
+  wait->t_end = now_ns ();
+  if (reply == NULL)
+    g_error ("ui_idle_cpu: the request failed: %s", error ? error->message : "no error");
+  wait->reply = g_variant_get_int32 (reply);
+  g_main_loop_quit (wait->loop);
+}
+
+static void
+on_idle_spark_reply (GObject      *source,
+                     GAsyncResult *result,
+                     gpointer      user_data)
+{
+  GError *error = NULL;
+  GVariant *reply;
+
+  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
+  idle_wait_complete (user_data, reply, error);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+on_idle_idiom_reply (GObject      *source,
+                     GAsyncResult *result,
+                     gpointer      user_data)
+{
+  GError *error = NULL;
+  GVariant *reply;
+
+  reply = idiom_request_finish (result, &error);
+  idle_wait_complete (user_data, reply, error);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+#define UI_IDLE_VALUE 42
+
+static void
+run_ui_idle_cpu (ImplId   impl,
+                 guint64  delay_ms,
+                 Result  *result)
+{
+  IdleWait wait = { NULL, };
+  BenchState state;
+  guint tick_id;
+  gint64 t0 = 0;
+  gint64 c0 = 0;
+
+  bench_state_init (&state, 0);
+  wait.loop = g_main_loop_new (NULL, FALSE);
+  tick_id = g_timeout_add (UI_TICK_MS, on_ui_tick, &wait);
+
+  switch (impl)
+    {
+    case IMPL_SPARK_ASYNC:
+      {
+        SparkSide side;
+
+        stage_side_start (&side, "bench-slow", NULL, (guint) delay_ms);
+        t0 = now_ns ();
+        c0 = cpu_ns ();
+        spark_dispatcher_request_async (side.dispatcher, REQUEST_NAME,
+                                        g_variant_new_int32 (UI_IDLE_VALUE),
+                                        NULL, NULL, on_idle_spark_reply, &wait);
+        g_main_loop_run (wait.loop);
+        spark_side_stop (&side);
+      }
+      break;
+
+    case IMPL_IDIOM:
+      {
+        IdiomServer server;
+
+        idiom_start (&server, &state);
+        server.delay_ms = (guint) delay_ms;
+        t0 = now_ns ();
+        c0 = cpu_ns ();
+        idiom_request_async (&server, REQUEST_NAME, g_variant_new_int32 (UI_IDLE_VALUE),
+                             on_idle_idiom_reply, &wait);
+        g_main_loop_run (wait.loop);
+        idiom_stop (&server);
+      }
+      break;
+
+    case IMPL_SPARK_SYNC:
+    case IMPL_SPARK_FULL:
+    case IMPL_SPARK:
+    case IMPL_FLOOR:
+    case N_IMPLS:
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_source_remove (tick_id);
+  g_main_loop_unref (wait.loop);
+
+  if (wait.reply != UI_IDLE_VALUE)
+    g_error ("ui_idle_cpu %s: wrong reply %d", impl_names[impl], wait.reply);
+
+  result_set_time (result, 1, wait.t_end - t0);
+  result_set_cpu (result, wait.cpu_end - c0);
+  result->ticks = wait.ticks;
+  bench_state_clear (&state);
+}
+
 /* Workloads ------------------------------------------------------------------------ */
 
 typedef void (*RunFunc) (ImplId   impl,
@@ -1331,6 +1893,13 @@ static const Workload workloads[] = {
     3, { IMPL_SPARK, IMPL_FLOOR, IMPL_IDIOM } },
   { "queued_bytes", 1000000, 20000, run_queued_bytes,
     3, { IMPL_SPARK, IMPL_FLOOR, IMPL_IDIOM } },
+  { "same_context", 10000, 500, run_same_context,
+    3, { IMPL_SPARK_ASYNC, IMPL_SPARK_FULL, IMPL_IDIOM } },
+  { "pipeline", 20000, 2000, run_pipeline,
+    2, { IMPL_SPARK_FULL, IMPL_SPARK_ASYNC } },
+  /* ops: the handler's delay in ms */
+  { "ui_idle_cpu", 2000, 100, run_ui_idle_cpu,
+    2, { IMPL_SPARK_ASYNC, IMPL_IDIOM } },
 };
 
 static gboolean
@@ -1444,6 +2013,8 @@ result_median (Result *runs,
   MEDIAN_OF (p99_ns);
   MEDIAN_OF (bytes_per_msg);
   MEDIAN_OF (variant_bytes);
+  MEDIAN_OF (cpu_ns);
+  MEDIAN_OF (ticks);
 
 #undef MEDIAN_OF
 
@@ -1498,6 +2069,11 @@ print_result_line (GArray       *results,
       if (r->has_latency && idiom_r->p50_ns > 0)
         printf (" p50_vs_idiom=%.2f", r->p50_ns / idiom_r->p50_ns);
     }
+  if (r->has_cpu)
+    printf (" cpu_ms=%.3f cpu_ns_per_op=%.1f cpu_per_wall=%.3f",
+            r->cpu_ns / 1e6, r->cpu_ns / (double) r->ops, r->cpu_ns / (r->secs * 1e9));
+  if (r->ticks > 0)
+    printf (" ticks=%.0f", r->ticks);
   if (r->runs > 1)
     printf (" runs=%u", r->runs);
   printf ("\n");
@@ -1567,18 +2143,59 @@ target_measure (GArray       *results,
     }
 }
 
+/* The workloads that report CPU time, in a table of their own. */
+static void
+print_cpu_table (GArray *results)
+{
+  gboolean any = FALSE;
+
+  for (guint i = 0; i < results->len; i++)
+    any = any || g_array_index (results, Result, i).has_cpu;
+  if (!any)
+    return;
+
+  printf ("\n%-19s %-12s %8s %10s %10s %11s %10s %11s %7s %6s\n",
+          "workload", "impl", "ops", "wall ms", "wall us/op", "ops/s", "CPU ms", "CPU us/op",
+          "CPU %", "ticks");
+  for (guint i = 0; i < results->len; i++)
+    {
+      const Result *r = &g_array_index (results, Result, i);
+      char ticks[32] = "-";
+
+      if (!r->has_cpu)
+        continue;
+      if (r->ticks > 0)
+        g_snprintf (ticks, sizeof ticks, "%.0f", r->ticks);
+      printf ("%-19s %-12s %8" G_GUINT64_FORMAT " %10.2f %10.3f %11.0f %10.3f %11.3f %7.1f %6s\n",
+              r->workload, r->impl, r->ops, r->secs * 1e3, r->secs * 1e6 / (double) r->ops,
+              r->ops_per_s, r->cpu_ns / 1e6, r->cpu_ns / 1e3 / (double) r->ops,
+              100 * r->cpu_ns / (r->secs * 1e9), ticks);
+    }
+  printf ("(CPU: the whole process, every thread, over the wall time; CPU %%: of one core;"
+          " ticks: the 60 Hz main-loop timeout's)\n");
+}
+
 static void
 print_table (GArray *results)
 {
-  printf ("\n%-19s %-12s %12s %9s %9s %9s %9s %9s %8s %8s\n",
-          "workload", "impl", "ops/s", "ns/op", "p50 ns", "p99 ns", "B/msg", "B-var", "x floor", "x idiom");
+  gboolean any = FALSE;
+
   for (guint i = 0; i < results->len; i++)
+    any = any || !g_array_index (results, Result, i).has_cpu;
+
+  if (any)
+    printf ("\n%-19s %-12s %12s %9s %9s %9s %9s %9s %8s %8s\n",
+            "workload", "impl", "ops/s", "ns/op", "p50 ns", "p99 ns", "B/msg", "B-var", "x floor", "x idiom");
+  for (guint i = 0; any && i < results->len; i++)
     {
       const Result *r = &g_array_index (results, Result, i);
       const Result *floor_r = find_result (results, r->workload, IMPL_FLOOR);
       const Result *idiom_r = find_result (results, r->workload, IMPL_IDIOM);
       char p50[32] = "-", p99[32] = "-", bytes[32] = "-", beyond[32] = "-";
       char vs_floor[32] = "-", vs_idiom[32] = "-";
+
+      if (r->has_cpu)
+        continue;
 
       if (r->has_latency)
         {
@@ -1599,17 +2216,21 @@ print_table (GArray *results)
               r->workload, r->impl, r->ops_per_s, 1e9 / r->ops_per_s,
               p50, p99, bytes, beyond, vs_floor, vs_idiom);
     }
-  printf ("(x floor, x idiom: ops/s ratio; B/msg: RSS growth per queued message,"
-          " B-var: the same without the message's GVariant)\n");
+  if (any)
+    printf ("(x floor, x idiom: ops/s ratio; B/msg: RSS growth per queued message,"
+            " B-var: the same without the message's GVariant)\n");
 
-  printf ("\ntargets (measured, not asserted):\n");
-  for (guint i = 0; i < G_N_ELEMENTS (targets); i++)
+  print_cpu_table (results);
+
+  for (guint i = 0, n_printed = 0; i < G_N_ELEMENTS (targets); i++)
     {
       double value;
       gboolean met;
 
       if (!target_measure (results, &targets[i], &value, &met))
         continue;
+      if (n_printed++ == 0)
+        printf ("\ntargets (measured, not asserted):\n");
       printf ("  %-52s %8.2f%s  %s\n", targets[i].text, value,
               targets[i].kind == TARGET_BYTES ? " B" : "x",
               met ? "met" : "MISSED");
@@ -1617,11 +2238,64 @@ print_table (GArray *results)
   fflush (stdout);
 }
 
-static void
-print_json (GArray *results)
+/* The conditions of a run, for the report's header. */
+typedef struct
 {
-  GString *out = g_string_new ("{\n  \"results\": [\n");
+  const char *mode;         /* "idle" or "contended" */
+  gint        cpus;
+  const char *spark_spin;   /* SPARK_SPIN, or NULL */
+  char        loadavg[64];  /* /proc/loadavg's first three fields at the start */
+} RunInfo;
+
+static RunInfo run_info;
+
+static void
+run_info_init (RunInfo *info)
+{
+  g_autofree char *contents = NULL;
+
+  info->mode = opt_contended ? "contended" : "idle";
+  info->cpus = (gint) sysconf (_SC_NPROCESSORS_ONLN);
+  info->spark_spin = g_getenv ("SPARK_SPIN");
+  g_strlcpy (info->loadavg, "?", sizeof info->loadavg);
+  if (g_file_get_contents ("/proc/loadavg", &contents, NULL, NULL))
+    {
+      g_auto(GStrv) fields = g_strsplit (g_strstrip (contents), " ", 4);
+
+      if (g_strv_length (fields) >= 3)
+        g_snprintf (info->loadavg, sizeof info->loadavg, "%s %s %s", fields[0], fields[1], fields[2]);
+    }
+}
+
+static void
+print_header (const RunInfo *info)
+{
+  printf ("spark-bench: %s%s, %d CPUs, SPARK_SPIN=%s, repeat %d%s, load average %s at the start\n",
+          info->mode,
+          opt_contended ? " (one process spinning on a core)" : "",
+          info->cpus, info->spark_spin ? info->spark_spin : "(unset)", opt_repeat,
+          opt_repeat > 1 ? " (medians)" : "", info->loadavg);
+  fflush (stdout);
+}
+
+static char *
+results_to_json (GArray *results)
+{
+  GString *out = g_string_new ("{\n");
   gboolean first = TRUE;
+
+  g_string_append_printf (out, "  \"mode\": \"%s\",\n  \"cpus\": %d,\n  \"repeat\": %d,\n",
+                          run_info.mode, run_info.cpus, opt_repeat);
+  if (run_info.spark_spin != NULL)
+    {
+      g_autofree char *escaped = g_strescape (run_info.spark_spin, NULL);
+
+      g_string_append_printf (out, "  \"spark_spin\": \"%s\",\n", escaped);
+    }
+  else
+    g_string_append (out, "  \"spark_spin\": null,\n");
+  g_string_append_printf (out, "  \"loadavg_start\": \"%s\",\n", run_info.loadavg);
+  g_string_append (out, "  \"results\": [\n");
 
   for (guint i = 0; i < results->len; i++)
     {
@@ -1651,6 +2325,11 @@ print_json (GArray *results)
           if (r->has_latency && b->p50_ns > 0)
             g_string_append_printf (out, ", \"p50_vs_idiom\": %.3f", r->p50_ns / b->p50_ns);
         }
+      if (r->has_cpu)
+        g_string_append_printf (out, ", \"cpu_ms\": %.4f, \"cpu_ns_per_op\": %.2f, \"cpu_per_wall\": %.4f",
+                                r->cpu_ns / 1e6, r->cpu_ns / (double) r->ops, r->cpu_ns / (r->secs * 1e9));
+      if (r->ticks > 0)
+        g_string_append_printf (out, ", \"ticks\": %.0f", r->ticks);
       g_string_append_printf (out, "}%s\n", i + 1 < results->len ? "," : "");
     }
 
@@ -1669,9 +2348,7 @@ print_json (GArray *results)
     }
   g_string_append (out, "\n  ]\n}\n");
 
-  fputs (out->str, stdout);
-  fflush (stdout);
-  g_string_free (out, TRUE);
+  return g_string_free (out, FALSE);
 }
 
 #define MAX_REPEAT 64
@@ -1693,8 +2370,10 @@ main (int   argc,
   context = g_option_context_new ("- spark-channel benchmarks");
   g_option_context_set_summary (context,
                                 "Workloads: request_seq, request_pipelined, command_throughput,\n"
-                                "command_mpsc, queued_bytes. Implementations: spark_sync, spark_async,\n"
-                                "spark_full, spark (commands), floor, idiom.");
+                                "command_mpsc, queued_bytes, and with CPU time: same_context,\n"
+                                "pipeline, ui_idle_cpu (--ops: the reply's delay in ms).\n"
+                                "Implementations: spark_sync, spark_async, spark_full,\n"
+                                "spark (commands), floor, idiom.");
   g_option_context_add_main_entries (context, entries, NULL);
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
@@ -1740,6 +2419,12 @@ main (int   argc,
       g_array_unref (results);
       return 2;
     }
+
+  run_info_init (&run_info);
+  if (opt_contended && !opt_callgrind)
+    spinner_start ();
+  if (!opt_json && !opt_callgrind)
+    print_header (&run_info);
 
   t_start = now_ns ();
 
@@ -1809,18 +2494,38 @@ main (int   argc,
                   r->workload, r->impl, r->ops);
         }
     }
-  else if (opt_json)
-    print_json (results);
   else
     {
-      print_table (results);
-      printf ("total %.1f s%s\n", (double) (now_ns () - t_start) / 1e9,
-              opt_quick ? " (--quick: counts too small to mean anything)" : "");
+      g_autofree char *json = results_to_json (results);
+
+      if (opt_json)
+        {
+          fputs (json, stdout);
+          fflush (stdout);
+        }
+      else
+        {
+          print_table (results);
+          printf ("total %.1f s%s\n", (double) (now_ns () - t_start) / 1e9,
+                  opt_quick ? " (--quick: counts too small to mean anything)" : "");
+        }
+
+      if (opt_json_out != NULL && !g_file_set_contents (opt_json_out, json, -1, &error))
+        {
+          g_printerr ("spark-bench: %s\n", error->message);
+          g_clear_error (&error);
+          spinner_stop ();
+          g_array_unref (results);
+          return 1;
+        }
     }
+
+  spinner_stop ();
 
   g_array_unref (results);
   g_free (opt_workload);
   g_free (opt_impl);
+  g_free (opt_json_out);
   g_free (self_path);
 
   return 0;
