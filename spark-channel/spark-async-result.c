@@ -18,6 +18,14 @@
  * toggle references (a PyGObject or GJS wrapper), watched closures and a
  * frozen notify queue; signal handlers are disconnected as finalization
  * would. Any of those, and the result is simply unreferenced as before.
+ *
+ * That reads GObject's ref_count and qdata, which GObject does not promise
+ * to keep using this way. So before the first result is recycled, a
+ * one-time self-test attaches each of those kinds to a scratch result and
+ * checks that the test sees it; if one goes unseen, results are not
+ * recycled in this process. SPARK_REUSE_RESULTS=0 turns recycling off too
+ * (the block pools' SPARK_POOLS and G_SLICE do not: results are reused in
+ * either case).
  */
 
 #include "config.h"
@@ -160,6 +168,96 @@ spark_async_result_is_untouched (SparkAsyncResult *self)
          g_atomic_pointer_get (&object->qdata) == NULL;
 }
 
+static void
+self_test_weak_notify (gpointer  data,
+                       GObject  *where_the_object_was)
+{
+}
+
+static void
+self_test_toggle_notify (gpointer  data,
+                         GObject  *object,
+                         gboolean  is_last_ref)
+{
+}
+
+/* Whether spark_async_result_is_untouched() sees each kind of attachment
+ * it must see, on this GLib: a weak reference (and so a weak pointer), a
+ * GWeakRef, a toggle reference and data, each on a fresh scratch result
+ * that it must first find untouched. Each is removed again before the
+ * scratch result is finalized. */
+static gboolean
+reuse_self_test (void)
+{
+  for (guint kind = 0; kind < 4; kind++)
+    {
+      SparkAsyncResult *scratch = g_object_new (SPARK_TYPE_ASYNC_RESULT, NULL);
+      GWeakRef weak;
+      gboolean seen;
+
+      if (!spark_async_result_is_untouched (scratch))
+        {
+          g_object_unref (scratch);
+          return FALSE;
+        }
+
+      switch (kind)
+        {
+        case 0:
+          g_object_weak_ref (G_OBJECT (scratch), self_test_weak_notify, NULL);
+          seen = !spark_async_result_is_untouched (scratch);
+          g_object_weak_unref (G_OBJECT (scratch), self_test_weak_notify, NULL);
+          break;
+        case 1:
+          g_weak_ref_init (&weak, scratch);
+          seen = !spark_async_result_is_untouched (scratch);
+          g_weak_ref_clear (&weak);
+          break;
+        case 2:
+          /* It holds a reference too: ref_count 2, and a qdata entry. */
+          g_object_add_toggle_ref (G_OBJECT (scratch), self_test_toggle_notify, NULL);
+          seen = !spark_async_result_is_untouched (scratch);
+          g_object_remove_toggle_ref (G_OBJECT (scratch), self_test_toggle_notify, NULL);
+          break;
+        default:
+          g_object_set_data (G_OBJECT (scratch), "spark-reuse-self-test", GINT_TO_POINTER (1));
+          seen = !spark_async_result_is_untouched (scratch);
+          break;
+        }
+
+      g_object_unref (scratch);
+      if (!seen)
+        return FALSE;
+    }
+
+  return TRUE;
+}
+
+/* Whether results may be recycled in this process: decided once, on first
+ * use, from SPARK_REUSE_RESULTS and reuse_self_test(). Any thread. */
+static gboolean
+reuse_enabled (void)
+{
+  static gsize enabled;
+
+  if (g_once_init_enter (&enabled))
+    {
+      const char *env = g_getenv ("SPARK_REUSE_RESULTS");
+      gboolean on;
+
+      if (g_strcmp0 (env, "0") == 0)
+        on = FALSE;
+      else if (!(on = reuse_self_test ()))
+        g_debug ("GObject %u.%u.%u keeps references or attachments where this "
+                 "library does not look: request_async() results are not reused",
+                 glib_major_version, glib_minor_version, glib_micro_version);
+      /* g_once_init_leave() takes no zero: 1 is off, 2 on. */
+      g_once_init_leave (&enabled, on ? 2 : 1);
+    }
+
+  return enabled == 2;
+}
+
 /*
  * spark_async_result_release:
  * @pool: where to keep @self if it can be recycled
@@ -174,7 +272,8 @@ void
 spark_async_result_release (SparkAsyncResultPool *pool,
                             SparkAsyncResult     *self)
 {
-  if (pool->n_spare >= POOL_MAX || !spark_async_result_is_untouched (self))
+  if (pool->n_spare >= POOL_MAX || !reuse_enabled () ||
+      !spark_async_result_is_untouched (self))
     {
       g_object_unref (self);
       return;
