@@ -289,9 +289,11 @@ spark_dispatcher_send_request (SparkDispatcher *self,
  *
  * As with any [iface@Gio.AsyncResult], take a reference to the result to
  * use it after @callback returns. A result that @callback left with no
- * reference, data, weak reference or signal handler is reused for a later
- * request's outcome on the same context, so do not compare results by
- * address.
+ * reference, data, weak reference or toggle reference is reused for a
+ * later request's outcome on the same context, so do not compare results
+ * by address. Signal handlers connected to it do not prevent that: they
+ * are disconnected when @callback returns, as they would be if the result
+ * were finalized.
  *
  * May be called from any thread.
  *
