@@ -43,7 +43,113 @@
 #include "spark-error.h"
 #include "spark-handler-private.h"
 
+#ifdef G_OS_UNIX
+#include <dlfcn.h>
+#endif
+
 G_DEFINE_INTERFACE (SparkHandler, spark_handler, G_TYPE_OBJECT)
+
+/* Whether @type or one of its parents carries the type data @key. */
+static gboolean
+spark_type_has_mark (GType       type,
+                     const char *key)
+{
+  GQuark quark = g_quark_try_string (key);
+
+  if (quark == 0)
+    return FALSE;
+
+  for (; type != 0; type = g_type_parent (type))
+    {
+      if (GPOINTER_TO_INT (g_type_get_qdata (type, quark)))
+        return TRUE;
+    }
+
+  return FALSE;
+}
+
+/*
+ * Whether the handler's type was registered by PyGObject, which marks the
+ * types it registers with the type data "PyGObject::custom".
+ */
+static gboolean
+spark_handler_is_python (SparkHandler *self)
+{
+  return spark_type_has_mark (G_OBJECT_TYPE (self), "PyGObject::custom");
+}
+
+typedef int (*SparkPyIsInitializedFunc) (void);
+
+/*
+ * Whether the Python interpreter in this process has begun to finalize.
+ *
+ * Once Py_FinalizeEx() has begun (the main thread returned from the
+ * script, or called sys.exit()), Py_IsInitialized() is false and PyGObject
+ * (3.42 and later) returns from a Python vfunc at once, without calling
+ * Python and without writing the vfunc's return value: the caller gets
+ * whatever the return register held (seen here: the address of the
+ * request being handled), and no error. Reading that as a GVariant is the
+ * crash of a program that exits while a Python handler thread still has
+ * messages to handle. Py_IsInitialized() needs no interpreter lock; it is
+ * looked up in the program's global symbols (the python3 program, or a
+ * libpython loaded with RTLD_GLOBAL, exports it), so the library does not
+ * link against Python.
+ *
+ * Only called for handlers whose type PyGObject registered, so Python is
+ * loaded by then. %FALSE where the symbol cannot be found.
+ */
+static gboolean
+spark_python_is_finalizing (void)
+{
+#ifdef G_OS_UNIX
+  static gsize resolved = 0;
+  static SparkPyIsInitializedFunc py_is_initialized = NULL;
+
+  if (g_once_init_enter (&resolved))
+    {
+      /* The program and what it loaded RTLD_GLOBAL: where extension
+       * modules such as PyGObject's find libpython's symbols too. */
+      void *program = dlopen (NULL, RTLD_LAZY);
+
+      if (program != NULL)
+        py_is_initialized = (SparkPyIsInitializedFunc) dlsym (program, "Py_IsInitialized");
+      g_once_init_leave (&resolved, 1);
+    }
+
+  return py_is_initialized != NULL && !py_is_initialized ();
+#else
+  return FALSE;
+#endif
+}
+
+/*
+ * After a call into the handler that set no error: whether what it
+ * returned is garbage because its Python code never ran (see
+ * spark_python_is_finalizing()). Sets @error when it is. A reply that a
+ * handler really returned just as finalization began is dropped without
+ * being looked at, so it leaks, once, in a process that is exiting.
+ */
+static gboolean
+spark_handler_returned_garbage (SparkHandler      *self,
+                                SparkMessageKind   kind,
+                                const char        *name,
+                                GError           **error)
+{
+  g_assert (error != NULL && *error == NULL);
+
+  if (G_LIKELY (!spark_handler_is_python (self) || !spark_python_is_finalizing ()))
+    return FALSE;
+
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
+               "The Python interpreter is exiting: the handler %s could not handle "
+               "%s “%s” (shut servers down before the program exits)",
+               G_OBJECT_TYPE_NAME (self),
+               kind == SPARK_MESSAGE_REQUEST ? "request" : "command",
+               name);
+  /* The requester is most likely gone with the interpreter: say it here. */
+  g_debug ("%s", (*error)->message);
+  return TRUE;
+}
 
 static void
 spark_handler_real_handle_invocation (SparkHandler    *self,
@@ -94,14 +200,21 @@ spark_handler_set_not_supported (SparkHandler      *self,
 }
 
 /*
- * Whether requests must go through a SparkInvocation: only when the
- * handler's type overrides handle_invocation. Otherwise the server calls
- * handle_request directly and saves an object per request.
+ * Whether requests must go through a SparkInvocation: when the handler's
+ * type overrides handle_invocation, and for handlers written in Python,
+ * whose requests then reach handle_request through
+ * spark_handler_handle_request(), which guards against the garbage that
+ * PyGObject returns while the interpreter exits. Otherwise the server calls
+ * handle_request directly and saves an object per request (next to a
+ * Python call, an invocation costs little).
  */
 gboolean
 spark_handler_uses_invocation (SparkHandler *self)
 {
   SparkHandlerInterface *iface = SPARK_HANDLER_GET_IFACE (self);
+
+  if (spark_handler_is_python (self))
+    return TRUE;
 
   return iface->handle_invocation != NULL &&
          iface->handle_invocation != spark_handler_real_handle_invocation;
@@ -115,18 +228,7 @@ spark_handler_uses_invocation (SparkHandler *self)
 gboolean
 spark_handler_is_main_only (SparkHandler *self)
 {
-  GQuark gjs_quark = g_quark_try_string ("gjs::custom-type");
-
-  if (gjs_quark == 0)
-    return FALSE;
-
-  for (GType type = G_OBJECT_TYPE (self); type != 0; type = g_type_parent (type))
-    {
-      if (GPOINTER_TO_INT (g_type_get_qdata (type, gjs_quark)))
-        return TRUE;
-    }
-
-  return FALSE;
+  return spark_type_has_mark (G_OBJECT_TYPE (self), "gjs::custom-type");
 }
 
 /**
@@ -171,7 +273,22 @@ spark_handler_handle_request (SparkHandler  *self,
       return NULL;
     }
 
-  return iface->handle_request (self, name, parameters, cancellable, error);
+  {
+    GError *local_error = NULL;
+    GVariant *reply;
+
+    reply = iface->handle_request (self, name, parameters, cancellable, &local_error);
+
+    /* Not even looked at: it may be no GVariant at all. */
+    if (local_error == NULL &&
+        spark_handler_returned_garbage (self, SPARK_MESSAGE_REQUEST, name, &local_error))
+      reply = NULL;
+
+    if (local_error != NULL)
+      g_propagate_error (error, local_error);
+
+    return reply;
+  }
 }
 
 /**
@@ -217,7 +334,24 @@ spark_handler_handle_command (SparkHandler  *self,
       return FALSE;
     }
 
-  return iface->handle_command (self, name, parameters, cancellable, error);
+  {
+    GError *local_error = NULL;
+    gboolean ok;
+
+    ok = iface->handle_command (self, name, parameters, cancellable, &local_error);
+
+    if (local_error == NULL &&
+        spark_handler_returned_garbage (self, SPARK_MESSAGE_COMMAND, name, &local_error))
+      ok = FALSE;
+
+    if (local_error != NULL)
+      {
+        g_propagate_error (error, local_error);
+        return FALSE;
+      }
+
+    return ok;
+  }
 }
 
 /**
