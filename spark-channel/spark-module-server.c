@@ -29,9 +29,15 @@
  * Signals and property notifications are emitted on the **owner context**:
  * the thread-default main context of the thread that started the server.
  * They wait until that context is iterated, so a handler connected from
- * Python or JavaScript runs on its own thread. The owner context must be
- * iterated for the server to finish stopping (joining its thread, running
- * the shutdown callbacks and dropping the server's own reference).
+ * Python or JavaScript runs on its own thread. A stopped server does not
+ * need its owner context to be released: once nothing references it, it
+ * is finalized and its thread joined, even in a program without a main
+ * loop.
+ *
+ * A server's own thread delivers what is due to its context before it
+ * ends: the replies to requests its handler made (to other servers, or to
+ * itself before it stopped) and the callbacks of
+ * [method@Spark.ModuleServer.shutdown_async] called on that thread.
  *
  * The server's own mailbox is drained by a single [struct@GLib.Source]:
  * senders wake it only when it found the mailbox empty, so one wakeup
@@ -73,8 +79,10 @@ struct _SparkModuleServer
 
   GMutex         state_mutex;
   gboolean       started;          /* state_mutex: a start was accepted */
-  gboolean       finished;         /* state_mutex: stopped, thread joined */
+  gboolean       done;             /* state_mutex: stopped, and its thread has nothing left to do */
+  gboolean       finished;         /* state_mutex: done, thread joined */
   GSList        *shutdown_waits;   /* state_mutex: ShutdownWait */
+  GSList        *owner_calls;      /* state_mutex: GSource, owner-context emissions not run yet */
 
   /* Set by start, immutable afterwards. */
   SparkHandlerInterface *iface;    /* the handler's vfuncs, looked up once */
@@ -116,31 +124,89 @@ static guint signals[N_SIGNALS];
 
 /* Owner-context emissions -------------------------------------------------- */
 
-static void
-spark_module_server_invoke_owner (SparkModuleServer *self,
-                                  GSourceFunc        func,
-                                  gpointer           data,
-                                  GDestroyNotify     destroy)
-{
-  GSource *idle = g_idle_source_new ();
+/* An emission waiting for the owner context. It holds the server weakly:
+ * a program that never iterates its owner context (only request_sync and
+ * send_shutdown, no main loop) must still see a stopped server released,
+ * and its finalize destroys what never ran. */
+typedef void (*OwnerFunc) (SparkModuleServer *self,
+                           gpointer           data);
 
-  g_source_set_priority (idle, G_PRIORITY_DEFAULT);
-  g_source_set_callback (idle, func, data, destroy);
-  g_source_set_static_name (idle, "[spark] server notification");
-  g_source_attach (idle, self->owner_context);
-  g_source_unref (idle);
+typedef struct
+{
+  GWeakRef        server;
+  GSource        *source;   /* not a reference: the context's */
+  OwnerFunc       func;
+  gpointer        data;
+  GDestroyNotify  destroy;
+} OwnerCall;
+
+static void
+owner_call_free (gpointer data)
+{
+  OwnerCall *call = data;
+
+  g_weak_ref_clear (&call->server);
+  if (call->destroy != NULL)
+    call->destroy (call->data);
+  g_free (call);
 }
 
 static gboolean
-notify_running_cb (gpointer data)
+owner_call_cb (gpointer data)
 {
-  g_object_notify_by_pspec (G_OBJECT (data), properties[PROP_RUNNING]);
+  OwnerCall *call = data;
+  g_autoptr(SparkModuleServer) self = g_weak_ref_get (&call->server);
+
+  /* Gone: its finalize destroys this source. */
+  if (self == NULL)
+    return G_SOURCE_REMOVE;
+
+  g_mutex_lock (&self->state_mutex);
+  self->owner_calls = g_slist_remove (self->owner_calls, call->source);
+  g_mutex_unlock (&self->state_mutex);
+
+  call->func (self, call->data);
+  g_source_unref (call->source);
+
   return G_SOURCE_REMOVE;
+}
+
+static void
+spark_module_server_invoke_owner (SparkModuleServer *self,
+                                  OwnerFunc          func,
+                                  gpointer           data,
+                                  GDestroyNotify     destroy)
+{
+  OwnerCall *call = g_new0 (OwnerCall, 1);
+  GSource *idle = g_idle_source_new ();
+
+  g_weak_ref_init (&call->server, self);
+  call->source = idle;
+  call->func = func;
+  call->data = data;
+  call->destroy = destroy;
+
+  g_source_set_priority (idle, G_PRIORITY_DEFAULT);
+  g_source_set_callback (idle, owner_call_cb, call, owner_call_free);
+  g_source_set_static_name (idle, "[spark] server notification");
+
+  /* Listed before it can run; the list keeps the reference. */
+  g_mutex_lock (&self->state_mutex);
+  self->owner_calls = g_slist_prepend (self->owner_calls, idle);
+  g_mutex_unlock (&self->state_mutex);
+
+  g_source_attach (idle, self->owner_context);
+}
+
+static void
+notify_running (SparkModuleServer *self,
+                gpointer           data)
+{
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RUNNING]);
 }
 
 typedef struct
 {
-  SparkModuleServer *server;
   char              *name;
   GVariant          *parameters;
   GError            *error;
@@ -151,22 +217,20 @@ command_failure_free (gpointer data)
 {
   CommandFailure *failure = data;
 
-  g_object_unref (failure->server);
   g_free (failure->name);
   g_clear_pointer (&failure->parameters, g_variant_unref);
   g_error_free (failure->error);
   g_free (failure);
 }
 
-static gboolean
-emit_command_failed_cb (gpointer data)
+static void
+emit_command_failed (SparkModuleServer *self,
+                     gpointer           data)
 {
   CommandFailure *failure = data;
 
-  g_signal_emit (failure->server, signals[COMMAND_FAILED], 0,
+  g_signal_emit (self, signals[COMMAND_FAILED], 0,
                  failure->name, failure->parameters, failure->error);
-
-  return G_SOURCE_REMOVE;
 }
 
 static void
@@ -186,12 +250,11 @@ spark_module_server_report_command_failure (SparkModuleServer *self,
                spark_message_get_name (msg), self->name ? self->name : "", error->message);
 
   failure = g_new0 (CommandFailure, 1);
-  failure->server = g_object_ref (self);
   failure->name = g_strdup (spark_message_get_name (msg));
   failure->parameters = msg->parameters ? g_variant_ref (msg->parameters) : NULL;
   failure->error = error;
 
-  spark_module_server_invoke_owner (self, emit_command_failed_cb, failure, command_failure_free);
+  spark_module_server_invoke_owner (self, emit_command_failed, failure, command_failure_free);
 }
 
 /* Stopping ------------------------------------------------------------------ */
@@ -208,32 +271,9 @@ shutdown_wait_free (ShutdownWait *wait)
   g_free (wait);
 }
 
-/* Runs on the owner context once the server has stopped: the server's
- * thread cannot join itself, and a stopping thread's context cannot deliver
- * the shutdown callbacks. */
-static gboolean
-spark_module_server_finish_cb (gpointer data)
+static void
+return_waits (GSList *waits)
 {
-  SparkModuleServer *self = data;
-  GSList *waits;
-
-  GThread *thread;
-
-  g_mutex_lock (&self->state_mutex);
-  thread = g_steal_pointer (&self->thread);
-  g_mutex_unlock (&self->state_mutex);
-
-  if (thread != NULL)
-    g_thread_join (thread);
-
-  g_mutex_lock (&self->state_mutex);
-  self->finished = TRUE;
-  waits = g_steal_pointer (&self->shutdown_waits);
-  g_mutex_unlock (&self->state_mutex);
-
-  g_atomic_int_set (&self->running, FALSE);
-  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RUNNING]);
-
   waits = g_slist_reverse (waits);
   while (waits != NULL)
     {
@@ -243,8 +283,68 @@ spark_module_server_finish_cb (gpointer data)
       g_task_return_boolean (wait->task, TRUE);
       shutdown_wait_free (wait);
     }
+}
 
-  return G_SOURCE_REMOVE;
+/* Once the server is done: joins its thread (unless called on it, when
+ * the thread detaches instead) and marks it finished. Whoever comes first
+ * does it: the owner context, a later shutdown_async(), or finalize, so
+ * that a program that never iterates its owner context releases the
+ * server and its thread too. Returns the shutdown waits to complete, or
+ * NULL if the server is not done. */
+static GSList *
+spark_module_server_reap (SparkModuleServer *self,
+                          gboolean          *finished)
+{
+  GThread *thread;
+  GSList *waits;
+
+  g_mutex_lock (&self->state_mutex);
+  if (!self->done)
+    {
+      g_mutex_unlock (&self->state_mutex);
+      *finished = FALSE;
+      return NULL;
+    }
+  thread = g_steal_pointer (&self->thread);
+  waits = g_steal_pointer (&self->shutdown_waits);
+  self->finished = TRUE;
+  g_mutex_unlock (&self->state_mutex);
+
+  if (thread == g_thread_self ())
+    g_thread_unref (thread);
+  else if (thread != NULL)
+    g_thread_join (thread);
+
+  *finished = TRUE;
+  return waits;
+}
+
+/* On the owner context once the server is done: the server's thread
+ * cannot join itself, and signals are the owner's. */
+static void
+spark_module_server_finish (SparkModuleServer *self,
+                            gpointer           data)
+{
+  gboolean finished;
+  GSList *waits = spark_module_server_reap (self, &finished);
+
+  g_assert (finished);
+  g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RUNNING]);
+  return_waits (waits);
+}
+
+/* Marks the server done (nothing more will run on its behalf) and hands
+ * the finish to the owner context. Drops the reference start took: from
+ * here on the server lives as long as its users hold it. */
+static void
+spark_module_server_set_done (SparkModuleServer *self)
+{
+  g_mutex_lock (&self->state_mutex);
+  self->done = TRUE;
+  g_mutex_unlock (&self->state_mutex);
+
+  spark_module_server_invoke_owner (self, spark_module_server_finish, NULL, NULL);
+  g_object_unref (self);
 }
 
 /* On the server's context: nothing more will be handled. */
@@ -261,6 +361,7 @@ spark_module_server_stop (SparkModuleServer *self)
   token = spark_mailbox_finish (self->mailbox);
 
   g_source_destroy (self->source);
+  g_atomic_int_set (&self->running, FALSE);
 
   /* The crate's "tasks listening for the cancellation token are notified". */
   if (token != NULL)
@@ -269,11 +370,9 @@ spark_module_server_stop (SparkModuleServer *self)
       g_object_unref (token);
     }
 
-  /* Without a thread of its own, the server is done: the owner side
-   * finishes (and drops the reference taken by start). A thread does this
-   * when its loop has ended. */
-  if (!self->own_thread)
-    spark_module_server_invoke_owner (self, spark_module_server_finish_cb, self, g_object_unref);
+  /* Without a thread of its own, the server is done once its source's
+   * dispatch returns (see spark_server_source_dispatch()). A thread is
+   * done when it has delivered what is due to its context. */
 }
 
 /* Handling ------------------------------------------------------------------ */
@@ -298,7 +397,14 @@ spark_module_server_handle_command (SparkModuleServer *self,
       ok = FALSE;
     }
 
-  if (!ok)
+  if (ok && error != NULL)
+    {
+      /* As for requests: a contract breach, said loudly, not leaked. */
+      g_critical ("The handler of command “%s” returned TRUE and set an error (%s); "
+                  "the error is ignored", spark_message_get_name (msg), error->message);
+      g_clear_error (&error);
+    }
+  else if (!ok)
     {
       if (error == NULL)
         error = g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
@@ -467,22 +573,78 @@ spark_module_server_dispatch (SparkModuleServer *self)
 static gboolean
 spark_server_source_dispatch (gpointer data)
 {
-  return spark_module_server_dispatch (((SparkServerSource *) data)->server);
+  SparkModuleServer *server = ((SparkServerSource *) data)->server;
+  gboolean again = spark_module_server_dispatch (server);
+
+  /* Last, as it may drop the last reference to the server. */
+  if (server->stopped && !server->own_thread)
+    spark_module_server_set_done (server);
+
+  return again;
 }
+
+/* The shutdown waits whose callbacks go to @context. */
+static GSList *
+take_waits_of_context (SparkModuleServer *self,
+                       GMainContext      *context)
+{
+  GSList *taken = NULL;
+
+  g_mutex_lock (&self->state_mutex);
+  for (GSList *l = self->shutdown_waits; l != NULL;)
+    {
+      GSList *next = l->next;
+      ShutdownWait *wait = l->data;
+
+      if (g_task_get_context (wait->task) == context)
+        {
+          self->shutdown_waits = g_slist_remove_link (self->shutdown_waits, l);
+          taken = g_slist_concat (l, taken);
+        }
+      l = next;
+    }
+  g_mutex_unlock (&self->state_mutex);
+
+  return taken;
+}
+
+/* Iterations of the drain at most that only run sources that are
+ * ready (idles, GTask returns), so that a source that stays ready cannot
+ * keep a stopped thread alive. */
+#define DRAIN_READY_MAX 100
 
 static gpointer
 spark_module_server_thread_func (gpointer data)
 {
   SparkModuleServer *self = data;
+  GMainContext *context = self->context;
+  guint ready_rounds = 0;
 
   /* Pushing acquires the context for the thread's whole life, which is how
    * blocking calls from this thread are recognized as deadlocks. */
-  g_main_context_push_thread_default (self->context);
+  g_main_context_push_thread_default (context);
   while (!self->stopped)
-    g_main_context_iteration (self->context, TRUE);
-  g_main_context_pop_thread_default (self->context);
+    g_main_context_iteration (context, TRUE);
 
-  spark_module_server_invoke_owner (self, spark_module_server_finish_cb, self, g_object_unref);
+  /* Stopped, but what was asked from this thread is still due here: the
+   * outcomes of requests its handler made (to other servers, or to this
+   * one before it stopped), and shutdown_async() callbacks of this
+   * context, which cannot wait for this thread to end. Deliver them
+   * before the thread ends: nothing is lost. */
+  for (;;)
+    {
+      return_waits (take_waits_of_context (self, context));
+
+      if (spark_reply_port_context_is_expecting (context))
+        g_main_context_iteration (context, TRUE);
+      else if (ready_rounds++ < DRAIN_READY_MAX && g_main_context_pending (context))
+        g_main_context_iteration (context, FALSE);
+      else
+        break;
+    }
+  g_main_context_pop_thread_default (context);
+
+  spark_module_server_set_done (self);
 
   return NULL;
 }
@@ -510,6 +672,26 @@ spark_module_server_finalize (GObject *object)
    * dispatchers that outlive us. */
   if (!self->started)
     spark_mailbox_close (self->mailbox, FALSE);
+
+  /* Done but never finished (its owner context was not iterated since):
+   * join its thread here, or let it go if this is that thread. */
+  if (self->started)
+    {
+      gboolean finished;
+
+      g_assert (spark_module_server_reap (self, &finished) == NULL);
+      g_assert (finished);
+    }
+
+  /* Emissions the owner context never ran. */
+  while (self->owner_calls != NULL)
+    {
+      GSource *call = self->owner_calls->data;
+
+      self->owner_calls = g_slist_delete_link (self->owner_calls, self->owner_calls);
+      g_source_destroy (call);
+      g_source_unref (call);
+    }
 
   g_assert (self->shutdown_waits == NULL);
   g_assert (self->thread == NULL);
@@ -657,8 +839,8 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
   /**
    * SparkModuleServer:running:
    *
-   * Whether the server has started and not yet stopped. Notified on the
-   * owner context.
+   * Whether the server has started and not yet stopped: %FALSE as soon as
+   * it has stopped handling messages. Notified on the owner context.
    *
    * Since: 1.0
    */
@@ -993,7 +1175,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
 
   g_mutex_unlock (&self->state_mutex);
 
-  spark_module_server_invoke_owner (self, notify_running_cb, g_object_ref (self), g_object_unref);
+  spark_module_server_invoke_owner (self, notify_running, NULL, NULL);
 
   return TRUE;
 }
@@ -1172,7 +1354,9 @@ shutdown_wait_cancelled_cb (GCancellable *cancellable,
  * @callback runs on the caller's thread-default main context once the
  * server has stopped (its thread, if it has one, has ended) and its owner
  * context has been iterated; on a server never started or already
- * stopped, it runs at once (in a later iteration) with %TRUE. Cancelling
+ * stopped, it runs at once (in a later iteration) with %TRUE. Called on
+ * the server's own thread (from its handler), @callback runs on that
+ * thread once the server has stopped, before the thread ends. Cancelling
  * @cancellable only abandons the wait, with %G_IO_ERROR_CANCELLED.
  *
  * May be called from any thread.
@@ -1199,6 +1383,14 @@ spark_module_server_shutdown_async (SparkModuleServer   *self,
   /* The cancellable abandons a wait only: with nothing to wait for, the
    * answer is TRUE even if it is cancelled. */
   g_task_set_check_cancellable (task, FALSE);
+
+  /* Done but not finished yet (the owner context was not iterated since):
+   * finish here, so that this caller does not depend on that context. */
+  {
+    gboolean finished;
+
+    return_waits (spark_module_server_reap (self, &finished));
+  }
 
   g_mutex_lock (&self->state_mutex);
   wait = self->started && !self->finished;

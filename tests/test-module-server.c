@@ -2321,6 +2321,406 @@ test_gjs_subclass (void)
   g_object_unref (handler);
 }
 
+/* Stopping with outcomes still due on the server's own thread ---------------
+ *
+ * A server's thread delivers what is due to its context before it ends:
+ * replies to requests its handler made, and shutdown_async() callbacks
+ * given on that thread. Nothing asked from a server's thread is lost when
+ * that server stops. A guard makes a lost callback a failure, not a hang. */
+
+typedef struct
+{
+  SparkDispatcher *next;         /* a reference: where "forward" sends, or NULL */
+  SparkDispatcher *self;         /* a reference: this server's own, or NULL */
+  SparkModuleServer *server;     /* not a reference: for "stop-async" */
+  SparkTestGate    gate;         /* "wait" waits for it */
+  gint             entered;      /* atomic: "wait" handlers entered */
+  gint             replied;      /* atomic: reply_func runs */
+  gint             destroyed;    /* atomic: destroy runs */
+  gint             stopped;      /* atomic: the shutdown_async callback ran */
+  gint             handled;      /* atomic: commands handled */
+  GThread         *reply_thread; /* where reply_func ran */
+  GThread         *handler_thread;
+  GVariant        *reply;        /* a reference */
+  GError          *error;
+} Chain;
+
+static gboolean
+set_flag_cb (gpointer data)
+{
+  g_atomic_int_set ((gint *) data, TRUE);
+  return G_SOURCE_REMOVE;
+}
+
+/* Iterates the thread-default context until *@flag, or 30 s at most. */
+static gboolean
+wait_flag_or_give_up (gint *flag)
+{
+  GSource *guard = g_timeout_source_new_seconds (30);
+  gint gave_up = FALSE;
+
+  g_source_set_callback (guard, set_flag_cb, &gave_up, NULL);
+  g_source_attach (guard, g_main_context_get_thread_default ());
+  while (!g_atomic_int_get (flag) && !gave_up)
+    g_main_context_iteration (NULL, TRUE);
+  g_source_destroy (guard);
+  g_source_unref (guard);
+
+  return g_atomic_int_get (flag);
+}
+
+static void
+chain_reply_cb (GVariant     *reply,
+                const GError *error,
+                gpointer      user_data)
+{
+  Chain *chain = user_data;
+
+  chain->reply_thread = g_thread_self ();
+  chain->reply = reply ? g_variant_ref (reply) : NULL;
+  chain->error = error ? g_error_copy (error) : NULL;
+  g_atomic_int_inc (&chain->replied);
+}
+
+static void
+chain_destroy (gpointer user_data)
+{
+  Chain *chain = user_data;
+
+  g_atomic_int_inc (&chain->destroyed);
+  g_main_context_wakeup (g_main_context_default ());
+}
+
+static void
+chain_stopped_cb (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  Chain *chain = user_data;
+  GError *error = NULL;
+
+  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, &error));
+  g_assert_no_error (error);
+  chain->reply_thread = g_thread_self ();
+  g_atomic_int_inc (&chain->stopped);
+  g_main_context_wakeup (g_main_context_default ());
+}
+
+static GVariant *
+chain_request (const char    *name,
+               GVariant      *parameters,
+               GCancellable  *cancellable,
+               gpointer       user_data,
+               GError       **error)
+{
+  Chain *chain = user_data;
+
+  chain->handler_thread = g_thread_self ();
+
+  if (g_str_equal (name, "wait"))
+    {
+      g_atomic_int_inc (&chain->entered);
+      g_main_context_wakeup (g_main_context_default ());
+      spark_test_gate_wait (&chain->gate, NULL);
+    }
+  else if (g_str_equal (name, "forward"))
+    spark_dispatcher_request_full (chain->next, "wait", NULL, NULL, NULL,
+                                   chain_reply_cb, chain, chain_destroy);
+  else if (g_str_equal (name, "self-then-stop"))
+    {
+      GError *local_error = NULL;
+
+      spark_dispatcher_request_full (chain->self, "echo", NULL, NULL, NULL,
+                                     chain_reply_cb, chain, chain_destroy);
+      g_assert_true (spark_dispatcher_send_shutdown (chain->self, NULL, &local_error));
+      g_assert_no_error (local_error);
+    }
+  else if (g_str_equal (name, "stop-async"))
+    spark_module_server_shutdown_async (chain->server, SPARK_SHUTDOWN_MODE_DRAIN, NULL,
+                                        chain_stopped_cb, chain);
+
+  return g_variant_new_string (name);
+}
+
+static gboolean
+chain_command (const char    *name,
+               GVariant      *parameters,
+               GCancellable  *cancellable,
+               gpointer       user_data,
+               GError       **error)
+{
+  Chain *chain = user_data;
+
+  g_atomic_int_inc (&chain->handled);
+  g_main_context_wakeup (g_main_context_default ());
+
+  if (g_str_equal (name, "true-with-error"))
+    {
+      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_FAILED, "not really");
+      return TRUE;
+    }
+
+  return TRUE;
+}
+
+static SparkModuleServer *
+chain_server_new (Chain    *chain,
+                  gboolean  own_thread)
+{
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (chain_request, chain_command, chain, NULL);
+  SparkModuleServer *server = spark_module_server_new (handler);
+  GError *error = NULL;
+
+  if (own_thread)
+    g_assert_true (spark_module_server_start_in_thread (server, &error));
+  else
+    g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+
+  return server;
+}
+
+static void
+chain_clear (Chain *chain)
+{
+  g_clear_object (&chain->next);
+  g_clear_object (&chain->self);
+  g_clear_pointer (&chain->reply, g_variant_unref);
+  g_clear_error (&chain->error);
+  spark_test_gate_clear (&chain->gate);
+}
+
+/* Server A's handler requests server B; A is drained before B replies:
+ * A's thread delivers B's reply before it ends. */
+static void
+test_stop_due_other_server (void)
+{
+  Chain b_chain = { 0 };
+  Chain a_chain = { 0 };
+  SparkModuleServer *b;
+  SparkModuleServer *a;
+  g_autoptr(SparkDispatcher) to_a = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+  gint stopped = FALSE;
+
+  spark_test_gate_init (&b_chain.gate);
+  spark_test_gate_init (&a_chain.gate);
+  b = chain_server_new (&b_chain, TRUE);
+  a = chain_server_new (&a_chain, TRUE);
+  a_chain.next = spark_module_server_create_dispatcher (b);
+  to_a = spark_module_server_create_dispatcher (a);
+
+  reply = spark_dispatcher_request_sync (to_a, "forward", NULL, NULL, NULL, &error);
+  g_assert_no_error (error);
+  spark_test_wait_count (NULL, &b_chain.entered, 1);
+
+  /* A stops while B still works on A's request; B replies only once A
+   * has stopped handling (running is FALSE from then on). Polls: short. */
+  spark_module_server_shutdown_async (a, SPARK_SHUTDOWN_MODE_DRAIN, NULL, spark_test_shutdown_done_cb, &stopped);
+  while (spark_module_server_get_running (a))
+    {
+      g_main_context_iteration (NULL, FALSE);
+      g_thread_yield ();
+    }
+  spark_test_gate_open (&b_chain.gate);
+
+  g_assert_true (wait_flag_or_give_up (&stopped));
+  g_assert_cmpint (g_atomic_int_get (&a_chain.replied), ==, 1);
+  g_assert_cmpint (g_atomic_int_get (&a_chain.destroyed), ==, 1);
+  g_assert_no_error (a_chain.error);
+  g_assert_cmpstr (g_variant_get_string (a_chain.reply, NULL), ==, "wait");
+  g_assert_true (a_chain.reply_thread == a_chain.handler_thread);
+
+  spark_test_shutdown (b, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (a);
+  g_object_unref (b);
+  chain_clear (&a_chain);
+  chain_clear (&b_chain);
+}
+
+/* A handler requests its own server, then sends it a shutdown: the request
+ * is handled before the shutdown, and its reply delivered before the
+ * thread ends. */
+static void
+test_stop_due_self (void)
+{
+  Chain chain = { 0 };
+  SparkModuleServer *server;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+
+  spark_test_gate_init (&chain.gate);
+  server = chain_server_new (&chain, TRUE);
+  chain.self = spark_module_server_create_dispatcher (server);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  reply = spark_dispatcher_request_sync (dispatcher, "self-then-stop", NULL, NULL, NULL, &error);
+  g_assert_no_error (error);
+
+  g_assert_true (wait_flag_or_give_up (&chain.destroyed));
+  g_assert_cmpint (g_atomic_int_get (&chain.replied), ==, 1);
+  g_assert_no_error (chain.error);
+  g_assert_cmpstr (g_variant_get_string (chain.reply, NULL), ==, "echo");
+  g_assert_true (chain.reply_thread == chain.handler_thread);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (server);
+  chain_clear (&chain);
+}
+
+/* shutdown_async called from a start_in_thread handler calls back, on the
+ * server's thread, before that thread ends. */
+static void
+test_stop_due_shutdown_async (void)
+{
+  Chain chain = { 0 };
+  SparkModuleServer *server;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+
+  spark_test_gate_init (&chain.gate);
+  server = chain_server_new (&chain, TRUE);
+  chain.server = server;
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  reply = spark_dispatcher_request_sync (dispatcher, "stop-async", NULL, NULL, NULL, &error);
+  g_assert_no_error (error);
+
+  g_assert_true (wait_flag_or_give_up (&chain.stopped));
+  g_assert_cmpint (g_atomic_int_get (&chain.stopped), ==, 1);
+  g_assert_true (chain.reply_thread == chain.handler_thread);
+  g_assert_false (spark_module_server_get_running (server));
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (server);
+  chain_clear (&chain);
+}
+
+/* A command handler that returns TRUE and sets an error breaks its
+ * contract: a critical, the error freed, no command-failed. */
+static void
+test_command_true_with_error (void)
+{
+  Chain chain = { 0 };
+  SparkModuleServer *server;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
+  GError *error = NULL;
+
+  spark_test_gate_init (&chain.gate);
+  server = chain_server_new (&chain, FALSE);
+  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "true-with-error", NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*true-with-error*returned TRUE and set an error*");
+  spark_test_wait_count (NULL, &chain.handled, 1);
+  g_test_assert_expected_messages ();
+  spark_test_iterate_pending (NULL);
+  g_assert_cmpint (failure.n, ==, 0);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (server);
+  spark_test_failure_clear (&failure);
+  chain_clear (&chain);
+}
+
+/* A program without a main loop (only request_sync and send_shutdown)
+ * still sees a stopped server released and its thread ended: nothing here
+ * iterates the owner context. */
+typedef struct
+{
+  GMutex   mutex;
+  GCond    cond;
+  gboolean finalized;      /* mutex */
+  gboolean thread_ended;   /* mutex */
+} Released;
+
+static void
+released_set (Released *released,
+              gboolean *field)
+{
+  g_mutex_lock (&released->mutex);
+  *field = TRUE;
+  g_cond_broadcast (&released->cond);
+  g_mutex_unlock (&released->mutex);
+}
+
+static void
+on_server_finalized (gpointer  data,
+                     GObject  *where_the_object_was)
+{
+  Released *released = data;
+
+  released_set (released, &released->finalized);
+}
+
+static void
+thread_end_marker_free (gpointer data)
+{
+  Released *released = data;
+
+  released_set (released, &released->thread_ended);
+}
+
+static GPrivate thread_end_marker = G_PRIVATE_INIT (thread_end_marker_free);
+
+static GVariant *
+mark_thread_request (const char    *name,
+                     GVariant      *parameters,
+                     GCancellable  *cancellable,
+                     gpointer       user_data,
+                     GError       **error)
+{
+  g_private_set (&thread_end_marker, user_data);
+  return g_variant_new_int32 (1);
+}
+
+static void
+test_lifetime_no_main_loop (void)
+{
+  Released released = { 0 };
+  g_autoptr(SparkHandler) handler = NULL;
+  SparkModuleServer *server;
+  SparkDispatcher *dispatcher;
+  g_autoptr(GCancellable) token = g_cancellable_new ();
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+  gint64 deadline = g_get_monotonic_time () + 30 * G_TIME_SPAN_SECOND;
+
+  g_mutex_init (&released.mutex);
+  g_cond_init (&released.cond);
+  handler = spark_func_handler_new (mark_thread_request, NULL, &released, NULL);
+  server = spark_module_server_new (handler);
+  g_object_weak_ref (G_OBJECT (server), on_server_finalized, &released);
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  reply = spark_dispatcher_request_sync (dispatcher, "mark", NULL, NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_no_error (error);
+  g_object_unref (dispatcher);
+  g_object_unref (server);
+
+  g_mutex_lock (&released.mutex);
+  while (!(released.finalized && released.thread_ended))
+    if (!g_cond_wait_until (&released.cond, &released.mutex, deadline))
+      break;
+  g_assert_true (released.finalized);
+  g_assert_true (released.thread_ended);
+  g_mutex_unlock (&released.mutex);
+  g_assert_true (g_cancellable_is_cancelled (token));
+
+  g_mutex_clear (&released.mutex);
+  g_cond_clear (&released.cond);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -2377,6 +2777,11 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/module-server/gjs/subclass", test_gjs_subclass);
 
   g_test_add_func ("/spark/module-server/thread-name/long", test_start_in_thread_long_name);
+  g_test_add_func ("/spark/module-server/stop/due/other-server", test_stop_due_other_server);
+  g_test_add_func ("/spark/module-server/stop/due/self", test_stop_due_self);
+  g_test_add_func ("/spark/module-server/stop/due/shutdown-async", test_stop_due_shutdown_async);
+  g_test_add_func ("/spark/module-server/command-failed/true-with-error", test_command_true_with_error);
+  g_test_add_func ("/spark/module-server/lifetime/no-main-loop", test_lifetime_no_main_loop);
 
   return g_test_run ();
 }
