@@ -26,17 +26,21 @@ typedef enum {
 } SparkMessageKind;
 
 /* What the mailbox queues. A request embeds it first and points at its
- * name; a command is this struct alone, its name stored right after @kind
- * (in what would be padding), so that a queued command with a short name
- * is one 24-byte allocation (a 32-byte malloc chunk) plus its GVariant.
- * All fields but @next are immutable once the message is queued; @next
- * belongs to whoever holds the message (the mailbox lock while queued,
- * then the server). Use spark_message_get_name(). */
+ * name; a command is this struct alone, its name stored in @inline_name,
+ * right after @kind (where the struct's tail padding would be), so that a
+ * queued command with a short name is one 24-byte allocation (a 32-byte
+ * malloc chunk) plus its GVariant. A flexible array member, not padding:
+ * C11 leaves padding unspecified after a store to a member, so a name kept
+ * there could be overwritten by a store to @kind. All fields but @next are
+ * immutable once the message is queued; @next belongs to whoever holds the
+ * message (the mailbox lock while queued, then the server). Use
+ * spark_message_get_name(). */
 struct _SparkMessage
 {
   SparkMessage *next;
   GVariant     *parameters;
   guint8        kind;
+  char          inline_name[];   /* commands and shutdowns only */
 };
 
 /* An item delivered in a batch on a requester's main context. */
@@ -121,7 +125,7 @@ spark_message_get_name (const SparkMessage *msg)
 {
   if (msg->kind == SPARK_MESSAGE_REQUEST)
     return ((const SparkRequest *) (const void *) msg)->name;
-  return (const char *) &msg->kind + 1;
+  return msg->inline_name;
 }
 
 /* Command blocks on their way back from a server to the threads that send

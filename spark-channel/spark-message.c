@@ -198,7 +198,7 @@ static void spark_request_deliver_on_port (SparkPortItem *item);
 #define REQUEST_POOL_MAX   64
 
 /* A command's name starts right after its kind. */
-#define COMMAND_NAME_OFFSET (G_STRUCT_OFFSET (SparkMessage, kind) + 1)
+#define COMMAND_NAME_OFFSET G_STRUCT_OFFSET (SparkMessage, inline_name)
 #define COMMAND_CHAIN       64    /* hand a chain back once it is this long */
 #define COMMAND_KEEP_MAX    256   /* blocks per size the server collects at most */
 #define COMMAND_RETURNED_MAX 1024 /* blocks per size waiting for senders at most */
@@ -206,6 +206,9 @@ static void spark_request_deliver_on_port (SparkPortItem *item);
 /* Block sizes: a 24-byte message holds names of up to 6 bytes (a 32-byte
  * malloc chunk), a 40-byte one names of up to 22 (48). */
 static const gsize command_block_size[SPARK_COMMAND_CLASSES] = { sizeof (SparkMessage), 40 };
+
+/* The name takes what would be the struct's tail padding. */
+G_STATIC_ASSERT (COMMAND_NAME_OFFSET < sizeof (SparkMessage));
 
 static inline gint
 command_class (gsize name_size)
@@ -357,7 +360,7 @@ spark_message_new_command (SparkCommandBlocks *blocks,
   msg->next = NULL;
   msg->parameters = parameters;   /* ours now: sunk by the dispatcher */
   msg->kind = SPARK_MESSAGE_COMMAND;
-  memcpy ((char *) msg + COMMAND_NAME_OFFSET, name, len);
+  memcpy (msg->inline_name, name, len);
 
   return msg;
 }
