@@ -238,6 +238,19 @@ set_closed_error (GError **error)
   return FALSE;
 }
 
+/* Where @req's outcome goes: the caller's reply port. The context spins
+ * for it only if the server runs elsewhere: a reply that only this thread
+ * can produce never comes while it spins. */
+static void
+spark_dispatcher_hold_port (SparkDispatcher *self,
+                            SparkRequest    *req)
+{
+  GMainContext *producer = self->mailbox ? spark_mailbox_get_context (self->mailbox) : NULL;
+
+  req->port = spark_reply_port_hold (producer);
+  req->port_soon = spark_reply_port_expects_soon (req->port, producer);
+}
+
 /* Sends @req (both of its references: the sender's goes to the mailbox,
  * the completion side stays with the caller's delivery). */
 static void
@@ -323,7 +336,7 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
   req->source_object = g_object_ref (G_OBJECT (self));
   req->callback = callback;
   req->user_data = user_data;
-  req->port = spark_reply_port_get ();
+  spark_dispatcher_hold_port (self, req);
 
   spark_dispatcher_send_request (self, req, FALSE);
 }
@@ -402,7 +415,7 @@ spark_dispatcher_request_full (SparkDispatcher    *self,
   req->reply_func = reply_func;
   req->user_data = user_data;
   req->destroy = destroy;
-  req->port = spark_reply_port_get ();
+  spark_dispatcher_hold_port (self, req);
 
   spark_dispatcher_send_request (self, req, FALSE);
 }

@@ -58,6 +58,7 @@ struct _SparkMailbox
 };
 
 SparkMailbox *spark_mailbox_new              (void);
+GMainContext *spark_mailbox_get_context      (SparkMailbox  *mailbox);
 SparkMailbox *spark_mailbox_ref              (SparkMailbox  *mailbox);
 void          spark_mailbox_unref            (SparkMailbox  *mailbox);
 

@@ -93,6 +93,7 @@ struct _SparkRoomWaiter
 
   GTask           *task;         /* SPARK_POST_ASYNC */
   SparkReplyPort  *port;
+  gboolean         port_soon;    /* the hold expects the outcome soon */
   SparkPortItem    port_item;
 };
 
@@ -109,6 +110,14 @@ spark_mailbox_new (void)
   mailbox->abort_cancellable = g_cancellable_new ();
 
   return mailbox;
+}
+
+/* The server's context once the mailbox has opened, NULL before: from any
+ * thread, without the lock (it is set once, at open). */
+GMainContext *
+spark_mailbox_get_context (SparkMailbox *mailbox)
+{
+  return g_atomic_pointer_get (&mailbox->context);
 }
 
 SparkMailbox *
@@ -161,7 +170,8 @@ spark_mailbox_open (SparkMailbox  *mailbox,
     {
       mailbox->state = SPARK_MAILBOX_OPEN;
       mailbox->source = g_source_ref (source);
-      mailbox->context = g_main_context_ref (context);
+      /* Read unlocked by senders: see spark_mailbox_get_context(). */
+      g_atomic_pointer_set (&mailbox->context, g_main_context_ref (context));
       mailbox->start_thread = start_thread;
       mailbox->capacity = capacity;
       ret = TRUE;
@@ -377,7 +387,8 @@ deliver_waiter_on_port (SparkPortItem *item)
   g_clear_pointer (&waiter->msg, spark_message_free);
   g_clear_object (&waiter->task);
   g_clear_object (&waiter->cancellable);
-  g_clear_pointer (&waiter->port, spark_reply_port_unref);
+  if (waiter->port != NULL)
+    spark_reply_port_release (g_steal_pointer (&waiter->port), waiter->port_soon);
   g_clear_pointer (&waiter->mailbox, spark_mailbox_unref);
   g_free (waiter);
 }
@@ -465,7 +476,8 @@ wait_for_room (SparkMailbox  *mailbox,
   else
     {
       waiter->task = g_object_ref (task);
-      waiter->port = spark_reply_port_get ();
+      waiter->port = spark_reply_port_hold (mailbox->context);
+      waiter->port_soon = spark_reply_port_expects_soon (waiter->port, mailbox->context);
       waiter->port_item.deliver = deliver_waiter_on_port;
     }
 

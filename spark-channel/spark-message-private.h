@@ -93,6 +93,7 @@ struct _SparkRequest
   /* Where the outcome goes; immutable after send. */
   SparkSyncWaiter *waiter;            /* SYNC */
   SparkReplyPort  *port;              /* ASYNC, FUNC: a hold on it */
+  gboolean         port_soon;         /* ASYNC, FUNC: the hold expects the outcome soon */
   SparkPortItem    port_item;
   GObject         *source_object;     /* ASYNC: a reference (the dispatcher) */
   GAsyncReadyCallback callback;       /* ASYNC */
@@ -106,7 +107,9 @@ struct _SparkRequest
 typedef struct
 {
   guint  usec;        /* 0: not yet set, take the limit */
-  gint64 missed_at;   /* when the last spin gave up, 0 if it did not */
+  gint64 missed_at;   /* when the last spin gave up, 0 if its event came since */
+  guint  skip;        /* waits left that do not spin: the CPU was found oversubscribed */
+  guint  backoff;     /* waits to skip after the next preemption */
 } SparkSpin;
 
 typedef gboolean (*SparkSpinReadyFunc) (gconstpointer data);
@@ -190,9 +193,11 @@ void             spark_sync_waiter_wait            (SparkSyncWaiter  *waiter,
 void             spark_sync_waiter_signal          (SparkSyncWaiter  *waiter,
                                                     gint             *flag);
 
-SparkReplyPort  *spark_reply_port_get              (void);
-SparkReplyPort  *spark_reply_port_ref              (SparkReplyPort   *port);
-void             spark_reply_port_unref            (SparkReplyPort   *port);
+SparkReplyPort  *spark_reply_port_hold             (GMainContext     *producer);
+gboolean         spark_reply_port_expects_soon     (SparkReplyPort   *port,
+                                                    GMainContext     *producer);
+void             spark_reply_port_release          (SparkReplyPort   *port,
+                                                    gboolean          soon);
 void             spark_reply_port_push             (SparkReplyPort   *port,
                                                     SparkPortItem    *item);
 gboolean         spark_reply_port_context_is_expecting (GMainContext *context);
@@ -207,6 +212,7 @@ gboolean         spark_spin_until                  (SparkSpin          *spin,
                                                     SparkSpinReadyFunc  ready,
                                                     gconstpointer       data);
 void             spark_spin_note_event             (SparkSpin          *spin);
+gboolean         spark_spin_will_spin              (const SparkSpin    *spin);
 void             spark_cpu_relax                   (void);
 void             spark_mutex_lock                  (GMutex             *mutex);
 

@@ -23,9 +23,27 @@
  * and a hit, or a near miss (the event came less than one full spin after
  * giving up), restores it.
  *
+ * A spin only pays while the thread it waits for is running. Three rules
+ * keep it from burning a CPU that thread needs, or that nothing needs:
+ *
+ * - After a miss, no spin until the awaited event has come: an event that
+ *   did not come within a spin is not imminent (a reply that takes seconds,
+ *   while the context wakes 60 times a second for a UI tick), and every
+ *   further wakeup would spin for nothing.
+ * - The spinner yields its CPU every few microseconds: on a loaded machine
+ *   the thread it waits for may be waiting for this very CPU, and runs at
+ *   once; on an idle one the yield returns at once.
+ * - A spin that finds it was preempted (the clock jumped between two polls)
+ *   gives up, and the next waits do not spin, for twice as many each time
+ *   it happens again: the CPU is oversubscribed, and sleeping hands it to
+ *   whoever needs it. A spin that pays clears that.
+ *
  * SPARK_SPIN=N sets the longest spin in µs; SPARK_SPIN=0 turns spinning
  * off. */
 #define SPARK_SPIN_DEFAULT_USEC 100
+#define SPIN_YIELD_POLLS        128   /* about 6 µs of polls between yields */
+#define SPIN_PREEMPTED_USEC     50    /* a gap between two looks at the clock that means preemption */
+#define SPIN_BACKOFF_MAX        64    /* waits skipped at most after a preemption */
 
 guint
 spark_spin_limit (void)
@@ -47,36 +65,73 @@ spark_spin_limit (void)
   return (guint) (limit - 1);
 }
 
+/* Whether the next wait of @spin polls at all (see the rules above). */
+gboolean
+spark_spin_will_spin (const SparkSpin *spin)
+{
+  return spark_spin_limit () > 0 && spin->missed_at == 0 && spin->skip == 0;
+}
+
 /* Polls @ready until it returns TRUE or the spin's current budget is
  * spent; adapts the budget to how spinning went. */
 gboolean
-spark_spin_until (SparkSpin       *spin,
+spark_spin_until (SparkSpin         *spin,
                   SparkSpinReadyFunc ready,
-                  gconstpointer    data)
+                  gconstpointer      data)
 {
   guint limit = spark_spin_limit ();
   gint64 deadline;
+  gint64 last;
+
+  if (!spark_spin_will_spin (spin))
+    {
+      if (spin->skip > 0 && spin->missed_at == 0)
+        spin->skip--;
+      return ready (data);
+    }
 
   if (spin->usec == 0 || spin->usec > limit)
     spin->usec = limit;
-  if (limit == 0)
-    return ready (data);
 
-  deadline = g_get_monotonic_time () + spin->usec;
+  last = g_get_monotonic_time ();
+  deadline = last + spin->usec;
 
   for (guint i = 1; ; i++)
     {
+      gint64 now;
+
       if (ready (data))
         {
           spin->usec = limit;   /* it pays: spin fully next time */
+          spin->backoff = 0;
           return TRUE;
         }
       spark_cpu_relax ();
 
       /* The clock every 16 polls (a pause is ~50 ns here). */
-      if ((i & 15) == 0 && g_get_monotonic_time () >= deadline)
+      if ((i & 15) != 0)
+        continue;
+
+      now = g_get_monotonic_time ();
+      if (now - last > SPIN_PREEMPTED_USEC)
+        {
+          spin->backoff = CLAMP (spin->backoff * 2, 1, SPIN_BACKOFF_MAX);
+          spin->skip = spin->backoff;
+          break;
+        }
+      if (now >= deadline)
         break;
+
+      if (i % SPIN_YIELD_POLLS == 0)
+        {
+          g_thread_yield ();
+          now = g_get_monotonic_time ();
+        }
+      last = now;
     }
+
+  if (ready (data))
+    return TRUE;
 
   /* A miss: spin less next time, down to 1/16th of the limit. */
   spin->usec = MAX (spin->usec / 2, MAX (limit / 16, 1));
@@ -85,7 +140,8 @@ spark_spin_until (SparkSpin       *spin,
 }
 
 /* The awaited event came after all, following a missed spin: if it came
- * soon, a full spin would have caught it, so spin fully next time. */
+ * soon, a full spin would have caught it, so spin fully next time. Spins
+ * again from now on. */
 void
 spark_spin_note_event (SparkSpin *spin)
 {
@@ -509,7 +565,8 @@ spark_request_unref (SparkRequest *req)
   g_clear_object (&req->cancellable);
   g_clear_object (&req->handler_cancellable);
   g_clear_object (&req->source_object);
-  g_clear_pointer (&req->port, spark_reply_port_unref);
+  if (req->port != NULL)
+    spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
   request_free (req, req->size);
 }
 
@@ -776,7 +833,8 @@ spark_request_release_requester (SparkRequest *req)
 
   g_clear_object (&req->source_object);
   g_clear_object (&req->cancellable);
-  g_clear_pointer (&req->port, spark_reply_port_unref);
+  if (req->port != NULL)
+    spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
   req->callback = NULL;
   req->reply_func = NULL;
   req->user_data = NULL;

@@ -37,6 +37,7 @@ struct _SparkReplyPort
   SparkPortItem  *pending;     /* its dispatch: taken from @stack, oldest first, not delivered yet */
 
   GMainContext   *context;     /* the context it is attached to; not a reference */
+  gint            holds;       /* atomic: outcomes on their way here (see port_hold()) */
 
   SparkAsyncResultPool results; /* its dispatch: spare request_async() results */
 };
@@ -201,15 +202,38 @@ spark_reply_port_lookup (GMainContext *context)
   return port;
 }
 
+/* A hold is an outcome on its way. The holds together keep the context
+ * alive, and with it the attached port: the first takes a reference on the
+ * context and the last drops it, so a stream of requests costs one atomic
+ * each way, not two. Holds are only taken on the caller's thread-default
+ * context, which its caller keeps alive meanwhile: a hold taken from zero
+ * never finds the context gone. Every 0 -> 1 takes one reference and
+ * every 1 -> 0 drops one, in whatever order two threads get there.
+ *
+ * An outcome that another thread produces may come soon: the context may
+ * spin for it in prepare (the wake source's expecting count). One that
+ * only this context can produce (the server runs on it) never comes while
+ * the thread spins, so it is held without being expected. */
+static void
+port_hold (SparkReplyPort *port,
+           gboolean        soon)
+{
+  if (g_atomic_int_add (&port->holds, 1) == 0)
+    g_main_context_ref (port->context);
+  if (soon)
+    g_atomic_int_inc (&port->source.expecting);
+}
+
 /*
- * spark_reply_port_get:
+ * spark_reply_port_hold:
+ * @producer: (nullable): the context that produces the outcome (a
+ *   server's), if known
  *
  * Returns: (transfer full): the port of the calling thread's thread-default
- *   context, held (its context alive) until released with
- *   spark_reply_port_unref().
+ *   context, held (its context alive) until spark_reply_port_release().
  */
 SparkReplyPort *
-spark_reply_port_get (void)
+spark_reply_port_hold (GMainContext *producer)
 {
   GMainContext *context = g_main_context_get_thread_default ();
   PortCache *cache = g_private_get (&port_cache_key);
@@ -225,41 +249,38 @@ spark_reply_port_get (void)
 
   /* The cached port is still the one of this context unless its context
    * died (and the port with it) and a new one took the same address. */
-  if G_LIKELY (cache->port != NULL &&
-               cache->context == context &&
-               !g_source_is_destroyed ((GSource *) cache->port))
-    return spark_reply_port_ref (cache->port);
+  if G_UNLIKELY (cache->port == NULL ||
+                 cache->context != context ||
+                 g_source_is_destroyed ((GSource *) cache->port))
+    {
+      if (cache->port != NULL)
+        g_source_unref ((GSource *) cache->port);
+      cache->port = spark_reply_port_lookup (context);
+      cache->context = context;
+    }
 
-  if (cache->port != NULL)
-    g_source_unref ((GSource *) cache->port);
-  cache->port = spark_reply_port_lookup (context);
-  cache->context = context;
-
-  return spark_reply_port_ref (cache->port);
+  port_hold (cache->port, spark_reply_port_expects_soon (cache->port, producer));
+  return cache->port;
 }
 
-/* A hold is an outcome on its way: the context may spin for it while
- * there are any. The holds together keep the context alive, and with it the
- * attached port: the first takes a reference on the context and the last
- * drops it, so a stream of requests costs one atomic each way, not two.
- * Only spark_reply_port_get() takes holds, on the caller's thread-default
- * context, which its caller keeps alive meanwhile: a hold taken from zero
- * never finds the context gone. Every 0 -> 1 takes one reference and every
- * 1 -> 0 drops one, in whatever order two threads get there. */
-SparkReplyPort *
-spark_reply_port_ref (SparkReplyPort *port)
+/* Whether an outcome from @producer may come while this port's thread
+ * spins: not if @producer is this port's own context. */
+gboolean
+spark_reply_port_expects_soon (SparkReplyPort *port,
+                               GMainContext   *producer)
 {
-  if (g_atomic_int_add (&port->source.expecting, 1) == 0)
-    g_main_context_ref (port->context);
-  return port;
+  return producer != NULL && producer != port->context;
 }
 
 void
-spark_reply_port_unref (SparkReplyPort *port)
+spark_reply_port_release (SparkReplyPort *port,
+                          gboolean        soon)
 {
   GMainContext *context = port->context;
 
-  if (g_atomic_int_dec_and_test (&port->source.expecting))
+  if (soon)
+    g_atomic_int_add (&port->source.expecting, -1);
+  if (g_atomic_int_dec_and_test (&port->holds))
     g_main_context_unref (context);
 }
 
@@ -276,7 +297,7 @@ spark_reply_port_context_is_expecting (GMainContext *context)
   G_LOCK (ports);
   port = ports != NULL ? g_hash_table_lookup (ports, context) : NULL;
   if (port != NULL && !g_source_is_destroyed ((GSource *) port))
-    expecting = g_atomic_int_get (&port->source.expecting) > 0;
+    expecting = g_atomic_int_get (&port->holds) > 0;
   G_UNLOCK (ports);
 
   return expecting;

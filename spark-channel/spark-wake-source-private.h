@@ -36,6 +36,7 @@ GSource  *spark_wake_source_new    (gsize             struct_size,
 void      spark_wake_source_attach (SparkWakeSource  *self,
                                     GMainContext     *context);
 void      spark_wake_source_wake   (SparkWakeSource  *self);
+gboolean  spark_wake_source_will_spin (SparkWakeSource *self);
 
 /* From its own dispatch: not ready any more, or ready again (to be
  * dispatched in the next iteration, without a wakeup). */

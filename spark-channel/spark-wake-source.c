@@ -89,6 +89,15 @@ spark_wake_source_attach (SparkWakeSource *self,
   g_source_attach ((GSource *) self, context);
 }
 
+/* Whether the thread iterating the context would spin in the next
+ * prepare: an outcome from another thread is expected, and spinning for it
+ * still pays (see spark_spin_until()). From that thread. */
+gboolean
+spark_wake_source_will_spin (SparkWakeSource *self)
+{
+  return g_atomic_int_get (&self->expecting) > 0 && spark_spin_will_spin (&self->spin);
+}
+
 /* From any thread; the caller keeps the context alive. */
 void
 spark_wake_source_wake (SparkWakeSource *self)
