@@ -2154,25 +2154,29 @@ print_cpu_table (GArray *results)
   if (!any)
     return;
 
-  printf ("\n%-19s %-12s %8s %10s %10s %11s %10s %11s %7s %6s\n",
+  printf ("\n%-19s %-12s %8s %10s %10s %11s %10s %11s %7s %8s %6s\n",
           "workload", "impl", "ops", "wall ms", "wall us/op", "ops/s", "CPU ms", "CPU us/op",
-          "CPU %", "ticks");
+          "CPU %", "CPU/idm", "ticks");
   for (guint i = 0; i < results->len; i++)
     {
       const Result *r = &g_array_index (results, Result, i);
+      const Result *idiom_r = find_result (results, r->workload, IMPL_IDIOM);
       char ticks[32] = "-";
+      char vs_idiom[32] = "-";
 
       if (!r->has_cpu)
         continue;
       if (r->ticks > 0)
         g_snprintf (ticks, sizeof ticks, "%.0f", r->ticks);
-      printf ("%-19s %-12s %8" G_GUINT64_FORMAT " %10.2f %10.3f %11.0f %10.3f %11.3f %7.1f %6s\n",
+      if (idiom_r != NULL && idiom_r != r && idiom_r->cpu_ns > 0)
+        g_snprintf (vs_idiom, sizeof vs_idiom, "%.2f", r->cpu_ns / idiom_r->cpu_ns);
+      printf ("%-19s %-12s %8" G_GUINT64_FORMAT " %10.2f %10.3f %11.0f %10.3f %11.3f %7.1f %8s %6s\n",
               r->workload, r->impl, r->ops, r->secs * 1e3, r->secs * 1e6 / (double) r->ops,
               r->ops_per_s, r->cpu_ns / 1e6, r->cpu_ns / 1e3 / (double) r->ops,
-              100 * r->cpu_ns / (r->secs * 1e9), ticks);
+              100 * r->cpu_ns / (r->secs * 1e9), vs_idiom, ticks);
     }
   printf ("(CPU: the whole process, every thread, over the wall time; CPU %%: of one core;"
-          " ticks: the 60 Hz main-loop timeout's)\n");
+          " CPU/idm: CPU time over idiom's; ticks: the 60 Hz main-loop timeout's)\n");
 }
 
 static void
