@@ -33,9 +33,10 @@ struct _SparkMailbox
   SparkMessage      *tail;               /* mutex */
   gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
   GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */
-  SparkRequest      *current;            /* mutex: the request being handled, if it has a cancellable
-                                          * of its own or its invocation is held; a reference */
-  gboolean           current_held;       /* mutex: current's invocation is held by the handler */
+  SparkRequest      *current;            /* mutex: the request a synchronous handler is running, if it
+                                          * has a cancellable of its own; a reference */
+  GSList            *held;               /* mutex: SparkRequest, a reference each: requests whose
+                                          * invocation the handler holds */
   GCancellable      *token;              /* mutex: the send_shutdown() token */
 
   gint               n_queued;           /* mutex; read atomically: counted messages in head..tail */
@@ -90,8 +91,11 @@ SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
                                               SparkSpin     *spin);
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
-                                              SparkRequest  *req,
-                                              gboolean       held);
+                                              SparkRequest  *req);
+void          spark_mailbox_hold             (SparkMailbox  *mailbox,
+                                              SparkRequest  *req);
+void          spark_mailbox_unhold           (SparkMailbox  *mailbox,
+                                              SparkRequest  *req);
 GCancellable *spark_mailbox_finish           (SparkMailbox  *mailbox);
 void          spark_mailbox_drop_messages    (SparkMailbox  *mailbox,
                                               SparkMessage  *list,

@@ -138,6 +138,7 @@ spark_mailbox_unref (SparkMailbox *mailbox)
   g_assert (mailbox->head == NULL);
   g_assert (g_queue_is_empty (&mailbox->waiters));
   g_assert (mailbox->current == NULL);
+  g_assert (mailbox->held == NULL);
 
   g_clear_object (&mailbox->token);
   g_clear_object (&mailbox->abort_cancellable);
@@ -778,7 +779,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
 {
   SparkMessage *dropped = NULL;
   SparkRequest *current = NULL;
-  gboolean current_held = FALSE;
+  GSList *held = NULL;
   GSList *resolved;
   gboolean was_new;
   gboolean wake = FALSE;
@@ -800,10 +801,8 @@ spark_mailbox_close (SparkMailbox *mailbox,
       mailbox->tail = NULL;
       g_atomic_int_set (&mailbox->n_queued, 0);
       if (mailbox->current != NULL)
-        {
-          current = spark_request_ref (mailbox->current);
-          current_held = mailbox->current_held;
-        }
+        current = spark_request_ref (mailbox->current);
+      held = g_slist_copy_deep (mailbox->held, (GCopyFunc) (void (*) (void)) spark_request_ref, NULL);
       wake = TRUE;
     }
 
@@ -816,12 +815,14 @@ spark_mailbox_close (SparkMailbox *mailbox,
     {
       g_cancellable_cancel (mailbox->abort_cancellable);
 
+      for (GSList *l = held; l != NULL; l = l->next)
+        spark_request_complete_literal (l->data, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                        "The module server was shut down (abort) while the request was being handled");
+      g_slist_free_full (held, (GDestroyNotify) spark_request_unref);
+
       if (current != NULL)
         {
-          if (current_held)
-            spark_request_complete_literal (current, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
-                                            "The module server was shut down (abort) while the request was being handled");
-          else if (spark_request_get_handler_cancellable (current) != NULL)
+          if (spark_request_get_handler_cancellable (current) != NULL)
             g_cancellable_cancel (spark_request_get_handler_cancellable (current));
           spark_request_unref (current);
         }
@@ -901,24 +902,48 @@ spark_mailbox_release_one (SparkMailbox *mailbox)
   /* The server is running: admitted messages are taken on its next pass. */
 }
 
-/* The server tells an ABORT which request it is working on: a held
- * invocation's request fails with CLOSED, a running handler's cancellable
- * is cancelled. */
+/* The server tells an ABORT which request a synchronous handler is
+ * running (NULL: none), so that its cancellable is cancelled. */
 void
 spark_mailbox_set_current (SparkMailbox *mailbox,
-                           SparkRequest *req,
-                           gboolean      held)
+                           SparkRequest *req)
 {
   SparkRequest *old;
 
   g_mutex_lock (&mailbox->mutex);
   old = mailbox->current;
   mailbox->current = req ? spark_request_ref (req) : NULL;
-  mailbox->current_held = held;
   g_mutex_unlock (&mailbox->mutex);
 
   if (old != NULL)
     spark_request_unref (old);
+}
+
+/* The server tells an ABORT which requests' invocations the handler
+ * holds: they fail with CLOSED. From before the handler is called until
+ * the request has ended. */
+void
+spark_mailbox_hold (SparkMailbox *mailbox,
+                    SparkRequest *req)
+{
+  g_mutex_lock (&mailbox->mutex);
+  mailbox->held = g_slist_prepend (mailbox->held, spark_request_ref (req));
+  g_mutex_unlock (&mailbox->mutex);
+}
+
+void
+spark_mailbox_unhold (SparkMailbox *mailbox,
+                      SparkRequest *req)
+{
+  GSList *link;
+
+  g_mutex_lock (&mailbox->mutex);
+  link = g_slist_find (mailbox->held, req);
+  g_assert (link != NULL);
+  mailbox->held = g_slist_delete_link (mailbox->held, link);
+  g_mutex_unlock (&mailbox->mutex);
+
+  spark_request_unref (req);
 }
 
 /* The server has stopped: fails whatever an abort left behind and hands

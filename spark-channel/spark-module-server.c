@@ -76,6 +76,7 @@ struct _SparkModuleServer
   SparkMailbox  *mailbox;          /* immutable */
   char          *name;             /* owner thread */
   guint          capacity;         /* owner thread; frozen by start */
+  guint          max_invocations;  /* owner thread; frozen by start */
 
   GMutex         state_mutex;
   gboolean       started;          /* state_mutex: a start was accepted */
@@ -97,7 +98,8 @@ struct _SparkModuleServer
 
   /* The server's context only. */
   SparkMessage  *batch;            /* taken from the mailbox, not handled yet */
-  SparkRequest  *waiting;          /* a request whose invocation the handler holds */
+  GPtrArray     *held;             /* SparkRequest, a reference each: invocations the handler holds */
+  SparkMessage  *shutdown;         /* a shutdown reached while invocations were held */
   SparkSpin      spin;             /* how long the server's own thread polls before it sleeps */
   gboolean       stopped;
 };
@@ -109,6 +111,7 @@ enum {
   PROP_HANDLER,
   PROP_NAME,
   PROP_CAPACITY,
+  PROP_MAX_INVOCATIONS,
   PROP_RUNNING,
   PROP_PENDING,
   N_PROPS
@@ -347,6 +350,21 @@ spark_module_server_set_done (SparkModuleServer *self)
   g_object_unref (self);
 }
 
+/* The server is done with @req, whose invocation was held: the request
+ * no longer wakes it, an ABORT no longer fails it, and the server's
+ * reference goes. */
+static void
+release_held (SparkModuleServer *self,
+              SparkRequest      *req)
+{
+  SparkMailbox *serving = g_atomic_pointer_exchange (&req->serving, NULL);
+
+  if (serving != NULL)
+    spark_mailbox_unref (serving);
+  spark_mailbox_unhold (self->mailbox, req);
+  spark_request_unref (req);
+}
+
 /* On the server's context: nothing more will be handled. */
 static void
 spark_module_server_stop (SparkModuleServer *self)
@@ -356,6 +374,17 @@ spark_module_server_stop (SparkModuleServer *self)
   g_assert (!self->stopped);
 
   self->stopped = TRUE;
+
+  /* An ABORT failed them already; this makes sure, and lets them go. */
+  while (self->held->len > 0)
+    {
+      SparkRequest *req = g_ptr_array_steal_index (self->held, self->held->len - 1);
+
+      spark_request_complete_literal (req, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                      "The module server was shut down (abort) while the request was being handled");
+      release_held (self, req);
+    }
+  g_clear_pointer (&self->shutdown, spark_message_free);
 
   spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&self->batch), TRUE);
   token = spark_mailbox_finish (self->mailbox);
@@ -414,8 +443,8 @@ spark_module_server_handle_command (SparkModuleServer *self,
     }
 }
 
-/* Returns TRUE if the handler holds the request's invocation: the server
- * waits for the request to end before it handles the next message. */
+/* Returns TRUE if the server must wait before it handles the next message:
+ * the handler holds max-invocations invocations now. */
 static gboolean
 spark_module_server_handle_request (SparkModuleServer *self,
                                     SparkRequest      *req)
@@ -435,24 +464,23 @@ spark_module_server_handle_request (SparkModuleServer *self,
   if (self->uses_invocation)
     {
       SparkInvocation *invocation = spark_invocation_new (req, cancellable);
-      SparkMailbox *serving;
 
-      spark_mailbox_set_current (mailbox, req, TRUE);
+      spark_mailbox_hold (mailbox, req);
       g_atomic_pointer_set (&req->serving, spark_mailbox_ref (mailbox));
 
       spark_handler_handle_invocation (self->handler, invocation);
       g_object_unref (invocation);
 
+      /* Still held: the server keeps its reference until the request
+       * ends, and moves on only while fewer than max-invocations are. */
       if (!spark_request_is_claimed (req))
         {
-          self->waiting = req;
-          return TRUE;
+          g_ptr_array_add (self->held, req);
+          return self->held->len >= self->max_invocations;
         }
 
-      serving = g_atomic_pointer_exchange (&req->serving, NULL);
-      if (serving != NULL)
-        spark_mailbox_unref (serving);
-      spark_mailbox_set_current (mailbox, NULL, FALSE);
+      release_held (self, req);
+      return FALSE;
     }
   else
     {
@@ -460,7 +488,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       GVariant *reply;
 
       if (req->handler_cancellable != NULL)
-        spark_mailbox_set_current (mailbox, req, FALSE);
+        spark_mailbox_set_current (mailbox, req);
 
       if (self->iface->handle_request != NULL)
         reply = self->iface->handle_request (self->handler, req->name, req->msg.parameters,
@@ -483,7 +511,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       spark_request_return_reply (req, reply, error);
 
       if (req->handler_cancellable != NULL)
-        spark_mailbox_set_current (mailbox, NULL, FALSE);
+        spark_mailbox_set_current (mailbox, NULL);
     }
 
   spark_request_unref (req);
@@ -501,18 +529,34 @@ spark_module_server_dispatch (SparkModuleServer *self)
 
   spark_wake_source_set_ready ((SparkWakeSource *) self->source, FALSE);
 
-  if (self->waiting != NULL)
+  if (self->held->len > 0)
     {
-      SparkMailbox *serving;
+      /* Forget the held requests that have ended since. */
+      for (guint i = self->held->len; i-- > 0;)
+        {
+          SparkRequest *req = g_ptr_array_index (self->held, i);
 
-      if (!spark_request_is_claimed (self->waiting))
-        return G_SOURCE_CONTINUE;   /* the request's end wakes us */
+          if (spark_request_is_claimed (req))
+            {
+              g_ptr_array_remove_index (self->held, i);
+              release_held (self, req);
+            }
+        }
 
-      serving = g_atomic_pointer_exchange (&self->waiting->serving, NULL);
-      if (serving != NULL)
-        spark_mailbox_unref (serving);
-      spark_mailbox_set_current (mailbox, NULL, FALSE);
-      g_clear_pointer (&self->waiting, spark_request_unref);
+      /* DRAIN waits for every held invocation before it stops. */
+      if (self->shutdown != NULL && self->held->len == 0)
+        {
+          g_clear_pointer (&self->shutdown, spark_message_free);
+          spark_module_server_stop (self);
+          return G_SOURCE_REMOVE;
+        }
+
+      /* At the limit, or stopping: the next request's end wakes us. */
+      if (self->held->len >= self->max_invocations || self->shutdown != NULL)
+        {
+          if (!g_atomic_int_get (&mailbox->aborting))
+            return G_SOURCE_CONTINUE;
+        }
     }
 
   while (budget-- > 0)
@@ -544,6 +588,11 @@ spark_module_server_dispatch (SparkModuleServer *self)
       switch ((SparkMessageKind) msg->kind)
         {
         case SPARK_MESSAGE_SHUTDOWN:
+          if (self->held->len > 0)
+            {
+              self->shutdown = msg;   /* once the held invocations have ended */
+              return G_SOURCE_CONTINUE;
+            }
           spark_message_free (msg);
           spark_module_server_stop (self);
           return G_SOURCE_REMOVE;
@@ -696,6 +745,8 @@ spark_module_server_finalize (GObject *object)
   g_assert (self->shutdown_waits == NULL);
   g_assert (self->thread == NULL);
 
+  g_assert (self->held->len == 0);
+  g_clear_pointer (&self->held, g_ptr_array_unref);
   g_clear_pointer (&self->mailbox, spark_mailbox_unref);
   g_clear_pointer (&self->source, g_source_unref);
   g_clear_pointer (&self->context, g_main_context_unref);
@@ -726,6 +777,10 @@ spark_module_server_get_property (GObject    *object,
 
     case PROP_CAPACITY:
       g_value_set_uint (value, self->capacity);
+      break;
+
+    case PROP_MAX_INVOCATIONS:
+      g_value_set_uint (value, self->max_invocations);
       break;
 
     case PROP_RUNNING:
@@ -761,6 +816,10 @@ spark_module_server_set_property (GObject      *object,
 
     case PROP_CAPACITY:
       spark_module_server_set_capacity (self, g_value_get_uint (value));
+      break;
+
+    case PROP_MAX_INVOCATIONS:
+      spark_module_server_set_max_invocations (self, g_value_get_uint (value));
       break;
 
     default:
@@ -837,6 +896,32 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
                         G_PARAM_STATIC_STRINGS));
 
   /**
+   * SparkModuleServer:max-invocations:
+   *
+   * How many requests the handler may hold the invocation of at once
+   * (see [vfunc@Spark.Handler.handle_invocation]). With 1, the default, the
+   * server handles one message at a time: it moves on when the
+   * invocation is completed or its request ends. With N > 1 it moves on as
+   * soon as handle_invocation() returns while fewer than N invocations are
+   * held, so a module that replies later (after I/O, or after asking
+   * another module) serves N requests at once. Messages are still
+   * *started* one at a time in mailbox order, on the server's context;
+   * their replies may come in any order. A DRAIN shutdown waits for every
+   * held invocation; an ABORT fails them all with
+   * %SPARK_CHANNEL_ERROR_CLOSED. It does not matter for handlers that only
+   * implement handle_request(). Only settable before the server starts:
+   * setting it afterwards is a programmer error and is ignored.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_MAX_INVOCATIONS] =
+    g_param_spec_uint ("max-invocations", NULL, NULL,
+                       1, G_MAXINT, 1,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
    * SparkModuleServer:running:
    *
    * Whether the server has started and not yet stopped: %FALSE as soon as
@@ -900,6 +985,8 @@ spark_module_server_init (SparkModuleServer *self)
 {
   g_mutex_init (&self->state_mutex);
   self->mailbox = spark_mailbox_new ();
+  self->held = g_ptr_array_new ();
+  self->max_invocations = 1;
 }
 
 /* API ------------------------------------------------------------------------ */
@@ -1047,6 +1134,64 @@ spark_module_server_set_capacity (SparkModuleServer *self,
     {
       self->capacity = capacity;
       g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_CAPACITY]);
+    }
+}
+
+/**
+ * spark_module_server_get_max_invocations:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * How many invocations the handler may hold at once. Call it from the
+ * thread that owns the server.
+ *
+ * Returns: the limit, 1 or more
+ *
+ * Since: 1.0
+ */
+guint
+spark_module_server_get_max_invocations (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 1);
+
+  return self->max_invocations;
+}
+
+/**
+ * spark_module_server_set_max_invocations:
+ * @self: a [class@Spark.ModuleServer]
+ * @max_invocations: how many invocations the handler may hold at once, 1
+ *   or more
+ *
+ * Sets [property@Spark.ModuleServer:max-invocations]. Call it before the
+ * server starts, from the thread that owns it; afterwards it is a
+ * programmer error (a critical) and the call is ignored.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_max_invocations (SparkModuleServer *self,
+                                         guint              max_invocations)
+{
+  gboolean started;
+
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (max_invocations >= 1 && max_invocations <= G_MAXINT);
+
+  g_mutex_lock (&self->state_mutex);
+  started = self->started;
+  g_mutex_unlock (&self->state_mutex);
+
+  if (started)
+    {
+      g_critical ("The max-invocations of module server “%s” cannot change once it has started",
+                  self->name ? self->name : "");
+      return;
+    }
+
+  if (self->max_invocations != max_invocations)
+    {
+      self->max_invocations = max_invocations;
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_MAX_INVOCATIONS]);
     }
 }
 

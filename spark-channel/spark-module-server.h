@@ -54,6 +54,11 @@ SPARK_AVAILABLE_IN_1_0
 void               spark_module_server_set_capacity      (SparkModuleServer   *self,
                                                           guint                capacity);
 SPARK_AVAILABLE_IN_1_0
+guint              spark_module_server_get_max_invocations (SparkModuleServer *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_max_invocations (SparkModuleServer *self,
+                                                            guint              max_invocations);
+SPARK_AVAILABLE_IN_1_0
 gboolean           spark_module_server_get_running       (SparkModuleServer   *self);
 SPARK_AVAILABLE_IN_1_0
 guint              spark_module_server_get_pending       (SparkModuleServer   *self);

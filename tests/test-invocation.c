@@ -971,6 +971,202 @@ test_return_value_bad_input (void)
   g_test_assert_expected_messages ();
 }
 
+/* max-invocations ------------------------------------------------------------ */
+
+#define N_CONCURRENT 3
+
+/* A server on the default context whose handler may hold @max invocations. */
+static SparkModuleServer *
+concurrent_server_new (SparkTestInvocationHandler *handler,
+                       guint                       max)
+{
+  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
+  GError *error = NULL;
+
+  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, 1);
+  spark_module_server_set_max_invocations (server, max);
+  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, max);
+  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_no_error (error);
+
+  return server;
+}
+
+/* Dispatches what is ready, a few times over: a server that should wait
+ * has every chance to move on. */
+static void
+iterate_a_while (void)
+{
+  for (guint i = 0; i < 10; i++)
+    spark_test_iterate_pending (NULL);
+}
+
+/* Up to max-invocations requests are held at once; the next is handled
+ * when one of them ends; replies may come in any order. */
+static void
+test_max_invocations_concurrent (void)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = concurrent_server_new (handler, N_CONCURRENT);
+  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+  SparkTestOutcome outcomes[N_CONCURRENT + 2];
+  SparkInvocation *held[N_CONCURRENT + 2];
+
+  memset (outcomes, 0, sizeof outcomes);
+  for (gint i = 0; i < N_CONCURRENT + 2; i++)
+    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+
+  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT);
+  iterate_a_while ();
+  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+  for (gint i = 0; i < N_CONCURRENT; i++)
+    {
+      held[i] = spark_test_invocation_handler_pop (handler);
+      g_assert_cmpint (g_variant_get_int32 (spark_invocation_get_parameters (held[i])), ==, i);
+    }
+
+  /* The middle one ends first: one more is started, and no other. */
+  spark_invocation_return_value (held[1], g_variant_new_int32 (11));
+  spark_test_wait_flag (NULL, &outcomes[1].done);
+  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT + 1);
+  iterate_a_while ();
+  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT + 1);
+  held[N_CONCURRENT] = spark_test_invocation_handler_pop (handler);
+
+  /* A dropped invocation ends its request too. */
+  g_clear_object (&held[0]);
+  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT + 2);
+  held[N_CONCURRENT + 1] = spark_test_invocation_handler_pop (handler);
+
+  for (gint i = N_CONCURRENT + 1; i >= 2; i--)
+    spark_invocation_return_value (held[i], g_variant_new_int32 (10 + i));
+  for (gint i = 0; i < N_CONCURRENT + 2; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      if (i == 0)
+        g_assert_error (outcomes[i].error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
+      else
+        {
+          g_assert_no_error (outcomes[i].error);
+          g_assert_cmpint (g_variant_get_int32 (outcomes[i].reply), ==, 10 + i);
+        }
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+  for (gint i = 1; i < N_CONCURRENT + 2; i++)
+    g_object_unref (held[i]);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (dispatcher);
+  g_object_unref (server);
+  g_object_unref (handler);
+}
+
+/* DRAIN waits for every held invocation and handles what is queued. */
+static void
+test_max_invocations_drain (void)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = concurrent_server_new (handler, 2);
+  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+  SparkTestOutcome outcomes[3];
+  SparkInvocation *invocation;
+  gint stopped = FALSE;
+
+  memset (outcomes, 0, sizeof outcomes);
+  for (gint i = 0; i < 3; i++)
+    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+  spark_test_wait_count (NULL, &handler->n_received, 2);
+
+  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, spark_test_shutdown_done_cb, &stopped);
+  iterate_a_while ();
+  g_assert_false (g_atomic_int_get (&stopped));
+  g_assert_true (spark_module_server_get_running (server));
+
+  for (gint i = 0; i < 3; i++)
+    {
+      spark_test_wait_count (NULL, &handler->n_received, MIN (i + 2, 3));
+      invocation = spark_test_invocation_handler_pop (handler);
+      spark_invocation_return_value (invocation, g_variant_new_int32 (i));
+      g_object_unref (invocation);
+      if (i < 2)
+        {
+          iterate_a_while ();
+          g_assert_false (g_atomic_int_get (&stopped));
+        }
+    }
+
+  spark_test_wait_flag (NULL, &stopped);
+  for (gint i = 0; i < 3; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      g_assert_no_error (outcomes[i].error);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+
+  g_object_unref (dispatcher);
+  g_object_unref (server);
+  g_object_unref (handler);
+}
+
+/* ABORT fails every held invocation's request; later completions are
+ * dropped quietly. */
+static void
+test_max_invocations_abort (void)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = concurrent_server_new (handler, N_CONCURRENT);
+  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+  SparkTestOutcome outcomes[N_CONCURRENT + 1];
+  SparkInvocation *held[N_CONCURRENT];
+
+  memset (outcomes, 0, sizeof outcomes);
+  for (gint i = 0; i < N_CONCURRENT + 1; i++)
+    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT);
+  for (gint i = 0; i < N_CONCURRENT; i++)
+    held[i] = spark_test_invocation_handler_pop (handler);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
+  for (gint i = 0; i < N_CONCURRENT + 1; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      g_assert_error (outcomes[i].error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+  for (gint i = 0; i < N_CONCURRENT; i++)
+    {
+      g_assert_true (g_cancellable_is_cancelled (spark_invocation_get_cancellable (held[i])));
+      spark_invocation_return_value (held[i], g_variant_new_int32 (i));
+      g_object_unref (held[i]);
+    }
+  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT);
+
+  g_object_unref (dispatcher);
+  g_object_unref (server);
+  g_object_unref (handler);
+}
+
+/* Like capacity, it is frozen by start. */
+static void
+test_max_invocations_after_start (void)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+  SparkModuleServer *server = concurrent_server_new (handler, 2);
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*max-invocations*cannot change*");
+  spark_module_server_set_max_invocations (server, 4);
+  g_test_assert_expected_messages ();
+  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, 2);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_object_unref (server);
+  g_object_unref (handler);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -1006,6 +1202,10 @@ main (int argc, char *argv[])
   g_test_add_data_func ("/spark/invocation/holds-no-requester/sync",
                         GINT_TO_POINTER (REQUESTER_SYNC), test_holds_no_requester);
   g_test_add_func ("/spark/invocation/bad-input/floating-reply", test_return_value_bad_input);
+  g_test_add_func ("/spark/invocation/max-invocations/concurrent", test_max_invocations_concurrent);
+  g_test_add_func ("/spark/invocation/max-invocations/drain", test_max_invocations_drain);
+  g_test_add_func ("/spark/invocation/max-invocations/abort", test_max_invocations_abort);
+  g_test_add_func ("/spark/invocation/max-invocations/after-start", test_max_invocations_after_start);
 
   return g_test_run ();
 }
