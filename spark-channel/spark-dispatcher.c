@@ -342,12 +342,73 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
 }
 
 /**
+ * spark_dispatcher_request_with_progress_async:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the request's name, non-empty
+ * @parameters: (nullable): the request's parameters; a floating reference
+ *   is sunk
+ * @reply_type: (nullable): the type the reply must have, or %NULL for any
+ * @cancellable: (nullable): a cancellable
+ * @progress_func: (scope notified) (closure progress_data) (destroy progress_destroy):
+ *   receives the progress the handler reports
+ * @progress_data: data for @progress_func
+ * @progress_destroy: (nullable): frees @progress_data once the request has
+ *   ended (after @callback)
+ * @callback: (scope async) (closure user_data): called with the outcome
+ * @user_data: data for @callback
+ *
+ * Like [method@Spark.Dispatcher.request_async], for a long request whose
+ * handler reports how it goes with
+ * [method@Spark.Invocation.send_progress]: @progress_func runs on the
+ * same context as @callback, once per report, in the order the handler
+ * sent them, and never after @callback. Reports sent after the request
+ * ended (cancelled, timed out, or replied) are dropped. Finish with
+ * [method@Spark.Dispatcher.request_finish].
+ *
+ * May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_request_with_progress_async (SparkDispatcher     *self,
+                                              const char          *name,
+                                              GVariant            *parameters,
+                                              const GVariantType  *reply_type,
+                                              GCancellable        *cancellable,
+                                              SparkProgressFunc    progress_func,
+                                              gpointer             progress_data,
+                                              GDestroyNotify       progress_destroy,
+                                              GAsyncReadyCallback  callback,
+                                              gpointer             user_data)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+  SparkRequest *req;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (name != NULL && *name != '\0');
+  g_return_if_fail (reply_type_is_valid (reply_type));
+  g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
+  g_return_if_fail (progress_func != NULL);
+
+  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
+                           g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
+  req->source_object = g_object_ref (G_OBJECT (self));
+  req->callback = callback;
+  req->user_data = user_data;
+  spark_request_set_progress (req, progress_func, progress_data, progress_destroy);
+  spark_dispatcher_hold_port (self, req);
+
+  spark_dispatcher_send_request (self, req, FALSE);
+}
+
+/**
  * spark_dispatcher_request_finish:
  * @self: a [class@Spark.Dispatcher]
  * @result: the result given to the callback
  * @error: return location for an error
  *
- * Finishes [method@Spark.Dispatcher.request_async]. Call it from the
+ * Finishes [method@Spark.Dispatcher.request_async] and
+ * [method@Spark.Dispatcher.request_with_progress_async]. Call it from the
  * callback, on the context where the callback runs.
  *
  * Returns: (transfer full): the reply, or %NULL with @error set: the
@@ -362,6 +423,7 @@ spark_dispatcher_request_finish (SparkDispatcher  *self,
                                  GError          **error)
 {
   g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
+  /* request_with_progress_async() results carry the same tag. */
   g_return_val_if_fail (spark_async_result_is_valid (result, self, spark_dispatcher_request_async), NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 

@@ -33,6 +33,23 @@ typedef void (*SparkReplyFunc) (GVariant     *reply,
                                 const GError *error,
                                 gpointer      user_data);
 
+/**
+ * SparkProgressFunc:
+ * @progress: what the handler reported, with
+ *   [method@Spark.Invocation.send_progress]
+ * @user_data: the data given with the function
+ *
+ * Receives the progress of a request sent with
+ * [method@Spark.Dispatcher.request_with_progress_async], on the
+ * thread-default main context of the caller at the time of the call, in
+ * the order the handler sent it, and never after the request's callback.
+ * @progress belongs to the library: reference it to keep it.
+ *
+ * Since: 1.0
+ */
+typedef void (*SparkProgressFunc) (GVariant *progress,
+                                   gpointer  user_data);
+
 #define SPARK_TYPE_DISPATCHER (spark_dispatcher_get_type ())
 
 SPARK_AVAILABLE_IN_1_0
@@ -71,6 +88,17 @@ void      spark_dispatcher_request_full        (SparkDispatcher      *self,
                                                 SparkReplyFunc        reply_func,
                                                 gpointer              user_data,
                                                 GDestroyNotify        destroy);
+SPARK_AVAILABLE_IN_1_0
+void      spark_dispatcher_request_with_progress_async (SparkDispatcher     *self,
+                                                        const char          *name,
+                                                        GVariant            *parameters,
+                                                        const GVariantType  *reply_type,
+                                                        GCancellable        *cancellable,
+                                                        SparkProgressFunc    progress_func,
+                                                        gpointer             progress_data,
+                                                        GDestroyNotify       progress_destroy,
+                                                        GAsyncReadyCallback  callback,
+                                                        gpointer             user_data);
 SPARK_AVAILABLE_IN_1_0
 gboolean  spark_dispatcher_send_command        (SparkDispatcher      *self,
                                                 const char           *name,

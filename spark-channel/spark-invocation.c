@@ -191,6 +191,42 @@ spark_invocation_return_value (SparkInvocation *self,
 }
 
 /**
+ * spark_invocation_send_progress:
+ * @self: a [class@Spark.Invocation]
+ * @progress: how the request goes (any type); a floating reference is sunk
+ *
+ * Reports progress to a requester that listens for it (see
+ * [method@Spark.Dispatcher.request_with_progress_async]): delivered on the
+ * requester's context, in the order sent, before the reply. Without a
+ * listener, or once the request has ended (cancelled, timed out, aborted),
+ * the report is dropped quietly. Sending progress after completing the
+ * invocation is a programmer error.
+ *
+ * May be called from any thread, any number of times before the
+ * invocation is completed.
+ *
+ * Since: 1.0
+ */
+void
+spark_invocation_send_progress (SparkInvocation *self,
+                                GVariant        *progress)
+{
+  g_autoptr(GVariant) owned = progress ? g_variant_ref_sink (progress) : NULL;
+
+  g_return_if_fail (SPARK_IS_INVOCATION (self));
+  g_return_if_fail (owned != NULL);
+
+  if (g_atomic_int_get (&self->completed))
+    {
+      g_critical ("Progress for request “%s” was sent after its invocation was completed; "
+                  "it is dropped", self->req->name);
+      return;
+    }
+
+  spark_request_send_progress (self->req, g_steal_pointer (&owned));
+}
+
+/**
  * spark_invocation_take_error: (skip)
  * @self: a [class@Spark.Invocation]
  * @error: (transfer full): the error

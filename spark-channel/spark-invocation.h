@@ -30,6 +30,9 @@ SPARK_AVAILABLE_IN_1_0
 void          spark_invocation_return_value         (SparkInvocation *self,
                                                      GVariant        *reply);
 SPARK_AVAILABLE_IN_1_0
+void          spark_invocation_send_progress        (SparkInvocation *self,
+                                                     GVariant        *progress);
+SPARK_AVAILABLE_IN_1_0
 void          spark_invocation_return_error_literal (SparkInvocation *self,
                                                      GQuark           domain,
                                                      gint             code,

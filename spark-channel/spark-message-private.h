@@ -16,6 +16,7 @@ typedef struct _SparkMessage    SparkMessage;
 typedef struct _SparkPortItem   SparkPortItem;
 typedef struct _SparkReplyPort  SparkReplyPort;
 typedef struct _SparkRequest    SparkRequest;
+typedef struct _SparkRequestProgress SparkRequestProgress;
 typedef struct _SparkRoomWaiter SparkRoomWaiter;
 typedef struct _SparkSyncWaiter SparkSyncWaiter;
 
@@ -98,6 +99,7 @@ struct _SparkRequest
   GObject         *source_object;     /* ASYNC: a reference (the dispatcher) */
   GAsyncReadyCallback callback;       /* ASYNC */
   SparkReplyFunc   reply_func;        /* FUNC */
+  SparkRequestProgress *progress;     /* ASYNC, nullable: set before send */
   gpointer         user_data;         /* ASYNC, FUNC */
   GDestroyNotify   destroy;           /* FUNC */
 };
@@ -185,6 +187,13 @@ gboolean         spark_request_return_reply        (SparkRequest     *req,
 void             spark_request_arm                 (SparkRequest     *req);
 void             spark_request_disarm              (SparkRequest     *req);
 void             spark_request_release_requester   (SparkRequest     *req);
+void             spark_request_set_progress        (SparkRequest      *req,
+                                                    SparkProgressFunc  func,
+                                                    gpointer           data,
+                                                    GDestroyNotify     destroy);
+void             spark_request_send_progress       (SparkRequest      *req,
+                                                    GVariant          *progress);
+void             spark_reply_port_add_hold         (SparkReplyPort   *port);
 GCancellable    *spark_request_get_handler_cancellable (SparkRequest *req);
 
 SparkSyncWaiter *spark_sync_waiter_get             (void);

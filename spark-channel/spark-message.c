@@ -224,6 +224,16 @@ spark_message_free (SparkMessage *msg)
     }
 }
 
+/* A listener for a request's progress (see "Progress" below). */
+struct _SparkRequestProgress
+{
+  GMutex             mutex;
+  gboolean           closed;    /* mutex: the outcome is being or was delivered */
+  SparkProgressFunc  func;      /* immutable */
+  gpointer           data;      /* immutable */
+  GDestroyNotify     destroy;   /* the requester's context: called once, after the outcome */
+};
+
 static void spark_request_deliver_on_port (SparkPortItem *item);
 
 /* Blocks kept for reuse ------------------------------------------------------
@@ -567,6 +577,11 @@ spark_request_unref (SparkRequest *req)
   g_clear_object (&req->source_object);
   if (req->port != NULL)
     spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
+  if (req->progress != NULL)
+    {
+      g_mutex_clear (&req->progress->mutex);
+      g_free (req->progress);
+    }
   request_free (req, req->size);
 }
 
@@ -793,6 +808,14 @@ spark_request_deliver_on_port (SparkPortItem *item)
                                         "The request was cancelled");
     }
 
+  /* Progress reports still on their way are dropped from now on. */
+  if (req->progress != NULL)
+    {
+      g_mutex_lock (&req->progress->mutex);
+      req->progress->closed = TRUE;
+      g_mutex_unlock (&req->progress->mutex);
+    }
+
   if (req->reply_kind == SPARK_REPLY_ASYNC)
     {
       SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (req->port);
@@ -835,10 +858,96 @@ spark_request_release_requester (SparkRequest *req)
   g_clear_object (&req->cancellable);
   if (req->port != NULL)
     spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
+  if (req->progress != NULL && req->progress->destroy != NULL)
+    g_steal_pointer (&req->progress->destroy) (req->progress->data);
   req->callback = NULL;
   req->reply_func = NULL;
   req->user_data = NULL;
   req->destroy = NULL;
+}
+
+/* Progress ------------------------------------------------------------------
+ *
+ * A request whose requester listens for progress carries this. Reports go
+ * through the requester's reply port like outcomes, each with a hold of
+ * its own, so those a handler's thread sends before its reply arrive
+ * before it. A report that arrives after the final outcome (sent by a
+ * handler racing a cancel or a timeout) is dropped: the outcome's delivery
+ * closes the progress first, under the mutex that senders take to push. */
+
+typedef struct
+{
+  SparkPortItem   item;
+  SparkRequest   *req;      /* a reference */
+  SparkReplyPort *port;     /* a hold of its own */
+  GVariant       *value;
+} ProgressItem;
+
+void
+spark_request_set_progress (SparkRequest      *req,
+                            SparkProgressFunc  func,
+                            gpointer           data,
+                            GDestroyNotify     destroy)
+{
+  g_assert (req->progress == NULL && req->reply_kind == SPARK_REPLY_ASYNC);
+
+  req->progress = g_new0 (SparkRequestProgress, 1);
+  g_mutex_init (&req->progress->mutex);
+  req->progress->func = func;
+  req->progress->data = data;
+  req->progress->destroy = destroy;
+}
+
+/* On the requester's context, from the reply port's batch. */
+static void
+deliver_progress (SparkPortItem *port_item)
+{
+  ProgressItem *item = (ProgressItem *) (void *) port_item;
+  SparkRequestProgress *progress = item->req->progress;
+
+  /* Written on this same thread, by the outcome's delivery. */
+  if (!progress->closed)
+    progress->func (item->value, progress->data);
+
+  g_variant_unref (item->value);
+  spark_reply_port_release (item->port, FALSE);
+  spark_request_unref (item->req);
+  g_free (item);
+}
+
+/*
+ * spark_request_send_progress:
+ * @progress: (transfer full): not floating
+ *
+ * From any thread: delivers @progress to the requester, unless nobody
+ * listens or the request has ended.
+ */
+void
+spark_request_send_progress (SparkRequest *req,
+                             GVariant     *progress)
+{
+  SparkRequestProgress *listener = req->progress;
+
+  if (listener != NULL && !spark_request_is_claimed (req))
+    {
+      g_mutex_lock (&listener->mutex);
+      if (!listener->closed)
+        {
+          ProgressItem *item = g_new0 (ProgressItem, 1);
+
+          /* Not closed: the outcome's delivery, which releases the
+           * request's own hold, has not begun, so the port is held. */
+          item->item.deliver = deliver_progress;
+          item->req = spark_request_ref (req);
+          item->port = req->port;
+          item->value = g_steal_pointer (&progress);
+          spark_reply_port_add_hold (item->port);
+          spark_reply_port_push (item->port, &item->item);
+        }
+      g_mutex_unlock (&listener->mutex);
+    }
+
+  g_clear_pointer (&progress, g_variant_unref);
 }
 
 /* Sync waiters ----------------------------------------------------------- */

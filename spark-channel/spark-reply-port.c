@@ -272,6 +272,16 @@ spark_reply_port_expects_soon (SparkReplyPort *port,
   return producer != NULL && producer != port->context;
 }
 
+/* Another hold on a port already held (by the caller's own hold, which
+ * keeps its context alive meanwhile), from any thread. Never expected
+ * soon. Released with spark_reply_port_release (port, FALSE). */
+void
+spark_reply_port_add_hold (SparkReplyPort *port)
+{
+  g_assert (g_atomic_int_get (&port->holds) > 0);
+  port_hold (port, FALSE);
+}
+
 void
 spark_reply_port_release (SparkReplyPort *port,
                           gboolean        soon)

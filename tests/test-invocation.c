@@ -1167,6 +1167,184 @@ test_max_invocations_after_start (void)
   g_object_unref (handler);
 }
 
+/* Progress -------------------------------------------------------------------- */
+
+typedef struct
+{
+  GArray   *seen;          /* gint32: the progress values, in arrival order */
+  gint      after_done;    /* progress that arrived after the callback */
+  gint      destroyed;     /* atomic: progress_destroy runs */
+  gboolean  destroyed_before_done;
+  SparkTestOutcome outcome;
+} Progress;
+
+static void
+progress_cb (GVariant *value,
+             gpointer  user_data)
+{
+  Progress *p = user_data;
+  gint32 n = g_variant_get_int32 (value);
+
+  if (g_atomic_int_get (&p->outcome.done))
+    p->after_done++;
+  g_array_append_val (p->seen, n);
+}
+
+static void
+progress_destroy (gpointer user_data)
+{
+  Progress *p = user_data;
+
+  if (!g_atomic_int_get (&p->outcome.done))
+    p->destroyed_before_done = TRUE;
+  g_atomic_int_inc (&p->destroyed);
+}
+
+static void
+progress_init (Progress *p)
+{
+  memset (p, 0, sizeof *p);
+  p->seen = g_array_new (FALSE, FALSE, sizeof (gint32));
+}
+
+static void
+progress_clear (Progress *p)
+{
+  g_array_unref (p->seen);
+  spark_test_outcome_clear (&p->outcome);
+}
+
+static void
+send_with_progress (Fixture      *fixture,
+                    GCancellable *cancellable,
+                    Progress     *p)
+{
+  spark_dispatcher_request_with_progress_async (fixture->dispatcher, "long", NULL, NULL, cancellable,
+                                                progress_cb, p, progress_destroy,
+                                                on_async_reply, &p->outcome);
+}
+
+/* Reports arrive in order, before the reply; progress_destroy runs once,
+ * after the callback. */
+static void
+test_progress_in_order (Fixture       *fixture,
+                        gconstpointer  data)
+{
+  SparkInvocation *invocation;
+  Progress p;
+
+  progress_init (&p);
+  send_with_progress (fixture, NULL, &p);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+
+  for (gint i = 1; i <= 5; i++)
+    spark_invocation_send_progress (invocation, g_variant_new_int32 (i));
+  spark_invocation_return_value (invocation, g_variant_new_string ("done"));
+  g_object_unref (invocation);
+
+  spark_test_wait_flag (NULL, &p.outcome.done);
+  g_assert_no_error (p.outcome.error);
+  g_assert_cmpstr (g_variant_get_string (p.outcome.reply, NULL), ==, "done");
+  g_assert_cmpuint (p.seen->len, ==, 5);
+  for (guint i = 0; i < p.seen->len; i++)
+    g_assert_cmpint (g_array_index (p.seen, gint32, i), ==, (gint32) i + 1);
+  g_assert_cmpint (g_atomic_int_get (&p.destroyed), ==, 1);
+  g_assert_false (p.destroyed_before_done);
+  g_assert_cmpint (p.after_done, ==, 0);
+
+  progress_clear (&p);
+}
+
+typedef struct
+{
+  SparkInvocation *invocation;
+  gint             sent;       /* atomic */
+  gint             stop;       /* atomic */
+} Reporter;
+
+static gpointer
+reporter_thread (gpointer data)
+{
+  Reporter *r = data;
+
+  for (gint i = 1; !g_atomic_int_get (&r->stop); i++)
+    {
+      spark_invocation_send_progress (r->invocation, g_variant_new_int32 (i));
+      g_atomic_int_set (&r->sent, i);
+      g_main_context_wakeup (g_main_context_default ());
+    }
+  return NULL;
+}
+
+/* A thread reports without pause while the requester cancels: what
+ * arrives is in order, nothing after the callback, and the request fails
+ * with CANCELLED. */
+static void
+test_progress_cancel_race (Fixture       *fixture,
+                           gconstpointer  data)
+{
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  Reporter r = { NULL, 0, 0 };
+  GThread *thread;
+  Progress p;
+
+  progress_init (&p);
+  send_with_progress (fixture, cancellable, &p);
+  wait_received (fixture, 1);
+  r.invocation = pop (fixture);
+
+  thread = g_thread_new ("reporter", reporter_thread, &r);
+  spark_test_wait_count (NULL, &r.sent, 200);
+  while (p.seen->len < 10)
+    g_main_context_iteration (NULL, TRUE);
+  g_cancellable_cancel (cancellable);
+  spark_test_wait_flag (NULL, &p.outcome.done);
+
+  /* Whatever the thread still sends now is dropped. */
+  spark_test_wait_count (NULL, &r.sent, g_atomic_int_get (&r.sent) + 100);
+  g_atomic_int_set (&r.stop, TRUE);
+  g_thread_join (thread);
+  spark_test_iterate_pending (NULL);
+
+  g_assert_error (p.outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_assert_cmpint (p.after_done, ==, 0);
+  g_assert_cmpuint (p.seen->len, >=, 10);
+  for (guint i = 0; i < p.seen->len; i++)
+    g_assert_cmpint (g_array_index (p.seen, gint32, i), ==, (gint32) i + 1);
+  g_assert_cmpint (g_atomic_int_get (&p.destroyed), ==, 1);
+
+  spark_invocation_return_value (r.invocation, g_variant_new_string ("late"));
+  g_object_unref (r.invocation);
+  progress_clear (&p);
+}
+
+/* Without a listener (request_full) reports are dropped quietly; after
+ * the invocation's completion they are a programmer error. */
+static void
+test_progress_dropped (Fixture       *fixture,
+                       gconstpointer  data)
+{
+  SparkTestOutcome outcome = { 0, NULL, NULL };
+  SparkInvocation *invocation;
+
+  spark_dispatcher_request_full (fixture->dispatcher, "plain", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &outcome, NULL);
+  wait_received (fixture, 1);
+  invocation = pop (fixture);
+  spark_invocation_send_progress (invocation, g_variant_new_int32 (1));
+  spark_invocation_return_value (invocation, g_variant_new_int32 (2));
+
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*Progress*after its invocation was completed*");
+  spark_invocation_send_progress (invocation, g_variant_new_int32 (3));
+  g_test_assert_expected_messages ();
+  g_object_unref (invocation);
+
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_cmpint (g_variant_get_int32 (outcome.reply), ==, 2);
+  spark_test_outcome_clear (&outcome);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -1191,6 +1369,9 @@ main (int argc, char *argv[])
   ADD ("cancellable/timeout", test_cancellable_timeout);
   ADD ("cancellable/abort", test_cancellable_abort);
   ADD ("cancellable/abort-own-cancellable", test_cancellable_abort_own);
+  ADD ("progress/in-order", test_progress_in_order);
+  ADD ("progress/cancel-race", test_progress_cancel_race);
+  ADD ("progress/dropped", test_progress_dropped);
 
 #undef ADD
 
