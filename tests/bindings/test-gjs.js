@@ -342,6 +342,42 @@ test('invocation/reply-later-from-promise', async () => {
     await shutdown(server);
 });
 
+test('invocation/progress-from-promise', async () => {
+    // The handler reports from Promise continuations, then replies.
+    const handler = new Later(async invocation => {
+        for (let i = 1; i <= 5; i++) {
+            await sleep(1);
+            invocation.send_progress(new GLib.Variant('i', i));
+        }
+        invocation.return_value(new GLib.Variant('s', 'done'));
+    });
+    const server = new Spark.ModuleServer({handler});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+    const seen = [];
+    let finished = false;
+
+    const reply = await new Promise((resolve, reject) => {
+        dispatcher.request_with_progress_async('Long', null, null, null,
+            progress => {
+                assert(!finished, 'progress after the reply');
+                seen.push(progress.unpack());
+            },
+            (source, result) => {
+                finished = true;
+                try {
+                    resolve(source.request_finish(result));
+                } catch (e) {
+                    reject(e);
+                }
+            });
+    });
+    assertEqual(reply.unpack(), 'done');
+    assertEqual(JSON.stringify(seen), JSON.stringify([1, 2, 3, 4, 5]), 'progress');
+
+    await shutdown(server);
+});
+
 test('invocation/accessors-and-errors', async () => {
     const seen = [];
     const handler = new Later(invocation => {

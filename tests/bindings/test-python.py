@@ -434,6 +434,42 @@ def invocation_reply_later_on_main_context():
 
 
 @test
+def invocation_progress_from_python_thread():
+    """A handler thread reports progress, then replies: the requester's
+    progress callback sees every report in order, before the reply."""
+    def later(invocation):
+        def work():
+            for i in range(1, 6):
+                invocation.send_progress(GLib.Variant('i', i))
+            invocation.return_value(GLib.Variant('s', 'done'))
+        threading.Thread(target=work).start()
+
+    server = Spark.ModuleServer.new(Later(later))
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+    seen = []
+    outcome = {}
+
+    def on_progress(progress, *user_data):
+        assert 'reply' not in outcome
+        seen.append(progress.unpack())
+
+    def on_done(source, result):
+        outcome['reply'] = source.request_finish(result)
+        wake_main()
+
+    # PyGObject 3.42 wants the progress function's user data as a tuple
+    # (here empty) when a callback follows it; None makes it raise
+    # "expected tuple for callback user_data" at each report.
+    dispatcher.request_with_progress_async('Long', None, None, None, on_progress, (), on_done)
+    wait_for(lambda: 'reply' in outcome)
+    assert outcome['reply'].unpack() == 'done'
+    assert seen == [1, 2, 3, 4, 5], seen
+
+    shutdown(server)
+
+
+@test
 def invocation_reply_from_python_thread():
     """A handler on its own thread hands its invocation to a Python thread."""
     workers = []
