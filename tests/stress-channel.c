@@ -3,7 +3,8 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * Each round builds a random configuration (capacity, where the server
- * runs, sync or invocation handler, timeouts, shutdown mode), then lets
+ * runs, sync or invocation handler and how many invocations it may hold,
+ * timeouts, shutdown mode), then lets
  * client threads (request_sync, send_command, try_send_command) and the
  * main loop (request_async, request_full) hammer one server with random
  * cancellations, while dispatchers are dropped mid-flight and the server is
@@ -50,6 +51,7 @@ typedef struct
   guint        capacity;
   gboolean     in_thread;
   gboolean     use_invocation;
+  guint        max_invocations;
   gint         timeout_msec;
   ShutdownKind shutdown;
   guint        n_threads;
@@ -556,6 +558,7 @@ run_round (guint32 seed)
   round->capacity = g_rand_boolean (rand) ? 0 : (guint) g_rand_int_range (rand, 1, 9);
   round->in_thread = g_rand_int_range (rand, 0, 4) != 0;
   round->use_invocation = g_rand_boolean (rand);
+  round->max_invocations = round->use_invocation && g_rand_boolean (rand) ? (guint) g_rand_int_range (rand, 2, 6) : 1;
   round->timeout_msec = g_rand_int_range (rand, 0, 3) == 0 ? g_rand_int_range (rand, 1, 20) : -1;
   round->shutdown = (ShutdownKind) g_rand_int_range (rand, 0, 3);
   round->n_threads = (guint) g_rand_int_range (rand, 1, 5);
@@ -564,8 +567,8 @@ run_round (guint32 seed)
   round->completer_queue = g_async_queue_new ();
   round->shutdown_progress = g_rand_int_range (rand, 1, (gint) (round->n_threads * round->ops_per_thread) + 1);
 
-  g_test_message ("round seed=%u capacity=%u thread=%d invocation=%d timeout=%d shutdown=%d threads=%u",
-                  seed, round->capacity, round->in_thread, round->use_invocation,
+  g_test_message ("round seed=%u capacity=%u thread=%d invocation=%d max-invocations=%u timeout=%d shutdown=%d threads=%u",
+                  seed, round->capacity, round->in_thread, round->use_invocation, round->max_invocations,
                   round->timeout_msec, round->shutdown, round->n_threads);
 
   if (round->use_invocation)
@@ -581,6 +584,7 @@ run_round (guint32 seed)
   round->server = spark_module_server_new (handler);
   spark_module_server_set_name (round->server, "stress");
   spark_module_server_set_capacity (round->server, round->capacity);
+  spark_module_server_set_max_invocations (round->server, round->max_invocations);
 
   if (round->in_thread)
     g_assert_true (spark_module_server_start_in_thread (round->server, &error));
