@@ -281,6 +281,34 @@ spark_dispatcher_send_request (SparkDispatcher *self,
   spark_request_unref (req);
 }
 
+/* request_async() and request_with_progress_async() once their arguments
+ * are checked. No GTask: the result object is made when the outcome is
+ * delivered, from the reply port's batch on the caller's context. */
+static void
+spark_dispatcher_send_async (SparkDispatcher     *self,
+                             const char          *name,
+                             GVariant            *parameters,
+                             const GVariantType  *reply_type,
+                             GCancellable        *cancellable,
+                             SparkProgressFunc    progress_func,
+                             gpointer             progress_data,
+                             GDestroyNotify       progress_destroy,
+                             GAsyncReadyCallback  callback,
+                             gpointer             user_data)
+{
+  SparkRequest *req = spark_request_new (name, parameters, reply_type, cancellable,
+                                         g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
+
+  req->source_object = g_object_ref (G_OBJECT (self));
+  req->callback = callback;
+  req->user_data = user_data;
+  if (progress_func != NULL)
+    spark_request_set_progress (req, progress_func, progress_data, progress_destroy);
+  spark_dispatcher_hold_port (self, req);
+
+  spark_dispatcher_send_request (self, req, FALSE);
+}
+
 /**
  * spark_dispatcher_request_async:
  * @self: a [class@Spark.Dispatcher]
@@ -322,23 +350,14 @@ spark_dispatcher_request_async (SparkDispatcher     *self,
                                 gpointer             user_data)
 {
   g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
-  SparkRequest *req;
 
   g_return_if_fail (SPARK_IS_DISPATCHER (self));
   g_return_if_fail (name != NULL && *name != '\0');
   g_return_if_fail (reply_type_is_valid (reply_type));
   g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
 
-  /* No GTask: the result object is made when the outcome is delivered,
-   * from the reply port's batch on the caller's context. */
-  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
-                           g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
-  req->source_object = g_object_ref (G_OBJECT (self));
-  req->callback = callback;
-  req->user_data = user_data;
-  spark_dispatcher_hold_port (self, req);
-
-  spark_dispatcher_send_request (self, req, FALSE);
+  spark_dispatcher_send_async (self, name, g_steal_pointer (&params), reply_type, cancellable,
+                               NULL, NULL, NULL, callback, user_data);
 }
 
 /**
@@ -382,7 +401,6 @@ spark_dispatcher_request_with_progress_async (SparkDispatcher     *self,
                                               gpointer             user_data)
 {
   g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
-  SparkRequest *req;
 
   g_return_if_fail (SPARK_IS_DISPATCHER (self));
   g_return_if_fail (name != NULL && *name != '\0');
@@ -390,15 +408,8 @@ spark_dispatcher_request_with_progress_async (SparkDispatcher     *self,
   g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
   g_return_if_fail (progress_func != NULL);
 
-  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
-                           g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
-  req->source_object = g_object_ref (G_OBJECT (self));
-  req->callback = callback;
-  req->user_data = user_data;
-  spark_request_set_progress (req, progress_func, progress_data, progress_destroy);
-  spark_dispatcher_hold_port (self, req);
-
-  spark_dispatcher_send_request (self, req, FALSE);
+  spark_dispatcher_send_async (self, name, g_steal_pointer (&params), reply_type, cancellable,
+                               progress_func, progress_data, progress_destroy, callback, user_data);
 }
 
 /**

@@ -1077,6 +1077,25 @@ spark_module_server_set_name (SparkModuleServer *self,
     }
 }
 
+/* Settings that start freezes: changing one afterwards is a programmer
+ * error. Returns TRUE (after a critical) if the server has started. */
+static gboolean
+refuse_after_start (SparkModuleServer *self,
+                    const char        *property)
+{
+  gboolean started;
+
+  g_mutex_lock (&self->state_mutex);
+  started = self->started;
+  g_mutex_unlock (&self->state_mutex);
+
+  if (started)
+    g_critical ("The %s of module server “%s” cannot change once it has started",
+                property, self->name ? self->name : "");
+
+  return started;
+}
+
 /**
  * spark_module_server_get_capacity:
  * @self: a [class@Spark.ModuleServer]
@@ -1114,21 +1133,11 @@ void
 spark_module_server_set_capacity (SparkModuleServer *self,
                                   guint              capacity)
 {
-  gboolean started;
-
   g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
   g_return_if_fail (capacity <= G_MAXINT);
 
-  g_mutex_lock (&self->state_mutex);
-  started = self->started;
-  g_mutex_unlock (&self->state_mutex);
-
-  if (started)
-    {
-      g_critical ("The capacity of module server “%s” cannot change once it has started",
-                  self->name ? self->name : "");
-      return;
-    }
+  if (refuse_after_start (self, "capacity"))
+    return;
 
   if (self->capacity != capacity)
     {
@@ -1172,21 +1181,11 @@ void
 spark_module_server_set_max_invocations (SparkModuleServer *self,
                                          guint              max_invocations)
 {
-  gboolean started;
-
   g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
   g_return_if_fail (max_invocations >= 1 && max_invocations <= G_MAXINT);
 
-  g_mutex_lock (&self->state_mutex);
-  started = self->started;
-  g_mutex_unlock (&self->state_mutex);
-
-  if (started)
-    {
-      g_critical ("The max-invocations of module server “%s” cannot change once it has started",
-                  self->name ? self->name : "");
-      return;
-    }
+  if (refuse_after_start (self, "max-invocations"))
+    return;
 
   if (self->max_invocations != max_invocations)
     {
