@@ -11,6 +11,7 @@
 G_BEGIN_DECLS
 
 gboolean spark_handler_uses_invocation  (SparkHandler *self);
+gboolean spark_handler_is_python        (SparkHandler *self);
 gboolean spark_handler_is_main_only     (SparkHandler *self);
 void     spark_handler_set_not_supported (SparkHandler      *self,
                                           SparkMessageKind   kind,

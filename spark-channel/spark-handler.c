@@ -72,7 +72,7 @@ spark_type_has_mark (GType       type,
  * Whether the handler's type was registered by PyGObject, which marks the
  * types it registers with the type data "PyGObject::custom".
  */
-static gboolean
+gboolean
 spark_handler_is_python (SparkHandler *self)
 {
   return spark_type_has_mark (G_OBJECT_TYPE (self), "PyGObject::custom");

@@ -93,6 +93,7 @@ struct _SparkModuleServer
   GThread       *thread;           /* state_mutex: own thread, joined on the owner side */
   gboolean       own_thread;
   gboolean       uses_invocation;
+  gboolean       guard_python;     /* commands go through the wrapper, which checks the interpreter */
 
   gint           running;          /* atomic, for the getter */
 
@@ -416,7 +417,10 @@ spark_module_server_handle_command (SparkModuleServer *self,
 
   /* Straight to the vfunc: the public wrapper's type checks cost more than
    * the rest of a command's trip through the library. */
-  if (self->iface->handle_command != NULL)
+  if (self->guard_python)
+    ok = spark_handler_handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
+                                       self->mailbox->abort_cancellable, &error);
+  else if (self->iface->handle_command != NULL)
     ok = self->iface->handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
                                       self->mailbox->abort_cancellable, &error);
   else
@@ -1284,6 +1288,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->context = g_main_context_ref (context);
   self->owner_context = g_main_context_ref_thread_default ();
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
+  self->guard_python = spark_handler_is_python (self->handler);
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->running, TRUE);
   /* Held until the server has stopped and the owner side has finished. */
