@@ -71,6 +71,13 @@ never_called (GObject      *source,
 }
 
 static void
+never_called_progress (GVariant *progress,
+                       gpointer  user_data)
+{
+  g_assert_not_reached ();
+}
+
+static void
 never_called_full (GVariant     *reply,
                    const GError *error,
                    gpointer      user_data)
@@ -118,6 +125,12 @@ test_bad_names (Fixture       *fixture,
       expect_critical ();
       spark_dispatcher_send_command_async (fixture->dispatcher, names[i], g_variant_new_int32 (1),
                                            NULL, never_called, NULL);
+      g_test_assert_expected_messages ();
+
+      expect_critical ();
+      spark_dispatcher_request_with_progress_async (fixture->dispatcher, names[i], g_variant_new_int32 (1),
+                                                    NULL, NULL, never_called_progress, NULL, NULL,
+                                                    never_called, NULL);
       g_test_assert_expected_messages ();
     }
 
@@ -177,6 +190,20 @@ test_bad_objects (Fixture       *fixture,
 
   expect_critical ();
   spark_dispatcher_request_full (fixture->dispatcher, "x", NULL, NULL, NULL, NULL, NULL, NULL);
+  g_test_assert_expected_messages ();
+
+  /* No progress function; a floating parameter is still sunk. */
+  expect_critical ();
+  spark_dispatcher_request_with_progress_async (fixture->dispatcher, "x", g_variant_new_int32 (1), NULL, NULL,
+                                                NULL, NULL, NULL, never_called, NULL);
+  g_test_assert_expected_messages ();
+
+  expect_critical ();
+  spark_invocation_send_progress (NULL, g_variant_new_int32 (1));
+  g_test_assert_expected_messages ();
+
+  expect_critical ();
+  spark_module_server_set_max_invocations (fixture->server, 0);
   g_test_assert_expected_messages ();
 
   g_assert_no_error (error);
@@ -240,6 +267,11 @@ test_after_start (Fixture       *fixture,
   spark_module_server_set_capacity (fixture->server, 10);
   g_test_assert_expected_messages ();
   g_assert_cmpuint (spark_module_server_get_capacity (fixture->server), ==, 0);
+
+  expect_critical ();
+  spark_module_server_set_max_invocations (fixture->server, 3);
+  g_test_assert_expected_messages ();
+  g_assert_cmpuint (spark_module_server_get_max_invocations (fixture->server), ==, 1);
 
   g_assert_false (spark_module_server_start_in_thread (fixture->server, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_ALREADY_STARTED);
