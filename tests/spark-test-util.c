@@ -16,6 +16,50 @@ spark_test_wait_flag (GMainContext *context,
     g_main_context_iteration (context, TRUE);
 }
 
+static void
+watch_notify (gpointer  data,
+              GObject  *where_the_object_was)
+{
+  SparkTestWatch *watch = data;
+  GMainContext *context = g_main_context_ref (watch->context);
+
+  (void) where_the_object_was;
+
+  /* The waiter may free the watch as soon as the flag is set. */
+  g_atomic_int_set (&watch->finalized, TRUE);
+  g_main_context_wakeup (context);
+  g_main_context_unref (context);
+}
+
+void
+spark_test_watch_init (SparkTestWatch *watch,
+                       gpointer        object,
+                       GMainContext   *context)
+{
+  if (context == NULL)
+    context = g_main_context_get_thread_default ();
+  if (context == NULL)
+    context = g_main_context_default ();
+
+  watch->finalized = FALSE;
+  watch->context = g_main_context_ref (context);
+  g_object_weak_ref (object, watch_notify, watch);
+}
+
+gboolean
+spark_test_watch_finalized (SparkTestWatch *watch)
+{
+  return g_atomic_int_get (&watch->finalized);
+}
+
+void
+spark_test_watch_wait (SparkTestWatch *watch)
+{
+  while (!g_atomic_int_get (&watch->finalized))
+    g_main_context_iteration (watch->context, TRUE);
+  g_clear_pointer (&watch->context, g_main_context_unref);
+}
+
 void
 spark_test_wait_count (GMainContext *context,
                        gint         *counter,

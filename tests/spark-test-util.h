@@ -16,6 +16,23 @@ G_BEGIN_DECLS
 void spark_test_wait_flag (GMainContext *context,
                            gint         *flag);
 
+/* Watches an object that may be finalized on another thread (a server
+ * whose last reference is its thread's): g_object_add_weak_pointer() is
+ * not thread-safe, this is. spark_test_watch_wait() iterates @context
+ * (NULL: the thread-default one) until the object is gone; the weak
+ * notify wakes @context. The watch must outlive the object. */
+typedef struct
+{
+  gint          finalized;
+  GMainContext *context;
+} SparkTestWatch;
+
+void     spark_test_watch_init      (SparkTestWatch *watch,
+                                     gpointer        object,
+                                     GMainContext   *context);
+gboolean spark_test_watch_finalized (SparkTestWatch *watch);
+void     spark_test_watch_wait      (SparkTestWatch *watch);
+
 /* Iterates @context until *@counter reaches @target (read atomically). */
 void spark_test_wait_count (GMainContext *context,
                             gint         *counter,

@@ -290,14 +290,14 @@ test_after_server_finalize (void)
   SparkModuleServer *server = spark_module_server_new (handler);
   g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
-  gpointer weak = server;
+  SparkTestWatch watch;
 
-  g_object_add_weak_pointer (G_OBJECT (server), &weak);
+  /* The server's thread may drop the last reference. */
+  spark_test_watch_init (&watch, server, NULL);
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
   g_object_unref (server);
-  while (weak != NULL)
-    g_main_context_iteration (NULL, TRUE);
+  spark_test_watch_wait (&watch);
 
   g_assert_null (spark_dispatcher_request_sync (dispatcher, "x", g_variant_new_int32 (1), NULL, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);

@@ -1316,31 +1316,32 @@ test_lifetime_keeps_alive (void)
   SparkModuleServer *server = spark_module_server_new (handler);
   SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
-  gpointer weak = server;
+  SparkTestWatch watch;
   GError *error = NULL;
   GVariant *reply;
 
-  g_object_add_weak_pointer (G_OBJECT (server), &weak);
+  spark_test_watch_init (&watch, server, NULL);
   g_assert_true (spark_module_server_start_in_thread (server, &error));
   g_assert_no_error (error);
   dispatcher = spark_module_server_create_dispatcher (server);
 
+  /* The server's thread holds the last reference from here on, and
+   * keeps the server alive until it has been shut down. */
   g_object_unref (server);
   spark_test_iterate_pending (g_main_context_default ());
-  g_assert_nonnull (weak);
-  g_assert_true (spark_module_server_get_running (weak));
+  g_assert_false (spark_test_watch_finalized (&watch));
+  g_assert_true (spark_module_server_get_running (server));
 
   reply = spark_dispatcher_request_sync (dispatcher, "echo", g_variant_new_int32 (7), NULL, NULL, &error);
   g_assert_no_error (error);
   g_assert_cmpint (g_variant_get_int32 (reply), ==, 7);
   g_variant_unref (reply);
   spark_test_iterate_pending (g_main_context_default ());
-  g_assert_nonnull (weak);
+  g_assert_false (spark_test_watch_finalized (&watch));
 
   g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
   g_assert_no_error (error);
-  while (weak != NULL)
-    g_main_context_iteration (NULL, TRUE);
+  spark_test_watch_wait (&watch);
   g_assert_true (g_cancellable_is_cancelled (token));
   assert_send_closed (dispatcher);
 
