@@ -238,17 +238,12 @@ set_closed_error (GError **error)
   return FALSE;
 }
 
-/* Where @req's outcome goes: the caller's reply port. The context spins
- * for it only if the server runs elsewhere: a reply that only this thread
- * can produce never comes while it spins. */
-static void
-spark_dispatcher_hold_port (SparkDispatcher *self,
-                            SparkRequest    *req)
+/* The context the server runs on, if any: a requester on another one
+ * spins for its outcomes. */
+static GMainContext *
+spark_dispatcher_get_producer (SparkDispatcher *self)
 {
-  GMainContext *producer = self->mailbox ? spark_mailbox_get_context (self->mailbox) : NULL;
-
-  req->port = spark_reply_port_hold (producer);
-  req->port_soon = spark_reply_port_expects_soon (req->port, producer);
+  return self->mailbox ? spark_mailbox_get_context (self->mailbox) : NULL;
 }
 
 /* Sends @req (both of its references: the sender's goes to the mailbox,
@@ -260,12 +255,8 @@ spark_dispatcher_send_request (SparkDispatcher *self,
 {
   GError *error = NULL;
 
-  /* Already cancelled: fails, sends nothing, and still completes from the
-   * caller's context (or the sync return), never inside the call. */
-  if (req->cancellable != NULL && g_cancellable_is_cancelled (req->cancellable))
+  if (spark_request_refuse_if_cancelled (req))
     {
-      spark_request_complete_literal (req, G_IO_ERROR, G_IO_ERROR_CANCELLED,
-                                      "The request was cancelled before it was sent");
       spark_request_unref (req);
       return;
     }
@@ -296,15 +287,14 @@ spark_dispatcher_send_async (SparkDispatcher     *self,
                              GAsyncReadyCallback  callback,
                              gpointer             user_data)
 {
-  SparkRequest *req = spark_request_new (name, parameters, reply_type, cancellable,
-                                         g_atomic_int_get (&self->timeout), SPARK_REPLY_ASYNC);
+  SparkRequest *req = spark_request_new_async (name, parameters, reply_type, cancellable,
+                                               g_atomic_int_get (&self->timeout),
+                                               spark_dispatcher_get_producer (self),
+                                               G_OBJECT (self), spark_dispatcher_request_async,
+                                               callback, user_data);
 
-  req->source_object = g_object_ref (G_OBJECT (self));
-  req->callback = callback;
-  req->user_data = user_data;
   if (progress_func != NULL)
     spark_request_set_progress (req, progress_func, progress_data, progress_destroy);
-  spark_dispatcher_hold_port (self, req);
 
   spark_dispatcher_send_request (self, req, FALSE);
 }
@@ -483,12 +473,10 @@ spark_dispatcher_request_full (SparkDispatcher    *self,
   g_return_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable));
   g_return_if_fail (reply_func != NULL);
 
-  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
-                           g_atomic_int_get (&self->timeout), SPARK_REPLY_FUNC);
-  req->reply_func = reply_func;
-  req->user_data = user_data;
-  req->destroy = destroy;
-  spark_dispatcher_hold_port (self, req);
+  req = spark_request_new_func (name, g_steal_pointer (&params), reply_type, cancellable,
+                                g_atomic_int_get (&self->timeout),
+                                spark_dispatcher_get_producer (self),
+                                reply_func, user_data, destroy);
 
   spark_dispatcher_send_request (self, req, FALSE);
 }
@@ -529,7 +517,6 @@ spark_dispatcher_request_sync (SparkDispatcher     *self,
 {
   g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
   SparkRequest *req;
-  GVariant *reply;
 
   g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
   g_return_val_if_fail (name != NULL && *name != '\0', NULL);
@@ -537,34 +524,12 @@ spark_dispatcher_request_sync (SparkDispatcher     *self,
   g_return_val_if_fail (!cancellable || G_IS_CANCELLABLE (cancellable), NULL);
   g_return_val_if_fail (error == NULL || *error == NULL, NULL);
 
-  req = spark_request_new (name, g_steal_pointer (&params), reply_type, cancellable,
-                           g_atomic_int_get (&self->timeout), SPARK_REPLY_SYNC);
-  req->waiter = spark_sync_waiter_get ();
+  req = spark_request_new_sync (name, g_steal_pointer (&params), reply_type, cancellable,
+                                g_atomic_int_get (&self->timeout));
 
   spark_dispatcher_send_request (self, req, TRUE);
 
-  spark_sync_waiter_wait (req->waiter, &req->done);
-  spark_request_disarm (req);
-
-  if (cancellable != NULL &&
-      g_cancellable_is_cancelled (cancellable) &&
-      !g_error_matches (req->error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
-    {
-      g_set_error_literal (error, G_IO_ERROR, G_IO_ERROR_CANCELLED, "The request was cancelled");
-      reply = NULL;
-    }
-  else if (req->error != NULL)
-    {
-      g_propagate_error (error, g_steal_pointer (&req->error));
-      reply = NULL;
-    }
-  else
-    reply = g_steal_pointer (&req->reply);
-
-  spark_request_release_requester (req);
-  spark_request_unref (req);
-
-  return reply;
+  return spark_request_wait_sync (req, error);
 }
 
 /**

@@ -6,7 +6,7 @@
 #pragma once
 
 #include "spark-invocation.h"
-#include "spark-message-private.h"
+#include "spark-request-private.h"
 
 G_BEGIN_DECLS
 

@@ -58,7 +58,7 @@ spark_invocation_finalize (GObject *object)
     spark_request_return_reply (self->req, NULL,
                                 g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY,
                                              "The invocation of request “%s” was dropped without a reply",
-                                             self->req->name));
+                                             spark_request_get_name (self->req)));
 
   g_clear_pointer (&self->req, spark_request_unref);
   g_clear_object (&self->cancellable);
@@ -105,7 +105,7 @@ spark_invocation_get_name (SparkInvocation *self)
 {
   g_return_val_if_fail (SPARK_IS_INVOCATION (self), NULL);
 
-  return self->req->name;
+  return spark_request_get_name (self->req);
 }
 
 /**
@@ -124,7 +124,7 @@ spark_invocation_get_parameters (SparkInvocation *self)
 {
   g_return_val_if_fail (SPARK_IS_INVOCATION (self), NULL);
 
-  return self->req->msg.parameters;
+  return spark_request_get_parameters (self->req);
 }
 
 /**
@@ -154,7 +154,7 @@ spark_invocation_claim (SparkInvocation *self)
     return TRUE;
 
   g_critical ("The invocation of request “%s” was completed twice; "
-              "the second completion is ignored", self->req->name);
+              "the second completion is ignored", spark_request_get_name (self->req));
   return FALSE;
 }
 
@@ -219,7 +219,7 @@ spark_invocation_send_progress (SparkInvocation *self,
   if (g_atomic_int_get (&self->completed))
     {
       g_critical ("Progress for request “%s” was sent after its invocation was completed; "
-                  "it is dropped", self->req->name);
+                  "it is dropped", spark_request_get_name (self->req));
       return;
     }
 

@@ -7,9 +7,13 @@
 
 #include <gio/gio.h>
 
-#include "spark-message-private.h"
+#include "spark-request-private.h"
+#include "spark-spin-private.h"
 
 G_BEGIN_DECLS
+
+typedef struct _SparkMailbox    SparkMailbox;
+typedef struct _SparkRoomWaiter SparkRoomWaiter;
 
 typedef enum {
   SPARK_MAILBOX_NEW,      /* not started: sends fail with CLOSED */
@@ -55,7 +59,7 @@ struct _SparkMailbox
   char               server_line[64];
   gint               n_taken;            /* atomic: taken by the server, not handled yet */
   gint               aborting;           /* atomic */
-  SparkCommandBlocks command_blocks;     /* handed back by the server, taken by senders */
+  SparkBlockReturn   command_blocks;     /* handed back by the server, taken by senders */
 };
 
 SparkMailbox *spark_mailbox_new              (void);

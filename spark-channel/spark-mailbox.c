@@ -65,6 +65,8 @@
 
 #include "spark-error.h"
 #include "spark-mailbox-private.h"
+#include "spark-reply-port-private.h"
+#include "spark-sync-waiter-private.h"
 #include "spark-wake-source-private.h"
 
 typedef enum {
@@ -144,7 +146,7 @@ spark_mailbox_unref (SparkMailbox *mailbox)
   g_clear_object (&mailbox->abort_cancellable);
   g_clear_pointer (&mailbox->source, g_source_unref);
   g_clear_pointer (&mailbox->context, g_main_context_unref);
-  spark_command_blocks_clear (&mailbox->command_blocks);
+  spark_block_return_clear (&mailbox->command_blocks);
   g_mutex_clear (&mailbox->mutex);
   g_free (mailbox);
 }
@@ -269,7 +271,7 @@ static gboolean
 waiter_is_dead (SparkRoomWaiter *waiter)
 {
   return waiter->msg->kind == SPARK_MESSAGE_REQUEST &&
-         spark_request_is_claimed ((SparkRequest *) waiter->msg);
+         spark_request_is_claimed (spark_request_from_message (waiter->msg));
 }
 
 static void
@@ -411,7 +413,7 @@ notify_waiter (SparkRoomWaiter *waiter)
       /* A request: admitted, it now lives in the queue; closed, it fails. */
       if (waiter->state == WAITER_CLOSED)
         {
-          spark_request_complete_literal ((SparkRequest *) waiter->msg,
+          spark_request_complete_literal (spark_request_from_message (waiter->msg),
                                           SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
                                           "The mailbox was closed while the request waited for room");
           spark_message_free (waiter->msg);
@@ -596,13 +598,13 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
 
   if G_LIKELY (has_room_locked (mailbox, &dead))
     {
-      enqueue_locked (mailbox, &req->msg, TRUE, &wake);
+      enqueue_locked (mailbox, spark_request_get_message (req), TRUE, &wake);
     }
   else
     {
       SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
 
-      waiter->msg = &req->msg;
+      waiter->msg = spark_request_get_message (req);
       waiter->state = WAITER_WAITING;
       g_queue_push_tail_link (&mailbox->waiters, &waiter->link);
       g_atomic_int_inc (&mailbox->n_waiters);
@@ -756,7 +758,7 @@ spark_mailbox_drop_messages (SparkMailbox *mailbox,
         g_atomic_int_add (&mailbox->n_taken, -1);
 
       if (msg->kind == SPARK_MESSAGE_REQUEST)
-        spark_request_complete_literal ((SparkRequest *) msg,
+        spark_request_complete_literal (spark_request_from_message (msg),
                                         SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
                                         "The module server was shut down before it handled the request");
 
@@ -854,7 +856,7 @@ spark_mailbox_take (SparkMailbox *mailbox,
   SparkMessage *batch;
 
   /* Between batches: the command blocks of the last one go back. */
-  spark_command_blocks_hand_back (&mailbox->command_blocks);
+  spark_block_return_hand_back (&mailbox->command_blocks);
 
   if (spin != NULL && !queue_is_not_empty (mailbox))
     spark_spin_until (spin, queue_is_not_empty, mailbox);

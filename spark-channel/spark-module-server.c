@@ -54,6 +54,7 @@
 #include "spark-invocation-private.h"
 #include "spark-mailbox-private.h"
 #include "spark-module-server.h"
+#include "spark-reply-port-private.h"
 #include "spark-wake-source-private.h"
 
 typedef struct
@@ -358,10 +359,7 @@ static void
 release_held (SparkModuleServer *self,
               SparkRequest      *req)
 {
-  SparkMailbox *serving = g_atomic_pointer_exchange (&req->serving, NULL);
-
-  if (serving != NULL)
-    spark_mailbox_unref (serving);
+  spark_request_unwatch (req);
   spark_mailbox_unhold (self->mailbox, req);
   spark_request_unref (req);
 }
@@ -463,14 +461,17 @@ spark_module_server_handle_request (SparkModuleServer *self,
       return FALSE;
     }
 
-  cancellable = req->handler_cancellable ? req->handler_cancellable : mailbox->abort_cancellable;
+  cancellable = spark_request_get_handler_cancellable (req);
+  if (cancellable == NULL)
+    cancellable = mailbox->abort_cancellable;
 
   if (self->uses_invocation)
     {
       SparkInvocation *invocation = spark_invocation_new (req, cancellable);
 
       spark_mailbox_hold (mailbox, req);
-      g_atomic_pointer_set (&req->serving, spark_mailbox_ref (mailbox));
+      spark_request_watch (req, (SparkRequestWatchFunc) spark_mailbox_wake_server,
+                           spark_mailbox_ref (mailbox), (GDestroyNotify) spark_mailbox_unref);
 
       spark_handler_handle_invocation (self->handler, invocation);
       g_object_unref (invocation);
@@ -491,15 +492,17 @@ spark_module_server_handle_request (SparkModuleServer *self,
       GError *error = NULL;
       GVariant *reply;
 
-      if (req->handler_cancellable != NULL)
+      if (spark_request_get_handler_cancellable (req) != NULL)
         spark_mailbox_set_current (mailbox, req);
 
       if (self->iface->handle_request != NULL)
-        reply = self->iface->handle_request (self->handler, req->name, req->msg.parameters,
+        reply = self->iface->handle_request (self->handler, spark_request_get_name (req),
+                                             spark_request_get_parameters (req),
                                              cancellable, &error);
       else
         {
-          spark_handler_set_not_supported (self->handler, SPARK_MESSAGE_REQUEST, req->name, &error);
+          spark_handler_set_not_supported (self->handler, SPARK_MESSAGE_REQUEST,
+                                           spark_request_get_name (req), &error);
           reply = NULL;
         }
       /* The handler had the parameters for the call only: drop them here,
@@ -511,10 +514,10 @@ spark_module_server_handle_request (SparkModuleServer *self,
        * a blocked requester then usually drops the last reference, and
        * the request's block goes back to its own thread's pool. An
        * invocation can outlive its handler call, so it keeps them. */
-      g_clear_pointer (&req->msg.parameters, g_variant_unref);
+      spark_request_clear_parameters (req);
       spark_request_return_reply (req, reply, error);
 
-      if (req->handler_cancellable != NULL)
+      if (spark_request_get_handler_cancellable (req) != NULL)
         spark_mailbox_set_current (mailbox, NULL);
     }
 
@@ -609,7 +612,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
 
         case SPARK_MESSAGE_REQUEST:
           spark_mailbox_release_one (mailbox);
-          if (spark_module_server_handle_request (self, (SparkRequest *) msg))
+          if (spark_module_server_handle_request (self, spark_request_from_message (msg)))
             return G_SOURCE_CONTINUE;
           break;
 

@@ -21,7 +21,7 @@
 #include "config.h"
 
 #include "spark-async-result-private.h"
-#include "spark-message-private.h"
+#include "spark-reply-port-private.h"
 #include "spark-wake-source-private.h"
 
 /* Items delivered per dispatch at most, so that a stream of replies does

@@ -1,25 +1,24 @@
-/* spark-timer.c: request timeouts on a clock of their own
+/* spark-timer.c: deadlines on a clock of their own
  *
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * A request's timeout must fire whatever the server's context is doing (it
  * may be stuck in a long synchronous handler) and whatever the requester's
  * is doing (it may be blocked in spark_dispatcher_request_sync()). So
- * timeouts run on one process-wide thread, started the first time a request
- * has a timeout, that sleeps until the earliest deadline. Requests without a
- * timeout never touch it.
+ * deadlines run on one process-wide thread, started the first time one is
+ * added, that sleeps until the earliest. Whoever adds a timeout keeps what
+ * it is embedded in alive until it fires or is removed.
  */
 
 #include "config.h"
 
-#include "spark-error.h"
-#include "spark-message-private.h"
+#include "spark-timer-private.h"
 
 typedef struct
 {
   GMutex     mutex;
   GCond      cond;
-  GSequence *deadlines;   /* mutex: SparkRequest*, a reference each, by deadline */
+  GSequence *deadlines;   /* mutex: SparkTimeout*, by deadline */
   GThread   *thread;      /* mutex: started once, runs for the life of the process */
 } SparkTimer;
 
@@ -30,21 +29,25 @@ compare_deadlines (gconstpointer a,
                    gconstpointer b,
                    gpointer      user_data)
 {
-  const SparkRequest *ra = a;
-  const SparkRequest *rb = b;
+  const SparkTimeout *ta = a;
+  const SparkTimeout *tb = b;
 
-  return (ra->deadline > rb->deadline) - (ra->deadline < rb->deadline);
+  (void) user_data;
+
+  return (ta->deadline > tb->deadline) - (ta->deadline < tb->deadline);
 }
 
 static gpointer
 spark_timer_thread (gpointer data)
 {
+  (void) data;
+
   g_mutex_lock (&timer.mutex);
 
   for (;;)
     {
       GSequenceIter *first = g_sequence_get_begin_iter (timer.deadlines);
-      SparkRequest *req;
+      SparkTimeout *timeout;
 
       if (g_sequence_iter_is_end (first))
         {
@@ -52,23 +55,21 @@ spark_timer_thread (gpointer data)
           continue;
         }
 
-      req = g_sequence_get (first);
+      timeout = g_sequence_get (first);
 
-      if (g_get_monotonic_time () < req->deadline)
+      if (g_get_monotonic_time () < timeout->deadline)
         {
-          g_cond_wait_until (&timer.cond, &timer.mutex, req->deadline);
+          g_cond_wait_until (&timer.cond, &timer.mutex, timeout->deadline);
           continue;
         }
 
       g_sequence_remove (first);
-      req->timer_iter = NULL;
+      timeout->iter = NULL;
 
-      /* Complete outside the lock: completion removes other timers and
-       * cancels the handler's cancellable, which runs user code. */
+      /* Outside the lock: the callback runs user code, and may add or
+       * remove other timeouts. */
       g_mutex_unlock (&timer.mutex);
-      spark_request_complete_literal (req, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT,
-                                      "The request timed out before a reply arrived");
-      spark_request_unref (req);
+      timeout->func (timeout);
       g_mutex_lock (&timer.mutex);
     }
 
@@ -76,10 +77,17 @@ spark_timer_thread (gpointer data)
   return NULL;
 }
 
+/* Calls @func once @deadline (monotonic µs) has passed, unless
+ * spark_timer_remove() comes first. */
 void
-spark_timer_add (SparkRequest *req)
+spark_timer_add (SparkTimeout     *timeout,
+                 gint64            deadline,
+                 SparkTimeoutFunc  func)
 {
-  g_assert (req->deadline != 0);
+  g_assert (deadline != 0 && func != NULL);
+
+  timeout->deadline = deadline;
+  timeout->func = func;
 
   g_mutex_lock (&timer.mutex);
 
@@ -89,32 +97,30 @@ spark_timer_add (SparkRequest *req)
       timer.thread = g_thread_new ("spark-timer", spark_timer_thread, NULL);
     }
 
-  req->timer_iter = g_sequence_insert_sorted (timer.deadlines,
-                                              spark_request_ref (req),
-                                              compare_deadlines, NULL);
+  timeout->iter = g_sequence_insert_sorted (timer.deadlines, timeout, compare_deadlines, NULL);
 
   /* Only a new earliest deadline changes how long the thread sleeps. */
-  if (g_sequence_iter_is_begin (req->timer_iter))
+  if (g_sequence_iter_is_begin (timeout->iter))
     g_cond_signal (&timer.cond);
 
   g_mutex_unlock (&timer.mutex);
 }
 
-/* Called by whoever completed @req; the timer may have fired meanwhile. */
-void
-spark_timer_remove (SparkRequest *req)
+/* Takes @timeout out of the timer. Returns TRUE if it had not fired: its
+ * callback will not run. FALSE: it has fired, or is firing. */
+gboolean
+spark_timer_remove (SparkTimeout *timeout)
 {
   gboolean removed = FALSE;
 
   g_mutex_lock (&timer.mutex);
-  if (req->timer_iter != NULL)
+  if (timeout->iter != NULL)
     {
-      g_sequence_remove (req->timer_iter);
-      req->timer_iter = NULL;
+      g_sequence_remove (timeout->iter);
+      timeout->iter = NULL;
       removed = TRUE;
     }
   g_mutex_unlock (&timer.mutex);
 
-  if (removed)
-    spark_request_unref (req);
+  return removed;
 }

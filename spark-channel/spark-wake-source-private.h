@@ -7,7 +7,7 @@
 
 #include <glib.h>
 
-#include "spark-message-private.h"
+#include "spark-spin-private.h"
 
 G_BEGIN_DECLS
 

@@ -9,7 +9,8 @@
 
 #include "config.h"
 
-#include "spark-message-private.h"
+#include "spark-reply-port-private.h"
+#include "spark-spin-private.h"
 #include "spark-wake-source-private.h"
 
 typedef struct
