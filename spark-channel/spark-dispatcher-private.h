@@ -6,10 +6,10 @@
 #pragma once
 
 #include "spark-dispatcher.h"
-#include "spark-mailbox-private.h"
+#include "spark-transport-private.h"
 
 G_BEGIN_DECLS
 
-SparkDispatcher *spark_dispatcher_new (SparkMailbox *mailbox);
+SparkDispatcher *spark_dispatcher_new (SparkTransport *transport);
 
 G_END_DECLS

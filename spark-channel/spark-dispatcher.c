@@ -66,7 +66,7 @@ struct _SparkDispatcher
 {
   GObject       parent_instance;
 
-  SparkMailbox *mailbox;   /* immutable; NULL for a dispatcher made without a server */
+  SparkTransport *transport;   /* immutable; NULL for a dispatcher made without a server */
   gint          timeout;   /* atomic: milliseconds, <= 0 for none */
 };
 
@@ -85,7 +85,7 @@ spark_dispatcher_finalize (GObject *object)
 {
   SparkDispatcher *self = SPARK_DISPATCHER (object);
 
-  g_clear_pointer (&self->mailbox, spark_mailbox_unref);
+  g_clear_pointer (&self->transport, spark_transport_unref);
 
   G_OBJECT_CLASS (spark_dispatcher_parent_class)->finalize (object);
 }
@@ -164,11 +164,11 @@ spark_dispatcher_init (SparkDispatcher *self)
 }
 
 SparkDispatcher *
-spark_dispatcher_new (SparkMailbox *mailbox)
+spark_dispatcher_new (SparkTransport *transport)
 {
   SparkDispatcher *self = g_object_new (SPARK_TYPE_DISPATCHER, NULL);
 
-  self->mailbox = spark_mailbox_ref (mailbox);
+  self->transport = spark_transport_ref (transport);
 
   return self;
 }
@@ -220,16 +220,6 @@ reply_type_is_valid (const GVariantType *reply_type)
          g_variant_type_string_scan ((const char *) reply_type, NULL, NULL);
 }
 
-/* A command to @self's mailbox, in a block its server may have handed back.
- * Takes @parameters. */
-static SparkMessage *
-new_command (SparkDispatcher *self,
-             const char      *name,
-             GVariant        *parameters)
-{
-  return spark_message_new_command (&self->mailbox->command_blocks, name, parameters);
-}
-
 static gboolean
 set_closed_error (GError **error)
 {
@@ -243,7 +233,7 @@ set_closed_error (GError **error)
 static GMainContext *
 spark_dispatcher_get_producer (SparkDispatcher *self)
 {
-  return self->mailbox ? spark_mailbox_get_context (self->mailbox) : NULL;
+  return self->transport ? self->transport->vtable->get_context (self->transport) : NULL;
 }
 
 /* Sends @req (both of its references: the sender's goes to the mailbox,
@@ -263,9 +253,9 @@ spark_dispatcher_send_request (SparkDispatcher *self,
 
   spark_request_arm (req);
 
-  if (self->mailbox == NULL)
+  if (self->transport == NULL)
     set_closed_error (&error);
-  else if (spark_mailbox_post_request (self->mailbox, req, blocking, &error))
+  else if (self->transport->vtable->post_request (self->transport, req, blocking, &error))
     return;
 
   spark_request_complete (req, NULL, error);
@@ -572,11 +562,10 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
   if (g_cancellable_set_error_if_cancelled (cancellable, error))
     return FALSE;
 
-  if (self->mailbox == NULL)
+  if (self->transport == NULL)
     return set_closed_error (error);
 
-  return spark_mailbox_post_command (self->mailbox,
-                                     new_command (self, name, g_steal_pointer (&params)),
+  return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
 }
 
@@ -610,11 +599,10 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
   g_return_val_if_fail (name != NULL && *name != '\0', FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
-  if (self->mailbox == NULL)
+  if (self->transport == NULL)
     return set_closed_error (error);
 
-  return spark_mailbox_post_command (self->mailbox,
-                                     new_command (self, name, g_steal_pointer (&params)),
+  return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                      SPARK_POST_TRY, NULL, NULL, error);
 }
 
@@ -661,13 +649,12 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
 
   if (g_cancellable_set_error_if_cancelled (cancellable, &error))
     g_task_return_error (task, error);
-  else if (self->mailbox == NULL)
+  else if (self->transport == NULL)
     {
       set_closed_error (&error);
       g_task_return_error (task, error);
     }
-  else if (!spark_mailbox_post_command (self->mailbox,
-                                        new_command (self, name, g_steal_pointer (&params)),
+  else if (!self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                         SPARK_POST_ASYNC, cancellable, task, &error))
     g_task_return_error (task, error);
 }
@@ -728,8 +715,8 @@ spark_dispatcher_send_shutdown (SparkDispatcher  *self,
   g_return_val_if_fail (!token || G_IS_CANCELLABLE (token), FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
-  if (self->mailbox == NULL)
+  if (self->transport == NULL)
     return set_closed_error (error);
 
-  return spark_mailbox_send_shutdown (self->mailbox, token, error);
+  return self->transport->vtable->send_shutdown (self->transport, token, error);
 }

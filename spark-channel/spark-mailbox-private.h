@@ -8,6 +8,7 @@
 #include <gio/gio.h>
 
 #include "spark-request-private.h"
+#include "spark-transport-private.h"
 #include "spark-spin-private.h"
 
 G_BEGIN_DECLS
@@ -21,14 +22,10 @@ typedef enum {
   SPARK_MAILBOX_CLOSED,   /* shut down or shutting down */
 } SparkMailboxState;
 
-typedef enum {
-  SPARK_POST_TRY,         /* fail with FULL rather than wait */
-  SPARK_POST_BLOCK,       /* wait on this thread */
-  SPARK_POST_ASYNC,       /* wait in the room-waiter queue, complete a GTask */
-} SparkPostMode;
 
 struct _SparkMailbox
 {
+  SparkTransport     transport;          /* first: a mailbox is a dispatcher's transport */
   gint               ref_count;          /* atomic */
 
   GMutex             mutex;
@@ -63,6 +60,7 @@ struct _SparkMailbox
 };
 
 SparkMailbox *spark_mailbox_new              (void);
+SparkTransport *spark_mailbox_get_transport  (SparkMailbox  *mailbox);
 GMainContext *spark_mailbox_get_context      (SparkMailbox  *mailbox);
 SparkMailbox *spark_mailbox_ref              (SparkMailbox  *mailbox);
 void          spark_mailbox_unref            (SparkMailbox  *mailbox);

@@ -99,11 +99,14 @@ struct _SparkRoomWaiter
   SparkPortItem    port_item;
 };
 
+static const SparkTransportVTable mailbox_transport_vtable;
+
 SparkMailbox *
 spark_mailbox_new (void)
 {
   SparkMailbox *mailbox = g_new0 (SparkMailbox, 1);
 
+  mailbox->transport.vtable = &mailbox_transport_vtable;
   mailbox->ref_count = 1;
   g_mutex_init (&mailbox->mutex);
   g_queue_init (&mailbox->waiters);
@@ -967,4 +970,74 @@ spark_mailbox_finish (SparkMailbox *mailbox)
   spark_mailbox_drop_messages (mailbox, leftovers, FALSE);
 
   return token;
+}
+
+/* The transport ---------------------------------------------------------- */
+
+static void
+mailbox_transport_ref (SparkTransport *transport)
+{
+  spark_mailbox_ref ((SparkMailbox *) transport);
+}
+
+static void
+mailbox_transport_unref (SparkTransport *transport)
+{
+  spark_mailbox_unref ((SparkMailbox *) transport);
+}
+
+static GMainContext *
+mailbox_transport_get_context (SparkTransport *transport)
+{
+  return spark_mailbox_get_context ((SparkMailbox *) transport);
+}
+
+static gboolean
+mailbox_transport_post_request (SparkTransport *transport,
+                                SparkRequest   *req,
+                                gboolean        blocking,
+                                GError        **error)
+{
+  return spark_mailbox_post_request ((SparkMailbox *) transport, req, blocking, error);
+}
+
+static gboolean
+mailbox_transport_post_command (SparkTransport *transport,
+                                const char     *name,
+                                GVariant       *parameters,
+                                SparkPostMode   mode,
+                                GCancellable   *cancellable,
+                                GTask          *task,
+                                GError        **error)
+{
+  SparkMailbox *mailbox = (SparkMailbox *) transport;
+
+  /* In a block this mailbox's server may have handed back. */
+  return spark_mailbox_post_command (mailbox,
+                                     spark_message_new_command (&mailbox->command_blocks, name, parameters),
+                                     mode, cancellable, task, error);
+}
+
+static gboolean
+mailbox_transport_send_shutdown (SparkTransport *transport,
+                                 GCancellable   *token,
+                                 GError        **error)
+{
+  return spark_mailbox_send_shutdown ((SparkMailbox *) transport, token, error);
+}
+
+static const SparkTransportVTable mailbox_transport_vtable = {
+  .ref = mailbox_transport_ref,
+  .unref = mailbox_transport_unref,
+  .get_context = mailbox_transport_get_context,
+  .post_request = mailbox_transport_post_request,
+  .post_command = mailbox_transport_post_command,
+  .send_shutdown = mailbox_transport_send_shutdown,
+};
+
+/* The mailbox as a dispatcher's transport: the in-process one. */
+SparkTransport *
+spark_mailbox_get_transport (SparkMailbox *mailbox)
+{
+  return &mailbox->transport;
 }

@@ -1449,7 +1449,7 @@ spark_module_server_create_dispatcher (SparkModuleServer *self)
 {
   g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), NULL);
 
-  return spark_dispatcher_new (self->mailbox);
+  return spark_dispatcher_new (spark_mailbox_get_transport (self->mailbox));
 }
 
 static gboolean

@@ -4,12 +4,20 @@
  *
  * These tests link libspark-channel-internal.a, not the public library, to
  * check decisions that the public API does not show: when a waiting
- * thread spins. They assert the decision, never a time.
+ * thread spins, how a request is claimed, what the pools keep, and that a
+ * dispatcher works through any transport. They assert the decision,
+ * never a time.
  */
 
 #include "config.h"
 
+#include <string.h>
+
+#include "spark-dispatcher-private.h"
+#include "spark-error.h"
+#include "spark-pool-private.h"
 #include "spark-reply-port-private.h"
+#include "spark-request-private.h"
 #include "spark-spin-private.h"
 #include "spark-wake-source-private.h"
 
@@ -154,6 +162,305 @@ test_port_not_imminent (void)
   g_main_context_unref (context);
 }
 
+/* Requests ------------------------------------------------------------------ */
+
+#define CLAIM_THREADS 4
+#define CLAIM_ROUNDS  2000
+
+typedef struct
+{
+  SparkRequest *req;
+  gint          go;        /* atomic: the start line */
+  gint          winners;   /* atomic: completions that decided */
+} ClaimRace;
+
+static gpointer
+claim_thread (gpointer data)
+{
+  ClaimRace *race = data;
+
+  while (!g_atomic_int_get (&race->go))
+    spark_cpu_relax ();
+  if (spark_request_complete (race->req, g_variant_ref_sink (g_variant_new_int32 (1)), NULL))
+    g_atomic_int_inc (&race->winners);
+  return NULL;
+}
+
+/* Threads racing to complete one request: exactly one decides, the
+ * requester sees that one outcome, and the losers' values are dropped
+ * (valgrind would see a leak). */
+static void
+test_request_claim_race (void)
+{
+  for (guint round = 0; round < CLAIM_ROUNDS; round++)
+    {
+      ClaimRace race = { 0, };
+      GThread *threads[CLAIM_THREADS];
+      GError *error = NULL;
+      GVariant *reply;
+
+      race.req = spark_request_new_sync ("race", NULL, G_VARIANT_TYPE_INT32, NULL, -1);
+      for (guint i = 0; i < CLAIM_THREADS; i++)
+        threads[i] = g_thread_new ("claim", claim_thread, &race);
+      g_atomic_int_set (&race.go, TRUE);
+
+      /* The completion side, as request_sync() waits for it. */
+      reply = spark_request_wait_sync (race.req, &error);
+      g_assert_no_error (error);
+      g_assert_cmpint (g_variant_get_int32 (reply), ==, 1);
+      g_variant_unref (reply);
+
+      for (guint i = 0; i < CLAIM_THREADS; i++)
+        g_thread_join (threads[i]);
+      g_assert_cmpint (race.winners, ==, 1);
+      g_assert_true (spark_request_is_claimed (race.req));
+      spark_request_unref (race.req);   /* the sender's side */
+    }
+}
+
+/* Cancelled before it was sent: refused, completed once with CANCELLED. */
+static void
+test_request_refused_cancelled (void)
+{
+  GCancellable *cancellable = g_cancellable_new ();
+  SparkRequest *req = spark_request_new_sync ("late", NULL, NULL, cancellable, -1);
+  GError *error = NULL;
+
+  g_assert_false (spark_request_refuse_if_cancelled (req));
+  g_cancellable_cancel (cancellable);
+  g_assert_true (spark_request_refuse_if_cancelled (req));
+  g_assert_false (spark_request_complete (req, g_variant_ref_sink (g_variant_new_int32 (2)), NULL));
+  spark_request_unref (req);   /* the sender's side */
+
+  g_assert_null (spark_request_wait_sync (req, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&error);
+  g_object_unref (cancellable);
+}
+
+/* Pools --------------------------------------------------------------------- */
+
+/* The thread pool gives back the last block given and keeps at most its
+ * limit. */
+static void
+test_pool_thread (void)
+{
+  gpointer blocks[80];
+  gpointer spare;
+  guint kept = 0;
+
+  /* Empty it of what earlier tests' requests left. */
+  while ((spare = spark_thread_pool_take ()) != NULL)
+    g_free (spare);
+  for (guint i = 0; i < G_N_ELEMENTS (blocks); i++)
+    {
+      blocks[i] = g_malloc (64);
+      if (spark_thread_pool_give (blocks[i]))
+        kept++;
+      else
+        g_free (blocks[i]);
+    }
+  g_assert_cmpuint (kept, ==, 64);
+  g_assert_true (spark_thread_pool_take () == blocks[63]);
+  g_free (blocks[63]);
+  for (guint i = 0; i < 63; i++)
+    g_free (spark_thread_pool_take ());
+  g_assert_null (spark_thread_pool_take ());
+}
+
+static gpointer
+take_returned (gpointer data)
+{
+  SparkBlockReturn *ret = data;
+  guint taken = 0;
+  gpointer block;
+
+  while ((block = spark_block_return_take (ret, 1)) != NULL)
+    {
+      g_free (block);
+      taken++;
+    }
+  return GUINT_TO_POINTER (taken);
+}
+
+/* Blocks the consumer collects reach another thread only once handed
+ * back, each once; what nobody took is freed by clear. */
+static void
+test_pool_block_return (void)
+{
+  SparkBlockReturn ret = { 0, };
+  GThread *thread;
+
+  for (guint i = 0; i < 10; i++)
+    g_assert_true (spark_block_return_collect (&ret, 1, g_malloc (40)));
+
+  /* Collected, not handed back: nothing to take yet. */
+  thread = g_thread_new ("producer", take_returned, &ret);
+  g_assert_cmpuint (GPOINTER_TO_UINT (g_thread_join (thread)), ==, 0);
+
+  spark_block_return_hand_back (&ret);
+  thread = g_thread_new ("producer", take_returned, &ret);
+  g_assert_cmpuint (GPOINTER_TO_UINT (g_thread_join (thread)), ==, 10);
+
+  g_assert_true (spark_block_return_collect (&ret, 0, g_malloc (24)));
+  spark_block_return_clear (&ret);
+  g_assert_null (ret.freed[0]);
+  g_assert_null (ret.returned[0]);
+}
+
+/* Transports ---------------------------------------------------------------- */
+
+/* A transport that is not a mailbox: it answers every request at once
+ * with its name's length (or refuses them), and records commands and
+ * shutdowns. The dispatcher in front of it keeps its guarantees. */
+typedef struct
+{
+  SparkTransport  transport;
+  gint            ref_count;
+  gboolean        refuse;
+  guint           n_requests;
+  GPtrArray      *commands;
+  gboolean        shut_down;
+} TestTransport;
+
+static void
+test_transport_ref (SparkTransport *transport)
+{
+  ((TestTransport *) transport)->ref_count++;
+}
+
+static void
+test_transport_unref (SparkTransport *transport)
+{
+  ((TestTransport *) transport)->ref_count--;
+}
+
+static GMainContext *
+test_transport_get_context (SparkTransport *transport)
+{
+  return NULL;
+}
+
+static gboolean
+test_transport_post_request (SparkTransport *transport,
+                             SparkRequest   *req,
+                             gboolean        blocking,
+                             GError        **error)
+{
+  TestTransport *self = (TestTransport *) transport;
+
+  if (self->refuse)
+    {
+      g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED, "refused");
+      return FALSE;
+    }
+
+  self->n_requests++;
+  spark_request_return_reply (req, g_variant_new_int32 ((gint32) strlen (spark_request_get_name (req))), NULL);
+  spark_request_unref (req);
+  return TRUE;
+}
+
+static gboolean
+test_transport_post_command (SparkTransport *transport,
+                             const char     *name,
+                             GVariant       *parameters,
+                             SparkPostMode   mode,
+                             GCancellable   *cancellable,
+                             GTask          *task,
+                             GError        **error)
+{
+  TestTransport *self = (TestTransport *) transport;
+
+  g_ptr_array_add (self->commands, g_strdup (name));
+  g_clear_pointer (&parameters, g_variant_unref);
+  if (mode == SPARK_POST_ASYNC)
+    g_task_return_boolean (task, TRUE);
+  return TRUE;
+}
+
+static gboolean
+test_transport_send_shutdown (SparkTransport *transport,
+                              GCancellable   *token,
+                              GError        **error)
+{
+  ((TestTransport *) transport)->shut_down = TRUE;
+  return TRUE;
+}
+
+static const SparkTransportVTable test_transport_vtable = {
+  .ref = test_transport_ref,
+  .unref = test_transport_unref,
+  .get_context = test_transport_get_context,
+  .post_request = test_transport_post_request,
+  .post_command = test_transport_post_command,
+  .send_shutdown = test_transport_send_shutdown,
+};
+
+static void
+on_transport_reply (GVariant     *reply,
+                    const GError *error,
+                    gpointer      user_data)
+{
+  gint *got = user_data;
+
+  g_assert_no_error (error);
+  g_assert_cmpint (*got, ==, 0);   /* exactly once */
+  *got = g_variant_get_int32 (reply);
+}
+
+static void
+test_transport_custom (void)
+{
+  TestTransport transport = { { &test_transport_vtable }, 0, FALSE, 0, g_ptr_array_new_with_free_func (g_free), FALSE };
+  SparkDispatcher *dispatcher = spark_dispatcher_new (&transport.transport);
+  GError *error = NULL;
+  GVariant *reply;
+  gint got = 0;
+
+  g_assert_cmpint (transport.ref_count, ==, 1);
+
+  reply = spark_dispatcher_request_sync (dispatcher, "four", NULL, G_VARIANT_TYPE_INT32, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpint (g_variant_get_int32 (reply), ==, 4);
+  g_variant_unref (reply);
+
+  /* The outcome still comes through the caller's context, never inside
+   * the call. */
+  spark_dispatcher_request_full (dispatcher, "seven", NULL, NULL, NULL, on_transport_reply, &got, NULL);
+  g_assert_cmpint (got, ==, 0);
+  while (got == 0)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_cmpint (got, ==, 5);
+
+  /* The reply type is checked whatever the transport. */
+  reply = spark_dispatcher_request_sync (dispatcher, "x", NULL, G_VARIANT_TYPE_STRING, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_null (reply);
+  g_clear_error (&error);
+
+  /* A refusal completes the request once, with the transport's error. */
+  transport.refuse = TRUE;
+  reply = spark_dispatcher_request_sync (dispatcher, "no", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_null (reply);
+  g_clear_error (&error);
+  g_assert_cmpuint (transport.n_requests, ==, 3);
+
+  g_assert_true (spark_dispatcher_send_command (dispatcher, "cmd", g_variant_new_int32 (1), NULL, &error));
+  g_assert_no_error (error);
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "try", NULL, &error));
+  g_assert_cmpuint (transport.commands->len, ==, 2);
+  g_assert_cmpstr (g_ptr_array_index (transport.commands, 1), ==, "try");
+
+  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_true (transport.shut_down);
+
+  g_object_unref (dispatcher);
+  g_assert_cmpint (transport.ref_count, ==, 0);
+  g_ptr_array_unref (transport.commands);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -163,6 +470,11 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/internal/spin/preempted", test_spin_preempted);
   g_test_add_func ("/spark/internal/reply-port/same-context", test_port_same_context);
   g_test_add_func ("/spark/internal/reply-port/not-imminent", test_port_not_imminent);
+  g_test_add_func ("/spark/internal/request/claim-race", test_request_claim_race);
+  g_test_add_func ("/spark/internal/request/refused-cancelled", test_request_refused_cancelled);
+  g_test_add_func ("/spark/internal/pool/thread", test_pool_thread);
+  g_test_add_func ("/spark/internal/pool/block-return", test_pool_block_return);
+  g_test_add_func ("/spark/internal/transport/custom", test_transport_custom);
 
   return g_test_run ();
 }
