@@ -453,6 +453,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
 {
   SparkMailbox *mailbox = self->mailbox;
   GCancellable *cancellable;
+  gboolean own_cancellable;
 
   /* Cancelled or timed out while queued: the requester already knows. */
   if (spark_request_is_claimed (req))
@@ -462,7 +463,8 @@ spark_module_server_handle_request (SparkModuleServer *self,
     }
 
   cancellable = spark_request_get_handler_cancellable (req);
-  if (cancellable == NULL)
+  own_cancellable = cancellable != NULL;
+  if (!own_cancellable)
     cancellable = mailbox->abort_cancellable;
 
   if (self->uses_invocation)
@@ -492,7 +494,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       GError *error = NULL;
       GVariant *reply;
 
-      if (spark_request_get_handler_cancellable (req) != NULL)
+      if (own_cancellable)
         spark_mailbox_set_current (mailbox, req);
 
       if (self->iface->handle_request != NULL)
@@ -517,7 +519,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       spark_request_clear_parameters (req);
       spark_request_return_reply (req, reply, error);
 
-      if (spark_request_get_handler_cancellable (req) != NULL)
+      if (own_cancellable)
         spark_mailbox_set_current (mailbox, NULL);
     }
 

@@ -101,25 +101,33 @@ thread_blocks_get (void)
   return blocks;
 }
 
-/* A block the calling thread gave back, or NULL. Its contents are
- * whatever was left in it. */
+/* A block the calling thread gave back, or NULL (always with the pools
+ * off). Its contents are whatever was left in it. */
 gpointer
 spark_thread_pool_take (void)
 {
-  ThreadBlocks *blocks = thread_blocks_get ();
+  ThreadBlocks *blocks;
 
+  if (!spark_pools_enabled ())
+    return NULL;
+
+  blocks = thread_blocks_get ();
   if (blocks->n_own == 0)
     return NULL;
   return blocks->own[--blocks->n_own];
 }
 
 /* Keeps @block for the calling thread's next take; FALSE if the pool is
- * full (the caller frees it). */
+ * full or the pools are off (the caller frees it). */
 gboolean
 spark_thread_pool_give (gpointer block)
 {
-  ThreadBlocks *blocks = thread_blocks_get ();
+  ThreadBlocks *blocks;
 
+  if (!spark_pools_enabled ())
+    return FALSE;
+
+  blocks = thread_blocks_get ();
   if (blocks->n_own >= THREAD_POOL_MAX)
     return FALSE;
   blocks->own[blocks->n_own++] = block;

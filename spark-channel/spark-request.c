@@ -103,7 +103,7 @@ static void spark_request_deliver_on_port (SparkPortItem *item);
 static SparkRequest *
 request_alloc (gsize size)
 {
-  if (size <= REQUEST_BLOCK && spark_pools_enabled ())
+  if (size <= REQUEST_BLOCK)
     {
       gpointer block = spark_thread_pool_take ();
 
@@ -121,7 +121,7 @@ static void
 request_free (SparkRequest *req,
               gsize         size)
 {
-  if (size <= REQUEST_BLOCK && spark_pools_enabled () && spark_thread_pool_give (req))
+  if (size <= REQUEST_BLOCK && spark_thread_pool_give (req))
     return;
 
   g_free (req);
