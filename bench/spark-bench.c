@@ -61,10 +61,39 @@
  * idiom servers call the same functions directly. So the ratios compare
  * the transport, not the payload.
  *
+ * Structure: each of the three is a Transport, a table of functions
+ * (start a server around the shared BenchState as a ServerSetup asks, stop
+ * it, send a command, send a request in each CallStyle it supports, wait
+ * for a queued reply). Each
+ * implementation (Impl: spark_sync, spark_async, spark_full, spark, floor,
+ * idiom) is a row naming its transport and the CallStyle of its requests:
+ *
+ *   STYLE_SYNC     a blocking call (spark_dispatcher_request_sync)
+ *   STYLE_ASYNC    a GAsyncReadyCallback and _finish on the client's main
+ *                  loop (spark_dispatcher_request_async, the idiom's GTask)
+ *   STYLE_FULL     a SparkReplyFunc on the client's main loop
+ *                  (spark_dispatcher_request_full)
+ *   STYLE_QUEUE    pushed, and its reply popped from a queue by the client
+ *                  itself, no main loop (the floor)
+ *   STYLE_COMMAND  commands only (spark; floor and idiom send commands too)
+ *
+ * Every workload is written once against that table; a reply comes back
+ * through a Completion embedded in the client, so that no transport
+ * allocates anything per request that the library does not.
+ *
  * Output: one line per result on stdout,
  *   workload=<name> impl=<name> ops=<n> secs=<s> ops_per_s=<x> ns_per_op=<y> ...
- * then a summary table and the targets of the issue with the measured
- * ratios; --json prints one JSON document instead. Progress goes to stderr.
+ * then a summary table and the issue's targets with the measured ratios;
+ * --json prints one JSON document instead. Progress goes to stderr.
+ *
+ * The targets are data, not code: bench/targets.txt (its own comment
+ * describes the format), read at start-up from --targets FILE, by default
+ * from the source tree's file (its absolute path is configured by meson);
+ * editing it needs no rebuild. They are measured and printed, never
+ * asserted; without the default file the section is left out, a FILE
+ * given with --targets must exist, and a line that cannot be read is an
+ * error before anything runs. Targets marked "contended" are printed only
+ * with --contended, those marked "idle" only without it.
  *
  * Times come from the monotonic clock (the clock of g_get_monotonic_time(),
  * read with clock_gettime() for nanosecond resolution: a sequential
@@ -76,7 +105,8 @@
  * and --impl (comma-separated names), --ops N, --window N (requests in
  * flight in request_pipelined), --repeat N (each workload N times, its
  * implementations interleaved, medians reported), --json, --json-out FILE
- * (the JSON document written to FILE as well as the usual text output).
+ * (the JSON document written to FILE as well as the usual text output),
+ * --targets FILE (see above).
  *
  * --contended runs everything next to a process that keeps one core busy
  * (a child that spins on a volatile counter; it is killed at exit, on
@@ -89,10 +119,13 @@
  * instructions by the difference in ops, which removes setup and teardown.
  */
 
+#include "spark-bench-config.h"
+
 #include <spark-channel.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +152,7 @@ static gint opt_window = 256;
 static char *opt_queued_child;
 static gboolean opt_contended;
 static char *opt_json_out;
+static char *opt_targets;
 
 static GOptionEntry entries[] = {
   { "quick", 'q', 0, G_OPTION_ARG_NONE, &opt_quick, "Small counts: a smoke test (the test suite runs this)", NULL },
@@ -130,6 +164,7 @@ static GOptionEntry entries[] = {
   { "repeat", 'r', 0, G_OPTION_ARG_INT, &opt_repeat, "Run each workload N times and report the medians", "N" },
   { "ops", 'n', 0, G_OPTION_ARG_INT64, &opt_ops, "Override the number of operations of each workload", "N" },
   { "window", 0, 0, G_OPTION_ARG_INT, &opt_window, "Requests in flight in request_pipelined (default 256)", "N" },
+  { "targets", 't', 0, G_OPTION_ARG_FILENAME, &opt_targets, "Read the targets to report from FILE (default: " SPARK_BENCH_TARGETS ")", "FILE" },
   { "callgrind", 0, 0, G_OPTION_ARG_NONE, &opt_callgrind, "Run one workload and one impl silently (for bench/callgrind.sh)", NULL },
   { "queued-child", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING, &opt_queued_child, "One queued_bytes measurement in a fresh process", "IMPL" },
   { NULL }
@@ -382,23 +417,194 @@ bench_command_func (const char    *name,
   return TRUE;
 }
 
-/* Implementations ---------------------------------------------------------------- */
+/* Transports ---------------------------------------------------------------------- */
 
+#define REQUEST_NAME "get"
+#define COMMAND_NAME "set"
+
+/* How an implementation sends its requests. */
 typedef enum {
-  IMPL_SPARK_SYNC,    /* request_sync */
-  IMPL_SPARK_ASYNC,   /* request_async on the client's main loop */
-  IMPL_SPARK_FULL,    /* request_full on the client's main loop */
-  IMPL_SPARK,         /* send_command */
-  IMPL_FLOOR,
-  IMPL_IDIOM,
-  N_IMPLS
-} ImplId;
+  STYLE_COMMAND,    /* commands only, no requests */
+  STYLE_SYNC,       /* blocks until the reply is there */
+  STYLE_ASYNC,      /* a GAsyncReadyCallback and _finish, on the client's main loop */
+  STYLE_FULL,       /* a SparkReplyFunc, on the client's main loop */
+  STYLE_QUEUE,      /* pushed; the client pops the reply with Transport.collect */
+  N_STYLES
+} CallStyle;
 
-static const char *impl_names[N_IMPLS] = {
-  "spark_sync", "spark_async", "spark_full", "spark", "floor", "idiom",
-};
+/* The signature of SparkReplyFunc, so that request_full takes it as is. */
+typedef void (*ReplyFunc) (GVariant     *reply,
+                           const GError *error,
+                           gpointer      user_data);
+
+/* Where a request's reply goes: @func, called with the Completion itself
+ * as user data. A client embeds one as its first member, so that a
+ * transport allocates no closure per request. @func runs exactly once per
+ * request: before the request function returns (STYLE_SYNC), inside
+ * Transport.collect (STYLE_QUEUE), or on the client's thread-default
+ * context (STYLE_ASYNC, STYLE_FULL). The reply and the error belong to the
+ * transport. */
+typedef struct
+{
+  ReplyFunc func;
+} Completion;
+
+/* Sends a request; consumes a floating @parameters; the reply goes to
+ * @completion. */
+typedef void (*RequestFunc) (gpointer    server,
+                             const char *name,
+                             GVariant   *parameters,
+                             Completion *completion);
+
+/* What a workload asks of the server it starts. */
+typedef struct
+{
+  const char *name;       /* the server's name, or NULL for the transport's */
+  gboolean    here;       /* on the caller's thread-default context, not on a
+                           * thread of its own */
+  gboolean    deferred;   /* requests answered by completing an object after
+                           * the handler returned (spark: a BenchStage's
+                           * SparkInvocation); needed by @delay_ms and @next */
+  guint       delay_ms;   /* requests answered this long after they arrive */
+  gpointer    next;       /* requests forwarded to this server of the same
+                           * transport, answered with its reply */
+} ServerSetup;
+
+/* One way of carrying the module's messages. A server is what start()
+ * returns; every function but start() is called on the thread that started
+ * it, send_command() also from other threads (command_mpsc's producers). A
+ * transport has a request function for each CallStyle it supports, NULL
+ * for the others; given a ServerSetup field it does not support, start()
+ * aborts: the workload table only pairs what works. */
+typedef struct
+{
+  gpointer  (*start)        (BenchState        *state,
+                             const ServerSetup *setup);
+  /* Waits until the server handled everything sent, then frees it. */
+  void      (*stop)         (gpointer           server);
+  /* Consumes a floating @parameters. */
+  void      (*send_command) (gpointer           server,
+                             const char        *name,
+                             GVariant          *parameters);
+  /* By CallStyle: NULL where the transport has no such style. */
+  RequestFunc request[N_STYLES];
+  /* STYLE_QUEUE: waits for the oldest outstanding reply and gives it to
+   * @completion; NULL for the other transports. */
+  void      (*collect)      (gpointer           server,
+                             Completion        *completion);
+} Transport;
+
+/* One implementation: a row of the table below, named in the output. */
+typedef struct
+{
+  const char      *name;
+  const Transport *transport;
+  CallStyle        style;
+} Impl;
 
 /* spark-channel ------------------------------------------------------------------- */
+
+/* A handler that completes its invocations later: it forwards each request
+ * to the next stage of a pipeline, or replies after a delay, or at once
+ * (the last stage). */
+#define BENCH_TYPE_STAGE (bench_stage_get_type ())
+G_DECLARE_FINAL_TYPE (BenchStage, bench_stage, BENCH, STAGE, GObject)
+
+struct _BenchStage
+{
+  GObject          parent_instance;
+
+  BenchState      *state;     /* counts the requests (its server's thread); set before start */
+  SparkDispatcher *next;      /* the next stage's, NULL on the last; set before start */
+  guint            delay_ms;  /* the last stage replies after this long; set before start */
+};
+
+static void bench_stage_handler_iface_init (SparkHandlerInterface *iface);
+
+G_DEFINE_FINAL_TYPE_WITH_CODE (BenchStage, bench_stage, G_TYPE_OBJECT,
+                               G_IMPLEMENT_INTERFACE (SPARK_TYPE_HANDLER,
+                                                      bench_stage_handler_iface_init))
+
+static void
+bench_stage_dispose (GObject *object)
+{
+  BenchStage *self = BENCH_STAGE (object);
+
+  g_clear_object (&self->next);
+
+  G_OBJECT_CLASS (bench_stage_parent_class)->dispose (object);
+}
+
+static void
+bench_stage_class_init (BenchStageClass *klass)
+{
+  G_OBJECT_CLASS (klass)->dispose = bench_stage_dispose;
+}
+
+static void
+bench_stage_init (BenchStage *self)
+{
+}
+
+/* On the stage's server thread: request_full replies on the thread-default
+ * context of its caller, here the stage's own. */
+static void
+on_stage_reply (GVariant     *reply,
+                const GError *error,
+                gpointer      user_data)
+{
+  SparkInvocation *invocation = user_data;
+
+  /* Not on the client's thread, whose thread-default is the default
+   * context (NULL). */
+  g_assert (g_main_context_get_thread_default () != NULL);
+
+  if (reply != NULL)
+    spark_invocation_return_value (invocation, reply);
+  else
+    spark_invocation_return_gerror (invocation, error);
+  g_object_unref (invocation);
+}
+
+static gboolean
+stage_delayed_reply_cb (gpointer data)
+{
+  SparkInvocation *invocation = data;
+  GVariant *parameters = spark_invocation_get_parameters (invocation);
+
+  spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
+  return G_SOURCE_REMOVE;
+}
+
+static void
+bench_stage_handle_invocation (SparkHandler    *handler,
+                               SparkInvocation *invocation)
+{
+  BenchStage *self = BENCH_STAGE (handler);
+  GVariant *parameters = spark_invocation_get_parameters (invocation);
+
+  self->state->requests++;
+
+  if (self->next != NULL)
+    spark_dispatcher_request_full (self->next, spark_invocation_get_name (invocation), parameters,
+                                   NULL, NULL, on_stage_reply, g_object_ref (invocation), NULL);
+  else if (self->delay_ms > 0)
+    {
+      GSource *source = g_timeout_source_new (self->delay_ms);
+
+      g_source_set_callback (source, stage_delayed_reply_cb, g_object_ref (invocation), g_object_unref);
+      g_source_attach (source, g_main_context_get_thread_default ());
+      g_source_unref (source);
+    }
+  else
+    spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
+}
+
+static void
+bench_stage_handler_iface_init (SparkHandlerInterface *iface)
+{
+  iface->handle_invocation = bench_stage_handle_invocation;
+}
 
 typedef struct
 {
@@ -407,33 +613,42 @@ typedef struct
   SparkDispatcher   *dispatcher;
 } SparkSide;
 
-/* @in_thread: on a thread of its own, or on the caller's thread-default
- * context (the requester's own). */
-static void
-spark_side_start_full (SparkSide  *side,
-                       BenchState *state,
-                       gboolean    in_thread)
+/* A SparkModuleServer around the module's functions, or around a
+ * BenchStage if @setup is deferred. */
+static gpointer
+spark_start (BenchState        *state,
+             const ServerSetup *setup)
 {
+  SparkSide *side = g_new0 (SparkSide, 1);
   GError *error = NULL;
   gboolean started;
 
-  side->handler = spark_func_handler_new (bench_request_func, bench_command_func, state, NULL);
-  side->server = spark_module_server_new (side->handler);
-  spark_module_server_set_name (side->server, "bench-spark");
-  if (in_thread)
-    started = spark_module_server_start_in_thread (side->server, &error);
+  g_assert (setup->deferred || (setup->delay_ms == 0 && setup->next == NULL));
+
+  if (setup->deferred)
+    {
+      BenchStage *stage = g_object_new (BENCH_TYPE_STAGE, NULL);
+      SparkSide *next = setup->next;
+
+      stage->state = state;
+      stage->next = next != NULL ? g_object_ref (next->dispatcher) : NULL;
+      stage->delay_ms = setup->delay_ms;
+      side->handler = SPARK_HANDLER (stage);
+    }
   else
+    side->handler = spark_func_handler_new (bench_request_func, bench_command_func, state, NULL);
+
+  side->server = spark_module_server_new (side->handler);
+  spark_module_server_set_name (side->server, setup->name != NULL ? setup->name : "bench-spark");
+  if (setup->here)
     started = spark_module_server_start (side->server, NULL, &error);
+  else
+    started = spark_module_server_start_in_thread (side->server, &error);
   if (!started)
     g_error ("Cannot start the server: %s", error->message);
   side->dispatcher = spark_module_server_create_dispatcher (side->server);
-}
 
-static void
-spark_side_start (SparkSide  *side,
-                  BenchState *state)
-{
-  spark_side_start_full (side, state, TRUE);
+  return side;
 }
 
 static void
@@ -450,8 +665,9 @@ on_spark_shutdown (GObject      *source,
 }
 
 static void
-spark_side_stop (SparkSide *side)
+spark_stop (gpointer server)
 {
+  SparkSide *side = server;
   gboolean done = FALSE;
 
   spark_module_server_shutdown_async (side->server, SPARK_SHUTDOWN_MODE_DRAIN, NULL,
@@ -462,7 +678,86 @@ spark_side_stop (SparkSide *side)
   g_clear_object (&side->dispatcher);
   g_clear_object (&side->server);
   g_clear_object (&side->handler);
+  g_free (side);
 }
+
+static void
+spark_send_command (gpointer    server,
+                    const char *name,
+                    GVariant   *parameters)
+{
+  SparkSide *side = server;
+  GError *error = NULL;
+
+  if (!spark_dispatcher_send_command (side->dispatcher, name, parameters, NULL, &error))
+    g_error ("A command failed: %s", error->message);
+}
+
+static void
+on_spark_async_reply (GObject      *source,
+                      GAsyncResult *result,
+                      gpointer      user_data)
+{
+  Completion *completion = user_data;
+  GError *error = NULL;
+  GVariant *reply;
+
+  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
+  completion->func (reply, error, completion);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+spark_request_sync (gpointer    server,
+                    const char *name,
+                    GVariant   *parameters,
+                    Completion *completion)
+{
+  SparkSide *side = server;
+  GError *error = NULL;
+  GVariant *reply;
+
+  reply = spark_dispatcher_request_sync (side->dispatcher, name, parameters, NULL, NULL, &error);
+  completion->func (reply, error, completion);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+spark_request_async (gpointer    server,
+                     const char *name,
+                     GVariant   *parameters,
+                     Completion *completion)
+{
+  SparkSide *side = server;
+
+  spark_dispatcher_request_async (side->dispatcher, name, parameters, NULL, NULL,
+                                  on_spark_async_reply, completion);
+}
+
+static void
+spark_request_full (gpointer    server,
+                    const char *name,
+                    GVariant   *parameters,
+                    Completion *completion)
+{
+  SparkSide *side = server;
+
+  spark_dispatcher_request_full (side->dispatcher, name, parameters, NULL, NULL,
+                                 completion->func, completion, NULL);
+}
+
+static const Transport spark_transport = {
+  .start = spark_start,
+  .stop = spark_stop,
+  .send_command = spark_send_command,
+  .request = {
+    [STYLE_SYNC] = spark_request_sync,
+    [STYLE_ASYNC] = spark_request_async,
+    [STYLE_FULL] = spark_request_full,
+  },
+};
 
 /* floor: two GAsyncQueues ---------------------------------------------------------- */
 
@@ -554,33 +849,77 @@ floor_thread_func (gpointer data)
     }
 }
 
-static void
-floor_start (FloorServer *server,
-             BenchState  *state)
+static gpointer
+floor_start (BenchState        *state,
+             const ServerSetup *setup)
 {
+  FloorServer *server = g_new0 (FloorServer, 1);
+
+  g_assert (!setup->here && !setup->deferred && setup->delay_ms == 0 && setup->next == NULL);
+
   server->requests = g_async_queue_new ();
   server->replies = g_async_queue_new ();
   server->state = state;
   server->thread = g_thread_new ("bench-floor", floor_thread_func, server);
+
+  return server;
 }
 
 static void
-floor_stop (FloorServer *server)
+floor_stop (gpointer data)
 {
+  FloorServer *server = data;
+
   g_async_queue_push (server->requests, floor_msg_new (FLOOR_STOP, "stop", NULL));
   g_thread_join (g_steal_pointer (&server->thread));
   g_assert (g_async_queue_length (server->replies) == 0);
   g_clear_pointer (&server->requests, g_async_queue_unref);
   g_clear_pointer (&server->replies, g_async_queue_unref);
+  g_free (server);
 }
 
 static void
-floor_send_command (FloorServer *server,
-                    const char  *name,
-                    GVariant    *parameters)
+floor_send_command (gpointer    data,
+                    const char *name,
+                    GVariant   *parameters)
 {
+  FloorServer *server = data;
+
   g_async_queue_push (server->requests, floor_msg_new (FLOOR_COMMAND, name, parameters));
 }
+
+/* STYLE_QUEUE: the reply waits in server->replies for floor_collect(). */
+static void
+floor_request (gpointer    data,
+               const char *name,
+               GVariant   *parameters,
+               Completion *completion)
+{
+  FloorServer *server = data;
+
+  g_async_queue_push (server->requests, floor_msg_new (FLOOR_REQUEST, name, parameters));
+}
+
+static void
+floor_collect (gpointer    data,
+               Completion *completion)
+{
+  FloorServer *server = data;
+  FloorMsg *msg = g_async_queue_pop (server->replies);
+
+  completion->func (msg->reply, msg->error, completion);
+  floor_msg_free (msg);
+}
+
+static const Transport floor_transport = {
+  .start = floor_start,
+  .stop = floor_stop,
+  .send_command = floor_send_command,
+  .request = {
+    [STYLE_QUEUE] = floor_request,
+  },
+  .collect = floor_collect,
+};
 
 /* idiom: GTask + g_main_context_invoke -------------------------------------------- */
 
@@ -640,38 +979,35 @@ idiom_thread_func (gpointer data)
   return NULL;
 }
 
-static void
-idiom_start (IdiomServer *server,
-             BenchState  *state)
+/* On a thread of its own, or (@setup->here) on the caller's thread-default
+ * context: then requests are handled by the caller's own main loop. The
+ * idiom always answers through a GTask: @setup->deferred changes nothing. */
+static gpointer
+idiom_start (BenchState        *state,
+             const ServerSetup *setup)
 {
-  server->context = g_main_context_new ();
-  server->loop = g_main_loop_new (server->context, FALSE);
-  server->state = state;
-  server->delay_ms = 0;
-  latch_init (&server->ready);
-  server->thread = g_thread_new ("bench-idiom", idiom_thread_func, server);
-  latch_wait (&server->ready);
-}
+  IdiomServer *server = g_new0 (IdiomServer, 1);
 
-/* The server on the caller's thread-default context: requests are handled
- * by the caller's own main loop. */
-static void
-idiom_start_here (IdiomServer *server,
-                  BenchState  *state)
-{
-  server->context = g_main_context_ref_thread_default ();
-  server->loop = NULL;
-  server->thread = NULL;
-  server->state = state;
-  server->delay_ms = 0;
-  latch_init (&server->ready);
-}
+  g_assert (setup->next == NULL);
 
-static void
-idiom_stop_here (IdiomServer *server)
-{
-  g_clear_pointer (&server->context, g_main_context_unref);
-  latch_clear (&server->ready);
+  server->state = state;
+  server->delay_ms = setup->delay_ms;
+  latch_init (&server->ready);
+  if (setup->here)
+    {
+      server->context = g_main_context_ref_thread_default ();
+      server->loop = NULL;
+      server->thread = NULL;
+    }
+  else
+    {
+      server->context = g_main_context_new ();
+      server->loop = g_main_loop_new (server->context, FALSE);
+      server->thread = g_thread_new ("bench-idiom", idiom_thread_func, server);
+      latch_wait (&server->ready);
+    }
+
+  return server;
 }
 
 static gboolean
@@ -684,13 +1020,19 @@ idiom_quit_cb (gpointer data)
 }
 
 static void
-idiom_stop (IdiomServer *server)
+idiom_stop (gpointer data)
 {
-  g_main_context_invoke (server->context, idiom_quit_cb, server);
-  g_thread_join (g_steal_pointer (&server->thread));
-  g_clear_pointer (&server->loop, g_main_loop_unref);
+  IdiomServer *server = data;
+
+  if (server->thread != NULL)
+    {
+      g_main_context_invoke (server->context, idiom_quit_cb, server);
+      g_thread_join (g_steal_pointer (&server->thread));
+      g_clear_pointer (&server->loop, g_main_loop_unref);
+    }
   g_clear_pointer (&server->context, g_main_context_unref);
   latch_clear (&server->ready);
+  g_free (server);
 }
 
 /* On the server's thread. */
@@ -755,6 +1097,30 @@ idiom_request_finish (GAsyncResult  *result,
   return g_task_propagate_pointer (G_TASK (result), error);
 }
 
+static void
+on_idiom_reply (GObject      *source,
+                GAsyncResult *result,
+                gpointer      user_data)
+{
+  Completion *completion = user_data;
+  GError *error = NULL;
+  GVariant *reply;
+
+  reply = idiom_request_finish (result, &error);
+  completion->func (reply, error, completion);
+  g_clear_pointer (&reply, g_variant_unref);
+  g_clear_error (&error);
+}
+
+static void
+idiom_request (gpointer    data,
+               const char *name,
+               GVariant   *parameters,
+               Completion *completion)
+{
+  idiom_request_async (data, name, parameters, on_idiom_reply, completion);
+}
+
 /* On the server's thread. */
 static gboolean
 idiom_handle_command_cb (gpointer data)
@@ -772,12 +1138,48 @@ idiom_handle_command_cb (gpointer data)
 }
 
 static void
-idiom_send_command (IdiomServer *server,
-                    const char  *name,
-                    GVariant    *parameters)
+idiom_send_command (gpointer    data,
+                    const char *name,
+                    GVariant   *parameters)
 {
+  IdiomServer *server = data;
+
   g_main_context_invoke_full (server->context, G_PRIORITY_DEFAULT, idiom_handle_command_cb,
                               idiom_call_new (server, name, parameters), idiom_call_free);
+}
+
+static const Transport idiom_transport = {
+  .start = idiom_start,
+  .stop = idiom_stop,
+  .send_command = idiom_send_command,
+  .request = {
+    [STYLE_ASYNC] = idiom_request,
+  },
+};
+
+/* Implementations ------------------------------------------------------------------ */
+
+/* The baselines, by name: every result is compared with them. */
+#define IMPL_FLOOR "floor"
+#define IMPL_IDIOM "idiom"
+
+static const Impl impls[] = {
+  { "spark_sync",  &spark_transport, STYLE_SYNC },
+  { "spark_async", &spark_transport, STYLE_ASYNC },
+  { "spark_full",  &spark_transport, STYLE_FULL },
+  { "spark",       &spark_transport, STYLE_COMMAND },
+  { IMPL_FLOOR,    &floor_transport, STYLE_QUEUE },
+  { IMPL_IDIOM,    &idiom_transport, STYLE_ASYNC },
+};
+
+static const Impl *
+impl_find (const char *name)
+{
+  for (guint i = 0; i < G_N_ELEMENTS (impls); i++)
+    if (g_str_equal (impls[i].name, name))
+      return &impls[i];
+
+  return NULL;
 }
 
 /* Results ------------------------------------------------------------------------ */
@@ -786,7 +1188,6 @@ typedef struct
 {
   const char *workload;
   const char *impl;
-  ImplId      impl_id;
   guint64     ops;
   guint       runs;
   double      secs;
@@ -844,36 +1245,78 @@ result_set_time (Result  *result,
   result->ops_per_s = (double) ops / result->secs;
 }
 
+static void
+result_set_cpu (Result *result,
+                gint64  cpu_elapsed_ns)
+{
+  result->has_cpu = TRUE;
+  result->cpu_ns = (double) cpu_elapsed_ns;
+}
+
 /* Requests ------------------------------------------------------------------------- */
 
-#define REQUEST_NAME "get"
-#define COMMAND_NAME "set"
-
-/* A client on its main loop (the default context) keeping @window
- * requests in flight. */
+/* A client keeping @window requests in flight, in any CallStyle: on its
+ * main loop (the default context) for STYLE_ASYNC and STYLE_FULL, each
+ * reply sending the next request; in a loop of its own for STYLE_SYNC
+ * (window 1: each request returns with its reply) and STYLE_QUEUE (it pops
+ * each reply, then sends the next). */
 typedef struct
 {
-  ImplId           impl;
-  guint64          n;
-  guint64          window;
-  guint64          sent;
-  guint64          completed;
-  gint64           reply_sum;
-  gint64          *latencies;   /* window 1 only */
-  gint64           t_sent;
-  gint64           t_end;
-  GMainLoop       *loop;
-  SparkDispatcher *dispatcher;
-  IdiomServer     *idiom;
-} AsyncClient;
+  Completion   completion;   /* first: the transports hand it back */
+  const Impl  *impl;
+  RequestFunc  request;      /* the impl's, for its style */
+  gpointer     server;
+  guint64      n;
+  guint64      window;
+  guint64      sent;
+  guint64      completed;
+  gint64       reply_sum;
+  gint64      *latencies;    /* NULL, or one per request; accurate with window 1 */
+  gint64       t_sent;
+  gint64       t_end;
+  GMainLoop   *loop;         /* NULL for the blocking styles */
+} Client;
 
-static void async_client_send (AsyncClient *client);
+static void client_on_reply (GVariant     *reply,
+                             const GError *error,
+                             gpointer      user_data);
 
 static void
-async_client_complete (AsyncClient  *client,
-                       GVariant     *reply,
-                       const GError *error)
+client_init (Client      *client,
+             const Impl  *impl,
+             gpointer     server,
+             guint64      n,
+             guint64      window,
+             gint64      *latencies)
 {
+  memset (client, 0, sizeof *client);
+  client->completion.func = client_on_reply;
+  client->impl = impl;
+  client->request = impl->transport->request[impl->style];
+  client->server = server;
+  client->n = n;
+  client->window = window;
+  client->latencies = latencies;
+}
+
+static void
+client_send (Client *client)
+{
+  gint32 value = (gint32) client->sent++;
+
+  if (client->latencies != NULL)
+    client->t_sent = now_ns ();
+
+  client->request (client->server, REQUEST_NAME, g_variant_new_int32 (value), &client->completion);
+}
+
+static void
+client_on_reply (GVariant     *reply,
+                 const GError *error,
+                 gpointer      user_data)
+{
+  Client *client = user_data;
+
   if (reply == NULL)
     g_error ("A request failed: %s", error ? error->message : "no error");
 
@@ -883,8 +1326,12 @@ async_client_complete (AsyncClient  *client,
   client->reply_sum += g_variant_get_int32 (reply);
   client->completed++;
 
+  /* A blocking client sends the next request from its own loop. */
+  if (client->loop == NULL)
+    return;
+
   if (client->sent < client->n)
-    async_client_send (client);
+    client_send (client);
   else if (client->completed == client->n)
     {
       client->t_end = now_ns ();
@@ -892,86 +1339,39 @@ async_client_complete (AsyncClient  *client,
     }
 }
 
-static void
-on_spark_async_reply (GObject      *source,
-                      GAsyncResult *result,
-                      gpointer      user_data)
-{
-  GError *error = NULL;
-  GVariant *reply;
-
-  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
-  async_client_complete (user_data, reply, error);
-  g_clear_pointer (&reply, g_variant_unref);
-}
-
-static void
-on_spark_full_reply (GVariant     *reply,
-                     const GError *error,
-                     gpointer      user_data)
-{
-  async_client_complete (user_data, reply, error);
-}
-
-static void
-on_idiom_reply (GObject      *source,
-                GAsyncResult *result,
-                gpointer      user_data)
-{
-  GError *error = NULL;
-  GVariant *reply;
-
-  reply = idiom_request_finish (result, &error);
-  async_client_complete (user_data, reply, error);
-  g_clear_pointer (&reply, g_variant_unref);
-}
-
-static void
-async_client_send (AsyncClient *client)
-{
-  gint32 value = (gint32) client->sent++;
-
-  if (client->latencies != NULL)
-    client->t_sent = now_ns ();
-
-  switch (client->impl)
-    {
-    case IMPL_SPARK_ASYNC:
-      spark_dispatcher_request_async (client->dispatcher, REQUEST_NAME, g_variant_new_int32 (value),
-                                      NULL, NULL, on_spark_async_reply, client);
-      break;
-
-    case IMPL_SPARK_FULL:
-      spark_dispatcher_request_full (client->dispatcher, REQUEST_NAME, g_variant_new_int32 (value),
-                                     NULL, NULL, on_spark_full_reply, client, NULL);
-      break;
-
-    case IMPL_IDIOM:
-      idiom_request_async (client->idiom, REQUEST_NAME, g_variant_new_int32 (value),
-                           on_idiom_reply, client);
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK:
-    case IMPL_FLOOR:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
-}
-
 /* Returns the time from the first send to the last reply. */
 static gint64
-async_client_run (AsyncClient *client)
+client_run (Client *client)
 {
+  CallStyle style = client->impl->style;
+  gboolean on_main_loop = style == STYLE_ASYNC || style == STYLE_FULL;
+  void (*collect) (gpointer, Completion *) = client->impl->transport->collect;
   gint64 t0;
 
-  client->loop = g_main_loop_new (NULL, FALSE);
+  g_assert (client->request != NULL);
+  g_assert (style != STYLE_SYNC || client->window == 1);
+  g_assert (style != STYLE_QUEUE || collect != NULL);
+
+  if (on_main_loop)
+    client->loop = g_main_loop_new (NULL, FALSE);
 
   t0 = now_ns ();
   while (client->sent < client->window && client->sent < client->n)
-    async_client_send (client);
-  g_main_loop_run (client->loop);
+    client_send (client);
+
+  if (on_main_loop)
+    g_main_loop_run (client->loop);
+  else
+    {
+      while (client->completed < client->n)
+        {
+          if (style == STYLE_QUEUE)
+            collect (client->server, &client->completion);
+          if (client->sent < client->n)
+            client_send (client);
+        }
+      client->t_end = now_ns ();
+    }
 
   g_clear_pointer (&client->loop, g_main_loop_unref);
 
@@ -979,135 +1379,32 @@ async_client_run (AsyncClient *client)
 }
 
 static void
-run_requests (ImplId   impl,
-              guint64  n,
-              guint64  window,
-              gboolean measure_latency,
-              Result  *result)
+run_requests (const Impl *impl,
+              guint64     n,
+              guint64     window,
+              gboolean    measure_latency,
+              Result     *result)
 {
+  const ServerSetup setup = { NULL, };
   BenchState state;
+  Client client;
   gint64 *lat = measure_latency ? g_new (gint64, n) : NULL;
   gint64 expected_sum = (gint64) n * (gint64) (n - 1) / 2;
-  gint64 reply_sum = 0;
-  gint64 elapsed = 0;
+  gint64 elapsed;
+  gpointer server;
 
   bench_state_init (&state, 0);
+  server = impl->transport->start (&state, &setup);
 
-  switch (impl)
-    {
-    case IMPL_SPARK_SYNC:
-      {
-        SparkSide side;
-        gint64 t0;
+  client_init (&client, impl, server, n, window, lat);
+  elapsed = client_run (&client);
 
-        g_assert (window == 1);
-        spark_side_start (&side, &state);
+  impl->transport->stop (server);
 
-        t0 = now_ns ();
-        for (guint64 i = 0; i < n; i++)
-          {
-            GError *error = NULL;
-            gint64 t = now_ns ();
-            GVariant *reply;
-
-            reply = spark_dispatcher_request_sync (side.dispatcher, REQUEST_NAME,
-                                                   g_variant_new_int32 ((gint32) i),
-                                                   NULL, NULL, &error);
-            if (reply == NULL)
-              g_error ("A request failed: %s", error->message);
-            if (lat != NULL)
-              lat[i] = now_ns () - t;
-            reply_sum += g_variant_get_int32 (reply);
-            g_variant_unref (reply);
-          }
-        elapsed = now_ns () - t0;
-
-        spark_side_stop (&side);
-      }
-      break;
-
-    case IMPL_SPARK_ASYNC:
-    case IMPL_SPARK_FULL:
-      {
-        SparkSide side;
-        AsyncClient client = { impl, n, window, 0, };
-
-        spark_side_start (&side, &state);
-        client.dispatcher = side.dispatcher;
-        client.latencies = lat;
-        elapsed = async_client_run (&client);
-        reply_sum = client.reply_sum;
-        spark_side_stop (&side);
-      }
-      break;
-
-    case IMPL_IDIOM:
-      {
-        IdiomServer server;
-        AsyncClient client = { impl, n, window, 0, };
-
-        idiom_start (&server, &state);
-        client.idiom = &server;
-        client.latencies = lat;
-        elapsed = async_client_run (&client);
-        reply_sum = client.reply_sum;
-        idiom_stop (&server);
-      }
-      break;
-
-    case IMPL_FLOOR:
-      {
-        FloorServer server;
-        guint64 sent = 0;
-        gint64 t_sent = 0;
-        gint64 t0;
-
-        floor_start (&server, &state);
-
-        t0 = now_ns ();
-        while (sent < window && sent < n)
-          {
-            t_sent = now_ns ();
-            g_async_queue_push (server.requests,
-                                floor_msg_new (FLOOR_REQUEST, REQUEST_NAME,
-                                               g_variant_new_int32 ((gint32) sent++)));
-          }
-        for (guint64 completed = 0; completed < n; completed++)
-          {
-            FloorMsg *msg = g_async_queue_pop (server.replies);
-
-            if (msg->reply == NULL)
-              g_error ("A request failed: %s", msg->error ? msg->error->message : "no error");
-            if (lat != NULL)
-              lat[completed] = now_ns () - t_sent;
-            reply_sum += g_variant_get_int32 (msg->reply);
-            floor_msg_free (msg);
-
-            if (sent < n)
-              {
-                if (lat != NULL)
-                  t_sent = now_ns ();
-                g_async_queue_push (server.requests,
-                                    floor_msg_new (FLOOR_REQUEST, REQUEST_NAME,
-                                                   g_variant_new_int32 ((gint32) sent++)));
-              }
-          }
-        elapsed = now_ns () - t0;
-
-        floor_stop (&server);
-      }
-      break;
-
-    case IMPL_SPARK:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
-
-  if (reply_sum != expected_sum || state.requests != n)
+  if (client.reply_sum != expected_sum || state.requests != n)
     g_error ("%s: lost or wrong replies: %" G_GUINT64_FORMAT " handled of %" G_GUINT64_FORMAT
              ", sum %" G_GINT64_FORMAT " instead of %" G_GINT64_FORMAT,
-             impl_names[impl], state.requests, n, reply_sum, expected_sum);
+             impl->name, state.requests, n, client.reply_sum, expected_sum);
 
   result_set_time (result, n, elapsed);
   if (lat != NULL)
@@ -1118,71 +1415,43 @@ run_requests (ImplId   impl,
 }
 
 static void
-run_request_seq (ImplId   impl,
-                 guint64  n,
-                 Result  *result)
+run_request_seq (const Impl *impl,
+                 guint64     n,
+                 Result     *result)
 {
   run_requests (impl, n, 1, !opt_callgrind, result);
 }
 
 static void
-run_request_pipelined (ImplId   impl,
-                       guint64  n,
-                       Result  *result)
+run_request_pipelined (const Impl *impl,
+                       guint64     n,
+                       Result     *result)
 {
   run_requests (impl, n, (guint64) MAX (opt_window, 1), FALSE, result);
 }
 
 /* Commands ------------------------------------------------------------------------- */
 
-/* Whatever a producer sends to. */
 typedef struct
 {
-  ImplId           impl;
-  SparkDispatcher *dispatcher;
-  FloorServer     *floor;
-  IdiomServer     *idiom;
-} CommandTarget;
+  BenchState  state;
+  const Impl *impl;
+  gpointer    server;
+} CommandRun;
 
 static void
-command_target_send (CommandTarget *target,
-                     gint32         value)
+command_run_send (CommandRun *run,
+                  gint32      value)
 {
-  switch (target->impl)
-    {
-    case IMPL_SPARK:
-      {
-        GError *error = NULL;
-
-        if (!spark_dispatcher_send_command (target->dispatcher, COMMAND_NAME,
-                                            g_variant_new_int32 (value), NULL, &error))
-          g_error ("A command failed: %s", error->message);
-      }
-      break;
-
-    case IMPL_FLOOR:
-      floor_send_command (target->floor, COMMAND_NAME, g_variant_new_int32 (value));
-      break;
-
-    case IMPL_IDIOM:
-      idiom_send_command (target->idiom, COMMAND_NAME, g_variant_new_int32 (value));
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK_ASYNC:
-    case IMPL_SPARK_FULL:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
+  run->impl->transport->send_command (run->server, COMMAND_NAME, g_variant_new_int32 (value));
 }
 
 typedef struct
 {
-  CommandTarget *target;
-  Latch         *gate;
-  guint64        first;
-  guint64        count;
+  CommandRun *run;
+  Latch      *gate;
+  guint64     first;
+  guint64     count;
 } Producer;
 
 static gpointer
@@ -1192,52 +1461,21 @@ producer_thread_func (gpointer data)
 
   latch_wait (producer->gate);
   for (guint64 i = 0; i < producer->count; i++)
-    command_target_send (producer->target, (gint32) (producer->first + i));
+    command_run_send (producer->run, (gint32) (producer->first + i));
 
   return NULL;
 }
 
-typedef struct
-{
-  BenchState    state;
-  CommandTarget target;
-  SparkSide     spark;
-  FloorServer   floor;
-  IdiomServer   idiom;
-} CommandRun;
-
 static void
 command_run_start (CommandRun *run,
-                   ImplId      impl,
+                   const Impl *impl,
                    guint64     target)
 {
+  const ServerSetup setup = { NULL, };
+
   bench_state_init (&run->state, target);
-  run->target.impl = impl;
-
-  switch (impl)
-    {
-    case IMPL_SPARK:
-      spark_side_start (&run->spark, &run->state);
-      run->target.dispatcher = run->spark.dispatcher;
-      break;
-
-    case IMPL_FLOOR:
-      floor_start (&run->floor, &run->state);
-      run->target.floor = &run->floor;
-      break;
-
-    case IMPL_IDIOM:
-      idiom_start (&run->idiom, &run->state);
-      run->target.idiom = &run->idiom;
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK_ASYNC:
-    case IMPL_SPARK_FULL:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
+  run->impl = impl;
+  run->server = impl->transport->start (&run->state, &setup);
 }
 
 /* Waits until every command was handled, checks them and stops the server. */
@@ -1249,42 +1487,22 @@ command_run_finish (CommandRun *run,
 
   latch_wait (&run->state.done);
 
-  switch (run->target.impl)
-    {
-    case IMPL_SPARK:
-      spark_side_stop (&run->spark);
-      break;
-
-    case IMPL_FLOOR:
-      floor_stop (&run->floor);
-      break;
-
-    case IMPL_IDIOM:
-      idiom_stop (&run->idiom);
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK_ASYNC:
-    case IMPL_SPARK_FULL:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
+  run->impl->transport->stop (g_steal_pointer (&run->server));
 
   if (run->state.commands != n || run->state.sum != expected_sum)
     g_error ("%s: lost commands: %" G_GUINT64_FORMAT " handled of %" G_GUINT64_FORMAT,
-             impl_names[run->target.impl], run->state.commands, n);
+             run->impl->name, run->state.commands, n);
 
   bench_state_clear (&run->state);
 }
 
 static void
-run_commands (ImplId   impl,
-              guint64  n,
-              guint    n_producers,
-              Result  *result)
+run_commands (const Impl *impl,
+              guint64     n,
+              guint       n_producers,
+              Result     *result)
 {
-  CommandRun run = { { 0, }, };
+  CommandRun run;
   gint64 t0;
 
   command_run_start (&run, impl, n);
@@ -1293,7 +1511,7 @@ run_commands (ImplId   impl,
     {
       t0 = now_ns ();
       for (guint64 i = 0; i < n; i++)
-        command_target_send (&run.target, (gint32) i);
+        command_run_send (&run, (gint32) i);
     }
   else
     {
@@ -1304,7 +1522,7 @@ run_commands (ImplId   impl,
       latch_init (&gate);
       for (guint p = 0; p < n_producers; p++)
         {
-          producers[p].target = &run.target;
+          producers[p].run = &run;
           producers[p].gate = &gate;
           producers[p].first = n / n_producers * p;
           producers[p].count = (p + 1 == n_producers) ? n - producers[p].first : n / n_producers;
@@ -1327,17 +1545,17 @@ run_commands (ImplId   impl,
 }
 
 static void
-run_command_throughput (ImplId   impl,
-                        guint64  n,
-                        Result  *result)
+run_command_throughput (const Impl *impl,
+                        guint64     n,
+                        Result     *result)
 {
   run_commands (impl, n, 1, result);
 }
 
 static void
-run_command_mpsc (ImplId   impl,
-                  guint64  n,
-                  Result  *result)
+run_command_mpsc (const Impl *impl,
+                  guint64     n,
+                  Result     *result)
 {
   run_commands (impl, n, 2, result);
 }
@@ -1375,11 +1593,11 @@ measure_variant_bytes (guint64 n)
 /* Queues @n commands while the server is blocked: the time it took and the
  * RSS growth per command. */
 static void
-measure_queued (ImplId   impl,
-                guint64  n,
-                Result  *result)
+measure_queued (const Impl *impl,
+                guint64     n,
+                Result     *result)
 {
-  CommandRun run = { { 0, }, };
+  CommandRun run;
   gint64 rss0;
   gint64 rss1;
   gint64 t0;
@@ -1389,14 +1607,14 @@ measure_queued (ImplId   impl,
 
   /* Block the server in its first command. */
   run.state.block_first = TRUE;
-  command_target_send (&run.target, -1);
+  command_run_send (&run, -1);
   latch_wait (&run.state.blocked);
 
   trim_heap ();
   rss0 = rss_bytes ();
   t0 = now_ns ();
   for (guint64 i = 0; i < n; i++)
-    command_target_send (&run.target, (gint32) i);
+    command_run_send (&run, (gint32) i);
   t1 = now_ns ();
   rss1 = rss_bytes ();
 
@@ -1415,6 +1633,7 @@ queued_child_main (const char *impl_name,
                    guint64     n)
 {
   Result result = { 0, };
+  const Impl *impl;
 
   if (g_str_equal (impl_name, "variant"))
     {
@@ -1422,16 +1641,16 @@ queued_child_main (const char *impl_name,
       return 0;
     }
 
-  for (guint i = 0; i < N_IMPLS; i++)
-    if (g_str_equal (impl_name, impl_names[i]))
-      {
-        measure_queued ((ImplId) i, n, &result);
-        printf ("secs=%.9f bytes=%.4f\n", result.secs, result.bytes_per_msg);
-        return 0;
-      }
+  impl = impl_find (impl_name);
+  if (impl == NULL)
+    {
+      g_printerr ("spark-bench: unknown implementation '%s'\n", impl_name);
+      return 2;
+    }
 
-  g_printerr ("spark-bench: unknown implementation '%s'\n", impl_name);
-  return 2;
+  measure_queued (impl, n, &result);
+  printf ("secs=%.9f bytes=%.4f\n", result.secs, result.bytes_per_msg);
+  return 0;
 }
 
 static char *self_path;
@@ -1458,9 +1677,9 @@ spawn_queued_child (const char *impl_name,
 }
 
 static void
-run_queued_bytes (ImplId   impl,
-                  guint64  n,
-                  Result  *result)
+run_queued_bytes (const Impl *impl,
+                  guint64     n,
+                  Result     *result)
 {
   double secs;
   double bytes;
@@ -1474,7 +1693,7 @@ run_queued_bytes (ImplId   impl,
     }
 
   spawn_queued_child ("variant", n, &variant_secs, &result->variant_bytes);
-  spawn_queued_child (impl_names[impl], n, &secs, &bytes);
+  spawn_queued_child (impl->name, n, &secs, &bytes);
 
   result_set_time (result, n, (gint64) (secs * 1e9));
   result->has_bytes = TRUE;
@@ -1483,194 +1702,36 @@ run_queued_bytes (ImplId   impl,
 
 /* CPU time next to wall time ------------------------------------------------------ */
 
-/* A handler that completes its invocations later: it forwards each request
- * to the next stage of a pipeline, or replies after a delay, or at once
- * (the last stage). */
-#define BENCH_TYPE_STAGE (bench_stage_get_type ())
-G_DECLARE_FINAL_TYPE (BenchStage, bench_stage, BENCH, STAGE, GObject)
-
-struct _BenchStage
-{
-  GObject          parent_instance;
-
-  SparkDispatcher *next;      /* the next stage's, NULL on the last; set before start */
-  guint            delay_ms;  /* the last stage replies after this long; set before start */
-  guint64          handled;   /* the server's thread; read once every reply arrived */
-};
-
-static void bench_stage_handler_iface_init (SparkHandlerInterface *iface);
-
-G_DEFINE_FINAL_TYPE_WITH_CODE (BenchStage, bench_stage, G_TYPE_OBJECT,
-                               G_IMPLEMENT_INTERFACE (SPARK_TYPE_HANDLER,
-                                                      bench_stage_handler_iface_init))
-
-static void
-bench_stage_dispose (GObject *object)
-{
-  BenchStage *self = BENCH_STAGE (object);
-
-  g_clear_object (&self->next);
-
-  G_OBJECT_CLASS (bench_stage_parent_class)->dispose (object);
-}
-
-static void
-bench_stage_class_init (BenchStageClass *klass)
-{
-  G_OBJECT_CLASS (klass)->dispose = bench_stage_dispose;
-}
-
-static void
-bench_stage_init (BenchStage *self)
-{
-}
-
-/* On the stage's server thread: request_full replies on the thread-default
- * context of its caller, here the stage's own. */
-static void
-on_stage_reply (GVariant     *reply,
-                const GError *error,
-                gpointer      user_data)
-{
-  SparkInvocation *invocation = user_data;
-
-  /* Not on the client's thread, whose thread-default is the default
-   * context (NULL). */
-  g_assert (g_main_context_get_thread_default () != NULL);
-
-  if (reply != NULL)
-    spark_invocation_return_value (invocation, reply);
-  else
-    spark_invocation_return_gerror (invocation, error);
-  g_object_unref (invocation);
-}
-
-static gboolean
-stage_delayed_reply_cb (gpointer data)
-{
-  SparkInvocation *invocation = data;
-  GVariant *parameters = spark_invocation_get_parameters (invocation);
-
-  spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
-  return G_SOURCE_REMOVE;
-}
-
-static void
-bench_stage_handle_invocation (SparkHandler    *handler,
-                               SparkInvocation *invocation)
-{
-  BenchStage *self = BENCH_STAGE (handler);
-  GVariant *parameters = spark_invocation_get_parameters (invocation);
-
-  self->handled++;
-
-  if (self->next != NULL)
-    spark_dispatcher_request_full (self->next, spark_invocation_get_name (invocation), parameters,
-                                   NULL, NULL, on_stage_reply, g_object_ref (invocation), NULL);
-  else if (self->delay_ms > 0)
-    {
-      GSource *source = g_timeout_source_new (self->delay_ms);
-
-      g_source_set_callback (source, stage_delayed_reply_cb, g_object_ref (invocation), g_object_unref);
-      g_source_attach (source, g_main_context_get_thread_default ());
-      g_source_unref (source);
-    }
-  else
-    spark_invocation_return_value (invocation, g_variant_new_int32 (g_variant_get_int32 (parameters)));
-}
-
-static void
-bench_stage_handler_iface_init (SparkHandlerInterface *iface)
-{
-  iface->handle_invocation = bench_stage_handle_invocation;
-}
-
-/* A BenchStage behind a server on a thread of its own; stop it with
- * spark_side_stop(). */
-static void
-stage_side_start (SparkSide       *side,
-                  const char      *name,
-                  SparkDispatcher *next,
-                  guint            delay_ms)
-{
-  BenchStage *stage = g_object_new (BENCH_TYPE_STAGE, NULL);
-  GError *error = NULL;
-
-  stage->next = next != NULL ? g_object_ref (next) : NULL;
-  stage->delay_ms = delay_ms;
-  side->handler = SPARK_HANDLER (stage);
-  side->server = spark_module_server_new (side->handler);
-  spark_module_server_set_name (side->server, name);
-  if (!spark_module_server_start_in_thread (side->server, &error))
-    g_error ("Cannot start the server: %s", error->message);
-  side->dispatcher = spark_module_server_create_dispatcher (side->server);
-}
-
-static void
-result_set_cpu (Result *result,
-                gint64  cpu_elapsed_ns)
-{
-  result->has_cpu = TRUE;
-  result->cpu_ns = (double) cpu_elapsed_ns;
-}
-
 /* same_context: the server on the requester's own context, so the thread
  * that waits for a reply is the one that must make it. */
 static void
-run_same_context (ImplId   impl,
-                  guint64  n,
-                  Result  *result)
+run_same_context (const Impl *impl,
+                  guint64     n,
+                  Result     *result)
 {
+  ServerSetup setup = { NULL, };
   BenchState state;
-  AsyncClient client = { impl, n, 1, 0, };
+  Client client;
   gint64 expected_sum = (gint64) n * (gint64) (n - 1) / 2;
-  gint64 elapsed = 0;
-  gint64 c0 = 0;
-  gint64 c1 = 0;
+  gint64 elapsed;
+  gint64 c0;
+  gint64 c1;
+  gpointer server;
 
+  setup.here = TRUE;
   bench_state_init (&state, 0);
-  client.latencies = opt_callgrind ? NULL : g_new (gint64, n);
+  server = impl->transport->start (&state, &setup);
 
-  switch (impl)
-    {
-    case IMPL_SPARK_ASYNC:
-    case IMPL_SPARK_FULL:
-      {
-        SparkSide side;
+  client_init (&client, impl, server, n, 1, opt_callgrind ? NULL : g_new (gint64, n));
+  c0 = cpu_ns ();
+  elapsed = client_run (&client);
+  c1 = cpu_ns ();
 
-        spark_side_start_full (&side, &state, FALSE);
-        client.dispatcher = side.dispatcher;
-        c0 = cpu_ns ();
-        elapsed = async_client_run (&client);
-        c1 = cpu_ns ();
-        spark_side_stop (&side);
-      }
-      break;
-
-    case IMPL_IDIOM:
-      {
-        IdiomServer server;
-
-        idiom_start_here (&server, &state);
-        client.idiom = &server;
-        c0 = cpu_ns ();
-        elapsed = async_client_run (&client);
-        c1 = cpu_ns ();
-        idiom_stop_here (&server);
-      }
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK:
-    case IMPL_FLOOR:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
+  impl->transport->stop (server);
 
   if (client.reply_sum != expected_sum || state.requests != n)
     g_error ("same_context %s: lost or wrong replies: %" G_GUINT64_FORMAT " handled of %"
-             G_GUINT64_FORMAT, impl_names[impl], state.requests, n);
+             G_GUINT64_FORMAT, impl->name, state.requests, n);
 
   result_set_time (result, n, elapsed);
   result_set_cpu (result, c1 - c0);
@@ -1685,50 +1746,53 @@ run_same_context (ImplId   impl,
 #define PIPELINE_WINDOW 64
 
 /* pipeline: client -> stage 1 -> stage 2 -> stage 3, each stage on a thread
- * of its own, forwarding with request_full from its handler. */
+ * of its own, forwarding from its handler (spark: request_full from
+ * handle_invocation) and answering with the next stage's reply. */
 static void
-run_pipeline (ImplId   impl,
-              guint64  n,
-              Result  *result)
+run_pipeline (const Impl *impl,
+              guint64     n,
+              Result     *result)
 {
-  SparkSide stages[PIPELINE_STAGES];
-  AsyncClient client = { impl, n, PIPELINE_WINDOW, 0, };
+  BenchState states[PIPELINE_STAGES];
+  gpointer stages[PIPELINE_STAGES];
+  Client client;
   gint64 expected_sum = (gint64) n * (gint64) (n - 1) / 2;
   gint64 elapsed;
   gint64 c0;
   gint64 c1;
 
-  g_assert (impl == IMPL_SPARK_FULL || impl == IMPL_SPARK_ASYNC);
-
-  /* The last stage first: each one needs the next one's dispatcher. */
+  /* The last stage first: each one needs the next one. */
   for (gint i = PIPELINE_STAGES - 1; i >= 0; i--)
     {
+      ServerSetup setup = { NULL, };
       char name[32];
 
       g_snprintf (name, sizeof name, "bench-stage-%d", i + 1);
-      stage_side_start (&stages[i], name,
-                        i + 1 < PIPELINE_STAGES ? stages[i + 1].dispatcher : NULL, 0);
+      setup.name = name;
+      setup.deferred = TRUE;
+      setup.next = i + 1 < PIPELINE_STAGES ? stages[i + 1] : NULL;
+      bench_state_init (&states[i], 0);
+      stages[i] = impl->transport->start (&states[i], &setup);
     }
 
-  client.dispatcher = stages[0].dispatcher;
+  client_init (&client, impl, stages[0], n, PIPELINE_WINDOW, NULL);
   c0 = cpu_ns ();
-  elapsed = async_client_run (&client);
+  elapsed = client_run (&client);
   c1 = cpu_ns ();
 
   /* The first stage first, so that each one stops after its callers. Every
    * reply arrived: the stages' counters are final. */
   for (guint i = 0; i < PIPELINE_STAGES; i++)
     {
-      guint64 handled = BENCH_STAGE (stages[i].handler)->handled;
-
-      if (handled != n)
+      if (states[i].requests != n)
         g_error ("pipeline %s: stage %u handled %" G_GUINT64_FORMAT " requests of %" G_GUINT64_FORMAT,
-                 impl_names[impl], i + 1, handled, n);
-      spark_side_stop (&stages[i]);
+                 impl->name, i + 1, states[i].requests, n);
+      impl->transport->stop (stages[i]);
+      bench_state_clear (&states[i]);
     }
 
   if (client.reply_sum != expected_sum)
-    g_error ("pipeline %s: wrong replies", impl_names[impl]);
+    g_error ("pipeline %s: wrong replies", impl->name);
 
   result_set_time (result, n, elapsed);
   result_set_cpu (result, c1 - c0);
@@ -1737,6 +1801,7 @@ run_pipeline (ImplId   impl,
 /* ui_idle_cpu: a UI thread's main loop waiting for a slow reply. */
 typedef struct
 {
+  Completion completion;   /* first: the transport hands it back */
   GMainLoop *loop;
   guint      ticks;
   gint32     reply;
@@ -1756,10 +1821,12 @@ on_ui_tick (gpointer data)
 }
 
 static void
-idle_wait_complete (IdleWait     *wait,
-                    GVariant     *reply,
-                    const GError *error)
+on_idle_reply (GVariant     *reply,
+               const GError *error,
+               gpointer      user_data)
 {
+  IdleWait *wait = user_data;
+
   wait->cpu_end = cpu_ns ();
   wait->t_end = now_ns ();
   if (reply == NULL)
@@ -1768,97 +1835,45 @@ idle_wait_complete (IdleWait     *wait,
   g_main_loop_quit (wait->loop);
 }
 
-static void
-on_idle_spark_reply (GObject      *source,
-                     GAsyncResult *result,
-                     gpointer      user_data)
-{
-  GError *error = NULL;
-  GVariant *reply;
-
-  reply = spark_dispatcher_request_finish (SPARK_DISPATCHER (source), result, &error);
-  idle_wait_complete (user_data, reply, error);
-  g_clear_pointer (&reply, g_variant_unref);
-  g_clear_error (&error);
-}
-
-static void
-on_idle_idiom_reply (GObject      *source,
-                     GAsyncResult *result,
-                     gpointer      user_data)
-{
-  GError *error = NULL;
-  GVariant *reply;
-
-  reply = idiom_request_finish (result, &error);
-  idle_wait_complete (user_data, reply, error);
-  g_clear_pointer (&reply, g_variant_unref);
-  g_clear_error (&error);
-}
-
 #define UI_IDLE_VALUE 42
 
 static void
-run_ui_idle_cpu (ImplId   impl,
-                 guint64  delay_ms,
-                 Result  *result)
+run_ui_idle_cpu (const Impl *impl,
+                 guint64     delay_ms,
+                 Result     *result)
 {
-  IdleWait wait = { NULL, };
+  IdleWait wait = { { on_idle_reply }, NULL, };
+  ServerSetup setup = { NULL, };
   BenchState state;
+  gpointer server;
   guint tick_id;
-  gint64 t0 = 0;
-  gint64 c0 = 0;
+  gint64 t0;
+  gint64 c0;
+
+  g_assert (impl->style == STYLE_ASYNC || impl->style == STYLE_FULL);
+  g_assert (impl->transport->request[impl->style] != NULL);
 
   bench_state_init (&state, 0);
   wait.loop = g_main_loop_new (NULL, FALSE);
   tick_id = g_timeout_add (UI_TICK_MS, on_ui_tick, &wait);
 
-  switch (impl)
-    {
-    case IMPL_SPARK_ASYNC:
-      {
-        SparkSide side;
+  setup.name = "bench-slow";
+  setup.deferred = TRUE;
+  setup.delay_ms = (guint) delay_ms;
+  server = impl->transport->start (&state, &setup);
 
-        stage_side_start (&side, "bench-slow", NULL, (guint) delay_ms);
-        t0 = now_ns ();
-        c0 = cpu_ns ();
-        spark_dispatcher_request_async (side.dispatcher, REQUEST_NAME,
-                                        g_variant_new_int32 (UI_IDLE_VALUE),
-                                        NULL, NULL, on_idle_spark_reply, &wait);
-        g_main_loop_run (wait.loop);
-        spark_side_stop (&side);
-      }
-      break;
-
-    case IMPL_IDIOM:
-      {
-        IdiomServer server;
-
-        idiom_start (&server, &state);
-        server.delay_ms = (guint) delay_ms;
-        t0 = now_ns ();
-        c0 = cpu_ns ();
-        idiom_request_async (&server, REQUEST_NAME, g_variant_new_int32 (UI_IDLE_VALUE),
-                             on_idle_idiom_reply, &wait);
-        g_main_loop_run (wait.loop);
-        idiom_stop (&server);
-      }
-      break;
-
-    case IMPL_SPARK_SYNC:
-    case IMPL_SPARK_FULL:
-    case IMPL_SPARK:
-    case IMPL_FLOOR:
-    case N_IMPLS:
-    default:
-      g_assert_not_reached ();
-    }
+  t0 = now_ns ();
+  c0 = cpu_ns ();
+  impl->transport->request[impl->style] (server, REQUEST_NAME, g_variant_new_int32 (UI_IDLE_VALUE),
+                                         &wait.completion);
+  g_main_loop_run (wait.loop);
+  impl->transport->stop (server);
 
   g_source_remove (tick_id);
   g_main_loop_unref (wait.loop);
 
   if (wait.reply != UI_IDLE_VALUE)
-    g_error ("ui_idle_cpu %s: wrong reply %d", impl_names[impl], wait.reply);
+    g_error ("ui_idle_cpu %s: wrong reply %d", impl->name, wait.reply);
 
   result_set_time (result, 1, wait.t_end - t0);
   result_set_cpu (result, wait.cpu_end - c0);
@@ -1868,9 +1883,11 @@ run_ui_idle_cpu (ImplId   impl,
 
 /* Workloads ------------------------------------------------------------------------ */
 
-typedef void (*RunFunc) (ImplId   impl,
-                         guint64  n,
-                         Result  *result);
+typedef void (*RunFunc) (const Impl *impl,
+                         guint64     n,
+                         Result     *result);
+
+#define MAX_WORKLOAD_IMPLS 4
 
 typedef struct
 {
@@ -1878,29 +1895,45 @@ typedef struct
   guint64     ops;
   guint64     quick_ops;
   RunFunc     run;
-  guint       n_impls;
-  ImplId      impls[4];
+  const char *impls[MAX_WORKLOAD_IMPLS + 1];   /* names in impls[], NULL-terminated */
 } Workload;
 
 static const Workload workloads[] = {
   { "request_seq", 200000, 2000, run_request_seq,
-    4, { IMPL_SPARK_SYNC, IMPL_SPARK_ASYNC, IMPL_FLOOR, IMPL_IDIOM } },
+    { "spark_sync", "spark_async", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "request_pipelined", 1000000, 20000, run_request_pipelined,
-    4, { IMPL_SPARK_ASYNC, IMPL_SPARK_FULL, IMPL_FLOOR, IMPL_IDIOM } },
+    { "spark_async", "spark_full", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_throughput", 2000000, 20000, run_command_throughput,
-    3, { IMPL_SPARK, IMPL_FLOOR, IMPL_IDIOM } },
+    { "spark", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_mpsc", 2000000, 20000, run_command_mpsc,
-    3, { IMPL_SPARK, IMPL_FLOOR, IMPL_IDIOM } },
+    { "spark", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "queued_bytes", 1000000, 20000, run_queued_bytes,
-    3, { IMPL_SPARK, IMPL_FLOOR, IMPL_IDIOM } },
+    { "spark", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "same_context", 10000, 500, run_same_context,
-    3, { IMPL_SPARK_ASYNC, IMPL_SPARK_FULL, IMPL_IDIOM } },
+    { "spark_async", "spark_full", IMPL_IDIOM, NULL } },
   { "pipeline", 20000, 2000, run_pipeline,
-    2, { IMPL_SPARK_FULL, IMPL_SPARK_ASYNC } },
+    { "spark_full", "spark_async", NULL } },
   /* ops: the handler's delay in ms */
   { "ui_idle_cpu", 2000, 100, run_ui_idle_cpu,
-    2, { IMPL_SPARK_ASYNC, IMPL_IDIOM } },
+    { "spark_async", IMPL_IDIOM, NULL } },
 };
+
+static const Workload *
+workload_find (const char *name)
+{
+  for (guint w = 0; w < G_N_ELEMENTS (workloads); w++)
+    if (g_str_equal (workloads[w].name, name))
+      return &workloads[w];
+
+  return NULL;
+}
+
+static gboolean
+workload_has_impl (const Workload *workload,
+                   const char     *impl)
+{
+  return g_strv_contains (workload->impls, impl);
+}
 
 static gboolean
 name_in_list (const char *name,
@@ -2024,13 +2057,13 @@ result_median (Result *runs,
 static const Result *
 find_result (GArray     *results,
              const char *workload,
-             ImplId      impl)
+             const char *impl)
 {
   for (guint i = 0; i < results->len; i++)
     {
       const Result *r = &g_array_index (results, Result, i);
 
-      if (g_str_equal (r->workload, workload) && r->impl_id == impl)
+      if (g_str_equal (r->workload, workload) && g_str_equal (r->impl, impl))
         return r;
     }
 
@@ -2057,13 +2090,13 @@ print_result_line (GArray       *results,
   if (r->has_bytes)
     printf (" bytes_per_msg=%.1f variant_bytes=%.1f bytes_beyond_variant=%.1f",
             r->bytes_per_msg, r->variant_bytes, beyond_variant (r));
-  if (r->impl_id != IMPL_FLOOR && floor_r != NULL)
+  if (floor_r != NULL && floor_r != r)
     {
       printf (" speedup_vs_floor=%.2f", r->ops_per_s / floor_r->ops_per_s);
       if (r->has_latency && floor_r->p50_ns > 0)
         printf (" p50_vs_floor=%.2f", r->p50_ns / floor_r->p50_ns);
     }
-  if (r->impl_id != IMPL_IDIOM && idiom_r != NULL)
+  if (idiom_r != NULL && idiom_r != r)
     {
       printf (" speedup_vs_idiom=%.2f", r->ops_per_s / idiom_r->ops_per_s);
       if (r->has_latency && idiom_r->p50_ns > 0)
@@ -2080,35 +2113,207 @@ print_result_line (GArray       *results,
   fflush (stdout);
 }
 
-/* The issue's targets: measured and reported, never asserted. */
+/* Targets: measured and reported, never asserted ------------------------------------ */
+
 typedef enum {
   TARGET_SPEEDUP,     /* ops/s of impl / ops/s of baseline >= goal */
   TARGET_P50,         /* p50 of impl / p50 of baseline <= goal */
   TARGET_BYTES,       /* bytes beyond the GVariant <= goal */
 } TargetKind;
 
+/* In which runs a target is reported. */
+typedef enum {
+  TARGET_ALWAYS,
+  TARGET_IDLE,        /* without --contended */
+  TARGET_CONTENDED,   /* with --contended */
+} TargetWhen;
+
 typedef struct
 {
-  const char *workload;
-  ImplId      impl;
-  ImplId      baseline;
+  TargetWhen  when;
   TargetKind  kind;
+  char       *workload;
+  char       *impl;
+  char       *baseline;   /* the impl itself for TARGET_BYTES */
   double      goal;
-  const char *text;
+  char       *text;       /* made from the fields, as printed */
 } Target;
 
-static const Target targets[] = {
-  { "request_pipelined", IMPL_SPARK_FULL, IMPL_IDIOM, TARGET_SPEEDUP, 12, "request_pipelined spark_full >= 12x idiom" },
-  { "request_pipelined", IMPL_SPARK_FULL, IMPL_FLOOR, TARGET_SPEEDUP, 1.2, "request_pipelined spark_full >= 1.2x floor" },
-  { "request_pipelined", IMPL_SPARK_ASYNC, IMPL_IDIOM, TARGET_SPEEDUP, 8, "request_pipelined spark_async >= 8x idiom" },
-  { "command_throughput", IMPL_SPARK, IMPL_FLOOR, TARGET_SPEEDUP, 1.5, "command_throughput spark >= 1.5x floor" },
-  { "command_mpsc", IMPL_SPARK, IMPL_FLOOR, TARGET_SPEEDUP, 1.5, "command_mpsc spark >= 1.5x floor" },
-  { "request_seq", IMPL_SPARK_SYNC, IMPL_FLOOR, TARGET_P50, 0.5, "request_seq spark_sync p50 <= 0.5x floor p50" },
-  { "request_seq", IMPL_SPARK_ASYNC, IMPL_FLOOR, TARGET_P50, 1.0, "request_seq spark_async p50 <= 1x floor p50" },
-  { "queued_bytes", IMPL_SPARK, IMPL_SPARK, TARGET_BYTES, 48, "queued_bytes spark <= 48 B/msg beyond the GVariant" },
-};
+/* Read from the targets file, in its order; NULL without one. */
+static GPtrArray *targets;
 
-/* Returns FALSE if the target's figures were not measured. */
+static void
+target_free (Target *target)
+{
+  g_free (target->workload);
+  g_free (target->impl);
+  g_free (target->baseline);
+  g_free (target->text);
+  g_free (target);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Target, target_free)
+
+/* @name must be one of @workload's implementations. */
+static gboolean
+target_check_impl (const Workload  *workload,
+                   const char      *name,
+                   const char      *path,
+                   guint            line,
+                   GError         **error)
+{
+  if (workload_has_impl (workload, name))
+    return TRUE;
+
+  g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+               "%s:%u: workload '%s' has no implementation '%s'", path, line, workload->name, name);
+  return FALSE;
+}
+
+/* One line of the targets file: WHEN WORKLOAD IMPL KIND GOAL [BASELINE],
+ * split into @fields (NULL-terminated). */
+static Target *
+target_parse (const char **fields,
+              const char  *path,
+              guint        line,
+              GError     **error)
+{
+  static const char *whens[] = { "always", "idle", "contended" };
+  static const char *kinds[] = { "speedup", "p50", "bytes" };
+  g_autoptr(Target) target = g_new0 (Target, 1);
+  const Workload *workload;
+  guint n_fields = g_strv_length ((char **) fields);
+  guint n_wanted;
+  char *end = NULL;
+  guint i;
+
+  if (n_fields < 5)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: expected WHEN WORKLOAD IMPL KIND GOAL [BASELINE], found %u fields",
+                   path, line, n_fields);
+      return NULL;
+    }
+
+  for (i = 0; i < G_N_ELEMENTS (whens) && !g_str_equal (fields[0], whens[i]); i++)
+    ;
+  if (i == G_N_ELEMENTS (whens))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: unknown WHEN '%s' (always, idle or contended)", path, line, fields[0]);
+      return NULL;
+    }
+  target->when = (TargetWhen) i;
+
+  workload = workload_find (fields[1]);
+  if (workload == NULL)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: unknown workload '%s'", path, line, fields[1]);
+      return NULL;
+    }
+  target->workload = g_strdup (workload->name);
+
+  if (!target_check_impl (workload, fields[2], path, line, error))
+    return NULL;
+  target->impl = g_strdup (fields[2]);
+
+  for (i = 0; i < G_N_ELEMENTS (kinds) && !g_str_equal (fields[3], kinds[i]); i++)
+    ;
+  if (i == G_N_ELEMENTS (kinds))
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: unknown KIND '%s' (speedup, p50 or bytes)", path, line, fields[3]);
+      return NULL;
+    }
+  target->kind = (TargetKind) i;
+
+  target->goal = g_ascii_strtod (fields[4], &end);
+  if (end == fields[4] || *end != '\0' || !isfinite (target->goal) || target->goal <= 0)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: GOAL '%s' is not a positive number", path, line, fields[4]);
+      return NULL;
+    }
+
+  n_wanted = target->kind == TARGET_BYTES ? 5 : 6;
+  if (n_fields != n_wanted)
+    {
+      g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
+                   "%s:%u: a '%s' target has %s, found %u fields", path, line, fields[3],
+                   n_wanted == 5 ? "no BASELINE" : "a BASELINE after its GOAL", n_fields);
+      return NULL;
+    }
+  if (n_wanted == 6 && !target_check_impl (workload, fields[5], path, line, error))
+    return NULL;
+  target->baseline = g_strdup (n_wanted == 6 ? fields[5] : fields[2]);
+
+  switch (target->kind)
+    {
+    case TARGET_SPEEDUP:
+      target->text = g_strdup_printf ("%s %s >= %gx %s", target->workload, target->impl,
+                                      target->goal, target->baseline);
+      break;
+
+    case TARGET_P50:
+      target->text = g_strdup_printf ("%s %s p50 <= %gx %s p50", target->workload, target->impl,
+                                      target->goal, target->baseline);
+      break;
+
+    case TARGET_BYTES:
+      target->text = g_strdup_printf ("%s %s <= %g B/msg beyond the GVariant", target->workload,
+                                      target->impl, target->goal);
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
+
+  return g_steal_pointer (&target);
+}
+
+/* Reads the targets file at @path: NULL with @error set if it cannot be
+ * read or one of its lines is wrong. */
+static GPtrArray *
+targets_load (const char  *path,
+              GError     **error)
+{
+  g_autoptr(GPtrArray) loaded = g_ptr_array_new_with_free_func ((GDestroyNotify) target_free);
+  g_autofree char *contents = NULL;
+  g_auto(GStrv) lines = NULL;
+
+  if (!g_file_get_contents (path, &contents, NULL, error))
+    return NULL;
+
+  lines = g_strsplit (contents, "\n", -1);
+  for (guint i = 0; lines[i] != NULL; i++)
+    {
+      g_autoptr(GPtrArray) fields = g_ptr_array_new ();
+      g_auto(GStrv) words = NULL;
+      char *comment = strchr (lines[i], '#');
+      Target *target;
+
+      if (comment != NULL)
+        *comment = '\0';
+      words = g_strsplit_set (lines[i], " \t\r", -1);
+      for (guint k = 0; words[k] != NULL; k++)
+        if (words[k][0] != '\0')
+          g_ptr_array_add (fields, words[k]);
+      if (fields->len == 0)
+        continue;
+      g_ptr_array_add (fields, NULL);
+
+      target = target_parse ((const char **) fields->pdata, path, i + 1, error);
+      if (target == NULL)
+        return NULL;
+      g_ptr_array_add (loaded, target);
+    }
+
+  return g_steal_pointer (&loaded);
+}
+
+/* Returns FALSE if the target is not for this run or its figures were not
+ * measured. */
 static gboolean
 target_measure (GArray       *results,
                 const Target *target,
@@ -2117,6 +2322,25 @@ target_measure (GArray       *results,
 {
   const Result *r = find_result (results, target->workload, target->impl);
   const Result *b = find_result (results, target->workload, target->baseline);
+
+  switch (target->when)
+    {
+    case TARGET_ALWAYS:
+      break;
+
+    case TARGET_IDLE:
+      if (opt_contended)
+        return FALSE;
+      break;
+
+    case TARGET_CONTENDED:
+      if (!opt_contended)
+        return FALSE;
+      break;
+
+    default:
+      g_assert_not_reached ();
+    }
 
   if (r == NULL || b == NULL)
     return FALSE;
@@ -2226,17 +2450,18 @@ print_table (GArray *results)
 
   print_cpu_table (results);
 
-  for (guint i = 0, n_printed = 0; i < G_N_ELEMENTS (targets); i++)
+  for (guint i = 0, n_printed = 0; targets != NULL && i < targets->len; i++)
     {
+      const Target *target = g_ptr_array_index (targets, i);
       double value;
       gboolean met;
 
-      if (!target_measure (results, &targets[i], &value, &met))
+      if (!target_measure (results, target, &value, &met))
         continue;
       if (n_printed++ == 0)
         printf ("\ntargets (measured, not asserted):\n");
-      printf ("  %-52s %8.2f%s  %s\n", targets[i].text, value,
-              targets[i].kind == TARGET_BYTES ? " B" : "x",
+      printf ("  %-52s %8.2f%s  %s\n", target->text, value,
+              target->kind == TARGET_BYTES ? " B" : "x",
               met ? "met" : "MISSED");
     }
   fflush (stdout);
@@ -2317,13 +2542,13 @@ results_to_json (GArray *results)
         g_string_append_printf (out, ", \"bytes_per_msg\": %.2f, \"variant_bytes\": %.2f"
                                 ", \"bytes_beyond_variant\": %.2f",
                                 r->bytes_per_msg, r->variant_bytes, beyond_variant (r));
-      if (r->impl_id != IMPL_FLOOR && (b = find_result (results, r->workload, IMPL_FLOOR)) != NULL)
+      if ((b = find_result (results, r->workload, IMPL_FLOOR)) != NULL && b != r)
         {
           g_string_append_printf (out, ", \"speedup_vs_floor\": %.3f", r->ops_per_s / b->ops_per_s);
           if (r->has_latency && b->p50_ns > 0)
             g_string_append_printf (out, ", \"p50_vs_floor\": %.3f", r->p50_ns / b->p50_ns);
         }
-      if (r->impl_id != IMPL_IDIOM && (b = find_result (results, r->workload, IMPL_IDIOM)) != NULL)
+      if ((b = find_result (results, r->workload, IMPL_IDIOM)) != NULL && b != r)
         {
           g_string_append_printf (out, ", \"speedup_vs_idiom\": %.3f", r->ops_per_s / b->ops_per_s);
           if (r->has_latency && b->p50_ns > 0)
@@ -2338,15 +2563,16 @@ results_to_json (GArray *results)
     }
 
   g_string_append (out, "  ],\n  \"targets\": [\n");
-  for (guint i = 0; i < G_N_ELEMENTS (targets); i++)
+  for (guint i = 0; targets != NULL && i < targets->len; i++)
     {
+      const Target *target = g_ptr_array_index (targets, i);
       double value;
       gboolean met;
 
-      if (!target_measure (results, &targets[i], &value, &met))
+      if (!target_measure (results, target, &value, &met))
         continue;
       g_string_append_printf (out, "%s    {\"target\": \"%s\", \"goal\": %g, \"value\": %.3f, \"met\": %s}",
-                              first ? "" : ",\n", targets[i].text, targets[i].goal, value,
+                              first ? "" : ",\n", target->text, target->goal, value,
                               met ? "true" : "false");
       first = FALSE;
     }
@@ -2366,6 +2592,7 @@ main (int   argc,
   GOptionContext *context;
   GError *error = NULL;
   const char *workload_names[G_N_ELEMENTS (workloads)];
+  const char *impl_names[G_N_ELEMENTS (impls)];
   GArray *results;
   guint total = 0;
   guint step = 0;
@@ -2390,8 +2617,10 @@ main (int   argc,
 
   for (guint w = 0; w < G_N_ELEMENTS (workloads); w++)
     workload_names[w] = workloads[w].name;
+  for (guint i = 0; i < G_N_ELEMENTS (impls); i++)
+    impl_names[i] = impls[i].name;
   if (!check_names (opt_workload, "workload", workload_names, G_N_ELEMENTS (workloads)) ||
-      !check_names (opt_impl, "implementation", impl_names, N_IMPLS))
+      !check_names (opt_impl, "implementation", impl_names, G_N_ELEMENTS (impls)))
     return 2;
   if (opt_repeat < 1 || opt_repeat > MAX_REPEAT || opt_ops < 0 || opt_window < 1)
     {
@@ -2404,6 +2633,23 @@ main (int   argc,
   if (opt_queued_child != NULL)
     return queued_child_main (opt_queued_child, opt_ops > 0 ? (guint64) opt_ops : 1000000);
 
+  /* The default file may be missing (a binary moved away from its source
+   * tree): then no targets. One named with --targets must be there. */
+  if (!opt_callgrind)
+    {
+      const char *path = opt_targets != NULL ? opt_targets : SPARK_BENCH_TARGETS;
+
+      targets = targets_load (path, &error);
+      if (targets == NULL &&
+          (opt_targets != NULL || !g_error_matches (error, G_FILE_ERROR, G_FILE_ERROR_NOENT)))
+        {
+          g_printerr ("spark-bench: cannot read the targets: %s\n", error->message);
+          g_error_free (error);
+          return 2;
+        }
+      g_clear_error (&error);
+    }
+
   self_path = g_file_read_link ("/proc/self/exe", NULL);
   if (self_path == NULL)
     self_path = g_strdup (argv[0]);
@@ -2413,13 +2659,14 @@ main (int   argc,
 
   for (guint w = 0; w < G_N_ELEMENTS (workloads); w++)
     if (name_in_list (workloads[w].name, opt_workload))
-      for (guint k = 0; k < workloads[w].n_impls; k++)
-        if (name_in_list (impl_names[workloads[w].impls[k]], opt_impl))
+      for (guint k = 0; workloads[w].impls[k] != NULL; k++)
+        if (name_in_list (workloads[w].impls[k], opt_impl))
           total += (guint) opt_repeat;
 
   if (total == 0)
     {
       g_printerr ("spark-bench: nothing to run with these --workload and --impl\n");
+      g_clear_pointer (&targets, g_ptr_array_unref);
       g_array_unref (results);
       return 2;
     }
@@ -2436,7 +2683,7 @@ main (int   argc,
     {
       const Workload *workload = &workloads[w];
       guint64 n = opt_ops > 0 ? (guint64) opt_ops : opt_quick ? workload->quick_ops : workload->ops;
-      Result runs[G_N_ELEMENTS (workload->impls)][MAX_REPEAT];
+      Result runs[MAX_WORKLOAD_IMPLS][MAX_REPEAT];
       guint n_reps = (guint) opt_repeat;
       guint first_result = results->len;
 
@@ -2448,30 +2695,30 @@ main (int   argc,
       /* Implementations interleaved within each repetition, so that they
        * share the machine's moods. */
       for (guint rep = 0; rep < n_reps; rep++)
-        for (guint k = 0; k < workload->n_impls; k++)
+        for (guint k = 0; workload->impls[k] != NULL; k++)
           {
-            ImplId impl = workload->impls[k];
+            const Impl *impl = impl_find (workload->impls[k]);
             Result *r = &runs[k][rep];
 
-            if (!name_in_list (impl_names[impl], opt_impl))
+            g_assert (impl != NULL);
+            if (!name_in_list (impl->name, opt_impl))
               continue;
 
             step++;
             progress ("[%2u/%u] %s impl=%s ops=%" G_GUINT64_FORMAT " run %u/%u (%.0f s so far)",
-                      step, total, workload->name, impl_names[impl], n, rep + 1, n_reps,
+                      step, total, workload->name, impl->name, n, rep + 1, n_reps,
                       (double) (now_ns () - t_start) / 1e9);
 
             r->workload = workload->name;
-            r->impl = impl_names[impl];
-            r->impl_id = impl;
+            r->impl = impl->name;
             workload->run (impl, n, r);
           }
 
-      for (guint k = 0; k < workload->n_impls; k++)
+      for (guint k = 0; workload->impls[k] != NULL; k++)
         {
           Result median_result;
 
-          if (!name_in_list (impl_names[workload->impls[k]], opt_impl))
+          if (!name_in_list (workload->impls[k], opt_impl))
             continue;
 
           result_median (runs[k], n_reps, &median_result);
@@ -2519,6 +2766,7 @@ main (int   argc,
           g_printerr ("spark-bench: %s\n", error->message);
           g_clear_error (&error);
           spinner_stop ();
+          g_clear_pointer (&targets, g_ptr_array_unref);
           g_array_unref (results);
           return 1;
         }
@@ -2526,10 +2774,12 @@ main (int   argc,
 
   spinner_stop ();
 
+  g_clear_pointer (&targets, g_ptr_array_unref);
   g_array_unref (results);
   g_free (opt_workload);
   g_free (opt_impl);
   g_free (opt_json_out);
+  g_free (opt_targets);
   g_free (self_path);
 
   return 0;
