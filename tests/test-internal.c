@@ -249,6 +249,8 @@ test_pool_thread (void)
   gpointer spare;
   guint kept = 0;
 
+  g_assert_true (spark_pools_enabled ());
+
   /* Empty it of what earlier tests' requests left. */
   while ((spare = spark_thread_pool_take ()) != NULL)
     g_free (spare);
@@ -464,6 +466,9 @@ test_transport_custom (void)
 int
 main (int argc, char *argv[])
 {
+  /* The pools are off under valgrind (G_SLICE=always-malloc) unless asked
+   * for: these tests are about what they keep, so they ask. */
+  g_setenv ("SPARK_POOLS", "1", TRUE);
   g_test_init (&argc, &argv, NULL);
 
   g_test_add_func ("/spark/internal/spin/after-miss", test_spin_after_miss);
