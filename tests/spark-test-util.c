@@ -60,6 +60,34 @@ spark_test_watch_wait (SparkTestWatch *watch)
   g_clear_pointer (&watch->context, g_main_context_unref);
 }
 
+static gboolean
+set_flag_cb (gpointer data)
+{
+  g_atomic_int_set ((gint *) data, TRUE);
+  return G_SOURCE_REMOVE;
+}
+
+/* spark_test_watch_wait(), for at most 30 s. Returns whether the object is
+ * gone. */
+static gboolean
+watch_wait_or_give_up (SparkTestWatch *watch)
+{
+  GSource *guard = g_timeout_source_new_seconds (30);
+  gint gave_up = FALSE;
+
+  g_source_set_callback (guard, set_flag_cb, &gave_up, NULL);
+  g_source_attach (guard, watch->context);
+  while (!g_atomic_int_get (&watch->finalized) && !g_atomic_int_get (&gave_up))
+    g_main_context_iteration (watch->context, TRUE);
+  g_source_destroy (guard);
+  g_source_unref (guard);
+
+  if (!g_atomic_int_get (&watch->finalized))
+    return FALSE;
+  g_clear_pointer (&watch->context, g_main_context_unref);
+  return TRUE;
+}
+
 void
 spark_test_wait_count (GMainContext *context,
                        gint         *counter,
@@ -355,4 +383,95 @@ spark_test_invocation_handler_pop (SparkTestInvocationHandler *self)
   g_mutex_unlock (&self->mutex);
 
   return invocation;
+}
+
+/* The server fixture ----------------------------------------------------------- */
+
+static GPtrArray *server_options;   /* SparkTestServerOptions: spark_test_server_options() copies */
+
+const SparkTestServerOptions *
+spark_test_server_options (const SparkTestServerOptions *options,
+                           gconstpointer                 data)
+{
+  SparkTestServerOptions *copy = g_memdup2 (options, sizeof *options);
+
+  copy->data = data;
+  if (server_options == NULL)
+    server_options = g_ptr_array_new_with_free_func (g_free);
+  g_ptr_array_add (server_options, copy);
+
+  return copy;
+}
+
+int
+spark_test_run (void)
+{
+  int ret = g_test_run ();
+
+  g_clear_pointer (&server_options, g_ptr_array_unref);
+  return ret;
+}
+
+void
+spark_test_server_setup (SparkTestServer              *fixture,
+                         SparkHandler                 *handler,
+                         const SparkTestServerOptions *options)
+{
+  g_autoptr(GError) error = NULL;
+
+  g_assert_nonnull (options);
+  fixture->options = options;
+  fixture->handler = handler;
+  fixture->server = spark_module_server_new (handler);
+
+  if (options->name != NULL)
+    spark_module_server_set_name (fixture->server, options->name);
+  if (options->capacity > 0)
+    {
+      spark_module_server_set_capacity (fixture->server, options->capacity);
+      g_assert_cmpuint (spark_module_server_get_capacity (fixture->server), ==, options->capacity);
+    }
+  if (options->max_invocations > 0)
+    {
+      /* From the default, 1. */
+      g_assert_cmpuint (spark_module_server_get_max_invocations (fixture->server), ==, 1);
+      spark_module_server_set_max_invocations (fixture->server, options->max_invocations);
+      g_assert_cmpuint (spark_module_server_get_max_invocations (fixture->server), ==, options->max_invocations);
+    }
+
+  switch (options->start)
+    {
+    case SPARK_TEST_START_IN_THREAD:
+      g_assert_true (spark_module_server_start_in_thread (fixture->server, &error));
+      break;
+    case SPARK_TEST_START_ON_DEFAULT:
+      g_assert_true (spark_module_server_start (fixture->server, NULL, &error));
+      break;
+    case SPARK_TEST_START_NONE:
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+  g_assert_no_error (error);
+
+  fixture->dispatcher = spark_module_server_create_dispatcher (fixture->server);
+
+  spark_test_watch_init (&fixture->handler_watch, fixture->handler, NULL);
+  spark_test_watch_init (&fixture->server_watch, fixture->server, NULL);
+  spark_test_watch_init (&fixture->dispatcher_watch, fixture->dispatcher, NULL);
+}
+
+void
+spark_test_server_teardown (SparkTestServer *fixture)
+{
+  if (fixture->server != NULL && spark_module_server_get_running (fixture->server))
+    spark_test_shutdown (fixture->server, fixture->options->shutdown);
+
+  g_clear_object (&fixture->dispatcher);
+  g_clear_object (&fixture->server);
+  g_clear_object (&fixture->handler);
+
+  g_assert_true (watch_wait_or_give_up (&fixture->dispatcher_watch));
+  g_assert_true (watch_wait_or_give_up (&fixture->server_watch));
+  g_assert_true (watch_wait_or_give_up (&fixture->handler_watch));
 }

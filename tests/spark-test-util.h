@@ -33,6 +33,67 @@ void     spark_test_watch_init      (SparkTestWatch *watch,
 gboolean spark_test_watch_finalized (SparkTestWatch *watch);
 void     spark_test_watch_wait      (SparkTestWatch *watch);
 
+/* A server fixture ------------------------------------------------------------
+ *
+ * The frame most tests share: a handler, a SparkModuleServer for it, started
+ * the way the test's options say, and a dispatcher to it; at the end the
+ * server is stopped, every reference dropped, and the handler, server and
+ * dispatcher are checked to be finalized (with SparkTestWatch: the server's
+ * thread may drop the last references). A file embeds SparkTestServer in a
+ * fixture of its own, with its scripted module next to it, and registers
+ * tests with g_test_add(), their user data from spark_test_server_options().
+ * Setup and teardown run on the test's thread with no context pushed. */
+
+typedef enum
+{
+  SPARK_TEST_START_IN_THREAD,    /* spark_module_server_start_in_thread() */
+  SPARK_TEST_START_ON_DEFAULT,   /* spark_module_server_start (NULL) from the
+                                  * test's thread: the global default context */
+  SPARK_TEST_START_NONE,         /* not started */
+} SparkTestStart;
+
+/* Zero-initialized: on its own thread, unbounded, unnamed, drained. */
+typedef struct
+{
+  SparkTestStart     start;
+  guint              capacity;          /* 0: unbounded */
+  guint              max_invocations;   /* 0: the default */
+  const char        *name;              /* the server's name, or NULL */
+  SparkShutdownMode  shutdown;          /* how teardown stops a server still running */
+  gconstpointer      data;              /* the test's own parameter */
+} SparkTestServerOptions;
+
+typedef struct
+{
+  SparkHandler                 *handler;      /* a reference */
+  SparkModuleServer            *server;       /* a reference */
+  SparkDispatcher              *dispatcher;   /* a reference: to server */
+  const SparkTestServerOptions *options;      /* the test's user data */
+
+  /*< private >*/
+  SparkTestWatch                handler_watch;
+  SparkTestWatch                server_watch;
+  SparkTestWatch                dispatcher_watch;
+} SparkTestServer;
+
+/* A copy of @options whose data is @data, to register a test with: it lives
+ * until spark_test_run() returns. From main() only. */
+const SparkTestServerOptions *spark_test_server_options (const SparkTestServerOptions *options,
+                                                         gconstpointer                 data);
+/* g_test_run(), then frees the copies spark_test_server_options() made. */
+int  spark_test_run               (void);
+
+/* Creates a server for @handler (transfer full) as @options say (name,
+ * capacity, max-invocations), starts it, and creates a dispatcher. */
+void spark_test_server_setup      (SparkTestServer              *fixture,
+                                   SparkHandler                 *handler,
+                                   const SparkTestServerOptions *options);
+/* Shuts the server down with the options' mode if it still runs, drops the
+ * fixture's references (a test may have dropped one already and set it to
+ * NULL), and asserts that the dispatcher, server and handler are
+ * finalized: a test must not leave references of its own. */
+void spark_test_server_teardown   (SparkTestServer              *fixture);
+
 /* Iterates @context until *@counter reaches @target (read atomically). */
 void spark_test_wait_count (GMainContext *context,
                             gint         *counter,

@@ -276,6 +276,57 @@ module_server_new_in_thread (Module *m,
   return server;
 }
 
+/* The fixture: a server for a Module's handler (or, with name_setup and
+ * holding_setup below, for another handler), started as the test's
+ * options say. */
+typedef struct
+{
+  SparkTestServer s;
+  Module         *m;   /* NULL but with fixture_setup */
+} Fixture;
+
+static const SparkTestServerOptions in_thread = { .name = "test-dispatcher" };
+static const SparkTestServerOptions on_default = {
+  .start = SPARK_TEST_START_ON_DEFAULT,
+  .name = "test-dispatcher",
+};
+static const SparkTestServerOptions not_started = {
+  .start = SPARK_TEST_START_NONE,
+  .name = "test-dispatcher",
+};
+static const SparkTestServerOptions bounded_1 = { .capacity = 1, .name = "test-dispatcher" };
+static const SparkTestServerOptions bounded_2 = { .capacity = 2, .name = "test-dispatcher" };
+static const SparkTestServerOptions bounded_1_on_default = {
+  .start = SPARK_TEST_START_ON_DEFAULT,
+  .capacity = 1,
+  .name = "test-dispatcher",
+};
+/* For name_setup and holding_setup: unnamed, on its own thread. */
+static const SparkTestServerOptions plain = { .start = SPARK_TEST_START_IN_THREAD };
+static const SparkTestServerOptions plain_abort = {
+  .start = SPARK_TEST_START_IN_THREAD,
+  .shutdown = SPARK_SHUTDOWN_MODE_ABORT,
+};
+
+typedef void (*FixtureFunc) (Fixture       *f,
+                             gconstpointer  options);
+
+static void
+fixture_setup (Fixture       *f,
+               gconstpointer  options)
+{
+  f->m = module_new ();
+  spark_test_server_setup (&f->s, spark_func_handler_new (module_request, module_command, f->m, NULL), options);
+}
+
+static void
+fixture_teardown (Fixture       *f,
+                  gconstpointer  options)
+{
+  spark_test_server_teardown (&f->s);
+  g_clear_pointer (&f->m, module_free);
+}
+
 /* Outcomes ------------------------------------------------------------------ */
 
 typedef enum {
@@ -473,12 +524,15 @@ assert_outcome_error (Outcome *o,
 
 static const char *via_names[] = { "async", "full", "sync" };
 
-/* Adds @func under "/spark/dispatcher/@path/{async,full,sync}"; only
- * async and full when @async_only. */
+/* Adds @func under "/spark/dispatcher/@path/{async,full,sync}" with a
+ * fixture set up by @setup with @options; only async and full when
+ * @async_only. The via is the options' data. */
 static void
-add_via_tests (const char    *path,
-               GTestDataFunc  func,
-               gboolean       async_only)
+add_via_tests (const char                   *path,
+               const SparkTestServerOptions *options,
+               FixtureFunc                   setup,
+               FixtureFunc                   func,
+               gboolean                      async_only)
 {
   guint via;
 
@@ -489,34 +543,30 @@ add_via_tests (const char    *path,
       if (async_only && via == VIA_SYNC)
         continue;
       full_path = g_strdup_printf ("/spark/dispatcher/%s/%s", path, via_names[via]);
-      g_test_add_data_func (full_path, GUINT_TO_POINTER (via), func);
+      g_test_add (full_path, Fixture, spark_test_server_options (options, GUINT_TO_POINTER (via)),
+                  setup, func, fixture_teardown);
     }
 }
 
 /* Requests: replies, errors, types ----------------------------------------- */
 
 static void
-test_request_reply (gconstpointer data)
+test_request_reply (Fixture       *f,
+                    gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "echo", g_variant_new_int32 (5), G_VARIANT_TYPE_INT32, NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (5), G_VARIANT_TYPE_INT32, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_int32 (&o, 5);
   outcome_clear (&o);
 
   /* A floating reply from the handler is sunk, and no reply_type checks nothing. */
-  request_via (dispatcher, via, "int", NULL, NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "int", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_int32 (&o, 7);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static GVariant *
@@ -529,16 +579,20 @@ name_request (const char    *name,
   return g_variant_new_string (name);
 }
 
+static void
+name_setup (Fixture       *f,
+            gconstpointer  options)
+{
+  spark_test_server_setup (&f->s, spark_func_handler_new (name_request, NULL, NULL, NULL), options);
+}
+
 /* A name and reply type too long for a pooled request block take the
  * plain allocation, and arrive whole. */
 static void
-test_request_long_name (gconstpointer data)
+test_request_long_name (Fixture       *f,
+                        gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  g_autoptr(SparkHandler) handler = spark_func_handler_new (name_request, NULL, NULL, NULL);
-  g_autoptr(SparkModuleServer) server = spark_module_server_new (handler);
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
-  g_autoptr(GError) error = NULL;
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   g_autofree char *name = g_strnfill (300, 'n');
   GString *tuple = g_string_new ("(");
   g_autofree char *long_type = NULL;
@@ -549,38 +603,31 @@ test_request_long_name (gconstpointer data)
   g_string_append_c (tuple, ')');
   long_type = g_string_free (tuple, FALSE);
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  request_via (dispatcher, via, name, NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  request_via (f->s.dispatcher, via, name, NULL, G_VARIANT_TYPE_STRING, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_string (&o, name);
   outcome_clear (&o);
 
   /* The long reply type is kept whole: the mismatch names all of it. */
-  request_via (dispatcher, via, name, NULL, G_VARIANT_TYPE (long_type), NULL, &o);
+  request_via (f->s.dispatcher, via, name, NULL, G_VARIANT_TYPE (long_type), NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
   g_assert_nonnull (strstr (o.error->message, long_type));
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
 }
 
 /* The completion runs on the caller's thread-default context at the time of
  * the call, never inside the call: a server on its own thread. */
 static void
-test_request_context (gconstpointer data)
+test_request_context (Fixture       *f,
+                      gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   GMainContext *context = g_main_context_new ();
   Outcome o = { 0 };
 
   g_main_context_push_thread_default (context);
-  request_via (dispatcher, via, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
   g_main_context_pop_thread_default (context);
 
   /* Iterating the global default context does not deliver it ... */
@@ -598,7 +645,7 @@ test_request_context (gconstpointer data)
 
   /* With the context pushed for the whole time too. */
   g_main_context_push_thread_default (context);
-  request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
   outcome_wait (&o, via);
   g_assert_true (o.context == context);
   assert_outcome_int32 (&o, 2);
@@ -606,7 +653,7 @@ test_request_context (gconstpointer data)
 
   /* An immediate failure (CLOSED) too. */
   {
-    g_autoptr(SparkModuleServer) idle = module_server_new (m, 0);
+    g_autoptr(SparkModuleServer) idle = module_server_new (f->m, 0);
     g_autoptr(SparkDispatcher) closed = spark_module_server_create_dispatcher (idle);
 
     request_via (closed, via, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
@@ -617,82 +664,59 @@ test_request_context (gconstpointer data)
   }
   g_main_context_pop_thread_default (context);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_main_context_unref (context);
-  module_free (m);
 }
 
 /* The server serves the caller's own context: still never inside the call. */
 static void
-test_request_same_context (gconstpointer data)
+test_request_same_context (Fixture       *f,
+                           gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
-  g_autoptr(GError) error = NULL;
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-
-  request_via (dispatcher, via, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
   g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
   outcome_wait (&o, via);
   assert_outcome_int32 (&o, 3);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_request_handler_error (gconstpointer data)
+test_request_handler_error (Fixture       *f,
+                            gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "fail", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  request_via (f->s.dispatcher, via, "fail", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, TEST_ERROR, TEST_ERROR_CODE);
   g_assert_cmpstr (o.error->message, ==, TEST_ERROR_TEXT);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_request_no_reply (gconstpointer data)
+test_request_no_reply (Fixture       *f,
+                       gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "null", NULL, NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "null", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_request_type_mismatch (gconstpointer data)
+test_request_type_mismatch (Fixture       *f,
+                            gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "int", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
+  request_via (f->s.dispatcher, via, "int", NULL, G_VARIANT_TYPE_STRING, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
   g_assert_nonnull (strstr (o.error->message, "“i”"));
@@ -700,38 +724,30 @@ test_request_type_mismatch (gconstpointer data)
   outcome_clear (&o);
 
   /* A matching type, and a definite type matching an indefinite one. */
-  request_via (dispatcher, via, "int", NULL, G_VARIANT_TYPE_INT32, NULL, &o);
+  request_via (f->s.dispatcher, via, "int", NULL, G_VARIANT_TYPE_INT32, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_int32 (&o, 7);
   outcome_clear (&o);
 
-  request_via (dispatcher, via, "echo", g_variant_new ("(si)", "a", 1), G_VARIANT_TYPE ("(s*)"), NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new ("(si)", "a", 1), G_VARIANT_TYPE ("(s*)"), NULL, &o);
   outcome_wait (&o, via);
   g_assert_no_error (o.error);
   g_assert_cmpstr (g_variant_get_type_string (o.reply), ==, "(si)");
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_request_null_parameters (gconstpointer data)
+test_request_null_parameters (Fixture       *f,
+                              gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "echo", NULL, NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "echo", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_string (&o, "echo");
-  g_assert_true (g_atomic_int_get (&m->params_null));
+  g_assert_true (g_atomic_int_get (&f->m->params_null));
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Closed ----------------------------------------------------------------------- */
@@ -788,142 +804,111 @@ assert_all_closed (SparkDispatcher *dispatcher)
 }
 
 static void
-test_closed_never_started (void)
+test_closed_never_started (Fixture       *f,
+                           gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
-
-  assert_all_closed (dispatcher);
-  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
-  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
-
-  g_clear_object (&dispatcher);
-  g_clear_object (&server);
-  module_free (m);
+  assert_all_closed (f->s.dispatcher);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_commands), ==, 0);
 }
 
 static void
-test_closed_after_shutdown (void)
+test_closed_after_shutdown (Fixture       *f,
+                            gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(SparkDispatcher) later = NULL;
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
 
-  assert_all_closed (dispatcher);
+  assert_all_closed (f->s.dispatcher);
   /* A dispatcher made after the shutdown too. */
-  later = spark_module_server_create_dispatcher (server);
+  later = spark_module_server_create_dispatcher (f->s.server);
   assert_all_closed (later);
-  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
-  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
-
-  module_free (m);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_commands), ==, 0);
 }
 
 static void
-test_closed_after_send_shutdown (void)
+test_closed_after_send_shutdown (Fixture       *f,
+                                 gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
-  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (f->s.server);
   g_autoptr(GError) error = NULL;
 
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, NULL, &error));
   g_assert_no_error (error);
 
   /* The second fails, from this dispatcher and from another one; so does
    * everything else (assert_all_closed sends a shutdown too). */
-  g_assert_false (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_false (spark_dispatcher_send_shutdown (f->s.dispatcher, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   g_clear_error (&error);
   assert_all_closed (other);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 0);
-  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 0);
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_requests), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_commands), ==, 0);
 }
 
 /* Commands -------------------------------------------------------------------- */
 
 static void
-test_command_send (void)
+test_command_send (Fixture       *f,
+                   gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   g_autofree char *log = NULL;
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", NULL, NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  log = spark_test_log_dup (&m->log);
+  log = spark_test_log_dup (&f->m->log);
   g_assert_cmpstr (log, ==, "log:1 log");
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_command_try_send (void)
+test_command_try_send (Fixture       *f,
+                       gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   g_autofree char *log = NULL;
 
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (1), &error));
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (1), &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (2), &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  log = spark_test_log_dup (&m->log);
+  log = spark_test_log_dup (&f->m->log);
   g_assert_cmpstr (log, ==, "log:1 log:2");
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_command_async (void)
+test_command_async (Fixture       *f,
+                    gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autofree char *log = NULL;
   Outcome o = { 0 };
 
-  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (1), NULL, outcome_command_cb, &o);
+  spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (1), NULL, outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   outcome_wait (&o, VIA_ASYNC);
   g_assert_no_error (o.error);
   outcome_clear (&o);
 
-  spark_test_wait_count (NULL, &m->n_commands, 1);
-  log = spark_test_log_dup (&m->log);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
+  log = spark_test_log_dup (&f->m->log);
   g_assert_cmpstr (log, ==, "log:1");
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Requests and commands from one sender are handled in mailbox order. */
 static void
-test_command_order (void)
+test_command_order (Fixture       *f,
+                    gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   g_autofree char *log = NULL;
   Outcome o1 = { 0 }, o3 = { 0 }, o5 = { 0 }, o6 = { 0 };
@@ -931,19 +916,20 @@ test_command_order (void)
 
   for (round = 0; round < 20; round++)
     {
-      spark_test_log_reset (&m->log);
+      spark_test_log_reset (&f->m->log);
 
-      g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (0), NULL, &error));
+      g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (0), NULL, &error));
       g_assert_no_error (error);
-      request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o1);
-      g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+      request_via (f->s.dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o1);
+      g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (2), &error));
       g_assert_no_error (error);
-      request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o3);
-      g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
+      request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o3);
+      g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
       g_assert_no_error (error);
-      spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (5), NULL, outcome_command_cb, &o5);
+      spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (5), NULL,
+                                           outcome_command_cb, &o5);
       g_atomic_int_set (&o5.returned, TRUE);
-      request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (6), NULL, NULL, &o6);
+      request_via (f->s.dispatcher, VIA_FULL, "echo", g_variant_new_int32 (6), NULL, NULL, &o6);
 
       outcome_wait (&o1, VIA_ASYNC);
       outcome_wait (&o3, VIA_SYNC);
@@ -958,14 +944,11 @@ test_command_order (void)
       outcome_clear (&o5);
       outcome_clear (&o6);
 
-      spark_test_wait_count (NULL, &m->n_commands, 4 * (round + 1));
+      spark_test_wait_count (NULL, &f->m->n_commands, 4 * (round + 1));
       g_clear_pointer (&log, g_free);
-      log = spark_test_log_dup (&m->log);
+      log = spark_test_log_dup (&f->m->log);
       g_assert_cmpstr (log, ==, "log:0 echo:1 log:2 echo:3 log:4 log:5 echo:6");
     }
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Command blocks come in sizes by name length and are reused once the
@@ -1042,27 +1025,23 @@ test_command_reused_blocks (void)
 
 /* A failing command does not reach its sender: it goes to command-failed. */
 static void
-test_command_failure_signal (void)
+test_command_failure_signal (Fixture       *f,
+                             gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   SparkTestFailure failure = { 0 };
   Outcome o = { 0 };
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &failure.n, 1);
   g_assert_cmpstr (failure.name, ==, "fail");
   g_assert_error (failure.error, G_IO_ERROR, G_IO_ERROR_FAILED);
   g_assert_cmpstr (failure.error->message, ==, "boom");
 
-  spark_dispatcher_send_command_async (dispatcher, "false", NULL, NULL, outcome_command_cb, &o);
+  spark_dispatcher_send_command_async (f->s.dispatcher, "false", NULL, NULL, outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   outcome_wait (&o, VIA_ASYNC);
   g_assert_no_error (o.error);
@@ -1072,52 +1051,44 @@ test_command_failure_signal (void)
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
 
   /* The server goes on. */
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
   assert_outcome_int32 (&o, 1);
   outcome_clear (&o);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_assert_cmpint (g_atomic_int_get (&failure.n), ==, 2);
   spark_test_failure_clear (&failure);
-  module_free (m);
 }
 
-/* Without a command-failed handler, the failure is a warning in SparkChannel. */
+/* Without a command-failed handler, the failure is a warning in SparkChannel.
+ * The server is on this thread's context, so the warning is logged on this
+ * thread. */
 static void
-test_command_failure_warning (void)
+test_command_failure_warning (Fixture       *f,
+                              gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   Outcome o = { 0 };
 
-  /* On this thread's context, so the warning is logged on this thread. */
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_WARNING, "*boom*");
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   /* A request behind it: when it is answered, the command has been handled. */
-  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  request_via (f->s.dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
   outcome_wait (&o, VIA_ASYNC);
   assert_outcome_int32 (&o, 1);
   outcome_clear (&o);
   g_test_assert_expected_messages ();
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, 1);
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_commands), ==, 1);
 }
 
 /* An already-cancelled cancellable fails a command and sends nothing. */
 static void
-test_command_cancelled_before (void)
+test_command_cancelled_before (Fixture       *f,
+                               gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   g_autofree char *log = NULL;
@@ -1127,27 +1098,26 @@ test_command_cancelled_before (void)
   g_cancellable_cancel (cancellable);
 
   parameters = g_variant_ref (g_variant_new_int32 (1));
-  g_assert_false (spark_dispatcher_send_command (dispatcher, "log", parameters, cancellable, &error));
+  g_assert_false (spark_dispatcher_send_command (f->s.dispatcher, "log", parameters, cancellable, &error));
   g_assert_error (error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
   g_assert_false (g_variant_is_floating (parameters));
   g_variant_unref (parameters);
   g_clear_error (&error);
 
-  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), cancellable,
+  spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (2), cancellable,
                                        outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   outcome_wait (&o, VIA_ASYNC);
   assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
   outcome_clear (&o);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 1);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
 
-  log = spark_test_log_dup (&m->log);
+  log = spark_test_log_dup (&f->m->log);
   g_assert_cmpstr (log, ==, "log:3");
-  module_free (m);
 }
 
 
@@ -1216,25 +1186,23 @@ wait_pending (SparkModuleServer *server,
  * afterwards changes nothing, and its handler's cancellable is not
  * cancelled. */
 static void
-test_command_cancel_after_queued (void)
+test_command_cancel_after_queued (Fixture       *f,
+                                  gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   g_autoptr(GCancellable) async_cancellable = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   Outcome blocker = { 0 }, o = { 0 };
 
-  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
-  spark_test_wait_count (NULL, &m->entered, 1);
+  request_via (f->s.dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &f->m->entered, 1);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "check-cancel", g_variant_new_int32 (1),
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "check-cancel", g_variant_new_int32 (1),
                                                 cancellable, &error));
   g_assert_no_error (error);
   g_cancellable_cancel (cancellable);
 
-  spark_dispatcher_send_command_async (dispatcher, "check-cancel", g_variant_new_int32 (2), async_cancellable,
+  spark_dispatcher_send_command_async (f->s.dispatcher, "check-cancel", g_variant_new_int32 (2), async_cancellable,
                                        outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   g_cancellable_cancel (async_cancellable);
@@ -1242,51 +1210,48 @@ test_command_cancel_after_queued (void)
   g_assert_no_error (o.error);
   outcome_clear (&o);
 
-  spark_test_gate_open (&m->gate);
+  spark_test_gate_open (&f->m->gate);
   outcome_wait (&blocker, VIA_ASYNC);
   outcome_clear (&blocker);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
-  g_assert_false (g_atomic_int_get (&m->cmd_cancelled));
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
+  g_assert_false (g_atomic_int_get (&f->m->cmd_cancelled));
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   {
-    g_autofree char *log = spark_test_log_dup (&m->log);
+    g_autofree char *log = spark_test_log_dup (&f->m->log);
 
     g_assert_cmpstr (log, ==, "block-ignore check-cancel:1 check-cancel:2");
   }
-  module_free (m);
 }
 
 /* Bad input --------------------------------------------------------------- */
 
 /* Programmer errors are criticals; floating parameters are sunk anyway. */
 static void
-test_bad_input (void)
+test_bad_input (Fixture       *f,
+                gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   GVariant *parameters;
   GVariant *reply;
 
   parameters = g_variant_ref (g_variant_new_int32 (1));
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
-  spark_dispatcher_request_async (dispatcher, "", parameters, NULL, NULL, outcome_async_cb, NULL);
+  spark_dispatcher_request_async (f->s.dispatcher, "", parameters, NULL, NULL, outcome_async_cb, NULL);
   g_test_assert_expected_messages ();
   g_assert_false (g_variant_is_floating (parameters));
   g_variant_unref (parameters);
 
   parameters = g_variant_ref (g_variant_new_int32 (2));
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
-  spark_dispatcher_request_full (dispatcher, "echo", parameters, NULL, NULL, NULL, NULL, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "echo", parameters, NULL, NULL, NULL, NULL, NULL);
   g_test_assert_expected_messages ();
   g_assert_false (g_variant_is_floating (parameters));
   g_variant_unref (parameters);
 
   parameters = g_variant_ref (g_variant_new_int32 (3));
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
-  reply = spark_dispatcher_request_sync (dispatcher, NULL, parameters, NULL, NULL, &error);
+  reply = spark_dispatcher_request_sync (f->s.dispatcher, NULL, parameters, NULL, NULL, &error);
   g_test_assert_expected_messages ();
   g_assert_null (reply);
   g_assert_no_error (error);
@@ -1295,7 +1260,7 @@ test_bad_input (void)
 
   parameters = g_variant_ref (g_variant_new_int32 (4));
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
-  g_assert_false (spark_dispatcher_send_command (dispatcher, "", parameters, NULL, &error));
+  g_assert_false (spark_dispatcher_send_command (f->s.dispatcher, "", parameters, NULL, &error));
   g_test_assert_expected_messages ();
   g_assert_no_error (error);
   g_assert_false (g_variant_is_floating (parameters));
@@ -1307,16 +1272,15 @@ test_bad_input (void)
   g_assert_no_error (error);
 
   /* Nothing was sent. */
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (5), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (5), NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 1);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   {
-    g_autofree char *log = spark_test_log_dup (&m->log);
+    g_autofree char *log = spark_test_log_dup (&f->m->log);
 
     g_assert_cmpstr (log, ==, "log:5");
   }
-  module_free (m);
 }
 
 /* Cancellation ------------------------------------------------------------- */
@@ -1324,12 +1288,10 @@ test_bad_input (void)
 /* Already cancelled: fails at once, the handler never runs, and the
  * callback still comes from the caller's context. */
 static void
-test_cancel_before (gconstpointer data)
+test_cancel_before (Fixture       *f,
+                    gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   g_autofree char *log = NULL;
   GVariant *parameters;
@@ -1338,7 +1300,7 @@ test_cancel_before (gconstpointer data)
   g_cancellable_cancel (cancellable);
 
   parameters = g_variant_ref (g_variant_new_int32 (1));
-  request_via (dispatcher, via, "echo", parameters, NULL, cancellable, &o);
+  request_via (f->s.dispatcher, via, "echo", parameters, NULL, cancellable, &o);
   g_assert_false (g_variant_is_floating (parameters));
   g_variant_unref (parameters);
   outcome_wait (&o, via);
@@ -1346,39 +1308,36 @@ test_cancel_before (gconstpointer data)
   outcome_clear (&o);
 
   /* A request behind it is the first the handler sees. */
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
   assert_outcome_int32 (&o, 2);
   outcome_clear (&o);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  log = spark_test_log_dup (&m->log);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  log = spark_test_log_dup (&f->m->log);
   g_assert_cmpstr (log, ==, "echo:2");
-  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, 1);
-  module_free (m);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_requests), ==, 1);
 }
 
 /* Cancelled while queued behind a handler that blocks the server: fails
  * with CANCELLED at once, without waiting for the server. */
 static void
-test_cancel_queued (gconstpointer data)
+test_cancel_queued (Fixture       *f,
+                    gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   Outcome blocker = { 0 };
   Outcome o = { 0 };
   SyncCall call;
   GThread *thread;
 
-  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
-  spark_test_wait_count (NULL, &m->entered, 1);
+  request_via (f->s.dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &f->m->entered, 1);
 
   if (via == VIA_SYNC)
     {
-      thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), cancellable);
-      wait_pending (server, 1);
+      thread = sync_call_start (&call, f->s.dispatcher, "echo", g_variant_new_int32 (2), cancellable);
+      wait_pending (f->s.server, 1);
       g_cancellable_cancel (cancellable);
       sync_call_join (&call, thread);
       assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
@@ -1386,8 +1345,8 @@ test_cancel_queued (gconstpointer data)
     }
   else
     {
-      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
-      g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+      request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
+      g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 1);
       g_cancellable_cancel (cancellable);
       outcome_wait (&o, via);
       assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
@@ -1395,25 +1354,20 @@ test_cancel_queued (gconstpointer data)
     }
 
   /* The server was blocked the whole time. */
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
-  spark_test_gate_open (&m->gate);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
+  spark_test_gate_open (&f->m->gate);
   outcome_wait (&blocker, VIA_ASYNC);
   assert_outcome_string (&blocker, "finished");
   outcome_clear (&blocker);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Cancelled while its handler runs: the handler's cancellable is cancelled
  * and the requester gets CANCELLED (for sync: from another thread). */
 static void
-test_cancel_running (gconstpointer data)
+test_cancel_running (Fixture       *f,
+                     gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   Outcome o = { 0 };
   SyncCall call;
@@ -1421,8 +1375,8 @@ test_cancel_running (gconstpointer data)
 
   if (via == VIA_SYNC)
     {
-      thread = sync_call_start (&call, dispatcher, "block", NULL, cancellable);
-      spark_test_wait_count (NULL, &m->entered, 1);
+      thread = sync_call_start (&call, f->s.dispatcher, "block", NULL, cancellable);
+      spark_test_wait_count (NULL, &f->m->entered, 1);
       g_cancellable_cancel (cancellable);
       sync_call_join (&call, thread);
       assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
@@ -1430,38 +1384,33 @@ test_cancel_running (gconstpointer data)
     }
   else
     {
-      request_via (dispatcher, via, "block", NULL, NULL, cancellable, &o);
-      spark_test_wait_count (NULL, &m->entered, 1);
+      request_via (f->s.dispatcher, via, "block", NULL, NULL, cancellable, &o);
+      spark_test_wait_count (NULL, &f->m->entered, 1);
       g_cancellable_cancel (cancellable);
       outcome_wait (&o, via);
       assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
       outcome_clear (&o);
     }
 
-  spark_test_wait_count (NULL, &m->finished, 1);
-  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
+  spark_test_wait_count (NULL, &f->m->finished, 1);
+  g_assert_true (g_atomic_int_get (&f->m->saw_cancelled));
 
   /* The server goes on. */
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
   assert_outcome_int32 (&o, 1);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Cancelled after the completion: no effect. */
 static void
-test_cancel_after (gconstpointer data)
+test_cancel_after (Fixture       *f,
+                   gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   Outcome o = { 0 };
 
-  request_via (dispatcher, via, "echo", g_variant_new_int32 (1), NULL, cancellable, &o);
+  request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (1), NULL, cancellable, &o);
   outcome_wait (&o, via);
   g_cancellable_cancel (cancellable);
   spark_test_iterate_pending (NULL);
@@ -1470,7 +1419,7 @@ test_cancel_after (gconstpointer data)
   {
     Outcome later = { 0 };
 
-    request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &later);
+    request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &later);
     outcome_wait (&later, via);
     assert_outcome_int32 (&later, 2);
     outcome_clear (&later);
@@ -1481,9 +1430,6 @@ test_cancel_after (gconstpointer data)
   if (via == VIA_FULL)
     g_assert_cmpint (g_atomic_int_get (&o.destroyed), ==, 1);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Timeouts ------------------------------------------------------------------ */
@@ -1512,22 +1458,32 @@ holding_server_new (SparkTestInvocationHandler **handler_out)
   return server;
 }
 
+/* The same in a fixture. */
+static void
+holding_setup (Fixture       *f,
+               gconstpointer  options)
+{
+  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
+
+  handler->on_invocation = wake_on_invocation;
+  spark_test_server_setup (&f->s, SPARK_HANDLER (handler), options);
+}
+
 /* A request nobody answers fails with TIMED_OUT, and its handler's
  * cancellable is cancelled; a late reply is dropped quietly. */
 static void
-test_timeout_unanswered (gconstpointer data)
+test_timeout_unanswered (Fixture       *f,
+                         gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  SparkTestInvocationHandler *handler = NULL;
-  g_autoptr(SparkModuleServer) server = holding_server_new (&handler);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
+  SparkTestInvocationHandler *handler = SPARK_TEST_INVOCATION_HANDLER (f->s.handler);
   g_autoptr(SparkInvocation) invocation = NULL;
   Outcome o = { 0 };
 
-  spark_dispatcher_set_timeout (dispatcher, 50);
-  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, 50);
+  spark_dispatcher_set_timeout (f->s.dispatcher, 50);
+  g_assert_cmpint (spark_dispatcher_get_timeout (f->s.dispatcher), ==, 50);
 
-  request_via (dispatcher, via, "held", NULL, NULL, NULL, &o);
+  request_via (f->s.dispatcher, via, "held", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   outcome_clear (&o);
@@ -1542,38 +1498,31 @@ test_timeout_unanswered (gconstpointer data)
   /* The server goes on to the next one. Its timeout leaves the server
    * time to hand it over even on a loaded machine: one that ends while
    * still queued is never handled, and the wait below would hang. */
-  spark_dispatcher_set_timeout (dispatcher, 1000);
-  request_via (dispatcher, via, "second", NULL, NULL, NULL, &o);
+  spark_dispatcher_set_timeout (f->s.dispatcher, 1000);
+  request_via (f->s.dispatcher, via, "second", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   outcome_clear (&o);
   spark_test_wait_count (NULL, &handler->n_received, 2);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
-  g_clear_object (&invocation);
-  g_clear_object (&server);
-  g_object_unref (handler);
 }
 
 /* Timeouts fire while the server is stuck in a sync handler that ignores
  * its cancellable: for the running request and for queued ones (async,
  * full and sync). The running handler's cancellable is cancelled. */
 static void
-test_timeout_stuck_handler (void)
+test_timeout_stuck_handler (Fixture       *f,
+                            gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   Outcome running = { 0 }, queued_async = { 0 }, queued_full = { 0 }, queued_sync = { 0 };
   Outcome o = { 0 };
 
-  spark_dispatcher_set_timeout (dispatcher, 50);
+  spark_dispatcher_set_timeout (f->s.dispatcher, 50);
 
-  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &running);
-  spark_test_wait_count (NULL, &m->entered, 1);
-  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &queued_async);
-  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued_full);
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &queued_sync);
+  request_via (f->s.dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &running);
+  spark_test_wait_count (NULL, &f->m->entered, 1);
+  request_via (f->s.dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &queued_async);
+  request_via (f->s.dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued_full);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &queued_sync);
 
   outcome_wait (&running, VIA_ASYNC);
   outcome_wait (&queued_async, VIA_ASYNC);
@@ -1583,15 +1532,15 @@ test_timeout_stuck_handler (void)
   assert_outcome_error (&queued_async, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   assert_outcome_error (&queued_full, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   assert_outcome_error (&queued_sync, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
 
-  spark_test_gate_open (&m->gate);
-  spark_test_wait_count (NULL, &m->finished, 1);
-  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
+  spark_test_gate_open (&f->m->gate);
+  spark_test_wait_count (NULL, &f->m->finished, 1);
+  g_assert_true (g_atomic_int_get (&f->m->saw_cancelled));
 
   /* Nothing completes twice. */
-  spark_dispatcher_set_timeout (dispatcher, -1);
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (4), NULL, NULL, &o);
+  spark_dispatcher_set_timeout (f->s.dispatcher, -1);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (4), NULL, NULL, &o);
   assert_outcome_int32 (&o, 4);
   spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&running.done), ==, 1);
@@ -1604,32 +1553,25 @@ test_timeout_stuck_handler (void)
   outcome_clear (&queued_async);
   outcome_clear (&queued_full);
   outcome_clear (&queued_sync);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* The handler's cancellable is cancelled on timeout: a handler that
  * watches it returns early. */
 static void
-test_timeout_handler_cancellable (gconstpointer data)
+test_timeout_handler_cancellable (Fixture       *f,
+                                  gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  spark_dispatcher_set_timeout (dispatcher, 50);
-  request_via (dispatcher, via, "block", NULL, NULL, NULL, &o);
+  spark_dispatcher_set_timeout (f->s.dispatcher, 50);
+  request_via (f->s.dispatcher, via, "block", NULL, NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   outcome_clear (&o);
 
-  spark_test_wait_count (NULL, &m->finished, 1);
-  g_assert_true (g_atomic_int_get (&m->saw_cancelled));
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
+  spark_test_wait_count (NULL, &f->m->finished, 1);
+  g_assert_true (g_atomic_int_get (&f->m->saw_cancelled));
 }
 
 static void
@@ -1645,19 +1587,18 @@ on_notify (GObject    *object,
 /* 0 and -1 mean no timeout: a request held past another dispatcher's
  * timeout is still answered. */
 static void
-test_timeout_none (void)
+test_timeout_none (Fixture       *f,
+                   gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = NULL;
-  g_autoptr(SparkModuleServer) server = holding_server_new (&handler);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
-  g_autoptr(SparkDispatcher) hasty = spark_module_server_create_dispatcher (server);
+  SparkTestInvocationHandler *handler = SPARK_TEST_INVOCATION_HANDLER (f->s.handler);
+  g_autoptr(SparkDispatcher) hasty = spark_module_server_create_dispatcher (f->s.server);
   static const gint none[] = { 0, -1 };
   gint n_notify = 0;
   gint n_seen = 0;
   guint i;
 
-  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, -1);
-  g_signal_connect (dispatcher, "notify::timeout", G_CALLBACK (on_notify), &n_notify);
+  g_assert_cmpint (spark_dispatcher_get_timeout (f->s.dispatcher), ==, -1);
+  g_signal_connect (f->s.dispatcher, "notify::timeout", G_CALLBACK (on_notify), &n_notify);
   spark_dispatcher_set_timeout (hasty, 30);
 
   for (i = 0; i < G_N_ELEMENTS (none); i++)
@@ -1666,11 +1607,11 @@ test_timeout_none (void)
       Outcome held = { 0 }, timed = { 0 };
       gint timeout;
 
-      spark_dispatcher_set_timeout (dispatcher, none[i]);
-      g_object_get (dispatcher, "timeout", &timeout, NULL);
+      spark_dispatcher_set_timeout (f->s.dispatcher, none[i]);
+      g_object_get (f->s.dispatcher, "timeout", &timeout, NULL);
       g_assert_cmpint (timeout, ==, none[i]);
 
-      request_via (dispatcher, VIA_ASYNC, "held", NULL, NULL, NULL, &held);
+      request_via (f->s.dispatcher, VIA_ASYNC, "held", NULL, NULL, NULL, &held);
       spark_test_wait_count (NULL, &handler->n_received, ++n_seen);
       /* Queued behind the held one: times out while the first waits. */
       request_via (hasty, VIA_FULL, "hasty", NULL, NULL, NULL, &timed);
@@ -1691,7 +1632,7 @@ test_timeout_none (void)
 
       /* The hasty one may reach the handler after all, or be skipped: a
        * probe behind it tells. */
-      request_via (dispatcher, VIA_ASYNC, "probe", NULL, NULL, NULL, &held);
+      request_via (f->s.dispatcher, VIA_ASYNC, "probe", NULL, NULL, NULL, &held);
       for (;;)
         {
           spark_test_wait_count (NULL, &handler->n_received, ++n_seen);
@@ -1711,13 +1652,9 @@ test_timeout_none (void)
 
   /* Other negative values are a programmer error, and are ignored. */
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*assertion*");
-  spark_dispatcher_set_timeout (dispatcher, -2);
+  spark_dispatcher_set_timeout (f->s.dispatcher, -2);
   g_test_assert_expected_messages ();
-  g_assert_cmpint (spark_dispatcher_get_timeout (dispatcher), ==, -1);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_clear_object (&server);
-  g_object_unref (handler);
+  g_assert_cmpint (spark_dispatcher_get_timeout (f->s.dispatcher), ==, -1);
 }
 
 
@@ -1774,21 +1711,20 @@ send_call_join (SendCall *call,
   g_thread_join (thread);
 }
 
-/* A started bounded server whose thread is blocked in a "block-ignore"
- * request (@blocker) and whose mailbox holds @capacity commands
- * "log:1" ... "log:@capacity". */
-static SparkModuleServer *
-full_server_new (Module          *m,
-                 guint            capacity,
-                 SparkDispatcher **dispatcher_out,
-                 Outcome         *blocker)
+/* Blocks the thread of a started bounded @server in a "block-ignore"
+ * request (@blocker) and fills its mailbox with as many commands as it
+ * holds: "log:1" ... "log:N". */
+static void
+fill_mailbox (Module            *m,
+              SparkModuleServer *server,
+              SparkDispatcher   *dispatcher,
+              Outcome           *blocker)
 {
-  SparkModuleServer *server = module_server_new_in_thread (m, capacity);
-  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+  guint capacity = spark_module_server_get_capacity (server);
   g_autoptr(GError) error = NULL;
   guint i;
 
-  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, capacity);
+  g_assert_cmpuint (capacity, >, 0);
   request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, blocker);
   spark_test_wait_count (NULL, &m->entered, 1);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
@@ -1799,6 +1735,20 @@ full_server_new (Module          *m,
       g_assert_no_error (error);
     }
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, capacity);
+}
+
+/* A started server of @capacity, filled by fill_mailbox(). */
+static SparkModuleServer *
+full_server_new (Module          *m,
+                 guint            capacity,
+                 SparkDispatcher **dispatcher_out,
+                 Outcome         *blocker)
+{
+  SparkModuleServer *server = module_server_new_in_thread (m, capacity);
+  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
+
+  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, capacity);
+  fill_mailbox (m, server, dispatcher, blocker);
 
   *dispatcher_out = dispatcher;
   return server;
@@ -1825,82 +1775,80 @@ assert_log (Module     *m,
 }
 
 static void
-test_backpressure_try_full (void)
+test_backpressure_try_full (Fixture       *f,
+                            gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 2, &dispatcher, &blocker);
   g_autoptr(GError) error = NULL;
   GVariant *parameters;
 
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
   parameters = g_variant_ref (g_variant_new_int32 (3));
-  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", parameters, &error));
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "log", parameters, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
   g_assert_false (g_variant_is_floating (parameters));
   g_variant_unref (parameters);
   g_clear_error (&error);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 2);
 
-  release_blocker (m, &blocker);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  release_blocker (f->m, &blocker);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (4), &error));
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (4), &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 3);
+  spark_test_wait_count (NULL, &f->m->n_commands, 3);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 log:2 log:4");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 log:2 log:4");
 }
 
 /* send_command blocks until there is room. */
 static void
-test_backpressure_send_blocks (void)
+test_backpressure_send_blocks (Fixture       *f,
+                               gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GError) error = NULL;
   SendCall call;
   GThread *thread;
 
-  thread = send_call_start (&call, dispatcher, 2, NULL);
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
+  thread = send_call_start (&call, f->s.dispatcher, 2, NULL);
   spark_test_wait_flag (NULL, &call.started);
 
   /* Still full (and, once the thread waits, someone waits for room). */
-  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (3), &error));
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
   g_clear_error (&error);
   g_assert_false (g_atomic_int_get (&call.done));
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
   send_call_join (&call, thread);
   g_assert_no_error (call.error);
   g_assert_true (call.ret);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 log:2");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 log:2");
 }
 
 /* send_command waiting for room can be cancelled: that command is never
  * handled. */
 static void
-test_backpressure_send_cancelled (void)
+test_backpressure_send_cancelled (Fixture       *f,
+                                  gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   SendCall call;
   GThread *thread;
 
-  thread = send_call_start (&call, dispatcher, 2, cancellable);
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
+  thread = send_call_start (&call, f->s.dispatcher, 2, cancellable);
   spark_test_wait_flag (NULL, &call.started);
   g_cancellable_cancel (cancellable);
   send_call_join (&call, thread);
@@ -1909,63 +1857,61 @@ test_backpressure_send_cancelled (void)
   g_clear_error (&call.error);
 
   /* It was answered while the server was still blocked. */
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
-  release_blocker (m, &blocker);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
+  release_blocker (f->m, &blocker);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 log:3");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 log:3");
 }
 
 /* send_command_async waits for room, and completes when admitted. */
 static void
-test_backpressure_async_command_waits (void)
+test_backpressure_async_command_waits (Fixture       *f,
+                                       gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GError) error = NULL;
   Outcome o = { 0 };
 
-  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), NULL, outcome_command_cb, &o);
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
+  spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (2), NULL, outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 1);
 
   /* First come, first served: try_send does not overtake it. */
-  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (3), &error));
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
   g_clear_error (&error);
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
   outcome_wait (&o, VIA_ASYNC);
   g_assert_no_error (o.error);
   outcome_clear (&o);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 log:2");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 log:2");
 }
 
 /* send_command_async waiting for room can be cancelled; it is not sent. */
 static void
-test_backpressure_async_command_cancelled (void)
+test_backpressure_async_command_cancelled (Fixture       *f,
+                                           gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   Outcome o = { 0 };
 
-  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), cancellable,
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
+  spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (2), cancellable,
                                        outcome_command_cb, &o);
   g_atomic_int_set (&o.returned, TRUE);
   spark_test_iterate_pending (NULL);
@@ -1975,43 +1921,42 @@ test_backpressure_async_command_cancelled (void)
   outcome_wait (&o, VIA_ASYNC);
   assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
   outcome_clear (&o);
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
 
-  release_blocker (m, &blocker);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  release_blocker (f->m, &blocker);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 log:3");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 log:3");
 }
 
 /* Requests wait for room too (async and full without blocking, sync on
  * another thread). */
 static void
-test_backpressure_request_waits (gconstpointer data)
+test_backpressure_request_waits (Fixture       *f,
+                                 gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   Outcome o = { 0 };
   SyncCall call;
   GThread *thread = NULL;
 
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
   if (via == VIA_SYNC)
-    thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), NULL);
+    thread = sync_call_start (&call, f->s.dispatcher, "echo", g_variant_new_int32 (2), NULL);
   else
     {
-      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
+      request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
       spark_test_iterate_pending (NULL);
       g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
-      g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+      g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 1);
     }
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
 
   if (via == VIA_SYNC)
     {
@@ -2026,28 +1971,27 @@ test_backpressure_request_waits (gconstpointer data)
       outcome_clear (&o);
     }
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 echo:2");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 echo:2");
 }
 
 /* A request waiting for room can be cancelled; it is never handled. */
 static void
-test_backpressure_request_cancelled (gconstpointer data)
+test_backpressure_request_cancelled (Fixture       *f,
+                                     gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GCancellable) cancellable = g_cancellable_new ();
   Outcome o = { 0 };
   SyncCall call;
   GThread *thread;
 
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
   if (via == VIA_SYNC)
     {
-      thread = sync_call_start (&call, dispatcher, "echo", g_variant_new_int32 (2), cancellable);
+      thread = sync_call_start (&call, f->s.dispatcher, "echo", g_variant_new_int32 (2), cancellable);
       g_cancellable_cancel (cancellable);
       sync_call_join (&call, thread);
       assert_outcome_error (&call.o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
@@ -2055,7 +1999,7 @@ test_backpressure_request_cancelled (gconstpointer data)
     }
   else
     {
-      request_via (dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
+      request_via (f->s.dispatcher, via, "echo", g_variant_new_int32 (2), NULL, cancellable, &o);
       spark_test_iterate_pending (NULL);
       g_assert_cmpint (g_atomic_int_get (&o.done), ==, 0);
       g_cancellable_cancel (cancellable);
@@ -2063,16 +2007,15 @@ test_backpressure_request_cancelled (gconstpointer data)
       assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
       outcome_clear (&o);
     }
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
 
-  release_blocker (m, &blocker);
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  release_blocker (f->m, &blocker);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
   assert_outcome_int32 (&o, 3);
   outcome_clear (&o);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 echo:3");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 echo:3");
 }
 
 static void
@@ -2088,40 +2031,35 @@ on_token_cancelled (GCancellable *token,
 /* send_shutdown is accepted when the mailbox is full, and everything
  * queued before it is handled. */
 static void
-test_backpressure_shutdown_when_full (void)
+test_backpressure_shutdown_when_full (Fixture       *f,
+                                      gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 2, &dispatcher, &blocker);
   g_autoptr(GCancellable) token = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   gint stopped = FALSE;
 
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
   g_cancellable_connect (token, G_CALLBACK (on_token_cancelled), &stopped, NULL);
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, token, &error));
   g_assert_no_error (error);
   /* The Shutdown message counts neither in pending nor against capacity. */
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 2);
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
   spark_test_wait_flag (NULL, &stopped);
-  assert_log (m, "block-ignore log:1 log:2");
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
+  assert_log (f->m, "block-ignore log:1 log:2");
 }
 
 /* Senders waiting for room get CLOSED when the server is shut down: by
  * send_shutdown (data 0) or by shutdown_async (data 1). */
 static void
-test_backpressure_closed_while_waiting (gconstpointer data)
+test_backpressure_closed_while_waiting (Fixture       *f,
+                                        gconstpointer  data)
 {
-  gboolean by_server = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  gboolean by_server = GPOINTER_TO_UINT (f->s.options->data);
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = full_server_new (m, 1, &dispatcher, &blocker);
   g_autoptr(GError) error = NULL;
   Outcome command = { 0 }, async = { 0 }, full = { 0 };
   SendCall send_call;
@@ -2129,13 +2067,15 @@ test_backpressure_closed_while_waiting (gconstpointer data)
   GThread *send_thread, *sync_thread;
   gint stopped = FALSE;
 
-  spark_dispatcher_send_command_async (dispatcher, "log", g_variant_new_int32 (2), NULL,
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+
+  spark_dispatcher_send_command_async (f->s.dispatcher, "log", g_variant_new_int32 (2), NULL,
                                        outcome_command_cb, &command);
   g_atomic_int_set (&command.returned, TRUE);
-  request_via (dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &async);
-  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (4), NULL, NULL, &full);
-  send_thread = send_call_start (&send_call, dispatcher, 5, NULL);
-  sync_thread = sync_call_start (&sync_call, dispatcher, "echo", g_variant_new_int32 (6), NULL);
+  request_via (f->s.dispatcher, VIA_ASYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &async);
+  request_via (f->s.dispatcher, VIA_FULL, "echo", g_variant_new_int32 (4), NULL, NULL, &full);
+  send_thread = send_call_start (&send_call, f->s.dispatcher, 5, NULL);
+  sync_thread = sync_call_start (&sync_call, f->s.dispatcher, "echo", g_variant_new_int32 (6), NULL);
   spark_test_wait_flag (NULL, &send_call.started);
   spark_test_iterate_pending (NULL);
   g_assert_cmpint (g_atomic_int_get (&command.done), ==, 0);
@@ -2143,10 +2083,11 @@ test_backpressure_closed_while_waiting (gconstpointer data)
   g_assert_cmpint (g_atomic_int_get (&full.done), ==, 0);
 
   if (by_server)
-    spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, spark_test_shutdown_done_cb, &stopped);
+    spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL,
+                                        spark_test_shutdown_done_cb, &stopped);
   else
     {
-      g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+      g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, NULL, &error));
       g_assert_no_error (error);
     }
 
@@ -2162,19 +2103,18 @@ test_backpressure_closed_while_waiting (gconstpointer data)
   g_assert_false (send_call.ret);
   g_assert_error (send_call.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   assert_outcome_error (&sync_call.o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
   outcome_clear (&command);
   outcome_clear (&async);
   outcome_clear (&full);
   outcome_clear (&sync_call.o);
   g_clear_error (&send_call.error);
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
   if (by_server)
     spark_test_wait_flag (NULL, &stopped);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1");
 }
 
 /* pending counts queued messages only: not the one being handled, not
@@ -2240,104 +2180,89 @@ test_backpressure_pending (void)
 
 /* request_sync from a handler of the same server, on the server's thread. */
 static void
-test_deadlock_handler_request_sync (void)
+test_deadlock_handler_request_sync (Fixture       *f,
+                                    gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   Outcome o = { 0 };
 
-  m->self_dispatcher = spark_module_server_create_dispatcher (server);
-  request_via (dispatcher, VIA_SYNC, "request-self", NULL, NULL, NULL, &o);
+  f->m->self_dispatcher = spark_module_server_create_dispatcher (f->s.server);
+  request_via (f->s.dispatcher, VIA_SYNC, "request-self", NULL, NULL, NULL, &o);
   assert_outcome_string (&o, "done");
   outcome_clear (&o);
-  g_assert_false (m->self_ret);
-  g_assert_error (m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_assert_false (f->m->self_ret);
+  g_assert_error (f->m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   /* The inner request never reached the handler. */
-  assert_log (m, "request-self");
-  module_free (m);
+  assert_log (f->m, "request-self");
 }
 
 /* send_command that would have to wait for room, from a handler of the
  * same server. */
 static void
-test_deadlock_handler_send_full (void)
+test_deadlock_handler_send_full (Fixture       *f,
+                                 gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 1);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   Outcome o = { 0 };
 
-  m->self_dispatcher = spark_module_server_create_dispatcher (server);
-  request_via (dispatcher, VIA_SYNC, "send-self", NULL, NULL, NULL, &o);
+  f->m->self_dispatcher = spark_module_server_create_dispatcher (f->s.server);
+  request_via (f->s.dispatcher, VIA_SYNC, "send-self", NULL, NULL, NULL, &o);
   assert_outcome_string (&o, "done");
   outcome_clear (&o);
-  g_assert_false (m->self_ret);
-  g_assert_error (m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_assert_false (f->m->self_ret);
+  g_assert_error (f->m->self_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
 
-  spark_test_wait_count (NULL, &m->n_commands, 1);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "send-self log:200");
-  module_free (m);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "send-self log:200");
 }
 
 /* try_send_command from the server's own thread works. */
 static void
-test_deadlock_try_send_from_handler (void)
+test_deadlock_try_send_from_handler (Fixture       *f,
+                                     gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   Outcome o = { 0 };
 
-  m->self_dispatcher = spark_module_server_create_dispatcher (server);
-  request_via (dispatcher, VIA_SYNC, "try-self", NULL, NULL, NULL, &o);
+  f->m->self_dispatcher = spark_module_server_create_dispatcher (f->s.server);
+  request_via (f->s.dispatcher, VIA_SYNC, "try-self", NULL, NULL, NULL, &o);
   assert_outcome_string (&o, "done");
   outcome_clear (&o);
-  g_assert_no_error (m->self_error);
-  g_assert_true (m->self_ret);
+  g_assert_no_error (f->m->self_error);
+  g_assert_true (f->m->self_ret);
 
-  spark_test_wait_count (NULL, &m->n_commands, 1);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "try-self log:100");
-  module_free (m);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "try-self log:100");
 }
 
 /* Blocking calls on the thread that called start (NULL: this thread's
  * context): request_sync, and send_command on a full mailbox. */
 static void
-test_deadlock_start_thread (void)
+test_deadlock_start_thread (Fixture       *f,
+                            gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new (m, 1);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   g_autoptr(GError) error = NULL;
   Outcome o = { 0 };
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (1), NULL, NULL, &o);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
   outcome_clear (&o);
 
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "log", g_variant_new_int32 (2), &error));
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "log", g_variant_new_int32 (2), &error));
   g_assert_no_error (error);
-  g_assert_false (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
+  g_assert_false (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (3), NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
   g_clear_error (&error);
 
-  spark_test_wait_count (NULL, &m->n_commands, 1);
+  spark_test_wait_count (NULL, &f->m->n_commands, 1);
   /* With room, send_command does not wait, so it works here. */
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (4), NULL, &error));
   g_assert_no_error (error);
-  spark_test_wait_count (NULL, &m->n_commands, 2);
+  spark_test_wait_count (NULL, &f->m->n_commands, 2);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "log:2 log:4");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "log:2 log:4");
 }
 
 typedef struct
@@ -2410,55 +2335,47 @@ test_deadlock_start_thread_other_iterator (void)
  * cancellation came before the completion was delivered, so the request
  * fails with CANCELLED (for sync: checked when it returns). */
 static void
-test_cancel_during_reply (gconstpointer data)
+test_cancel_during_reply (Fixture       *f,
+                          gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome o = { 0 };
 
-  m->cancel_me = g_cancellable_new ();
-  request_via (dispatcher, via, "cancel-and-reply", NULL, NULL, m->cancel_me, &o);
+  f->m->cancel_me = g_cancellable_new ();
+  request_via (f->s.dispatcher, via, "cancel-and-reply", NULL, NULL, f->m->cancel_me, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, G_IO_ERROR, G_IO_ERROR_CANCELLED);
   outcome_clear (&o);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* A request waiting for room times out too: the timeout counts from the
  * call. */
 static void
-test_timeout_waiting_for_room (gconstpointer data)
+test_timeout_waiting_for_room (Fixture       *f,
+                               gconstpointer  data)
 {
-  Via via = GPOINTER_TO_UINT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Via via = GPOINTER_TO_UINT (f->s.options->data);
   Outcome blocker = { 0 };
-  g_autoptr(SparkModuleServer) server = NULL;
   g_autoptr(SparkDispatcher) hasty = NULL;
   Outcome o = { 0 };
 
-  server = full_server_new (m, 1, &dispatcher, &blocker);
-  hasty = spark_module_server_create_dispatcher (server);
+  fill_mailbox (f->m, f->s.server, f->s.dispatcher, &blocker);
+  hasty = spark_module_server_create_dispatcher (f->s.server);
   spark_dispatcher_set_timeout (hasty, 50);
 
   request_via (hasty, via, "echo", g_variant_new_int32 (2), NULL, NULL, &o);
   outcome_wait (&o, via);
   assert_outcome_error (&o, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT);
   outcome_clear (&o);
-  g_assert_cmpint (g_atomic_int_get (&m->finished), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->finished), ==, 0);
 
-  release_blocker (m, &blocker);
-  request_via (dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
+  release_blocker (f->m, &blocker);
+  request_via (f->s.dispatcher, VIA_SYNC, "echo", g_variant_new_int32 (3), NULL, NULL, &o);
   assert_outcome_int32 (&o, 3);
   outcome_clear (&o);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  assert_log (m, "block-ignore log:1 echo:3");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  assert_log (f->m, "block-ignore log:1 echo:3");
 }
 
 /* Many threads -------------------------------------------------------------- */
@@ -2548,11 +2465,9 @@ worker_thread (gpointer data)
  * commands: every request completes once, each thread's commands are
  * handled in its order. */
 static void
-test_threads_many (void)
+test_threads_many (Fixture       *f,
+                   gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) shared = spark_module_server_create_dispatcher (server);
   Worker workers[N_THREADS];
   GThread *threads[N_THREADS];
   gint i;
@@ -2561,7 +2476,8 @@ test_threads_many (void)
     {
       memset (&workers[i], 0, sizeof workers[i]);
       workers[i].index = i;
-      workers[i].dispatcher = i % 2 ? g_object_ref (shared) : spark_module_server_create_dispatcher (server);
+      workers[i].dispatcher = i % 2 ? g_object_ref (f->s.dispatcher)
+                                    : spark_module_server_create_dispatcher (f->s.server);
       threads[i] = g_thread_new ("worker", worker_thread, &workers[i]);
     }
 
@@ -2573,15 +2489,14 @@ test_threads_many (void)
       g_object_unref (workers[i].dispatcher);
     }
 
-  spark_test_wait_count (NULL, &m->n_commands, N_THREADS * N_PER_THREAD);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_wait_count (NULL, &f->m->n_commands, N_THREADS * N_PER_THREAD);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
 
-  g_assert_cmpint (g_atomic_int_get (&m->n_commands), ==, N_THREADS * N_PER_THREAD);
-  g_assert_cmpint (g_atomic_int_get (&m->n_requests), ==, N_THREADS * (N_PER_THREAD + N_FULL_PER_THREAD));
-  g_assert_cmpint (g_atomic_int_get (&m->seq_errors), ==, 0);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_commands), ==, N_THREADS * N_PER_THREAD);
+  g_assert_cmpint (g_atomic_int_get (&f->m->n_requests), ==, N_THREADS * (N_PER_THREAD + N_FULL_PER_THREAD));
+  g_assert_cmpint (g_atomic_int_get (&f->m->seq_errors), ==, 0);
   for (i = 0; i < N_THREADS; i++)
-    g_assert_cmpint (m->last_seq[i], ==, N_PER_THREAD - 1);
-  module_free (m);
+    g_assert_cmpint (f->m->last_seq[i], ==, N_PER_THREAD - 1);
 }
 
 /* A dropped dispatcher ------------------------------------------------------ */
@@ -2683,28 +2598,26 @@ on_token_recorded (GCancellable *token,
 /* The token is cancelled after everything queued before the Shutdown
  * message was handled; nothing is handled after it. */
 static void
-test_shutdown_token (void)
+test_shutdown_token (Fixture       *f,
+                     gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
-  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (server);
+  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (f->s.server);
   g_autoptr(GCancellable) token = g_cancellable_new ();
   g_autoptr(GError) error = NULL;
   Outcome blocker = { 0 }, queued = { 0 }, late = { 0 };
   Token t = { 0 };
 
-  t.m = m;
+  t.m = f->m;
   g_cancellable_connect (token, G_CALLBACK (on_token_recorded), &t, NULL);
 
-  request_via (dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
-  spark_test_wait_count (NULL, &m->entered, 1);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
-  request_via (dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued);
+  request_via (f->s.dispatcher, VIA_ASYNC, "block-ignore", NULL, NULL, NULL, &blocker);
+  spark_test_wait_count (NULL, &f->m->entered, 1);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", g_variant_new_int32 (1), NULL, &error));
+  request_via (f->s.dispatcher, VIA_FULL, "echo", g_variant_new_int32 (2), NULL, NULL, &queued);
   g_assert_true (spark_dispatcher_try_send_command (other, "log", g_variant_new_int32 (3), &error));
   g_assert_no_error (error);
 
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, token, &error));
   g_assert_no_error (error);
 
   /* Closed at once, for every dispatcher. */
@@ -2717,17 +2630,16 @@ test_shutdown_token (void)
   outcome_clear (&late);
   g_assert_false (g_cancellable_is_cancelled (token));
 
-  release_blocker (m, &blocker);
+  release_blocker (f->m, &blocker);
   outcome_wait (&queued, VIA_FULL);
   assert_outcome_int32 (&queued, 2);
   outcome_clear (&queued);
   spark_test_wait_flag (NULL, &t.cancelled);
   g_assert_cmpuint (t.log_length, ==, 4);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_assert_cmpuint (spark_test_log_length (&m->log), ==, 4);
-  assert_log (m, "block-ignore log:1 echo:2 log:3");
-  module_free (m);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_assert_cmpuint (spark_test_log_length (&f->m->log), ==, 4);
+  assert_log (f->m, "block-ignore log:1 echo:2 log:3");
 }
 
 /* Async results: recycled unless kept or watched ---------------------------
@@ -2862,18 +2774,16 @@ probe_request (SparkDispatcher *dispatcher,
 /* Results nobody kept are reused, across dispatchers, and do not keep
  * their dispatcher alive. */
 static void
-test_async_result_recycled (void)
+test_async_result_recycled (Fixture       *f,
+                            gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  SparkDispatcher *first = spark_module_server_create_dispatcher (server);
-  g_autoptr(SparkDispatcher) second = spark_module_server_create_dispatcher (server);
+  SparkDispatcher *first = spark_module_server_create_dispatcher (f->s.server);
   ResultProbe a = { USE_FINISH }, b = { USE_FINISH }, c = { USE_FINISH };
 
   probe_request (first, &a, 1);
   g_assert_cmpint (a.value, ==, 1);
 
-  probe_request (second, &b, 2);
+  probe_request (f->s.dispatcher, &b, 2);
   g_assert_cmpint (b.value, ==, 2);
   g_assert_true (b.seen == a.seen);
 
@@ -2885,28 +2795,24 @@ test_async_result_recycled (void)
   /* Once the server's thread is done (it drops its references to the
    * requests just after replying), only the spare result could still hold
    * @first: it does not. */
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_object_add_weak_pointer (G_OBJECT (first), (gpointer *) &first);
   g_object_unref (first);
   g_assert_null (first);
-
-  module_free (m);
 }
 
 /* A result the callback keeps is never handed to another request, and can
  * be finished after later requests completed. */
 static void
-test_async_result_kept (void)
+test_async_result_kept (Fixture       *f,
+                        gconstpointer  data)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   ResultProbe kept = { USE_KEEP }, later = { USE_FINISH }, again = { USE_FINISH };
   GAsyncResult *result;
 
-  probe_request (dispatcher, &kept, 10);
-  probe_request (dispatcher, &later, 20);
-  probe_request (dispatcher, &again, 30);
+  probe_request (f->s.dispatcher, &kept, 10);
+  probe_request (f->s.dispatcher, &later, 20);
+  probe_request (f->s.dispatcher, &again, 30);
   g_assert_true (later.seen != kept.seen);
   g_assert_true (again.seen != kept.seen);
   g_assert_cmpint (later.value, ==, 20);
@@ -2914,28 +2820,23 @@ test_async_result_kept (void)
 
   result = g_steal_pointer (&kept.kept);
   g_assert_true (g_async_result_get_user_data (result) == &kept);
-  g_assert_cmpint (probe_finish (G_OBJECT (dispatcher), result), ==, 10);
+  g_assert_cmpint (probe_finish (G_OBJECT (f->s.dispatcher), result), ==, 10);
   g_assert_finalize_object (result);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Data, weak references and signal handlers attached in a callback see the
  * result go as if it were finalized when the callback returns; the next
  * result carries none of them. */
 static void
-test_async_result_watched (gconstpointer data)
+test_async_result_watched (Fixture       *f,
+                           gconstpointer  data)
 {
-  ResultUse use = GPOINTER_TO_INT (data);
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
+  ResultUse use = GPOINTER_TO_INT (f->s.options->data);
   ResultProbe warm = { USE_FINISH }, watched = { use }, next = { USE_FINISH };
 
   /* A spare result first, so that the watched request gets a reused one. */
-  probe_request (dispatcher, &warm, 1);
-  probe_request (dispatcher, &watched, 2);
+  probe_request (f->s.dispatcher, &warm, 1);
+  probe_request (f->s.dispatcher, &watched, 2);
   g_assert_true (watched.seen == warm.seen);
   g_assert_cmpint (watched.value, ==, 2);
 
@@ -2949,12 +2850,9 @@ test_async_result_watched (gconstpointer data)
   else
     g_assert_cmpint (g_atomic_int_get (&watched.released), ==, 1);
 
-  probe_request (dispatcher, &next, 3);
+  probe_request (f->s.dispatcher, &next, 3);
   g_assert_cmpint (next.value, ==, 3);
   g_assert_cmpint (g_atomic_int_get (&watched.released), ==, use == USE_WEAK_POINTER ? 0 : 1);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 /* Main --------------------------------------------------------------------- */
@@ -3072,15 +2970,13 @@ nest_send (Nest *nest,
 }
 
 static void
-check_nested_loop (Via  via,
-                   gint depth)
+check_nested_loop (Fixture *f,
+                   Via      via,
+                   gint     depth)
 {
-  Module *m = module_new ();
-  g_autoptr(SparkModuleServer) server = module_server_new_in_thread (m, 0);
-  g_autoptr(SparkDispatcher) dispatcher = spark_module_server_create_dispatcher (server);
   Nest nest = { 0 };
 
-  nest.dispatcher = dispatcher;
+  nest.dispatcher = f->s.dispatcher;
   nest.via = via;
   nest.depth = depth;
 
@@ -3095,21 +2991,20 @@ check_nested_loop (Via  via,
       assert_outcome_int32 (&nest.outcomes[level], level);
       outcome_clear (&nest.outcomes[level]);
     }
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  module_free (m);
 }
 
 static void
-test_nested_loop_async (gconstpointer data)
+test_nested_loop_async (Fixture       *f,
+                        gconstpointer  data)
 {
-  check_nested_loop (VIA_ASYNC, GPOINTER_TO_INT (data));
+  check_nested_loop (f, VIA_ASYNC, GPOINTER_TO_INT (f->s.options->data));
 }
 
 static void
-test_nested_loop_full (gconstpointer data)
+test_nested_loop_full (Fixture       *f,
+                       gconstpointer  data)
 {
-  check_nested_loop (VIA_FULL, GPOINTER_TO_INT (data));
+  check_nested_loop (f, VIA_FULL, GPOINTER_TO_INT (f->s.options->data));
 }
 
 typedef struct
@@ -3180,81 +3075,93 @@ main (int argc, char *argv[])
 {
   g_test_init (&argc, &argv, NULL);
 
-  g_test_add_func ("/spark/dispatcher/async-result/recycled", test_async_result_recycled);
-  g_test_add_func ("/spark/dispatcher/async-result/kept", test_async_result_kept);
-  g_test_add_data_func ("/spark/dispatcher/async-result/watched/data", GINT_TO_POINTER (USE_DATA), test_async_result_watched);
-  g_test_add_data_func ("/spark/dispatcher/async-result/watched/weak-ref", GINT_TO_POINTER (USE_WEAK_REF), test_async_result_watched);
-  g_test_add_data_func ("/spark/dispatcher/async-result/watched/weak-pointer", GINT_TO_POINTER (USE_WEAK_POINTER), test_async_result_watched);
-  g_test_add_data_func ("/spark/dispatcher/async-result/watched/signal", GINT_TO_POINTER (USE_SIGNAL), test_async_result_watched);
-  add_via_tests ("request/reply", test_request_reply, FALSE);
-  add_via_tests ("request/caller-context", test_request_context, TRUE);
-  add_via_tests ("request/same-context", test_request_same_context, TRUE);
-  add_via_tests ("request/handler-error", test_request_handler_error, FALSE);
-  add_via_tests ("request/no-reply", test_request_no_reply, FALSE);
-  add_via_tests ("request/type-mismatch", test_request_type_mismatch, FALSE);
-  add_via_tests ("request/null-parameters", test_request_null_parameters, FALSE);
-  add_via_tests ("request/long-name", test_request_long_name, FALSE);
+#define ADD(path, options, func) \
+  g_test_add ("/spark/dispatcher/" path, Fixture, &options, fixture_setup, func, fixture_teardown)
+#define ADD_DATA(path, options, data, func) \
+  g_test_add ("/spark/dispatcher/" path, Fixture, spark_test_server_options (&options, data), \
+              fixture_setup, func, fixture_teardown)
 
-  g_test_add_func ("/spark/dispatcher/closed/never-started", test_closed_never_started);
-  g_test_add_func ("/spark/dispatcher/closed/after-shutdown", test_closed_after_shutdown);
-  g_test_add_func ("/spark/dispatcher/closed/after-send-shutdown", test_closed_after_send_shutdown);
+  ADD ("async-result/recycled", in_thread, test_async_result_recycled);
+  ADD ("async-result/kept", in_thread, test_async_result_kept);
+  ADD_DATA ("async-result/watched/data", in_thread, GINT_TO_POINTER (USE_DATA), test_async_result_watched);
+  ADD_DATA ("async-result/watched/weak-ref", in_thread, GINT_TO_POINTER (USE_WEAK_REF), test_async_result_watched);
+  ADD_DATA ("async-result/watched/weak-pointer", in_thread, GINT_TO_POINTER (USE_WEAK_POINTER),
+            test_async_result_watched);
+  ADD_DATA ("async-result/watched/signal", in_thread, GINT_TO_POINTER (USE_SIGNAL), test_async_result_watched);
+  add_via_tests ("request/reply", &in_thread, fixture_setup, test_request_reply, FALSE);
+  add_via_tests ("request/caller-context", &in_thread, fixture_setup, test_request_context, TRUE);
+  add_via_tests ("request/same-context", &on_default, fixture_setup, test_request_same_context, TRUE);
+  add_via_tests ("request/handler-error", &in_thread, fixture_setup, test_request_handler_error, FALSE);
+  add_via_tests ("request/no-reply", &in_thread, fixture_setup, test_request_no_reply, FALSE);
+  add_via_tests ("request/type-mismatch", &in_thread, fixture_setup, test_request_type_mismatch, FALSE);
+  add_via_tests ("request/null-parameters", &in_thread, fixture_setup, test_request_null_parameters, FALSE);
+  add_via_tests ("request/long-name", &plain, name_setup, test_request_long_name, FALSE);
 
-  g_test_add_func ("/spark/dispatcher/command/send", test_command_send);
-  g_test_add_func ("/spark/dispatcher/command/try-send", test_command_try_send);
-  g_test_add_func ("/spark/dispatcher/command/async", test_command_async);
-  g_test_add_func ("/spark/dispatcher/command/order", test_command_order);
+  ADD ("closed/never-started", not_started, test_closed_never_started);
+  ADD ("closed/after-shutdown", in_thread, test_closed_after_shutdown);
+  ADD ("closed/after-send-shutdown", in_thread, test_closed_after_send_shutdown);
+
+  ADD ("command/send", in_thread, test_command_send);
+  ADD ("command/try-send", in_thread, test_command_try_send);
+  ADD ("command/async", in_thread, test_command_async);
+  ADD ("command/order", in_thread, test_command_order);
   g_test_add_func ("/spark/dispatcher/command/reused-blocks", test_command_reused_blocks);
-  g_test_add_func ("/spark/dispatcher/command/failure-signal", test_command_failure_signal);
-  g_test_add_func ("/spark/dispatcher/command/failure-warning", test_command_failure_warning);
-  g_test_add_func ("/spark/dispatcher/command/cancelled-before", test_command_cancelled_before);
-  g_test_add_func ("/spark/dispatcher/command/cancel-after-queued", test_command_cancel_after_queued);
-  g_test_add_func ("/spark/dispatcher/bad-input", test_bad_input);
+  ADD ("command/failure-signal", in_thread, test_command_failure_signal);
+  ADD ("command/failure-warning", on_default, test_command_failure_warning);
+  ADD ("command/cancelled-before", in_thread, test_command_cancelled_before);
+  ADD ("command/cancel-after-queued", in_thread, test_command_cancel_after_queued);
+  ADD ("bad-input", in_thread, test_bad_input);
 
-  add_via_tests ("cancel/before", test_cancel_before, FALSE);
-  add_via_tests ("cancel/queued", test_cancel_queued, FALSE);
-  add_via_tests ("cancel/running", test_cancel_running, FALSE);
-  add_via_tests ("cancel/after-completion", test_cancel_after, FALSE);
-  add_via_tests ("cancel/during-reply", test_cancel_during_reply, FALSE);
+  add_via_tests ("cancel/before", &in_thread, fixture_setup, test_cancel_before, FALSE);
+  add_via_tests ("cancel/queued", &in_thread, fixture_setup, test_cancel_queued, FALSE);
+  add_via_tests ("cancel/running", &in_thread, fixture_setup, test_cancel_running, FALSE);
+  add_via_tests ("cancel/after-completion", &in_thread, fixture_setup, test_cancel_after, FALSE);
+  add_via_tests ("cancel/during-reply", &in_thread, fixture_setup, test_cancel_during_reply, FALSE);
 
-  add_via_tests ("timeout/unanswered", test_timeout_unanswered, FALSE);
-  g_test_add_func ("/spark/dispatcher/timeout/stuck-handler", test_timeout_stuck_handler);
-  add_via_tests ("timeout/handler-cancellable", test_timeout_handler_cancellable, FALSE);
-  g_test_add_func ("/spark/dispatcher/timeout/none", test_timeout_none);
+  add_via_tests ("timeout/unanswered", &plain_abort, holding_setup, test_timeout_unanswered, FALSE);
+  ADD ("timeout/stuck-handler", in_thread, test_timeout_stuck_handler);
+  add_via_tests ("timeout/handler-cancellable", &in_thread, fixture_setup, test_timeout_handler_cancellable, FALSE);
+  g_test_add ("/spark/dispatcher/timeout/none", Fixture, &plain, holding_setup, test_timeout_none, fixture_teardown);
 
-  g_test_add_func ("/spark/dispatcher/backpressure/try-full", test_backpressure_try_full);
-  g_test_add_func ("/spark/dispatcher/backpressure/send-blocks", test_backpressure_send_blocks);
-  g_test_add_func ("/spark/dispatcher/backpressure/send-cancelled", test_backpressure_send_cancelled);
-  g_test_add_func ("/spark/dispatcher/backpressure/async-command-waits", test_backpressure_async_command_waits);
-  g_test_add_func ("/spark/dispatcher/backpressure/async-command-cancelled", test_backpressure_async_command_cancelled);
-  add_via_tests ("backpressure/request-waits", test_backpressure_request_waits, FALSE);
-  add_via_tests ("backpressure/request-cancelled", test_backpressure_request_cancelled, FALSE);
-  g_test_add_func ("/spark/dispatcher/backpressure/shutdown-when-full", test_backpressure_shutdown_when_full);
-  g_test_add_data_func ("/spark/dispatcher/backpressure/closed-while-waiting/send-shutdown",
-                        GUINT_TO_POINTER (FALSE), test_backpressure_closed_while_waiting);
-  g_test_add_data_func ("/spark/dispatcher/backpressure/closed-while-waiting/server-shutdown",
-                        GUINT_TO_POINTER (TRUE), test_backpressure_closed_while_waiting);
+  ADD ("backpressure/try-full", bounded_2, test_backpressure_try_full);
+  ADD ("backpressure/send-blocks", bounded_1, test_backpressure_send_blocks);
+  ADD ("backpressure/send-cancelled", bounded_1, test_backpressure_send_cancelled);
+  ADD ("backpressure/async-command-waits", bounded_1, test_backpressure_async_command_waits);
+  ADD ("backpressure/async-command-cancelled", bounded_1, test_backpressure_async_command_cancelled);
+  add_via_tests ("backpressure/request-waits", &bounded_1, fixture_setup, test_backpressure_request_waits, FALSE);
+  add_via_tests ("backpressure/request-cancelled", &bounded_1, fixture_setup, test_backpressure_request_cancelled,
+                 FALSE);
+  ADD ("backpressure/shutdown-when-full", bounded_2, test_backpressure_shutdown_when_full);
+  ADD_DATA ("backpressure/closed-while-waiting/send-shutdown", bounded_1, GUINT_TO_POINTER (FALSE),
+            test_backpressure_closed_while_waiting);
+  ADD_DATA ("backpressure/closed-while-waiting/server-shutdown", bounded_1, GUINT_TO_POINTER (TRUE),
+            test_backpressure_closed_while_waiting);
   g_test_add_func ("/spark/dispatcher/backpressure/pending", test_backpressure_pending);
 
-  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-request-sync", test_deadlock_handler_request_sync);
-  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-send-full", test_deadlock_handler_send_full);
-  g_test_add_func ("/spark/dispatcher/would-deadlock/handler-try-send", test_deadlock_try_send_from_handler);
-  g_test_add_func ("/spark/dispatcher/would-deadlock/start-thread", test_deadlock_start_thread);
+  ADD ("would-deadlock/handler-request-sync", in_thread, test_deadlock_handler_request_sync);
+  ADD ("would-deadlock/handler-send-full", bounded_1, test_deadlock_handler_send_full);
+  ADD ("would-deadlock/handler-try-send", in_thread, test_deadlock_try_send_from_handler);
+  ADD ("would-deadlock/start-thread", bounded_1_on_default, test_deadlock_start_thread);
   g_test_add_func ("/spark/dispatcher/would-deadlock/start-thread-other-iterator",
                    test_deadlock_start_thread_other_iterator);
 
-  add_via_tests ("timeout/waiting-for-room", test_timeout_waiting_for_room, FALSE);
-  g_test_add_func ("/spark/dispatcher/threads/many", test_threads_many);
+  add_via_tests ("timeout/waiting-for-room", &bounded_1, fixture_setup, test_timeout_waiting_for_room, FALSE);
+  ADD ("threads/many", in_thread, test_threads_many);
   g_test_add_func ("/spark/dispatcher/dropped/in-flight", test_dropped_in_flight);
-  g_test_add_func ("/spark/dispatcher/shutdown/token", test_shutdown_token);
+  ADD ("shutdown/token", in_thread, test_shutdown_token);
   for (gint depth = 1; depth <= NEST_MAX; depth++)
     {
       g_autofree char *async_path = g_strdup_printf ("/spark/dispatcher/nested-loop/async/%d", depth);
       g_autofree char *full_path = g_strdup_printf ("/spark/dispatcher/nested-loop/full/%d", depth);
+      const SparkTestServerOptions *options = spark_test_server_options (&in_thread, GINT_TO_POINTER (depth));
 
-      g_test_add_data_func (async_path, GINT_TO_POINTER (depth), test_nested_loop_async);
-      g_test_add_data_func (full_path, GINT_TO_POINTER (depth), test_nested_loop_full);
+      g_test_add (async_path, Fixture, options, fixture_setup, test_nested_loop_async, fixture_teardown);
+      g_test_add (full_path, Fixture, options, fixture_setup, test_nested_loop_full, fixture_teardown);
     }
   g_test_add_func ("/spark/dispatcher/nested-loop/room", test_nested_loop_room);
 
-  return g_test_run ();
+#undef ADD
+#undef ADD_DATA
+
+  return spark_test_run ();
 }

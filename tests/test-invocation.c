@@ -29,37 +29,29 @@ on_async_reply (GObject      *source,
 
 typedef struct
 {
-  SparkTestInvocationHandler *handler;
-  SparkModuleServer          *server;
-  SparkDispatcher            *dispatcher;
+  SparkTestServer             s;
+  SparkTestInvocationHandler *handler;   /* s.handler */
 } Fixture;
+
+/* Served on the test's default context; teardown aborts. */
+static const SparkTestServerOptions on_default = {
+  .start = SPARK_TEST_START_ON_DEFAULT,
+  .shutdown = SPARK_SHUTDOWN_MODE_ABORT,
+};
 
 static void
 fixture_setup (Fixture       *fixture,
-               gconstpointer  data)
+               gconstpointer  options)
 {
-  GError *error = NULL;
-
   fixture->handler = spark_test_invocation_handler_new ();
-  fixture->server = spark_module_server_new (SPARK_HANDLER (fixture->handler));
-  g_assert_true (spark_module_server_start (fixture->server, NULL, &error));
-  g_assert_no_error (error);
-  fixture->dispatcher = spark_module_server_create_dispatcher (fixture->server);
+  spark_test_server_setup (&fixture->s, SPARK_HANDLER (fixture->handler), options);
 }
 
 static void
 fixture_teardown (Fixture       *fixture,
-                  gconstpointer  data)
+                  gconstpointer  options)
 {
-  if (fixture->server != NULL)
-    {
-      if (spark_module_server_get_running (fixture->server))
-        spark_test_shutdown (fixture->server, SPARK_SHUTDOWN_MODE_ABORT);
-    }
-
-  g_clear_object (&fixture->dispatcher);
-  g_clear_object (&fixture->server);
-  g_clear_object (&fixture->handler);
+  spark_test_server_teardown (&fixture->s);
 }
 
 /* Waits until the handler has received @n invocations. */
@@ -93,10 +85,10 @@ send_held_with_timeout (Fixture          *fixture,
       gint before = g_atomic_int_get (&fixture->handler->n_received);
 
       g_assert_cmpint (timeout, <, 60000);
-      spark_dispatcher_set_timeout (fixture->dispatcher, timeout);
-      spark_dispatcher_request_full (fixture->dispatcher, name, NULL, NULL, NULL,
+      spark_dispatcher_set_timeout (fixture->s.dispatcher, timeout);
+      spark_dispatcher_request_full (fixture->s.dispatcher, name, NULL, NULL, NULL,
                                      spark_test_outcome_cb, outcome, NULL);
-      spark_dispatcher_set_timeout (fixture->dispatcher, -1);
+      spark_dispatcher_set_timeout (fixture->s.dispatcher, -1);
 
       while (g_atomic_int_get (&fixture->handler->n_received) == before &&
              !g_atomic_int_get (&outcome->done))
@@ -180,9 +172,9 @@ test_reply_later_idle (Fixture       *fixture,
   fixture->handler->on_invocation = on_invocation_idle;
   fixture->handler->user_data = &later;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
-  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, G_VARIANT_TYPE_STRING, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "next", NULL, G_VARIANT_TYPE_STRING, NULL,
                                  spark_test_outcome_cb, &next, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_no_error (outcome.error);
@@ -216,7 +208,7 @@ test_reply_later_thread (Fixture       *fixture,
   fixture->handler->on_invocation = on_invocation_thread;
   fixture->handler->user_data = &later;
 
-  spark_dispatcher_request_async (fixture->dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
+  spark_dispatcher_request_async (fixture->s.dispatcher, "later", NULL, G_VARIANT_TYPE_STRING, NULL,
                                   on_async_reply, &outcome);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_no_error (outcome.error);
@@ -226,7 +218,7 @@ test_reply_later_thread (Fixture       *fixture,
   spark_test_outcome_clear (&outcome);
 
   /* And the server goes on serving. */
-  spark_dispatcher_request_async (fixture->dispatcher, "again", NULL, G_VARIANT_TYPE_STRING, NULL,
+  spark_dispatcher_request_async (fixture->s.dispatcher, "again", NULL, G_VARIANT_TYPE_STRING, NULL,
                                   on_async_reply, &outcome);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_no_error (outcome.error);
@@ -250,9 +242,9 @@ test_accessors (Fixture       *fixture,
   GVariant *parameters;
   GCancellable *cancellable;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "GetData", g_variant_new ("(si)", "user123", 7),
+  spark_dispatcher_request_full (fixture->s.dispatcher, "GetData", g_variant_new ("(si)", "user123", 7),
                                  NULL, NULL, spark_test_outcome_cb, &first, NULL);
-  spark_dispatcher_request_full (fixture->dispatcher, "NoParameters", NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "NoParameters", NULL,
                                  NULL, NULL, spark_test_outcome_cb, &second, NULL);
   wait_received (fixture, 1);
 
@@ -306,14 +298,14 @@ test_ordering (Fixture       *fixture,
   SparkInvocation *invocation;
 
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
-    spark_dispatcher_request_full (fixture->dispatcher, "step", g_variant_new_uint32 (i), NULL,
+    spark_dispatcher_request_full (fixture->s.dispatcher, "step", g_variant_new_uint32 (i), NULL,
                                    i == 2 ? cancellable : NULL,
                                    spark_test_outcome_cb, &outcomes[i], NULL);
 
   wait_received (fixture, 1);
   spark_test_iterate_pending (g_main_context_default ());
   g_assert_cmpint (fixture->handler->n_received, ==, 1);
-  g_assert_cmpuint (spark_module_server_get_pending (fixture->server), ==, 3);
+  g_assert_cmpuint (spark_module_server_get_pending (fixture->s.server), ==, 3);
 
   /* Completed: the next one is handled. */
   invocation = pop (fixture);
@@ -367,7 +359,7 @@ test_complete_twice (Fixture       *fixture,
   SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "twice", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "twice", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
@@ -406,7 +398,7 @@ test_complete_after_cancel (Fixture       *fixture,
   GCancellable *cancellable = g_cancellable_new ();
   SparkInvocation *invocation;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "slow", NULL, NULL, cancellable,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "slow", NULL, NULL, cancellable,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
@@ -422,7 +414,7 @@ test_complete_after_cancel (Fixture       *fixture,
   g_assert_error (outcome.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
   /* The server is not stuck on it. */
-  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "next", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &next, NULL);
   wait_received (fixture, 2);
   g_object_unref (invocation);
@@ -452,7 +444,7 @@ test_complete_after_timeout (Fixture       *fixture,
 
   /* A timeout ends the request for the server too: it moves on while the
    * invocation is still held. */
-  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "next", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &next, NULL);
 
   spark_test_wait_flag (NULL, &outcome.done);
@@ -488,9 +480,9 @@ test_dropped (Fixture       *fixture,
   SparkTestOutcome next = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "dropped", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "dropped", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
-  spark_dispatcher_request_full (fixture->dispatcher, "next", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "next", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &next, NULL);
   wait_received (fixture, 1);
   spark_test_iterate_pending (g_main_context_default ());
@@ -533,10 +525,10 @@ check_error_way (Fixture  *fixture,
   GError *error;
 
   if (use_async)
-    spark_dispatcher_request_async (fixture->dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
+    spark_dispatcher_request_async (fixture->s.dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
                                     on_async_reply, &outcome);
   else
-    spark_dispatcher_request_full (fixture->dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
+    spark_dispatcher_request_full (fixture->s.dispatcher, "fails", NULL, G_VARIANT_TYPE_STRING, NULL,
                                    spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_count (NULL, &fixture->handler->n_received,
                          fixture->handler->n_received + 1);
@@ -625,7 +617,7 @@ test_type_mismatch (Fixture       *fixture,
   SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "mismatch", NULL, G_VARIANT_TYPE_STRING, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "mismatch", NULL, G_VARIANT_TYPE_STRING, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
@@ -640,7 +632,7 @@ test_type_mismatch (Fixture       *fixture,
   spark_test_outcome_clear (&outcome);
 
   /* The right type passes, a tuple type too. */
-  spark_dispatcher_request_full (fixture->dispatcher, "match", NULL, G_VARIANT_TYPE ("(si)"), NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "match", NULL, G_VARIANT_TYPE ("(si)"), NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 2);
   invocation = pop (fixture);
@@ -663,7 +655,7 @@ test_cancellable_requester (Fixture       *fixture,
   SparkInvocation *invocation;
   GCancellable *handler_cancellable;
 
-  spark_dispatcher_request_async (fixture->dispatcher, "cancel-me", NULL, NULL, cancellable,
+  spark_dispatcher_request_async (fixture->s.dispatcher, "cancel-me", NULL, NULL, cancellable,
                                   on_async_reply, &outcome);
   wait_received (fixture, 1);
   invocation = pop (fixture);
@@ -713,14 +705,14 @@ check_cancellable_abort (Fixture  *fixture,
   GCancellable *handler_cancellable;
   gint done = FALSE;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "abort-me", NULL, NULL, cancellable,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "abort-me", NULL, NULL, cancellable,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
   handler_cancellable = spark_invocation_get_cancellable (invocation);
   g_assert_false (g_cancellable_is_cancelled (handler_cancellable));
 
-  spark_module_server_shutdown_async (fixture->server, SPARK_SHUTDOWN_MODE_ABORT, NULL,
+  spark_module_server_shutdown_async (fixture->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL,
                                       spark_test_shutdown_done_cb, &done);
   g_assert_true (g_cancellable_is_cancelled (handler_cancellable));
   spark_test_wait_flag (NULL, &done);
@@ -975,22 +967,16 @@ test_return_value_bad_input (void)
 
 #define N_CONCURRENT 3
 
-/* A server on the default context whose handler may hold @max invocations. */
-static SparkModuleServer *
-concurrent_server_new (SparkTestInvocationHandler *handler,
-                       guint                       max)
-{
-  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
-  GError *error = NULL;
-
-  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, 1);
-  spark_module_server_set_max_invocations (server, max);
-  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, max);
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-
-  return server;
-}
+/* A server on the default context whose handler may hold N_CONCURRENT or
+ * 2 invocations; teardown drains. */
+static const SparkTestServerOptions concurrent = {
+  .start = SPARK_TEST_START_ON_DEFAULT,
+  .max_invocations = N_CONCURRENT,
+};
+static const SparkTestServerOptions concurrent_2 = {
+  .start = SPARK_TEST_START_ON_DEFAULT,
+  .max_invocations = 2,
+};
 
 /* Dispatches what is ready, a few times over: a server that should wait
  * has every chance to move on. */
@@ -1004,41 +990,39 @@ iterate_a_while (void)
 /* Up to max-invocations requests are held at once; the next is handled
  * when one of them ends; replies may come in any order. */
 static void
-test_max_invocations_concurrent (void)
+test_max_invocations_concurrent (Fixture       *fixture,
+                                 gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = concurrent_server_new (handler, N_CONCURRENT);
-  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
   SparkTestOutcome outcomes[N_CONCURRENT + 2];
   SparkInvocation *held[N_CONCURRENT + 2];
 
   memset (outcomes, 0, sizeof outcomes);
   for (gint i = 0; i < N_CONCURRENT + 2; i++)
-    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+    spark_dispatcher_request_full (fixture->s.dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
                                    spark_test_outcome_cb, &outcomes[i], NULL);
 
-  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT);
+  spark_test_wait_count (NULL, &fixture->handler->n_received, N_CONCURRENT);
   iterate_a_while ();
-  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 2);
+  g_assert_cmpint (g_atomic_int_get (&fixture->handler->n_received), ==, N_CONCURRENT);
+  g_assert_cmpuint (spark_module_server_get_pending (fixture->s.server), ==, 2);
   for (gint i = 0; i < N_CONCURRENT; i++)
     {
-      held[i] = spark_test_invocation_handler_pop (handler);
+      held[i] = spark_test_invocation_handler_pop (fixture->handler);
       g_assert_cmpint (g_variant_get_int32 (spark_invocation_get_parameters (held[i])), ==, i);
     }
 
   /* The middle one ends first: one more is started, and no other. */
   spark_invocation_return_value (held[1], g_variant_new_int32 (11));
   spark_test_wait_flag (NULL, &outcomes[1].done);
-  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT + 1);
+  spark_test_wait_count (NULL, &fixture->handler->n_received, N_CONCURRENT + 1);
   iterate_a_while ();
-  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT + 1);
-  held[N_CONCURRENT] = spark_test_invocation_handler_pop (handler);
+  g_assert_cmpint (g_atomic_int_get (&fixture->handler->n_received), ==, N_CONCURRENT + 1);
+  held[N_CONCURRENT] = spark_test_invocation_handler_pop (fixture->handler);
 
   /* A dropped invocation ends its request too. */
   g_clear_object (&held[0]);
-  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT + 2);
-  held[N_CONCURRENT + 1] = spark_test_invocation_handler_pop (handler);
+  spark_test_wait_count (NULL, &fixture->handler->n_received, N_CONCURRENT + 2);
+  held[N_CONCURRENT + 1] = spark_test_invocation_handler_pop (fixture->handler);
 
   for (gint i = N_CONCURRENT + 1; i >= 2; i--)
     spark_invocation_return_value (held[i], g_variant_new_int32 (10 + i));
@@ -1056,39 +1040,33 @@ test_max_invocations_concurrent (void)
     }
   for (gint i = 1; i < N_CONCURRENT + 2; i++)
     g_object_unref (held[i]);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 /* DRAIN waits for every held invocation and handles what is queued. */
 static void
-test_max_invocations_drain (void)
+test_max_invocations_drain (Fixture       *fixture,
+                            gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = concurrent_server_new (handler, 2);
-  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
   SparkTestOutcome outcomes[3];
   SparkInvocation *invocation;
   gint stopped = FALSE;
 
   memset (outcomes, 0, sizeof outcomes);
   for (gint i = 0; i < 3; i++)
-    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+    spark_dispatcher_request_full (fixture->s.dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
                                    spark_test_outcome_cb, &outcomes[i], NULL);
-  spark_test_wait_count (NULL, &handler->n_received, 2);
+  spark_test_wait_count (NULL, &fixture->handler->n_received, 2);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, spark_test_shutdown_done_cb, &stopped);
+  spark_module_server_shutdown_async (fixture->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL,
+                                      spark_test_shutdown_done_cb, &stopped);
   iterate_a_while ();
   g_assert_false (g_atomic_int_get (&stopped));
-  g_assert_true (spark_module_server_get_running (server));
+  g_assert_true (spark_module_server_get_running (fixture->s.server));
 
   for (gint i = 0; i < 3; i++)
     {
-      spark_test_wait_count (NULL, &handler->n_received, MIN (i + 2, 3));
-      invocation = spark_test_invocation_handler_pop (handler);
+      spark_test_wait_count (NULL, &fixture->handler->n_received, MIN (i + 2, 3));
+      invocation = spark_test_invocation_handler_pop (fixture->handler);
       spark_invocation_return_value (invocation, g_variant_new_int32 (i));
       g_object_unref (invocation);
       if (i < 2)
@@ -1105,32 +1083,26 @@ test_max_invocations_drain (void)
       g_assert_no_error (outcomes[i].error);
       spark_test_outcome_clear (&outcomes[i]);
     }
-
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 /* ABORT fails every held invocation's request; later completions are
  * dropped quietly. */
 static void
-test_max_invocations_abort (void)
+test_max_invocations_abort (Fixture       *fixture,
+                            gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = concurrent_server_new (handler, N_CONCURRENT);
-  SparkDispatcher *dispatcher = spark_module_server_create_dispatcher (server);
   SparkTestOutcome outcomes[N_CONCURRENT + 1];
   SparkInvocation *held[N_CONCURRENT];
 
   memset (outcomes, 0, sizeof outcomes);
   for (gint i = 0; i < N_CONCURRENT + 1; i++)
-    spark_dispatcher_request_full (dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
+    spark_dispatcher_request_full (fixture->s.dispatcher, "r", g_variant_new_int32 (i), NULL, NULL,
                                    spark_test_outcome_cb, &outcomes[i], NULL);
-  spark_test_wait_count (NULL, &handler->n_received, N_CONCURRENT);
+  spark_test_wait_count (NULL, &fixture->handler->n_received, N_CONCURRENT);
   for (gint i = 0; i < N_CONCURRENT; i++)
-    held[i] = spark_test_invocation_handler_pop (handler);
+    held[i] = spark_test_invocation_handler_pop (fixture->handler);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_ABORT);
+  spark_test_shutdown (fixture->s.server, SPARK_SHUTDOWN_MODE_ABORT);
   for (gint i = 0; i < N_CONCURRENT + 1; i++)
     {
       spark_test_wait_flag (NULL, &outcomes[i].done);
@@ -1143,28 +1115,18 @@ test_max_invocations_abort (void)
       spark_invocation_return_value (held[i], g_variant_new_int32 (i));
       g_object_unref (held[i]);
     }
-  g_assert_cmpint (g_atomic_int_get (&handler->n_received), ==, N_CONCURRENT);
-
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
+  g_assert_cmpint (g_atomic_int_get (&fixture->handler->n_received), ==, N_CONCURRENT);
 }
 
 /* Like capacity, it is frozen by start. */
 static void
-test_max_invocations_after_start (void)
+test_max_invocations_after_start (Fixture       *fixture,
+                                  gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = concurrent_server_new (handler, 2);
-
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*max-invocations*cannot change*");
-  spark_module_server_set_max_invocations (server, 4);
+  spark_module_server_set_max_invocations (fixture->s.server, 4);
   g_test_assert_expected_messages ();
-  g_assert_cmpuint (spark_module_server_get_max_invocations (server), ==, 2);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_object_unref (server);
-  g_object_unref (handler);
+  g_assert_cmpuint (spark_module_server_get_max_invocations (fixture->s.server), ==, 2);
 }
 
 /* Progress -------------------------------------------------------------------- */
@@ -1219,7 +1181,7 @@ send_with_progress (Fixture      *fixture,
                     GCancellable *cancellable,
                     Progress     *p)
 {
-  spark_dispatcher_request_with_progress_async (fixture->dispatcher, "long", NULL, NULL, cancellable,
+  spark_dispatcher_request_with_progress_async (fixture->s.dispatcher, "long", NULL, NULL, cancellable,
                                                 progress_cb, p, progress_destroy,
                                                 on_async_reply, &p->outcome);
 }
@@ -1328,7 +1290,7 @@ test_progress_dropped (Fixture       *fixture,
   SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkInvocation *invocation;
 
-  spark_dispatcher_request_full (fixture->dispatcher, "plain", NULL, NULL, NULL,
+  spark_dispatcher_request_full (fixture->s.dispatcher, "plain", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
   wait_received (fixture, 1);
   invocation = pop (fixture);
@@ -1350,8 +1312,9 @@ main (int argc, char *argv[])
 {
   g_test_init (&argc, &argv, NULL);
 
-#define ADD(path, func) \
-  g_test_add ("/spark/invocation/" path, Fixture, NULL, fixture_setup, func, fixture_teardown)
+#define ADD_WITH(path, options, func) \
+  g_test_add ("/spark/invocation/" path, Fixture, options, fixture_setup, func, fixture_teardown)
+#define ADD(path, func) ADD_WITH (path, &on_default, func)
 
   ADD ("reply-later/idle", test_reply_later_idle);
   ADD ("reply-later/thread", test_reply_later_thread);
@@ -1373,8 +1336,6 @@ main (int argc, char *argv[])
   ADD ("progress/cancel-race", test_progress_cancel_race);
   ADD ("progress/dropped", test_progress_dropped);
 
-#undef ADD
-
   g_test_add_func ("/spark/invocation/holds-nothing", test_holds_nothing);
   g_test_add_data_func ("/spark/invocation/holds-no-requester/async",
                         GINT_TO_POINTER (REQUESTER_ASYNC), test_holds_no_requester);
@@ -1383,10 +1344,13 @@ main (int argc, char *argv[])
   g_test_add_data_func ("/spark/invocation/holds-no-requester/sync",
                         GINT_TO_POINTER (REQUESTER_SYNC), test_holds_no_requester);
   g_test_add_func ("/spark/invocation/bad-input/floating-reply", test_return_value_bad_input);
-  g_test_add_func ("/spark/invocation/max-invocations/concurrent", test_max_invocations_concurrent);
-  g_test_add_func ("/spark/invocation/max-invocations/drain", test_max_invocations_drain);
-  g_test_add_func ("/spark/invocation/max-invocations/abort", test_max_invocations_abort);
-  g_test_add_func ("/spark/invocation/max-invocations/after-start", test_max_invocations_after_start);
+  ADD_WITH ("max-invocations/concurrent", &concurrent, test_max_invocations_concurrent);
+  ADD_WITH ("max-invocations/drain", &concurrent_2, test_max_invocations_drain);
+  ADD_WITH ("max-invocations/abort", &concurrent, test_max_invocations_abort);
+  ADD_WITH ("max-invocations/after-start", &concurrent_2, test_max_invocations_after_start);
+
+#undef ADD
+#undef ADD_WITH
 
   return g_test_run ();
 }

@@ -218,6 +218,46 @@ state_handler_new (State *state)
   return spark_func_handler_new (state_request, state_command, state, NULL);
 }
 
+/* The fixture -------------------------------------------------------------------
+ *
+ * A server for a State's handler (or, with typed_setup, for a handler of
+ * the GType in the options' data), started as the options say. */
+
+typedef struct
+{
+  SparkTestServer s;
+  State          *state;   /* NULL with typed_setup */
+} Fixture;
+
+static const SparkTestServerOptions in_thread = { .start = SPARK_TEST_START_IN_THREAD };
+static const SparkTestServerOptions on_default = { .start = SPARK_TEST_START_ON_DEFAULT };
+static const SparkTestServerOptions not_started = { .start = SPARK_TEST_START_NONE };
+
+static void
+fixture_setup (Fixture       *f,
+               gconstpointer  options)
+{
+  f->state = state_new (NULL);
+  spark_test_server_setup (&f->s, state_handler_new (f->state), options);
+}
+
+static void
+typed_setup (Fixture       *f,
+             gconstpointer  options)
+{
+  const SparkTestServerOptions *o = options;
+
+  spark_test_server_setup (&f->s, g_object_new ((GType) GPOINTER_TO_SIZE (o->data), NULL), options);
+}
+
+static void
+fixture_teardown (Fixture       *f,
+                  gconstpointer  options)
+{
+  spark_test_server_teardown (&f->s);
+  g_clear_pointer (&f->state, state_free);
+}
+
 /* Outcomes ------------------------------------------------------------------- */
 
 static void
@@ -585,104 +625,82 @@ test_start_closed (void)
 
 /* Never started, or already stopped: TRUE, from a later iteration. */
 static void
-test_shutdown_never_started (void)
+test_shutdown_never_started (Fixture       *f,
+                             gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   SparkShutdownMode modes[] = { SPARK_SHUTDOWN_MODE_DRAIN, SPARK_SHUTDOWN_MODE_ABORT };
 
   for (guint i = 0; i < G_N_ELEMENTS (modes); i++)
     {
       stopped.done = FALSE;
-      spark_module_server_shutdown_async (server, modes[i], NULL, on_stopped, &stopped);
+      spark_module_server_shutdown_async (f->s.server, modes[i], NULL, on_stopped, &stopped);
       g_assert_false (stopped.done);
       spark_test_wait_flag (NULL, &stopped.done);
       g_assert_true (stopped.ret);
       g_assert_no_error (stopped.error);
-      g_assert_false (spark_module_server_get_running (server));
+      g_assert_false (spark_module_server_get_running (f->s.server));
     }
-
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 static void
-test_shutdown_already_stopped (void)
+test_shutdown_already_stopped (Fixture       *f,
+                               gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   SparkShutdownMode modes[] = { SPARK_SHUTDOWN_MODE_DRAIN, SPARK_SHUTDOWN_MODE_ABORT };
-  GError *error = NULL;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
 
   for (guint i = 0; i < G_N_ELEMENTS (modes); i++)
     {
       stopped.done = FALSE;
-      spark_module_server_shutdown_async (server, modes[i], NULL, on_stopped, &stopped);
+      spark_module_server_shutdown_async (f->s.server, modes[i], NULL, on_stopped, &stopped);
       g_assert_false (stopped.done);
       spark_test_wait_flag (NULL, &stopped.done);
       g_assert_true (stopped.ret);
       g_assert_no_error (stopped.error);
     }
-
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* DRAIN: everything queued is handled, in order, before the server stops;
  * the mailbox is closed at once. */
 static void
-test_shutdown_drain (void)
+test_shutdown_drain (Fixture       *f,
+                     gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome outcomes[3] = { { 0, NULL, NULL }, };
   SparkTestOutcome late = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
   /* Queued while the server's context is not iterated. */
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
     {
-      spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
+      spark_dispatcher_request_full (f->s.dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
                                      spark_test_outcome_cb, &outcomes[i], NULL);
-      g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (i),
+      g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", g_variant_new_int32 (i),
                                                     NULL, &error));
       g_assert_no_error (error);
     }
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 6);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 6);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 6);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 6);
 
   /* Closed at once, before anything queued was handled. */
-  assert_send_closed (dispatcher);
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &late, NULL);
-  g_assert_cmpint (state->n_requests + state->n_commands, ==, 0);
-  g_assert_true (spark_module_server_get_running (server));
+  assert_send_closed (f->s.dispatcher);
+  spark_dispatcher_request_full (f->s.dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &late, NULL);
+  g_assert_cmpint (f->state->n_requests + f->state->n_commands, ==, 0);
+  g_assert_true (spark_module_server_get_running (f->s.server));
 
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_no_error (stopped.error);
-  g_assert_false (spark_module_server_get_running (server));
+  g_assert_false (spark_module_server_get_running (f->s.server));
 
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   g_assert_cmpstr (log, ==, "echo:0 ok:0 echo:1 ok:1 echo:2 ok:2");
   g_free (log);
 
@@ -696,43 +714,32 @@ test_shutdown_drain (void)
   spark_test_wait_flag (NULL, &late.done);
   g_assert_error (late.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   spark_test_outcome_clear (&late);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
-
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 0);
 }
 
 /* ABORT with only queued messages: requests fail CLOSED, commands are
  * dropped unhandled, without command-failed. */
 static void
-test_shutdown_abort_queued (void)
+test_shutdown_abort_queued (Fixture       *f,
+                            gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome outcomes[3] = { { 0, NULL, NULL }, };
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
   for (guint i = 0; i < G_N_ELEMENTS (outcomes); i++)
     {
-      spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
+      spark_dispatcher_request_full (f->s.dispatcher, "echo", g_variant_new_int32 (i), NULL, NULL,
                                      spark_test_outcome_cb, &outcomes[i], NULL);
-      g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+      g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
       g_assert_no_error (error);
     }
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
-  assert_send_closed (dispatcher);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
+  assert_send_closed (f->s.dispatcher);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
 
@@ -745,28 +752,21 @@ test_shutdown_abort_queued (void)
     }
 
   spark_test_iterate_pending (g_main_context_default ());
-  g_assert_cmpint (state->n_requests, ==, 0);
-  g_assert_cmpint (state->n_commands, ==, 0);
+  g_assert_cmpint (f->state->n_requests, ==, 0);
+  g_assert_cmpint (f->state->n_commands, ==, 0);
   g_assert_cmpint (failure.n, ==, 0);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 0);
 
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* ABORT while a sync handler runs: its cancellable is cancelled, its request
  * completes with what it returns; what is queued behind it fails or is
  * dropped. */
 static void
-check_abort_running (gboolean requester_cancellable)
+check_abort_running (Fixture  *f,
+                     gboolean  requester_cancellable)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GCancellable *cancellable = requester_cancellable ? g_cancellable_new () : NULL;
   SparkTestOutcome running = { 0, NULL, NULL };
   SparkTestOutcome queued = { 0, NULL, NULL };
@@ -775,27 +775,24 @@ check_abort_running (gboolean requester_cancellable)
   GError *error = NULL;
   char *log;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  spark_dispatcher_request_full (dispatcher, "block", NULL, NULL, cancellable,
+  spark_dispatcher_request_full (f->s.dispatcher, "block", NULL, NULL, cancellable,
                                  spark_test_outcome_cb, &running, NULL);
-  spark_test_wait_flag (NULL, &state->entered);
+  spark_test_wait_flag (NULL, &f->state->entered);
 
-  spark_dispatcher_request_full (dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  spark_dispatcher_request_full (f->s.dispatcher, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", NULL, NULL, &error));
   g_assert_no_error (error);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
 
-  g_assert_true (state->saw_cancelled);
-  g_assert_true (g_cancellable_is_cancelled (state->cancellable));
+  g_assert_true (f->state->saw_cancelled);
+  g_assert_true (g_cancellable_is_cancelled (f->state->cancellable));
 
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "cancelled");
@@ -804,11 +801,11 @@ check_abort_running (gboolean requester_cancellable)
   g_assert_error (queued.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
 
   spark_test_iterate_pending (g_main_context_default ());
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   g_assert_cmpstr (log, ==, "block");
   g_free (log);
   g_assert_cmpint (failure.n, ==, 0);
-  g_assert_cmpint (state->n_commands, ==, 0);
+  g_assert_cmpint (f->state->n_commands, ==, 0);
 
   if (cancellable != NULL)
     g_assert_false (g_cancellable_is_cancelled (cancellable));
@@ -817,33 +814,30 @@ check_abort_running (gboolean requester_cancellable)
   spark_test_outcome_clear (&queued);
   spark_test_failure_clear (&failure);
   g_clear_object (&cancellable);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 static void
-test_shutdown_abort_running (void)
+test_shutdown_abort_running (Fixture       *f,
+                             gconstpointer  data)
 {
-  check_abort_running (FALSE);
+  check_abort_running (f, FALSE);
 }
 
 static void
-test_shutdown_abort_running_own_cancellable (void)
+test_shutdown_abort_running_own_cancellable (Fixture       *f,
+                                             gconstpointer  data)
 {
-  check_abort_running (TRUE);
+  check_abort_running (f, TRUE);
 }
 
 /* ABORT while the handler holds an invocation: that request fails CLOSED,
  * so does what is queued (taken from the mailbox with it in one batch, or
  * sent later); commands are dropped. */
 static void
-test_shutdown_abort_held (void)
+test_shutdown_abort_held (Fixture       *f,
+                          gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
-  SparkDispatcher *dispatcher;
+  SparkTestInvocationHandler *handler = SPARK_TEST_INVOCATION_HANDLER (f->s.handler);
   SparkInvocation *invocation;
   SparkTestOutcome held = { 0, NULL, NULL };
   SparkTestOutcome batched = { 0, NULL, NULL };
@@ -852,28 +846,25 @@ test_shutdown_abort_held (void)
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
   /* This handler has no handle_command: were a command handled, it would
    * fail and command-failed would be emitted. */
-  spark_dispatcher_request_full (dispatcher, "held", NULL, NULL, NULL, spark_test_outcome_cb, &held, NULL);
-  spark_dispatcher_request_full (dispatcher, "batched", NULL, NULL, NULL, spark_test_outcome_cb, &batched, NULL);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "batched", NULL, NULL, &error));
+  spark_dispatcher_request_full (f->s.dispatcher, "held", NULL, NULL, NULL, spark_test_outcome_cb, &held, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "batched", NULL, NULL, NULL, spark_test_outcome_cb, &batched, NULL);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "batched", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &handler->n_received, 1);
 
-  spark_dispatcher_request_full (dispatcher, "queued", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "queued", NULL, NULL, &error));
+  spark_dispatcher_request_full (f->s.dispatcher, "queued", NULL, NULL, NULL, spark_test_outcome_cb, &queued, NULL);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "queued", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (held.done);
   g_assert_cmpint (handler->n_received, ==, 1);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 4);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 4);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
 
@@ -883,7 +874,7 @@ test_shutdown_abort_held (void)
   g_assert_error (batched.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   spark_test_wait_flag (NULL, &queued.done);
   g_assert_error (queued.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 0);
 
   /* Completing the held invocation now is quiet. */
   invocation = spark_test_invocation_handler_pop (handler);
@@ -899,57 +890,42 @@ test_shutdown_abort_held (void)
   spark_test_outcome_clear (&batched);
   spark_test_outcome_clear (&queued);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 /* ABORT while a sync handler that ignores its cancellable runs: it runs to
  * its end, and the server stops (and shutdown completes) only then. */
 static void
-test_shutdown_abort_ignored (void)
+test_shutdown_abort_ignored (Fixture       *f,
+                             gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome running = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
-  GError *error = NULL;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
+  spark_dispatcher_request_full (f->s.dispatcher, "block-ignore", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &running, NULL);
-  spark_test_wait_flag (NULL, &state->entered);
+  spark_test_wait_flag (NULL, &f->state->entered);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
-  assert_send_closed (dispatcher);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
+  assert_send_closed (f->s.dispatcher);
 
   spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (stopped.done);
   g_assert_false (running.done);
-  g_assert_false (state->finished);
-  g_assert_true (spark_module_server_get_running (server));
+  g_assert_false (f->state->finished);
+  g_assert_true (spark_module_server_get_running (f->s.server));
 
-  spark_test_gate_open (&state->gate);
+  spark_test_gate_open (&f->state->gate);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
-  g_assert_true (state->finished);
-  g_assert_false (spark_module_server_get_running (server));
+  g_assert_true (f->state->finished);
+  g_assert_false (spark_module_server_get_running (f->s.server));
 
   /* The handler's cancellable had been cancelled; its reply went through. */
-  g_assert_true (g_cancellable_is_cancelled (state->cancellable));
+  g_assert_true (g_cancellable_is_cancelled (f->state->cancellable));
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
 
   spark_test_outcome_clear (&running);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* The callback of shutdown_async runs once the server's thread has ended. */
@@ -993,27 +969,19 @@ test_shutdown_after_thread (void)
 
 /* The cancellable of shutdown_async abandons the wait, not the shutdown. */
 static void
-test_shutdown_cancel_wait (void)
+test_shutdown_cancel_wait (Fixture       *f,
+                           gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GCancellable *cancellable = g_cancellable_new ();
   SparkTestOutcome running = { 0, NULL, NULL };
   Stopped abandoned = { 0, FALSE, NULL, 0, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
-  GError *error = NULL;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
+  spark_dispatcher_request_full (f->s.dispatcher, "block-ignore", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &running, NULL);
-  spark_test_wait_flag (NULL, &state->entered);
+  spark_test_wait_flag (NULL, &f->state->entered);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, cancellable,
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, cancellable,
                                       on_stopped, &abandoned);
   g_cancellable_cancel (cancellable);
   spark_test_wait_flag (NULL, &abandoned.done);
@@ -1021,68 +989,58 @@ test_shutdown_cancel_wait (void)
   g_assert_error (abandoned.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
 
   /* The shutdown goes on: closed, still running, then stopped. */
-  g_assert_true (spark_module_server_get_running (server));
-  assert_send_closed (dispatcher);
+  g_assert_true (spark_module_server_get_running (f->s.server));
+  assert_send_closed (f->s.dispatcher);
 
-  spark_test_gate_open (&state->gate);
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
+  spark_test_gate_open (&f->state->gate);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_no_error (stopped.error);
-  g_assert_false (spark_module_server_get_running (server));
+  g_assert_false (spark_module_server_get_running (f->s.server));
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
 
   g_clear_error (&abandoned.error);
   spark_test_outcome_clear (&running);
   g_object_unref (cancellable);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* Shut down from inside a handler, with messages behind it already taken
  * from the mailbox in the same batch: DRAIN handles them, ABORT fails the
  * requests and drops the commands. */
 static void
-check_shutdown_from_handler (SparkShutdownMode mode)
+check_shutdown_from_handler (Fixture           *f,
+                             SparkShutdownMode  mode)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
-  state->server = server;
-  state->stopped = &stopped;
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  f->state->server = f->s.server;
+  f->state->stopped = &stopped;
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
   /* All queued before the server's context runs: one batch. */
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "shutdown-self", g_variant_new_int32 (mode),
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "shutdown-self", g_variant_new_int32 (mode),
                                                 NULL, &error));
   g_assert_no_error (error);
-  spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_int32 (1), NULL, NULL,
+  spark_dispatcher_request_full (f->s.dispatcher, "echo", g_variant_new_int32 (1), NULL, NULL,
                                  spark_test_outcome_cb, &outcome, NULL);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (2), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", g_variant_new_int32 (2), NULL, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
 
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
-  g_assert_false (spark_module_server_get_running (server));
+  g_assert_false (spark_module_server_get_running (f->s.server));
   spark_test_wait_flag (NULL, &outcome.done);
   spark_test_iterate_pending (g_main_context_default ());
 
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   if (mode == SPARK_SHUTDOWN_MODE_DRAIN)
     {
       g_assert_cmpstr (log, ==, "shutdown-self:0 echo:1 ok:2 fail");
@@ -1097,51 +1055,43 @@ check_shutdown_from_handler (SparkShutdownMode mode)
       g_assert_cmpint (failure.n, ==, 0);
     }
   g_free (log);
-  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 0);
+  g_assert_cmpuint (spark_module_server_get_pending (f->s.server), ==, 0);
 
   spark_test_outcome_clear (&outcome);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 static void
-test_shutdown_drain_from_handler (void)
+test_shutdown_drain_from_handler (Fixture       *f,
+                                  gconstpointer  data)
 {
-  check_shutdown_from_handler (SPARK_SHUTDOWN_MODE_DRAIN);
+  check_shutdown_from_handler (f, SPARK_SHUTDOWN_MODE_DRAIN);
 }
 
 static void
-test_shutdown_abort_from_handler (void)
+test_shutdown_abort_from_handler (Fixture       *f,
+                                  gconstpointer  data)
 {
-  check_shutdown_from_handler (SPARK_SHUTDOWN_MODE_ABORT);
+  check_shutdown_from_handler (f, SPARK_SHUTDOWN_MODE_ABORT);
 }
 
 /* DRAIN while the handler holds an invocation: the server waits for it,
  * handles what is queued, then stops. */
 static void
-test_shutdown_drain_held (void)
+test_shutdown_drain_held (Fixture       *f,
+                          gconstpointer  data)
 {
-  SparkTestInvocationHandler *handler = spark_test_invocation_handler_new ();
-  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
-  SparkDispatcher *dispatcher;
+  SparkTestInvocationHandler *handler = SPARK_TEST_INVOCATION_HANDLER (f->s.handler);
   SparkInvocation *invocation;
   SparkTestOutcome first = { 0, NULL, NULL };
   SparkTestOutcome second = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
-  GError *error = NULL;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  spark_dispatcher_request_full (dispatcher, "first", NULL, NULL, NULL, spark_test_outcome_cb, &first, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "first", NULL, NULL, NULL, spark_test_outcome_cb, &first, NULL);
   spark_test_wait_count (NULL, &handler->n_received, 1);
-  spark_dispatcher_request_full (dispatcher, "second", NULL, NULL, NULL, spark_test_outcome_cb, &second, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "second", NULL, NULL, NULL, spark_test_outcome_cb, &second, NULL);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
   spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (stopped.done);
   g_assert_false (first.done);
@@ -1169,92 +1119,71 @@ test_shutdown_drain_held (void)
 
   spark_test_outcome_clear (&first);
   spark_test_outcome_clear (&second);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 /* The send_shutdown token is cancelled once the server has stopped, however
  * it stopped. */
 static void
-test_shutdown_token_reached (void)
+test_shutdown_token_reached (Fixture       *f,
+                             gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", g_variant_new_int32 (1), NULL, &error));
   g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (1), NULL, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, token, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
-  g_assert_no_error (error);
-  g_assert_false (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
+  g_assert_false (spark_dispatcher_send_shutdown (f->s.dispatcher, NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
   g_clear_error (&error);
-  assert_send_closed (dispatcher);
+  assert_send_closed (f->s.dispatcher);
 
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_true (g_cancellable_is_cancelled (token));
 
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   g_assert_cmpstr (log, ==, "ok:1");
   g_free (log);
 
   g_object_unref (token);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 static void
-test_shutdown_token_abort (void)
+test_shutdown_token_abort (Fixture       *f,
+                           gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
   SparkTestOutcome running = { 0, NULL, NULL };
   Stopped stopped = { 0, FALSE, NULL, 0, NULL };
   GError *error = NULL;
   char *log;
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL,
+  spark_dispatcher_request_full (f->s.dispatcher, "block-ignore", NULL, NULL, NULL,
                                  spark_test_outcome_cb, &running, NULL);
-  spark_test_wait_flag (NULL, &state->entered);
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", NULL, NULL, &error));
+  spark_test_wait_flag (NULL, &f->state->entered);
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", NULL, NULL, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, token, &error));
   g_assert_no_error (error);
 
   /* ABORT drops the queued shutdown message; the token is still cancelled,
    * but only once the server has stopped. */
-  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
+  spark_module_server_shutdown_async (f->s.server, SPARK_SHUTDOWN_MODE_ABORT, NULL, on_stopped, &stopped);
   spark_test_iterate_pending (g_main_context_default ());
   g_assert_false (g_cancellable_is_cancelled (token));
   g_assert_false (stopped.done);
 
-  spark_test_gate_open (&state->gate);
+  spark_test_gate_open (&f->state->gate);
   spark_test_wait_flag (NULL, &stopped.done);
   g_assert_true (stopped.ret);
   g_assert_true (g_cancellable_is_cancelled (token));
 
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   g_assert_cmpstr (log, ==, "block-ignore");
   g_free (log);
 
@@ -1263,45 +1192,30 @@ test_shutdown_token_abort (void)
 
   spark_test_outcome_clear (&running);
   g_object_unref (token);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* A shutdown_async DRAIN after a send_shutdown, on a server on the
  * caller's context: the token is cancelled too. */
 static void
-test_shutdown_token_drain (void)
+test_shutdown_token_drain (Fixture       *f,
+                           gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GCancellable *token = g_cancellable_new ();
   GError *error = NULL;
   char *log;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "ok", g_variant_new_int32 (1), NULL, &error));
   g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "ok", g_variant_new_int32 (1), NULL, &error));
-  g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_send_shutdown (dispatcher, token, &error));
+  g_assert_true (spark_dispatcher_send_shutdown (f->s.dispatcher, token, &error));
   g_assert_no_error (error);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   g_assert_true (g_cancellable_is_cancelled (token));
-  log = spark_test_log_dup (&state->log);
+  log = spark_test_log_dup (&f->state->log);
   g_assert_cmpstr (log, ==, "ok:1");
   g_free (log);
 
   g_object_unref (token);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* Lifetime --------------------------------------------------------------------- */
@@ -1544,99 +1458,86 @@ test_property_handler (void)
 }
 
 static void
-test_property_name (void)
+test_property_name (Fixture       *f,
+                    gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
   gint notified = 0;
   char *name = NULL;
 
-  g_assert_null (spark_module_server_get_name (server));
-  g_signal_connect (server, "notify::name", G_CALLBACK (count_notify), &notified);
+  g_assert_null (spark_module_server_get_name (f->s.server));
+  g_signal_connect (f->s.server, "notify::name", G_CALLBACK (count_notify), &notified);
 
-  spark_module_server_set_name (server, "key-value");
-  g_assert_cmpstr (spark_module_server_get_name (server), ==, "key-value");
+  spark_module_server_set_name (f->s.server, "key-value");
+  g_assert_cmpstr (spark_module_server_get_name (f->s.server), ==, "key-value");
   g_assert_cmpint (notified, ==, 1);
-  spark_module_server_set_name (server, "key-value");
+  spark_module_server_set_name (f->s.server, "key-value");
   g_assert_cmpint (notified, ==, 1);
 
-  g_object_set (server, "name", "other", NULL);
+  g_object_set (f->s.server, "name", "other", NULL);
   g_assert_cmpint (notified, ==, 2);
-  g_object_get (server, "name", &name, NULL);
+  g_object_get (f->s.server, "name", &name, NULL);
   g_assert_cmpstr (name, ==, "other");
   g_free (name);
 
-  spark_module_server_set_name (server, NULL);
-  g_assert_null (spark_module_server_get_name (server));
+  spark_module_server_set_name (f->s.server, NULL);
+  g_assert_null (spark_module_server_get_name (f->s.server));
   g_assert_cmpint (notified, ==, 3);
-
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 static void
-test_property_capacity (void)
+test_property_capacity (Fixture       *f,
+                        gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome running = { 0, NULL, NULL };
   gint notified = 0;
   guint capacity = 99;
   GError *error = NULL;
 
-  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, 0);
-  g_signal_connect (server, "notify::capacity", G_CALLBACK (count_notify), &notified);
+  g_assert_cmpuint (spark_module_server_get_capacity (f->s.server), ==, 0);
+  g_signal_connect (f->s.server, "notify::capacity", G_CALLBACK (count_notify), &notified);
 
-  spark_module_server_set_capacity (server, 2);
-  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, 2);
+  spark_module_server_set_capacity (f->s.server, 2);
+  g_assert_cmpuint (spark_module_server_get_capacity (f->s.server), ==, 2);
   g_assert_cmpint (notified, ==, 1);
-  spark_module_server_set_capacity (server, 2);
+  spark_module_server_set_capacity (f->s.server, 2);
   g_assert_cmpint (notified, ==, 1);
-  g_object_get (server, "capacity", &capacity, NULL);
+  g_object_get (f->s.server, "capacity", &capacity, NULL);
   g_assert_cmpuint (capacity, ==, 2);
 
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_true (spark_module_server_start_in_thread (f->s.server, &error));
   g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
 
   /* After start: a critical, ignored. */
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*capacity*");
-  spark_module_server_set_capacity (server, 5);
+  spark_module_server_set_capacity (f->s.server, 5);
   g_test_assert_expected_messages ();
-  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, 2);
+  g_assert_cmpuint (spark_module_server_get_capacity (f->s.server), ==, 2);
 
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*capacity*");
-  g_object_set (server, "capacity", 0, NULL);
+  g_object_set (f->s.server, "capacity", 0, NULL);
   g_test_assert_expected_messages ();
-  g_assert_cmpuint (spark_module_server_get_capacity (server), ==, 2);
+  g_assert_cmpuint (spark_module_server_get_capacity (f->s.server), ==, 2);
   g_assert_cmpint (notified, ==, 1);
 
   /* The mailbox still holds 2. */
-  spark_dispatcher_request_full (dispatcher, "block-ignore", NULL, NULL, NULL, spark_test_outcome_cb, &running, NULL);
-  spark_test_wait_flag (NULL, &state->entered);
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error));
+  spark_dispatcher_request_full (f->s.dispatcher, "block-ignore", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &running, NULL);
+  spark_test_wait_flag (NULL, &f->state->entered);
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "ok", NULL, &error));
   g_assert_no_error (error);
-  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error));
+  g_assert_true (spark_dispatcher_try_send_command (f->s.dispatcher, "ok", NULL, &error));
   g_assert_no_error (error);
-  g_assert_false (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error));
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "ok", NULL, &error));
   g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
   g_clear_error (&error);
 
-  spark_test_gate_open (&state->gate);
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_gate_open (&f->state->gate);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_wait_flag (NULL, &running.done);
   assert_reply_string (&running, "finished");
-  g_assert_cmpint (state->n_commands, ==, 2);
+  g_assert_cmpint (f->state->n_commands, ==, 2);
 
   spark_test_outcome_clear (&running);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* notify::running is emitted on the owner context (the starting thread's
@@ -1847,32 +1748,26 @@ test_property_pending (void)
 /* Emitted on the owner context, when it is iterated, with the command's
  * name, parameters and the handler's error; the sender saw success. */
 static void
-test_command_failed_signal (void)
+test_command_failed_signal (Fixture       *f,
+                            gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
   GVariant *reply;
   const char *text;
   gint32 number;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", g_variant_new ("(si)", "x", 3),
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", g_variant_new ("(si)", "x", 3),
                                                 NULL, &error));
   g_assert_no_error (error);
 
   /* Handled (mailbox order), not yet emitted. */
-  reply = spark_dispatcher_request_sync (dispatcher, "echo", NULL, NULL, NULL, &error);
+  reply = spark_dispatcher_request_sync (f->s.dispatcher, "echo", NULL, NULL, NULL, &error);
   g_assert_no_error (error);
   g_variant_unref (reply);
-  g_assert_cmpint (state->n_commands, ==, 1);
+  g_assert_cmpint (f->state->n_commands, ==, 1);
   g_assert_cmpint (failure.n, ==, 0);
 
   spark_test_wait_count (NULL, &failure.n, 1);
@@ -1886,107 +1781,70 @@ test_command_failed_signal (void)
   g_assert_cmpstr (failure.error->message, ==, "boom");
 
   /* Without parameters: NULL. */
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &failure.n, 2);
   g_assert_null (failure.parameters);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* No handler connected: a warning in the SparkChannel domain. */
 static void
-test_command_failed_warning (void)
+test_command_failed_warning (Fixture       *f,
+                             gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   GError *error = NULL;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_WARNING, "*fail*boom*");
-  spark_test_wait_count (NULL, &state->n_commands, 1);
+  spark_test_wait_count (NULL, &f->state->n_commands, 1);
   g_test_assert_expected_messages ();
   spark_test_iterate_pending (g_main_context_default ());
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* A handler connected: debug only. */
 static void
-test_command_failed_debug (void)
+test_command_failed_debug (Fixture       *f,
+                           gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "fail", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "fail", NULL, NULL, &error));
   g_assert_no_error (error);
   g_test_expect_message ("SparkChannel", G_LOG_LEVEL_DEBUG, "*fail*boom*");
   spark_test_wait_count (NULL, &failure.n, 1);
   g_test_assert_expected_messages ();
   g_assert_error (failure.error, G_IO_ERROR, G_IO_ERROR_FAILED);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* FALSE without an error: NO_REPLY in the signal. */
 static void
-test_command_failed_no_reply (void)
+test_command_failed_no_reply (Fixture       *f,
+                              gconstpointer  data)
 {
-  State *state = state_new (NULL);
-  SparkHandler *handler = state_handler_new (state);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start_in_thread (server, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "false", g_variant_new_int32 (4), NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "false", g_variant_new_int32 (4), NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &failure.n, 1);
   g_assert_cmpstr (failure.name, ==, "false");
   g_assert_cmpint (g_variant_get_int32 (failure.parameters), ==, 4);
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NO_REPLY);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
-  state_free (state);
 }
 
 /* NOT_SUPPORTED ------------------------------------------------------------------- */
@@ -2068,67 +1926,49 @@ test_command_only_init (TestCommandOnly *self)
 }
 
 static void
-test_not_supported_request (void)
+test_not_supported_request (Fixture       *f,
+                            gconstpointer  data)
 {
-  TestCommandOnly *handler = g_object_new (TEST_TYPE_COMMAND_ONLY, NULL);
-  SparkModuleServer *server = spark_module_server_new (SPARK_HANDLER (handler));
-  SparkDispatcher *dispatcher;
+  TestCommandOnly *handler = TEST_COMMAND_ONLY (f->s.handler);
   SparkTestOutcome outcome = { 0, NULL, NULL };
   GError *error = NULL;
 
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
-
-  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   g_assert_null (outcome.reply);
   g_assert_error (outcome.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
   spark_test_outcome_clear (&outcome);
 
   /* Its commands work. */
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &handler->n_commands, 1);
-
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 static void
-test_not_supported_command (void)
+test_not_supported_command (Fixture       *f,
+                            gconstpointer  data)
 {
-  SparkHandler *handler = g_object_new (TEST_TYPE_REQUEST_ONLY, NULL);
-  SparkModuleServer *server = spark_module_server_new (handler);
-  SparkDispatcher *dispatcher;
   SparkTestOutcome outcome = { 0, NULL, NULL };
   SparkTestFailure failure = { 0, NULL, NULL, NULL, NULL };
   GError *error = NULL;
 
-  g_signal_connect (server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
-  g_assert_true (spark_module_server_start (server, NULL, &error));
-  g_assert_no_error (error);
-  dispatcher = spark_module_server_create_dispatcher (server);
+  g_signal_connect (f->s.server, "command-failed", G_CALLBACK (spark_test_on_command_failed), &failure);
 
-  g_assert_true (spark_dispatcher_send_command (dispatcher, "log", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, "log", NULL, NULL, &error));
   g_assert_no_error (error);
   spark_test_wait_count (NULL, &failure.n, 1);
   g_assert_cmpstr (failure.name, ==, "log");
   g_assert_error (failure.error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
 
   /* Its requests work. */
-  spark_dispatcher_request_full (dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "get", NULL, NULL, NULL, spark_test_outcome_cb, &outcome, NULL);
   spark_test_wait_flag (NULL, &outcome.done);
   assert_reply_string (&outcome, "request-only");
   spark_test_outcome_clear (&outcome);
 
-  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  spark_test_shutdown (f->s.server, SPARK_SHUTDOWN_MODE_DRAIN);
   spark_test_failure_clear (&failure);
-  g_object_unref (dispatcher);
-  g_object_unref (server);
-  g_object_unref (handler);
 }
 
 /* Handlers whose types GJS registered --------------------------------------------- */
@@ -2729,29 +2569,35 @@ main (int argc, char *argv[])
 
   mark_gjs_type (TEST_TYPE_GJS_HANDLER);
 
+#define ADD(path, options, func) \
+  g_test_add ("/spark/module-server/" path, Fixture, &options, fixture_setup, func, fixture_teardown)
+#define ADD_TYPED(path, type, func) \
+  g_test_add ("/spark/module-server/" path, Fixture, \
+              spark_test_server_options (&on_default, GSIZE_TO_POINTER (type)), \
+              typed_setup, func, fixture_teardown)
+
   g_test_add_func ("/spark/module-server/start/context", test_start_context);
   g_test_add_func ("/spark/module-server/start/thread-default", test_start_thread_default);
   g_test_add_func ("/spark/module-server/start/in-thread", test_start_in_thread);
   g_test_add_func ("/spark/module-server/start/already-started", test_start_already_started);
   g_test_add_func ("/spark/module-server/start/closed", test_start_closed);
 
-  g_test_add_func ("/spark/module-server/shutdown/never-started", test_shutdown_never_started);
-  g_test_add_func ("/spark/module-server/shutdown/already-stopped", test_shutdown_already_stopped);
-  g_test_add_func ("/spark/module-server/shutdown/drain", test_shutdown_drain);
-  g_test_add_func ("/spark/module-server/shutdown/abort-queued", test_shutdown_abort_queued);
-  g_test_add_func ("/spark/module-server/shutdown/abort-running", test_shutdown_abort_running);
-  g_test_add_func ("/spark/module-server/shutdown/abort-running-own-cancellable",
-                   test_shutdown_abort_running_own_cancellable);
-  g_test_add_func ("/spark/module-server/shutdown/abort-held-invocation", test_shutdown_abort_held);
-  g_test_add_func ("/spark/module-server/shutdown/drain-held-invocation", test_shutdown_drain_held);
-  g_test_add_func ("/spark/module-server/shutdown/drain-from-handler", test_shutdown_drain_from_handler);
-  g_test_add_func ("/spark/module-server/shutdown/abort-from-handler", test_shutdown_abort_from_handler);
-  g_test_add_func ("/spark/module-server/shutdown/abort-ignored-cancellable", test_shutdown_abort_ignored);
+  ADD ("shutdown/never-started", not_started, test_shutdown_never_started);
+  ADD ("shutdown/already-stopped", in_thread, test_shutdown_already_stopped);
+  ADD ("shutdown/drain", on_default, test_shutdown_drain);
+  ADD ("shutdown/abort-queued", on_default, test_shutdown_abort_queued);
+  ADD ("shutdown/abort-running", in_thread, test_shutdown_abort_running);
+  ADD ("shutdown/abort-running-own-cancellable", in_thread, test_shutdown_abort_running_own_cancellable);
+  ADD_TYPED ("shutdown/abort-held-invocation", SPARK_TEST_TYPE_INVOCATION_HANDLER, test_shutdown_abort_held);
+  ADD_TYPED ("shutdown/drain-held-invocation", SPARK_TEST_TYPE_INVOCATION_HANDLER, test_shutdown_drain_held);
+  ADD ("shutdown/drain-from-handler", on_default, test_shutdown_drain_from_handler);
+  ADD ("shutdown/abort-from-handler", on_default, test_shutdown_abort_from_handler);
+  ADD ("shutdown/abort-ignored-cancellable", in_thread, test_shutdown_abort_ignored);
   g_test_add_func ("/spark/module-server/shutdown/after-thread-ended", test_shutdown_after_thread);
-  g_test_add_func ("/spark/module-server/shutdown/cancel-wait", test_shutdown_cancel_wait);
-  g_test_add_func ("/spark/module-server/shutdown/token-reached", test_shutdown_token_reached);
-  g_test_add_func ("/spark/module-server/shutdown/token-abort", test_shutdown_token_abort);
-  g_test_add_func ("/spark/module-server/shutdown/token-drain", test_shutdown_token_drain);
+  ADD ("shutdown/cancel-wait", in_thread, test_shutdown_cancel_wait);
+  ADD ("shutdown/token-reached", in_thread, test_shutdown_token_reached);
+  ADD ("shutdown/token-abort", in_thread, test_shutdown_token_abort);
+  ADD ("shutdown/token-drain", on_default, test_shutdown_token_drain);
 
   g_test_add_func ("/spark/module-server/lifetime/keeps-alive", test_lifetime_keeps_alive);
   g_test_add_func ("/spark/module-server/lifetime/keeps-alive-context", test_lifetime_keeps_alive_context);
@@ -2759,18 +2605,18 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/module-server/lifetime/dispatchers-outlive", test_lifetime_dispatchers);
 
   g_test_add_func ("/spark/module-server/property/handler", test_property_handler);
-  g_test_add_func ("/spark/module-server/property/name", test_property_name);
-  g_test_add_func ("/spark/module-server/property/capacity", test_property_capacity);
+  ADD ("property/name", not_started, test_property_name);
+  ADD ("property/capacity", not_started, test_property_capacity);
   g_test_add_func ("/spark/module-server/property/running", test_property_running);
   g_test_add_func ("/spark/module-server/property/pending", test_property_pending);
 
-  g_test_add_func ("/spark/module-server/command-failed/signal", test_command_failed_signal);
-  g_test_add_func ("/spark/module-server/command-failed/warning", test_command_failed_warning);
-  g_test_add_func ("/spark/module-server/command-failed/debug", test_command_failed_debug);
-  g_test_add_func ("/spark/module-server/command-failed/no-reply", test_command_failed_no_reply);
+  ADD ("command-failed/signal", in_thread, test_command_failed_signal);
+  ADD ("command-failed/warning", on_default, test_command_failed_warning);
+  ADD ("command-failed/debug", on_default, test_command_failed_debug);
+  ADD ("command-failed/no-reply", in_thread, test_command_failed_no_reply);
 
-  g_test_add_func ("/spark/module-server/not-supported/request", test_not_supported_request);
-  g_test_add_func ("/spark/module-server/not-supported/command", test_not_supported_command);
+  ADD_TYPED ("not-supported/request", TEST_TYPE_COMMAND_ONLY, test_not_supported_request);
+  ADD_TYPED ("not-supported/command", TEST_TYPE_REQUEST_ONLY, test_not_supported_command);
 
   g_test_add_func ("/spark/module-server/gjs/start-in-thread", test_gjs_start_in_thread);
   g_test_add_func ("/spark/module-server/gjs/start-other-context", test_gjs_start_other_context);
@@ -2784,5 +2630,8 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/module-server/command-failed/true-with-error", test_command_true_with_error);
   g_test_add_func ("/spark/module-server/lifetime/no-main-loop", test_lifetime_no_main_loop);
 
-  return g_test_run ();
+#undef ADD
+#undef ADD_TYPED
+
+  return spark_test_run ();
 }
