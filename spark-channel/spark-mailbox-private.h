@@ -25,7 +25,6 @@ typedef enum {
 
 struct _SparkMailbox
 {
-  SparkTransport     transport;          /* first: a mailbox is a dispatcher's transport */
   gint               ref_count;          /* atomic */
 
   GMutex             mutex;
@@ -53,6 +52,8 @@ struct _SparkMailbox
 
   /* The server's side, on a cache line of its own: it changes per message,
    * and must not bounce between the producers and the server. */
+  SparkTransport     transport;          /* immutable: a mailbox is a dispatcher's transport */
+
   char               server_line[64];
   gint               n_taken;            /* atomic: taken by the server, not handled yet */
   gint               aborting;           /* atomic */

@@ -974,22 +974,28 @@ spark_mailbox_finish (SparkMailbox *mailbox)
 
 /* The transport ---------------------------------------------------------- */
 
+static inline SparkMailbox *
+mailbox_of (SparkTransport *transport)
+{
+  return (SparkMailbox *) (void *) ((char *) transport - G_STRUCT_OFFSET (SparkMailbox, transport));
+}
+
 static void
 mailbox_transport_ref (SparkTransport *transport)
 {
-  spark_mailbox_ref ((SparkMailbox *) transport);
+  spark_mailbox_ref (mailbox_of (transport));
 }
 
 static void
 mailbox_transport_unref (SparkTransport *transport)
 {
-  spark_mailbox_unref ((SparkMailbox *) transport);
+  spark_mailbox_unref (mailbox_of (transport));
 }
 
 static GMainContext *
 mailbox_transport_get_context (SparkTransport *transport)
 {
-  return spark_mailbox_get_context ((SparkMailbox *) transport);
+  return spark_mailbox_get_context (mailbox_of (transport));
 }
 
 static gboolean
@@ -998,7 +1004,7 @@ mailbox_transport_post_request (SparkTransport *transport,
                                 gboolean        blocking,
                                 GError        **error)
 {
-  return spark_mailbox_post_request ((SparkMailbox *) transport, req, blocking, error);
+  return spark_mailbox_post_request (mailbox_of (transport), req, blocking, error);
 }
 
 static gboolean
@@ -1010,7 +1016,7 @@ mailbox_transport_post_command (SparkTransport *transport,
                                 GTask          *task,
                                 GError        **error)
 {
-  SparkMailbox *mailbox = (SparkMailbox *) transport;
+  SparkMailbox *mailbox = mailbox_of (transport);
 
   /* In a block this mailbox's server may have handed back. */
   return spark_mailbox_post_command (mailbox,
@@ -1023,7 +1029,7 @@ mailbox_transport_send_shutdown (SparkTransport *transport,
                                  GCancellable   *token,
                                  GError        **error)
 {
-  return spark_mailbox_send_shutdown ((SparkMailbox *) transport, token, error);
+  return spark_mailbox_send_shutdown (mailbox_of (transport), token, error);
 }
 
 static const SparkTransportVTable mailbox_transport_vtable = {

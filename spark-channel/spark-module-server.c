@@ -364,6 +364,12 @@ release_held (SparkModuleServer *self,
   spark_request_unref (req);
 }
 
+/* A held request's end wakes the server, which may be waiting for it. */
+static const SparkRequestWatcher held_watcher = {
+  .func = (SparkRequestWatchFunc) spark_mailbox_wake_server,
+  .release = (GDestroyNotify) spark_mailbox_unref,
+};
+
 /* On the server's context: nothing more will be handled. */
 static void
 spark_module_server_stop (SparkModuleServer *self)
@@ -472,8 +478,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       SparkInvocation *invocation = spark_invocation_new (req, cancellable);
 
       spark_mailbox_hold (mailbox, req);
-      spark_request_watch (req, (SparkRequestWatchFunc) spark_mailbox_wake_server,
-                           spark_mailbox_ref (mailbox), (GDestroyNotify) spark_mailbox_unref);
+      spark_request_watch (req, &held_watcher, spark_mailbox_ref (mailbox));
 
       spark_handler_handle_invocation (self->handler, invocation);
       g_object_unref (invocation);

@@ -25,6 +25,12 @@ typedef struct _SparkRequest SparkRequest;
  * spark_request_watch()). */
 typedef void (*SparkRequestWatchFunc) (gpointer data);
 
+typedef struct
+{
+  SparkRequestWatchFunc func;      /* called with the data by the completion */
+  GDestroyNotify        release;   /* then, or on unwatch: releases the data */
+} SparkRequestWatcher;
+
 /* Constructors, one per way the outcome goes back. Each takes @parameters
  * (transfer full, not floating, nullable). The request starts with two
  * references: the sender's side (queued, then the server's) and the
@@ -92,10 +98,9 @@ const char   *spark_request_get_name            (SparkRequest *req);
 GVariant     *spark_request_get_parameters      (SparkRequest *req);
 void          spark_request_clear_parameters    (SparkRequest *req);
 GCancellable *spark_request_get_handler_cancellable (SparkRequest *req);
-void          spark_request_watch               (SparkRequest          *req,
-                                                 SparkRequestWatchFunc  func,
-                                                 gpointer               data,
-                                                 GDestroyNotify         release);
+void          spark_request_watch               (SparkRequest              *req,
+                                                 const SparkRequestWatcher *watcher,
+                                                 gpointer                   data);
 void          spark_request_unwatch             (SparkRequest *req);
 
 /* Outcomes. */

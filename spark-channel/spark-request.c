@@ -66,30 +66,42 @@ struct _SparkRequest
   GCancellable    *cancellable;       /* immutable, nullable: the requester's */
   gulong           cancel_id;         /* written before cancel_armed is set */
   GCancellable    *handler_cancellable; /* immutable, nullable: only with a cancellable or timeout */
-  gint64           deadline;          /* immutable: monotonic µs, 0 for none */
-  SparkTimeout     timeout;           /* added while armed with a deadline; a reference */
+  SparkTimeout     timeout;           /* deadline immutable, 0 for none; added while armed, a reference */
 
   /* A watcher (the server waiting on a held invocation): @watch_data is
    * set last, atomically; the claim winner or spark_request_unwatch()
    * takes it. */
-  gpointer               watch_data;    /* atomic */
-  SparkRequestWatchFunc  watch_func;
-  GDestroyNotify         watch_release;
+  gpointer                   watch_data;   /* atomic */
+  const SparkRequestWatcher *watcher;
 
   /* Where the outcome goes; immutable after send. */
-  SparkSyncWaiter *waiter;            /* SYNC */
   SparkReplyPort  *port;              /* ASYNC, FUNC: a hold on it */
-  SparkPortItem    port_item;
-  GObject         *source_object;     /* ASYNC: a reference (the dispatcher) */
-  gpointer         source_tag;        /* ASYNC */
-  GAsyncReadyCallback callback;       /* ASYNC */
-  SparkReplyFunc   reply_func;        /* FUNC */
-  RequestProgress *progress;          /* ASYNC, nullable: set before send */
+  SparkPortItem    port_item;         /* ASYNC, FUNC */
   gpointer         user_data;         /* ASYNC, FUNC */
-  GDestroyNotify   destroy;           /* FUNC */
+  union
+  {
+    struct
+    {
+      SparkSyncWaiter *waiter;
+    } sync;
+    struct
+    {
+      GObject            *source_object;   /* a reference (the dispatcher) */
+      gpointer            source_tag;
+      GAsyncReadyCallback callback;
+      RequestProgress    *progress;        /* nullable: set before send */
+    } async;
+    struct
+    {
+      SparkReplyFunc      reply_func;
+      GDestroyNotify      destroy;
+    } func;
+  } to;
 };
 
 G_STATIC_ASSERT (G_STRUCT_OFFSET (SparkRequest, msg) == 0);
+/* Every request touches it from two threads: grow it knowingly. */
+G_STATIC_ASSERT (sizeof (SparkRequest) <= 224 || GLIB_SIZEOF_VOID_P != 8);
 
 static void spark_request_deliver_on_port (SparkPortItem *item);
 
@@ -160,7 +172,7 @@ request_new (const char         *name,
   if (cancellable != NULL)
     req->cancellable = g_object_ref (cancellable);
   if (timeout_msec > 0)
-    req->deadline = g_get_monotonic_time () + (gint64) timeout_msec * 1000;
+    req->timeout.deadline = g_get_monotonic_time () + (gint64) timeout_msec * 1000;
 
   /* Only requests that can end early need a cancellable of their own for
    * the handler; the rest share the server's abort cancellable. */
@@ -188,7 +200,7 @@ spark_request_new_sync (const char         *name,
 {
   SparkRequest *req = request_new (name, parameters, reply_type, cancellable, timeout_msec, REPLY_SYNC);
 
-  req->waiter = spark_sync_waiter_get ();
+  req->to.sync.waiter = spark_sync_waiter_get ();
   return req;
 }
 
@@ -206,9 +218,9 @@ spark_request_new_async (const char          *name,
 {
   SparkRequest *req = request_new (name, parameters, reply_type, cancellable, timeout_msec, REPLY_ASYNC);
 
-  req->source_object = g_object_ref (source_object);
-  req->source_tag = source_tag;
-  req->callback = callback;
+  req->to.async.source_object = g_object_ref (source_object);
+  req->to.async.source_tag = source_tag;
+  req->to.async.callback = callback;
   req->user_data = user_data;
   hold_port (req, producer);
   return req;
@@ -227,9 +239,9 @@ spark_request_new_func (const char         *name,
 {
   SparkRequest *req = request_new (name, parameters, reply_type, cancellable, timeout_msec, REPLY_FUNC);
 
-  req->reply_func = reply_func;
+  req->to.func.reply_func = reply_func;
   req->user_data = user_data;
-  req->destroy = destroy;
+  req->to.func.destroy = destroy;
   hold_port (req, producer);
   return req;
 }
@@ -255,13 +267,16 @@ spark_request_unref (SparkRequest *req)
   g_clear_error (&req->error);
   g_clear_object (&req->cancellable);
   g_clear_object (&req->handler_cancellable);
-  g_clear_object (&req->source_object);
   if (req->port != NULL)
     spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
-  if (req->progress != NULL)
+  if (req->reply_kind == REPLY_ASYNC)
     {
-      g_mutex_clear (&req->progress->mutex);
-      g_free (req->progress);
+      g_clear_object (&req->to.async.source_object);
+      if (req->to.async.progress != NULL)
+        {
+          g_mutex_clear (&req->to.async.progress->mutex);
+          g_free (req->to.async.progress);
+        }
     }
   request_free (req, req->size);
 }
@@ -318,22 +333,20 @@ spark_request_get_handler_cancellable (SparkRequest *req)
 
 /*
  * spark_request_watch:
- * @data: (transfer full): released with @release
+ * @data: (transfer full): released with @watcher's release
  *
- * Has the completion of @req call @func (@data) once, from whoever
+ * Has the completion of @req call @watcher's func (@data) once, from whoever
  * completes it. At most one watcher, set by the server's thread before
  * anybody can complete the request from the handler.
  */
 void
-spark_request_watch (SparkRequest          *req,
-                     SparkRequestWatchFunc  func,
-                     gpointer               data,
-                     GDestroyNotify         release)
+spark_request_watch (SparkRequest              *req,
+                     const SparkRequestWatcher *watcher,
+                     gpointer                   data)
 {
   g_assert (data != NULL && g_atomic_pointer_get (&req->watch_data) == NULL);
 
-  req->watch_func = func;
-  req->watch_release = release;
+  req->watcher = watcher;
   g_atomic_pointer_set (&req->watch_data, data);
 }
 
@@ -345,7 +358,7 @@ spark_request_unwatch (SparkRequest *req)
   gpointer data = g_atomic_pointer_exchange (&req->watch_data, NULL);
 
   if (data != NULL)
-    req->watch_release (data);
+    req->watcher->release (data);
 }
 
 static void
@@ -354,7 +367,7 @@ spark_request_deliver (SparkRequest *req)
   switch ((ReplyKind) req->reply_kind)
     {
     case REPLY_SYNC:
-      spark_sync_waiter_signal (req->waiter, &req->done);
+      spark_sync_waiter_signal (req->to.sync.waiter, &req->done);
       break;
 
     case REPLY_ASYNC:
@@ -386,7 +399,7 @@ spark_request_complete_internal (SparkRequest *req,
   req->reply = reply;
   req->error = error;
 
-  if (req->deadline != 0 && spark_timer_remove (&req->timeout))
+  if (req->timeout.deadline != 0 && spark_timer_remove (&req->timeout))
     spark_request_unref (req);   /* the timer's reference */
 
   /* Tell a handler still working on it that nobody waits any more. */
@@ -397,8 +410,8 @@ spark_request_complete_internal (SparkRequest *req,
   watch_data = g_atomic_pointer_exchange (&req->watch_data, NULL);
   if (watch_data != NULL)
     {
-      req->watch_func (watch_data);
-      req->watch_release (watch_data);
+      req->watcher->func (watch_data);
+      req->watcher->release (watch_data);
     }
 
   spark_request_deliver (req);
@@ -559,8 +572,8 @@ spark_request_arm (SparkRequest *req)
     }
 
   /* The timer holds a reference until it fires or is removed. */
-  if (req->deadline != 0 && !spark_request_is_claimed (req))
-    spark_timer_add (&spark_request_ref (req)->timeout, req->deadline, spark_request_on_timeout);
+  if (req->timeout.deadline != 0 && !spark_request_is_claimed (req))
+    spark_timer_add (&spark_request_ref (req)->timeout, req->timeout.deadline, spark_request_on_timeout);
 }
 
 /* Taking the outcome ---------------------------------------------------- */
@@ -604,16 +617,29 @@ spark_request_release_requester (SparkRequest *req)
 {
   g_assert (g_atomic_int_get (&req->claimed));
 
-  g_clear_object (&req->source_object);
   g_clear_object (&req->cancellable);
   if (req->port != NULL)
     spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
-  if (req->progress != NULL && req->progress->destroy != NULL)
-    g_steal_pointer (&req->progress->destroy) (req->progress->data);
-  req->callback = NULL;
-  req->reply_func = NULL;
   req->user_data = NULL;
-  req->destroy = NULL;
+
+  switch ((ReplyKind) req->reply_kind)
+    {
+    case REPLY_ASYNC:
+      g_clear_object (&req->to.async.source_object);
+      if (req->to.async.progress != NULL && req->to.async.progress->destroy != NULL)
+        g_steal_pointer (&req->to.async.progress->destroy) (req->to.async.progress->data);
+      req->to.async.callback = NULL;
+      break;
+
+    case REPLY_FUNC:
+      req->to.func.reply_func = NULL;
+      req->to.func.destroy = NULL;
+      break;
+
+    case REPLY_SYNC:
+    default:
+      break;
+    }
 }
 
 /*
@@ -632,7 +658,7 @@ spark_request_wait_sync (SparkRequest  *req,
 
   g_assert (req->reply_kind == REPLY_SYNC);
 
-  spark_sync_waiter_wait (req->waiter, &req->done);
+  spark_sync_waiter_wait (req->to.sync.waiter, &req->done);
   spark_request_disarm (req);
   apply_cancel_wins (req);
 
@@ -657,11 +683,11 @@ spark_request_deliver_on_port (SparkPortItem *item)
   apply_cancel_wins (req);
 
   /* Progress reports still on their way are dropped from now on. */
-  if (req->progress != NULL)
+  if (req->reply_kind == REPLY_ASYNC && req->to.async.progress != NULL)
     {
-      g_mutex_lock (&req->progress->mutex);
-      req->progress->closed = TRUE;
-      g_mutex_unlock (&req->progress->mutex);
+      g_mutex_lock (&req->to.async.progress->mutex);
+      req->to.async.progress->closed = TRUE;
+      g_mutex_unlock (&req->to.async.progress->mutex);
     }
 
   if (req->reply_kind == REPLY_ASYNC)
@@ -669,19 +695,19 @@ spark_request_deliver_on_port (SparkPortItem *item)
       SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (req->port);
       SparkAsyncResult *result;
 
-      result = spark_async_result_obtain (pool, req->source_object, req->source_tag,
+      result = spark_async_result_obtain (pool, req->to.async.source_object, req->to.async.source_tag,
                                           req->user_data,
                                           g_steal_pointer (&req->reply),
                                           g_steal_pointer (&req->error));
-      if (req->callback != NULL)
-        req->callback (req->source_object, (GAsyncResult *) result, req->user_data);
+      if (req->to.async.callback != NULL)
+        req->to.async.callback (req->to.async.source_object, (GAsyncResult *) result, req->user_data);
       spark_async_result_release (pool, result);
     }
   else
     {
-      req->reply_func (req->reply, req->error, req->user_data);
-      if (req->destroy != NULL)
-        req->destroy (req->user_data);
+      req->to.func.reply_func (req->reply, req->error, req->user_data);
+      if (req->to.func.destroy != NULL)
+        req->to.func.destroy (req->user_data);
     }
 
   spark_request_release_requester (req);
@@ -711,13 +737,13 @@ spark_request_set_progress (SparkRequest      *req,
                             gpointer           data,
                             GDestroyNotify     destroy)
 {
-  g_assert (req->progress == NULL && req->reply_kind == REPLY_ASYNC);
+  g_assert (req->to.async.progress == NULL && req->reply_kind == REPLY_ASYNC);
 
-  req->progress = g_new0 (RequestProgress, 1);
-  g_mutex_init (&req->progress->mutex);
-  req->progress->func = func;
-  req->progress->data = data;
-  req->progress->destroy = destroy;
+  req->to.async.progress = g_new0 (RequestProgress, 1);
+  g_mutex_init (&req->to.async.progress->mutex);
+  req->to.async.progress->func = func;
+  req->to.async.progress->data = data;
+  req->to.async.progress->destroy = destroy;
 }
 
 /* On the requester's context, from the reply port's batch. */
@@ -725,7 +751,7 @@ static void
 deliver_progress (SparkPortItem *port_item)
 {
   ProgressItem *item = (ProgressItem *) (void *) port_item;
-  RequestProgress *progress = item->req->progress;
+  RequestProgress *progress = item->req->to.async.progress;
 
   /* Written on this same thread, by the outcome's delivery. */
   if (!progress->closed)
@@ -748,7 +774,7 @@ void
 spark_request_send_progress (SparkRequest *req,
                              GVariant     *progress)
 {
-  RequestProgress *listener = req->progress;
+  RequestProgress *listener = req->reply_kind == REPLY_ASYNC ? req->to.async.progress : NULL;
 
   if (listener != NULL && !spark_request_is_claimed (req))
     {
