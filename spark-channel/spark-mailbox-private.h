@@ -16,6 +16,24 @@ G_BEGIN_DECLS
 typedef struct _SparkMailbox    SparkMailbox;
 typedef struct _SparkRoomWaiter SparkRoomWaiter;
 
+/* The mailbox's queues, taken in this order. CONTROL carries what steers
+ * the server rather than work for it (the shutdown marker): it is never
+ * held back by the capacity, nor counted in pending. HIGH, DEFAULT and
+ * LOW are the priorities of work; FIFO within a lane. */
+typedef enum {
+  SPARK_LANE_CONTROL,
+  SPARK_LANE_HIGH,
+  SPARK_LANE_DEFAULT,
+  SPARK_LANE_LOW,
+  SPARK_N_LANES,
+} SparkLane;
+
+typedef struct
+{
+  SparkMessage *head;
+  SparkMessage *tail;
+} SparkMailboxLane;
+
 typedef enum {
   SPARK_MAILBOX_NEW,      /* not started: sends fail with CLOSED */
   SPARK_MAILBOX_OPEN,
@@ -29,8 +47,9 @@ struct _SparkMailbox
 
   GMutex             mutex;
   SparkMailboxState  state;              /* mutex */
-  SparkMessage      *head;               /* mutex; written atomically, since a spinning server reads it unlocked */
-  SparkMessage      *tail;               /* mutex */
+  SparkMailboxLane   lanes[SPARK_N_LANES]; /* mutex */
+  gint               nonempty;           /* mutex; read atomically (a spinning server reads it
+                                          * unlocked): a bit per lane that has messages */
   gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
   GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */
   SparkRequest      *current;            /* mutex: the request a synchronous handler is running, if it
@@ -39,7 +58,7 @@ struct _SparkMailbox
                                           * invocation the handler holds */
   GCancellable      *token;              /* mutex: the send_shutdown() token */
 
-  gint               n_queued;           /* mutex; read atomically: counted messages in head..tail */
+  gint               n_queued;           /* mutex; read atomically: counted messages in the lanes */
   gint               n_waiters;          /* atomic mirror of waiters.length */
 
   GCancellable      *abort_cancellable;  /* immutable: cancelled by an ABORT shutdown */
@@ -76,10 +95,12 @@ guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
 
 gboolean      spark_mailbox_post_request     (SparkMailbox  *mailbox,
                                               SparkRequest  *req,
+                                              SparkLane      lane,
                                               gboolean       blocking,
                                               GError       **error);
 gboolean      spark_mailbox_post_command     (SparkMailbox  *mailbox,
                                               SparkMessage  *msg,
+                                              SparkLane      lane,
                                               SparkPostMode  mode,
                                               GCancellable  *cancellable,
                                               GTask         *task,
@@ -91,7 +112,8 @@ gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
                                               gboolean       abort);
 
 SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
-                                              SparkSpin     *spin);
+                                              SparkSpin     *spin,
+                                              guint          max);
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
                                               SparkRequest  *req);

@@ -86,6 +86,7 @@ struct _SparkRoomWaiter
   GList            link;         /* mailbox mutex */
   SparkMessage    *msg;          /* owned until admitted */
   gint             state;        /* mailbox mutex: WaiterState */
+  SparkLane        lane;         /* immutable: where it goes once admitted */
   SparkMailbox    *mailbox;      /* a reference, for the cancel handler */
   GCancellable    *cancellable;  /* commands only */
   gulong           cancel_id;
@@ -140,7 +141,8 @@ spark_mailbox_unref (SparkMailbox *mailbox)
 
   /* The server empties the queue when it stops; only a mailbox that was
    * never opened can still hold something, and it never queues. */
-  g_assert (mailbox->head == NULL);
+  for (guint i = 0; i < SPARK_N_LANES; i++)
+    g_assert (mailbox->lanes[i].head == NULL);
   g_assert (g_queue_is_empty (&mailbox->waiters));
   g_assert (mailbox->current == NULL);
   g_assert (mailbox->held == NULL);
@@ -241,20 +243,34 @@ set_would_deadlock_error (GError **error)
   return FALSE;
 }
 
+/* Shutdown markers steer the server: they take no room and are not
+ * pending work. */
+static inline gboolean
+is_counted (SparkMessage *msg)
+{
+  return msg->kind != SPARK_MESSAGE_SHUTDOWN;
+}
+
 static void
 enqueue_locked (SparkMailbox *mailbox,
                 SparkMessage *msg,
-                gboolean      counted,
+                SparkLane     lane,
                 gboolean     *wake)
 {
-  msg->next = NULL;
-  if (mailbox->tail != NULL)
-    mailbox->tail->next = msg;
-  else
-    g_atomic_pointer_set (&mailbox->head, msg);   /* read unlocked by a spinning server */
-  mailbox->tail = msg;
+  SparkMailboxLane *l = &mailbox->lanes[lane];
 
-  if (counted)
+  msg->next = NULL;
+  if (l->tail != NULL)
+    l->tail->next = msg;
+  else
+    {
+      l->head = msg;
+      /* Read unlocked by a spinning server. */
+      g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty | (1 << lane));
+    }
+  l->tail = msg;
+
+  if (is_counted (msg))
     g_atomic_int_inc (&mailbox->n_queued);
 
   if (mailbox->consumer_idle)
@@ -262,6 +278,70 @@ enqueue_locked (SparkMailbox *mailbox,
       mailbox->consumer_idle = FALSE;
       *wake = TRUE;
     }
+}
+
+/* Everything queued, lane by lane in order, as one list; the lanes are
+ * empty afterwards and n_queued is the caller's to move. */
+static SparkMessage *
+detach_all_locked (SparkMailbox *mailbox)
+{
+  SparkMessage *head = NULL;
+  SparkMessage *tail = NULL;
+
+  for (guint i = 0; i < SPARK_N_LANES; i++)
+    {
+      SparkMailboxLane *l = &mailbox->lanes[i];
+
+      if (l->head == NULL)
+        continue;
+      if (tail != NULL)
+        tail->next = l->head;
+      else
+        head = l->head;
+      tail = l->tail;
+      l->head = l->tail = NULL;
+    }
+  g_atomic_int_set (&mailbox->nonempty, 0);
+
+  return head;
+}
+
+/* At most @max messages, in lane order; *@n_counted: how many of them
+ * count in n_queued. */
+static SparkMessage *
+detach_some_locked (SparkMailbox *mailbox,
+                    guint         max,
+                    gint         *n_counted)
+{
+  SparkMessage *head = NULL;
+  SparkMessage **link = &head;
+  guint taken = 0;
+
+  *n_counted = 0;
+  for (guint i = 0; i < SPARK_N_LANES && taken < max; i++)
+    {
+      SparkMailboxLane *l = &mailbox->lanes[i];
+
+      while (l->head != NULL && taken < max)
+        {
+          SparkMessage *msg = l->head;
+
+          l->head = msg->next;
+          msg->next = NULL;
+          *link = msg;
+          link = &msg->next;
+          taken++;
+          if (is_counted (msg))
+            (*n_counted)++;
+        }
+      if (l->head == NULL)
+        {
+          l->tail = NULL;
+          g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << i));
+        }
+    }
+
+  return head;
 }
 
 static inline SparkRoomWaiter *
@@ -352,7 +432,7 @@ admit_locked (SparkMailbox  *mailbox,
 
       /* Decided here, under the lock: a cancel that comes later finds the
        * message admitted and leaves it alone. */
-      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), TRUE, wake);
+      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), waiter->lane, wake);
       waiter->state = WAITER_ADMITTED;
       *resolved = g_slist_prepend (*resolved, waiter);
     }
@@ -462,6 +542,7 @@ on_waiter_cancelled (GCancellable    *cancellable,
 static gboolean
 wait_for_room (SparkMailbox  *mailbox,
                SparkMessage  *msg,
+               SparkLane      lane,
                SparkPostMode  mode,
                GCancellable  *cancellable,
                GTask         *task,
@@ -474,6 +555,7 @@ wait_for_room (SparkMailbox  *mailbox,
   WaiterState state;
 
   waiter->msg = msg;
+  waiter->lane = lane;
   waiter->state = WAITER_INIT;
   waiter->mailbox = spark_mailbox_ref (mailbox);
 
@@ -504,7 +586,7 @@ wait_for_room (SparkMailbox  *mailbox,
     waiter->state = WAITER_CANCELLED;
   else if (has_room_locked (mailbox, &dead))
     {
-      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), TRUE, &wake);
+      enqueue_locked (mailbox, g_steal_pointer (&waiter->msg), lane, &wake);
       waiter->state = WAITER_ADMITTED;
     }
   else
@@ -578,6 +660,7 @@ wait_for_room (SparkMailbox  *mailbox,
 gboolean
 spark_mailbox_post_request (SparkMailbox  *mailbox,
                             SparkRequest  *req,
+                            SparkLane      lane,
                             gboolean       blocking,
                             GError       **error)
 {
@@ -601,13 +684,14 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
 
   if G_LIKELY (has_room_locked (mailbox, &dead))
     {
-      enqueue_locked (mailbox, spark_request_get_message (req), TRUE, &wake);
+      enqueue_locked (mailbox, spark_request_get_message (req), lane, &wake);
     }
   else
     {
       SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
 
       waiter->msg = spark_request_get_message (req);
+      waiter->lane = lane;
       waiter->state = WAITER_WAITING;
       g_queue_push_tail_link (&mailbox->waiters, &waiter->link);
       g_atomic_int_inc (&mailbox->n_waiters);
@@ -633,6 +717,7 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
 gboolean
 spark_mailbox_post_command (SparkMailbox  *mailbox,
                             SparkMessage  *msg,
+                            SparkLane      lane,
                             SparkPostMode  mode,
                             GCancellable  *cancellable,
                             GTask         *task,
@@ -654,7 +739,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
 
   if G_LIKELY (has_room_locked (mailbox, &dead))
     {
-      enqueue_locked (mailbox, msg, TRUE, &wake);
+      enqueue_locked (mailbox, msg, lane, &wake);
       queued = TRUE;
     }
   else if (mode == SPARK_POST_BLOCK && would_deadlock_locked (mailbox))
@@ -687,7 +772,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
       return FALSE;
     }
 
-  return wait_for_room (mailbox, msg, mode, cancellable, task, error);
+  return wait_for_room (mailbox, msg, lane, mode, cancellable, task, error);
 }
 
 static GSList *
@@ -730,7 +815,7 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
     mailbox->token = g_object_ref (token);
 
   /* Neither counted in pending nor held back by the capacity. */
-  enqueue_locked (mailbox, spark_message_new_shutdown (), FALSE, &wake);
+  enqueue_locked (mailbox, spark_message_new_shutdown (), SPARK_LANE_CONTROL, &wake);
   resolved = take_waiters_locked (mailbox);
 
   g_mutex_unlock (&mailbox->mutex);
@@ -794,7 +879,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
   was_new = mailbox->state == SPARK_MAILBOX_NEW;
 
   if (mailbox->state == SPARK_MAILBOX_OPEN && !abort)
-    enqueue_locked (mailbox, spark_message_new_shutdown (), FALSE, &wake);
+    enqueue_locked (mailbox, spark_message_new_shutdown (), SPARK_LANE_CONTROL, &wake);
   mailbox->state = SPARK_MAILBOX_CLOSED;
 
   resolved = take_waiters_locked (mailbox);
@@ -802,8 +887,7 @@ spark_mailbox_close (SparkMailbox *mailbox,
   if (abort && !was_new)
     {
       g_atomic_int_set (&mailbox->aborting, TRUE);
-      dropped = g_atomic_pointer_exchange (&mailbox->head, NULL);
-      mailbox->tail = NULL;
+      dropped = detach_all_locked (mailbox);
       g_atomic_int_set (&mailbox->n_queued, 0);
       if (mailbox->current != NULL)
         current = spark_request_ref (mailbox->current);
@@ -839,8 +923,11 @@ spark_mailbox_close (SparkMailbox *mailbox,
   return was_new;
 }
 
-/* The server takes everything queued at once. An empty result means the
- * server goes idle: the next sender wakes it. With @spin, a server that was
+/* A consumer takes what is queued, lanes in order: everything at once
+ * with @max 0 (one consumer, the fast path), or at most @max messages,
+ * so that several consumers (a pool of workers) can share one mailbox.
+ * An empty result means the consumer goes idle: the next sender wakes
+ * it. With @spin, a server that was
  * just busy polls a little first: a message seen while spinning costs no
  * wakeup. The decision to go idle is taken under the lock, so no wakeup is
  * lost. */
@@ -849,14 +936,16 @@ queue_is_not_empty (gconstpointer data)
 {
   SparkMailbox *mailbox = (SparkMailbox *) data;
 
-  return g_atomic_pointer_get (&mailbox->head) != NULL;
+  return g_atomic_int_get (&mailbox->nonempty) != 0;
 }
 
 SparkMessage *
 spark_mailbox_take (SparkMailbox *mailbox,
-                    SparkSpin    *spin)
+                    SparkSpin    *spin,
+                    guint         max)
 {
   SparkMessage *batch;
+  gint n_counted;
 
   /* Between batches: the command blocks of the last one go back. */
   spark_block_return_hand_back (&mailbox->command_blocks);
@@ -865,15 +954,22 @@ spark_mailbox_take (SparkMailbox *mailbox,
     spark_spin_until (spin, queue_is_not_empty, mailbox);
 
   spark_mutex_lock (&mailbox->mutex);
-  batch = g_atomic_pointer_exchange (&mailbox->head, NULL);
-  mailbox->tail = NULL;
+  if (max == 0)
+    {
+      /* One consumer, the fast path: the whole queue. */
+      batch = detach_all_locked (mailbox);
+      n_counted = g_atomic_int_get (&mailbox->n_queued);
+    }
+  else
+    batch = detach_some_locked (mailbox, max, &n_counted);
+
   if (batch == NULL)
     mailbox->consumer_idle = TRUE;
   else
     {
       /* The batch moves from the producers' count to the server's. */
-      g_atomic_int_add (&mailbox->n_taken, g_atomic_int_get (&mailbox->n_queued));
-      g_atomic_int_set (&mailbox->n_queued, 0);
+      g_atomic_int_add (&mailbox->n_taken, n_counted);
+      g_atomic_int_add (&mailbox->n_queued, -n_counted);
     }
   g_mutex_unlock (&mailbox->mutex);
 
@@ -961,8 +1057,7 @@ spark_mailbox_finish (SparkMailbox *mailbox)
 
   g_mutex_lock (&mailbox->mutex);
   g_assert (mailbox->state == SPARK_MAILBOX_CLOSED);
-  leftovers = g_atomic_pointer_exchange (&mailbox->head, NULL);
-  mailbox->tail = NULL;
+  leftovers = detach_all_locked (mailbox);
   g_atomic_int_set (&mailbox->n_queued, 0);
   token = g_steal_pointer (&mailbox->token);
   g_mutex_unlock (&mailbox->mutex);
@@ -1004,7 +1099,7 @@ mailbox_transport_post_request (SparkTransport *transport,
                                 gboolean        blocking,
                                 GError        **error)
 {
-  return spark_mailbox_post_request (mailbox_of (transport), req, blocking, error);
+  return spark_mailbox_post_request (mailbox_of (transport), req, SPARK_LANE_DEFAULT, blocking, error);
 }
 
 static gboolean
@@ -1021,7 +1116,7 @@ mailbox_transport_post_command (SparkTransport *transport,
   /* In a block this mailbox's server may have handed back. */
   return spark_mailbox_post_command (mailbox,
                                      spark_message_new_command (&mailbox->command_blocks, name, parameters),
-                                     mode, cancellable, task, error);
+                                     SPARK_LANE_DEFAULT, mode, cancellable, task, error);
 }
 
 static gboolean

@@ -557,20 +557,10 @@ spark_module_server_dispatch (SparkModuleServer *self)
             }
         }
 
-      /* DRAIN waits for every held invocation before it stops. */
-      if (self->shutdown != NULL && self->held->len == 0)
-        {
-          g_clear_pointer (&self->shutdown, spark_message_free);
-          spark_module_server_stop (self);
-          return G_SOURCE_REMOVE;
-        }
-
-      /* At the limit, or stopping: the next request's end wakes us. */
-      if (self->held->len >= self->max_invocations || self->shutdown != NULL)
-        {
-          if (!g_atomic_int_get (&mailbox->aborting))
-            return G_SOURCE_CONTINUE;
-        }
+      /* At the limit: the next request's end wakes us. */
+      if (self->held->len >= self->max_invocations &&
+          !g_atomic_int_get (&mailbox->aborting))
+        return G_SOURCE_CONTINUE;
     }
 
   while (budget-- > 0)
@@ -586,10 +576,24 @@ spark_module_server_dispatch (SparkModuleServer *self)
       if (self->batch == NULL)
         {
           /* Only a server with a thread of its own spins, and only after it
-           * handled something: a shared context (the UI's) never burns. */
-          self->batch = spark_mailbox_take (mailbox, self->own_thread && handled > 0 ? &self->spin : NULL);
+           * handled something: a shared context (the UI's) never burns;
+           * nor does a server that is stopping (nothing more can come). */
+          gboolean spin = self->own_thread && handled > 0 && self->shutdown == NULL;
+
+          self->batch = spark_mailbox_take (mailbox, spin ? &self->spin : NULL, 0);
           if (self->batch == NULL)
-            return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
+            {
+              /* DRAIN: everything queued before the shutdown has been
+               * handled; it stops once the held invocations have ended
+               * too (each one's end wakes us). */
+              if (self->shutdown != NULL && self->held->len == 0)
+                {
+                  g_clear_pointer (&self->shutdown, spark_message_free);
+                  spark_module_server_stop (self);
+                  return G_SOURCE_REMOVE;
+                }
+              return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
+            }
           if (handled == 0)
             spark_spin_note_event (&self->spin);   /* woken after going idle */
         }
@@ -602,14 +606,12 @@ spark_module_server_dispatch (SparkModuleServer *self)
       switch ((SparkMessageKind) msg->kind)
         {
         case SPARK_MESSAGE_SHUTDOWN:
-          if (self->held->len > 0)
-            {
-              self->shutdown = msg;   /* once the held invocations have ended */
-              return G_SOURCE_CONTINUE;
-            }
-          spark_message_free (msg);
-          spark_module_server_stop (self);
-          return G_SOURCE_REMOVE;
+          /* From the control lane, so ahead of the work queued before it:
+           * the mailbox is closed, so what is queued now is all there will
+           * be. The server stops once it has handled it (above). */
+          g_assert (self->shutdown == NULL);
+          self->shutdown = msg;
+          break;
 
         case SPARK_MESSAGE_COMMAND:
           spark_mailbox_release_one (mailbox);

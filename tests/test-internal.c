@@ -15,6 +15,7 @@
 
 #include "spark-dispatcher-private.h"
 #include "spark-error.h"
+#include "spark-mailbox-private.h"
 #include "spark-pool-private.h"
 #include "spark-reply-port-private.h"
 #include "spark-request-private.h"
@@ -463,6 +464,223 @@ test_transport_custom (void)
   g_ptr_array_unref (transport.commands);
 }
 
+/* Mailbox lanes --------------------------------------------------------------- */
+
+static gboolean
+never_dispatched (gpointer data)
+{
+  g_assert_not_reached ();
+  return G_SOURCE_REMOVE;
+}
+
+/* A mailbox open on a context of its own, with nobody serving it: the
+ * test takes from it as a server would. */
+static SparkMailbox *
+lane_mailbox_new (GMainContext **context,
+                  GSource      **source)
+{
+  SparkMailbox *mailbox = spark_mailbox_new ();
+  GError *error = NULL;
+
+  *context = g_main_context_new ();
+  *source = spark_wake_source_new (sizeof (SparkWakeSource), never_dispatched, NULL, "test-lanes");
+  spark_wake_source_attach ((SparkWakeSource *) *source, *context);
+  g_assert_true (spark_mailbox_open (mailbox, *source, *context, NULL, 0, &error));
+  g_assert_no_error (error);
+  return mailbox;
+}
+
+static void
+lane_mailbox_free (SparkMailbox *mailbox,
+                   GMainContext *context,
+                   GSource      *source)
+{
+  spark_mailbox_close (mailbox, TRUE);
+  g_clear_object (&((SparkMailbox *) mailbox)->token);
+  spark_mailbox_unref (mailbox);
+  g_source_destroy (source);
+  g_source_unref (source);
+  g_main_context_unref (context);
+}
+
+static void
+post (SparkMailbox *mailbox,
+      SparkLane     lane,
+      const char   *name)
+{
+  GError *error = NULL;
+
+  g_assert_true (spark_mailbox_post_command (mailbox, spark_message_new_command (NULL, name, NULL),
+                                             lane, SPARK_POST_TRY, NULL, NULL, &error));
+  g_assert_no_error (error);
+}
+
+/* Names of a taken batch, in order, "|"-separated; frees the batch and
+ * releases what counted. */
+static char *
+take_names (SparkMailbox *mailbox,
+            guint         max)
+{
+  GString *names = g_string_new (NULL);
+  SparkMessage *batch = spark_mailbox_take (mailbox, NULL, max);
+
+  while (batch != NULL)
+    {
+      SparkMessage *msg = batch;
+
+      batch = msg->next;
+      g_string_append_printf (names, "%s%s", names->len > 0 ? "|" : "",
+                              msg->kind == SPARK_MESSAGE_SHUTDOWN ? "SHUTDOWN" : spark_message_get_name (msg));
+      if (msg->kind != SPARK_MESSAGE_SHUTDOWN)
+        spark_mailbox_release_one (mailbox);
+      spark_message_free (msg);
+    }
+
+  return g_string_free (names, FALSE);
+}
+
+/* Lanes are taken in order (control, high, default, low), FIFO within
+ * each; the shutdown marker takes no room and is not pending work. */
+static void
+test_lanes_order (void)
+{
+  GMainContext *context;
+  GSource *source;
+  SparkMailbox *mailbox = lane_mailbox_new (&context, &source);
+  GError *error = NULL;
+  char *names;
+
+  post (mailbox, SPARK_LANE_LOW, "low1");
+  post (mailbox, SPARK_LANE_DEFAULT, "def1");
+  post (mailbox, SPARK_LANE_HIGH, "high1");
+  post (mailbox, SPARK_LANE_LOW, "low2");
+  post (mailbox, SPARK_LANE_DEFAULT, "def2");
+  post (mailbox, SPARK_LANE_HIGH, "high2");
+  g_assert_true (spark_mailbox_send_shutdown (mailbox, NULL, &error));
+  g_assert_no_error (error);
+  g_assert_cmpuint (spark_mailbox_get_pending (mailbox), ==, 6);
+
+  names = take_names (mailbox, 0);
+  g_assert_cmpstr (names, ==, "SHUTDOWN|high1|high2|def1|def2|low1|low2");
+  g_free (names);
+  g_assert_cmpuint (spark_mailbox_get_pending (mailbox), ==, 0);
+
+  names = take_names (mailbox, 0);
+  g_assert_cmpstr (names, ==, "");
+  g_free (names);
+
+  lane_mailbox_free (mailbox, context, source);
+}
+
+/* A bounded take: at most @max, lanes in order; a high message behind a
+ * long default backlog comes first. */
+static void
+test_lanes_take_max (void)
+{
+  GMainContext *context;
+  GSource *source;
+  SparkMailbox *mailbox = lane_mailbox_new (&context, &source);
+  char *names;
+
+  for (guint i = 0; i < 10000; i++)
+    post (mailbox, SPARK_LANE_DEFAULT, "backlog");
+  post (mailbox, SPARK_LANE_LOW, "low");
+  post (mailbox, SPARK_LANE_HIGH, "urgent");
+
+  names = take_names (mailbox, 1);
+  g_assert_cmpstr (names, ==, "urgent");
+  g_free (names);
+  names = take_names (mailbox, 2);
+  g_assert_cmpstr (names, ==, "backlog|backlog");
+  g_free (names);
+  g_assert_cmpuint (spark_mailbox_get_pending (mailbox), ==, 9999);
+
+  g_free (take_names (mailbox, 9997));
+  names = take_names (mailbox, 5);
+  g_assert_cmpstr (names, ==, "backlog|low");
+  g_free (names);
+  g_assert_cmpuint (spark_mailbox_get_pending (mailbox), ==, 0);
+
+  lane_mailbox_free (mailbox, context, source);
+}
+
+#define CONSUMERS       3
+#define CONSUMED_TOTAL  30000
+
+typedef struct
+{
+  SparkMailbox *mailbox;
+  gint          consumed;             /* atomic: over all consumers */
+  guint8        seen[CONSUMED_TOTAL]; /* by message number: each written by its consumer */
+  gint          out_of_order;         /* atomic: a consumer saw a number below its last */
+} Consumers;
+
+static gpointer
+consumer_thread (gpointer data)
+{
+  Consumers *c = data;
+  gint last = -1;
+
+  while (g_atomic_int_get (&c->consumed) < CONSUMED_TOTAL)
+    {
+      SparkMessage *batch = spark_mailbox_take (c->mailbox, NULL, 7);
+
+      while (batch != NULL)
+        {
+          SparkMessage *msg = batch;
+          gint n = g_variant_get_int32 (msg->parameters);
+
+          batch = msg->next;
+          if (n < last)
+            g_atomic_int_inc (&c->out_of_order);
+          last = n;
+          c->seen[n]++;
+          spark_mailbox_release_one (c->mailbox);
+          spark_message_free (msg);
+          g_atomic_int_inc (&c->consumed);
+        }
+    }
+
+  return NULL;
+}
+
+/* Several consumers on one mailbox, taking bounded batches while a
+ * producer sends: every message is taken exactly once, and each consumer
+ * sees the producer's order. */
+static void
+test_lanes_consumers (void)
+{
+  GMainContext *context;
+  GSource *source;
+  Consumers *c = g_new0 (Consumers, 1);
+  GThread *threads[CONSUMERS];
+
+  c->mailbox = lane_mailbox_new (&context, &source);
+  for (guint i = 0; i < CONSUMERS; i++)
+    threads[i] = g_thread_new ("consumer", consumer_thread, c);
+
+  for (gint n = 0; n < CONSUMED_TOTAL; n++)
+    {
+      GVariant *value = g_variant_ref_sink (g_variant_new_int32 (n));
+      GError *error = NULL;
+
+      g_assert_true (spark_mailbox_post_command (c->mailbox, spark_message_new_command (NULL, "n", value),
+                                                 SPARK_LANE_DEFAULT, SPARK_POST_TRY, NULL, NULL, &error));
+    }
+
+  for (guint i = 0; i < CONSUMERS; i++)
+    g_thread_join (threads[i]);
+
+  g_assert_cmpint (c->consumed, ==, CONSUMED_TOTAL);
+  g_assert_cmpint (c->out_of_order, ==, 0);
+  for (gint n = 0; n < CONSUMED_TOTAL; n++)
+    g_assert_cmpuint (c->seen[n], ==, 1);
+  g_assert_cmpuint (spark_mailbox_get_pending (c->mailbox), ==, 0);
+
+  lane_mailbox_free (c->mailbox, context, source);
+  g_free (c);
+}
+
 int
 main (int argc, char *argv[])
 {
@@ -480,6 +698,9 @@ main (int argc, char *argv[])
   g_test_add_func ("/spark/internal/pool/thread", test_pool_thread);
   g_test_add_func ("/spark/internal/pool/block-return", test_pool_block_return);
   g_test_add_func ("/spark/internal/transport/custom", test_transport_custom);
+  g_test_add_func ("/spark/internal/lanes/order", test_lanes_order);
+  g_test_add_func ("/spark/internal/lanes/take-max", test_lanes_take_max);
+  g_test_add_func ("/spark/internal/lanes/consumers", test_lanes_consumers);
 
   return g_test_run ();
 }
