@@ -65,8 +65,7 @@
 
 #include "spark-error.h"
 #include "spark-mailbox-private.h"
-#include "spark-reply-port-private.h"
-#include "spark-sync-waiter-private.h"
+#include "spark-outcome-private.h"
 #include "spark-wake-source-private.h"
 
 typedef enum {
@@ -91,13 +90,11 @@ struct _SparkRoomWaiter
   GCancellable    *cancellable;  /* commands only */
   gulong           cancel_id;
 
-  SparkSyncWaiter *sync;         /* SPARK_POST_BLOCK */
-  gint             done;
-
+  /* Commands: how the wait ended goes to the sender's thread
+   * (SPARK_POST_BLOCK) or its context (SPARK_POST_ASYNC, completing
+   * @task). A request's outcome goes where the request's does. */
+  SparkOutcome     outcome;
   GTask           *task;         /* SPARK_POST_ASYNC */
-  SparkReplyPort  *port;
-  gboolean         port_soon;    /* the hold expects the outcome soon */
-  SparkPortItem    port_item;
 };
 
 static const SparkTransportVTable mailbox_transport_vtable;
@@ -443,7 +440,7 @@ admit_locked (SparkMailbox  *mailbox,
 static void
 deliver_waiter_on_port (SparkPortItem *item)
 {
-  SparkRoomWaiter *waiter = (SparkRoomWaiter *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRoomWaiter, port_item));
+  SparkRoomWaiter *waiter = (SparkRoomWaiter *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRoomWaiter, outcome.item));
 
   if (waiter->cancel_id != 0)
     g_cancellable_disconnect (waiter->cancellable, waiter->cancel_id);
@@ -473,8 +470,7 @@ deliver_waiter_on_port (SparkPortItem *item)
   g_clear_pointer (&waiter->msg, spark_message_free);
   g_clear_object (&waiter->task);
   g_clear_object (&waiter->cancellable);
-  if (waiter->port != NULL)
-    spark_reply_port_release (g_steal_pointer (&waiter->port), waiter->port_soon);
+  spark_outcome_release (&waiter->outcome);
   g_clear_pointer (&waiter->mailbox, spark_mailbox_unref);
   g_free (waiter);
 }
@@ -483,14 +479,9 @@ deliver_waiter_on_port (SparkPortItem *item)
 static void
 notify_waiter (SparkRoomWaiter *waiter)
 {
-  if (waiter->sync != NULL)
-    {
-      spark_sync_waiter_signal (waiter->sync, &waiter->done);
-    }
-  else if (waiter->task != NULL)
-    {
-      spark_reply_port_push (waiter->port, &waiter->port_item);
-    }
+  /* A command's waiter has an outcome of its own: a thread or a task. */
+  if (waiter->outcome.sync || waiter->task != NULL)
+    spark_outcome_deliver (&waiter->outcome);
   else
     {
       /* A request: admitted, it now lives in the queue; closed, it fails. */
@@ -560,13 +551,11 @@ wait_for_room (SparkMailbox  *mailbox,
   waiter->mailbox = spark_mailbox_ref (mailbox);
 
   if (mode == SPARK_POST_BLOCK)
-    waiter->sync = spark_sync_waiter_get ();
+    spark_outcome_init_sync (&waiter->outcome);
   else
     {
       waiter->task = g_object_ref (task);
-      waiter->port = spark_reply_port_hold (mailbox->context);
-      waiter->port_soon = spark_reply_port_expects_soon (waiter->port, mailbox->context);
-      waiter->port_item.deliver = deliver_waiter_on_port;
+      spark_outcome_init_port (&waiter->outcome, mailbox->context, deliver_waiter_on_port);
     }
 
   /* Connect before the waiter can be seen, so its handler id is known to
@@ -610,7 +599,7 @@ wait_for_room (SparkMailbox  *mailbox,
     }
 
   if (state == WAITER_WAITING)
-    spark_sync_waiter_wait (waiter->sync, &waiter->done);
+    spark_outcome_wait (&waiter->outcome);
 
   /* Not inside the handler: safe to disconnect (waits for a handler
    * running on another thread, which only takes the mailbox lock). */

@@ -20,10 +20,9 @@
 
 #include "spark-async-result-private.h"
 #include "spark-error.h"
+#include "spark-outcome-private.h"
 #include "spark-pool-private.h"
-#include "spark-reply-port-private.h"
 #include "spark-request-private.h"
-#include "spark-sync-waiter-private.h"
 #include "spark-timer-private.h"
 
 typedef enum {
@@ -54,10 +53,8 @@ struct _SparkRequest
 
   gint             ref_count;         /* atomic */
   gint             claimed;           /* atomic: 0 -> 1 once */
-  gint             done;              /* atomic: SYNC only, set when delivered */
   gint             cancel_armed;      /* atomic: the cancel handler may claim */
   guint8           reply_kind;        /* immutable: a ReplyKind */
-  gboolean         port_soon;         /* immutable: the port hold expects the outcome soon */
 
   GVariant        *reply;             /* written by the claim winner before delivery */
   GError          *error;             /* same */
@@ -75,15 +72,10 @@ struct _SparkRequest
   const SparkRequestWatcher *watcher;
 
   /* Where the outcome goes; immutable after send. */
-  SparkReplyPort  *port;              /* ASYNC, FUNC: a hold on it */
-  SparkPortItem    port_item;         /* ASYNC, FUNC */
+  SparkOutcome     outcome;
   gpointer         user_data;         /* ASYNC, FUNC */
   union
   {
-    struct
-    {
-      SparkSyncWaiter *waiter;
-    } sync;
     struct
     {
       GObject            *source_object;   /* a reference (the dispatcher) */
@@ -167,7 +159,6 @@ request_new (const char         *name,
   req->msg.parameters = parameters;   /* ours now: sunk by the dispatcher */
   req->ref_count = 2;   /* the sender's side and the completion side */
   req->reply_kind = (guint8) reply_kind;
-  req->port_item.deliver = spark_request_deliver_on_port;
 
   if (cancellable != NULL)
     req->cancellable = g_object_ref (cancellable);
@@ -182,15 +173,6 @@ request_new (const char         *name,
   return req;
 }
 
-/* The outcome goes to the calling thread's reply port. */
-static void
-hold_port (SparkRequest *req,
-           GMainContext *producer)
-{
-  req->port = spark_reply_port_hold (producer);
-  req->port_soon = spark_reply_port_expects_soon (req->port, producer);
-}
-
 SparkRequest *
 spark_request_new_sync (const char         *name,
                         GVariant           *parameters,
@@ -200,7 +182,7 @@ spark_request_new_sync (const char         *name,
 {
   SparkRequest *req = request_new (name, parameters, reply_type, cancellable, timeout_msec, REPLY_SYNC);
 
-  req->to.sync.waiter = spark_sync_waiter_get ();
+  spark_outcome_init_sync (&req->outcome);
   return req;
 }
 
@@ -222,7 +204,7 @@ spark_request_new_async (const char          *name,
   req->to.async.source_tag = source_tag;
   req->to.async.callback = callback;
   req->user_data = user_data;
-  hold_port (req, producer);
+  spark_outcome_init_port (&req->outcome, producer, spark_request_deliver_on_port);
   return req;
 }
 
@@ -242,7 +224,7 @@ spark_request_new_func (const char         *name,
   req->to.func.reply_func = reply_func;
   req->user_data = user_data;
   req->to.func.destroy = destroy;
-  hold_port (req, producer);
+  spark_outcome_init_port (&req->outcome, producer, spark_request_deliver_on_port);
   return req;
 }
 
@@ -267,8 +249,7 @@ spark_request_unref (SparkRequest *req)
   g_clear_error (&req->error);
   g_clear_object (&req->cancellable);
   g_clear_object (&req->handler_cancellable);
-  if (req->port != NULL)
-    spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
+  spark_outcome_release (&req->outcome);
   if (req->reply_kind == REPLY_ASYNC)
     {
       g_clear_object (&req->to.async.source_object);
@@ -361,23 +342,6 @@ spark_request_unwatch (SparkRequest *req)
     req->watcher->release (data);
 }
 
-static void
-spark_request_deliver (SparkRequest *req)
-{
-  switch ((ReplyKind) req->reply_kind)
-    {
-    case REPLY_SYNC:
-      spark_sync_waiter_signal (req->to.sync.waiter, &req->done);
-      break;
-
-    case REPLY_ASYNC:
-    case REPLY_FUNC:
-    default:
-      spark_reply_port_push (req->port, &req->port_item);
-      break;
-    }
-}
-
 static gboolean
 spark_request_complete_internal (SparkRequest *req,
                                  GVariant     *reply,
@@ -414,7 +378,7 @@ spark_request_complete_internal (SparkRequest *req,
       req->watcher->release (watch_data);
     }
 
-  spark_request_deliver (req);
+  spark_outcome_deliver (&req->outcome);
 
   return TRUE;
 }
@@ -618,8 +582,7 @@ spark_request_release_requester (SparkRequest *req)
   g_assert (g_atomic_int_get (&req->claimed));
 
   g_clear_object (&req->cancellable);
-  if (req->port != NULL)
-    spark_reply_port_release (g_steal_pointer (&req->port), req->port_soon);
+  spark_outcome_release (&req->outcome);
   req->user_data = NULL;
 
   switch ((ReplyKind) req->reply_kind)
@@ -658,7 +621,7 @@ spark_request_wait_sync (SparkRequest  *req,
 
   g_assert (req->reply_kind == REPLY_SYNC);
 
-  spark_sync_waiter_wait (req->to.sync.waiter, &req->done);
+  spark_outcome_wait (&req->outcome);
   spark_request_disarm (req);
   apply_cancel_wins (req);
 
@@ -677,7 +640,7 @@ spark_request_wait_sync (SparkRequest  *req,
 static void
 spark_request_deliver_on_port (SparkPortItem *item)
 {
-  SparkRequest *req = (SparkRequest *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRequest, port_item));
+  SparkRequest *req = (SparkRequest *) (void *) ((char *) item - G_STRUCT_OFFSET (SparkRequest, outcome.item));
 
   spark_request_disarm (req);
   apply_cancel_wins (req);
@@ -692,7 +655,7 @@ spark_request_deliver_on_port (SparkPortItem *item)
 
   if (req->reply_kind == REPLY_ASYNC)
     {
-      SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (req->port);
+      SparkAsyncResultPool *pool = spark_reply_port_get_result_pool (spark_outcome_get_port (&req->outcome));
       SparkAsyncResult *result;
 
       result = spark_async_result_obtain (pool, req->to.async.source_object, req->to.async.source_tag,
@@ -787,9 +750,8 @@ spark_request_send_progress (SparkRequest *req,
            * request's own hold, has not begun, so the port is held. */
           item->item.deliver = deliver_progress;
           item->req = spark_request_ref (req);
-          item->port = req->port;
+          item->port = spark_outcome_add_port_hold (&req->outcome);
           item->value = g_steal_pointer (&progress);
-          spark_reply_port_add_hold (item->port);
           spark_reply_port_push (item->port, &item->item);
         }
       g_mutex_unlock (&listener->mutex);

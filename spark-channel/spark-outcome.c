@@ -1,0 +1,49 @@
+/* spark-outcome.c: where an outcome goes
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include "config.h"
+
+#include "spark-outcome-private.h"
+
+void
+spark_outcome_init_sync (SparkOutcome *outcome)
+{
+  outcome->sync = TRUE;
+  outcome->to.waiter = spark_sync_waiter_get ();
+}
+
+void
+spark_outcome_init_port (SparkOutcome         *outcome,
+                         GMainContext         *producer,
+                         SparkPortDeliverFunc  deliver)
+{
+  outcome->sync = FALSE;
+  outcome->item.deliver = deliver;
+  outcome->to.port = spark_reply_port_hold (producer);
+  outcome->soon = spark_reply_port_expects_soon (outcome->to.port, producer);
+}
+
+void
+spark_outcome_deliver (SparkOutcome *outcome)
+{
+  if (outcome->sync)
+    spark_sync_waiter_signal (outcome->to.waiter, &outcome->done);
+  else
+    spark_reply_port_push (outcome->to.port, &outcome->item);
+}
+
+void
+spark_outcome_wait (SparkOutcome *outcome)
+{
+  g_assert (outcome->sync);
+  spark_sync_waiter_wait (outcome->to.waiter, &outcome->done);
+}
+
+void
+spark_outcome_release (SparkOutcome *outcome)
+{
+  if (!outcome->sync && outcome->to.port != NULL)
+    spark_reply_port_release (g_steal_pointer (&outcome->to.port), outcome->soon);
+}
