@@ -248,7 +248,7 @@ is_counted (SparkMessage *msg)
   return msg->kind != SPARK_MESSAGE_SHUTDOWN;
 }
 
-static void
+static inline void
 enqueue_locked (SparkMailbox *mailbox,
                 SparkMessage *msg,
                 SparkLane     lane,
@@ -282,8 +282,23 @@ enqueue_locked (SparkMailbox *mailbox,
 static SparkMessage *
 detach_all_locked (SparkMailbox *mailbox)
 {
+  gint nonempty = mailbox->nonempty;
   SparkMessage *head = NULL;
   SparkMessage *tail = NULL;
+
+  if (nonempty == 0)
+    return NULL;
+
+  /* The usual case: work in one lane only. */
+  if ((nonempty & (nonempty - 1)) == 0)
+    {
+      SparkMailboxLane *l = &mailbox->lanes[g_bit_nth_lsf ((gulong) nonempty, -1)];
+
+      head = l->head;
+      l->head = l->tail = NULL;
+      g_atomic_int_set (&mailbox->nonempty, 0);
+      return head;
+    }
 
   for (guint i = 0; i < SPARK_N_LANES; i++)
     {

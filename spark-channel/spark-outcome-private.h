@@ -38,13 +38,33 @@ void     spark_outcome_init_sync    (SparkOutcome         *outcome);
 void     spark_outcome_init_port    (SparkOutcome         *outcome,
                                      GMainContext         *producer,
                                      SparkPortDeliverFunc  deliver);
+
 /* From any thread, once. */
-void     spark_outcome_deliver      (SparkOutcome         *outcome);
+static inline void
+spark_outcome_deliver (SparkOutcome *outcome)
+{
+  if (outcome->sync)
+    spark_sync_waiter_signal (outcome->to.waiter, &outcome->done);
+  else
+    spark_reply_port_push (outcome->to.port, &outcome->item);
+}
+
 /* To a thread only, on it. */
-void     spark_outcome_wait         (SparkOutcome         *outcome);
+static inline void
+spark_outcome_wait (SparkOutcome *outcome)
+{
+  g_assert (outcome->sync);
+  spark_sync_waiter_wait (outcome->to.waiter, &outcome->done);
+}
+
 /* Drops the hold on the port (a context alive, maybe spinning) once the
  * outcome is delivered or will never come; idempotent. */
-void     spark_outcome_release      (SparkOutcome         *outcome);
+static inline void
+spark_outcome_release (SparkOutcome *outcome)
+{
+  if (!outcome->sync && outcome->to.port != NULL)
+    spark_reply_port_release (g_steal_pointer (&outcome->to.port), outcome->soon);
+}
 
 /* From the item's deliver function. */
 static inline SparkReplyPort *

@@ -24,26 +24,3 @@ spark_outcome_init_port (SparkOutcome         *outcome,
   outcome->to.port = spark_reply_port_hold (producer);
   outcome->soon = spark_reply_port_expects_soon (outcome->to.port, producer);
 }
-
-void
-spark_outcome_deliver (SparkOutcome *outcome)
-{
-  if (outcome->sync)
-    spark_sync_waiter_signal (outcome->to.waiter, &outcome->done);
-  else
-    spark_reply_port_push (outcome->to.port, &outcome->item);
-}
-
-void
-spark_outcome_wait (SparkOutcome *outcome)
-{
-  g_assert (outcome->sync);
-  spark_sync_waiter_wait (outcome->to.waiter, &outcome->done);
-}
-
-void
-spark_outcome_release (SparkOutcome *outcome)
-{
-  if (!outcome->sync && outcome->to.port != NULL)
-    spark_reply_port_release (g_steal_pointer (&outcome->to.port), outcome->soon);
-}

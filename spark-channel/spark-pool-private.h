@@ -41,7 +41,21 @@ typedef struct
   char        producers_line_end[64 - SPARK_BLOCK_CLASSES * sizeof (SparkBlock *)];
 } SparkBlockReturn;
 
-gboolean  spark_pools_enabled          (void);
+/* 0: not read yet, 1: off, 2: on. Written once, by spark_pools_init(). */
+extern gint spark_pools_state;
+
+gboolean  spark_pools_init             (void);
+
+/* Whether blocks are pooled at all (see spark-pool.c). */
+static inline gboolean
+spark_pools_enabled (void)
+{
+  gint state = g_atomic_int_get (&spark_pools_state);
+
+  if G_LIKELY (state != 0)
+    return state == 2;
+  return spark_pools_init ();
+}
 
 /* The calling thread's own blocks of one size (the caller's): made and
  * freed on the same thread. */

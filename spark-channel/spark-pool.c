@@ -68,23 +68,21 @@ thread_blocks_free (gpointer data)
 
 static GPrivate thread_blocks_key = G_PRIVATE_INIT (thread_blocks_free);
 
+gint spark_pools_state;
+
+/* Reads the environment once; racing first callers agree. */
 gboolean
-spark_pools_enabled (void)
+spark_pools_init (void)
 {
-  static gsize enabled;
+  const char *slice = g_getenv ("G_SLICE");
+  const char *pools = g_getenv ("SPARK_POOLS");
+  gboolean on = !(slice != NULL && strstr (slice, "always-malloc") != NULL);
 
-  if (g_once_init_enter (&enabled))
-    {
-      const char *slice = g_getenv ("G_SLICE");
-      const char *pools = g_getenv ("SPARK_POOLS");
-      gboolean on = !(slice != NULL && strstr (slice, "always-malloc") != NULL);
+  if (pools != NULL && *pools != '\0')
+    on = g_strcmp0 (pools, "0") != 0;
+  g_atomic_int_set (&spark_pools_state, on ? 2 : 1);
 
-      if (pools != NULL && *pools != '\0')
-        on = g_strcmp0 (pools, "0") != 0;
-      g_once_init_leave (&enabled, on ? 2 : 1);
-    }
-
-  return enabled == 2;
+  return on;
 }
 
 static ThreadBlocks *
