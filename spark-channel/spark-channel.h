@@ -20,6 +20,7 @@ G_BEGIN_DECLS
 # include "spark-func-handler.h"
 # include "spark-dispatcher.h"
 # include "spark-module-server.h"
+# include "spark-router.h"
 #undef SPARK_INSIDE
 
 G_END_DECLS

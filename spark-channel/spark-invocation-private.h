@@ -12,5 +12,10 @@ G_BEGIN_DECLS
 
 SparkInvocation *spark_invocation_new (SparkRequest *req,
                                        GCancellable *cancellable);
+/* Before the handler gets it: a reply not of @reply_type fails with
+ * TYPE_MISMATCH naming @route (a router's). */
+void             spark_invocation_check_reply (SparkInvocation    *self,
+                                               const char         *route,
+                                               const GVariantType *reply_type);
 
 G_END_DECLS

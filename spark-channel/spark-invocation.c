@@ -45,6 +45,8 @@ struct _SparkInvocation
   SparkRequest *req;          /* immutable, a reference */
   GCancellable *cancellable;  /* immutable, a reference */
   gint          completed;    /* atomic: 0 -> 1 on the first completion */
+  char         *route;        /* immutable once handled, nullable: a router's route */
+  GVariantType *route_reply_type; /* same */
 };
 
 G_DEFINE_FINAL_TYPE (SparkInvocation, spark_invocation, G_TYPE_OBJECT)
@@ -62,6 +64,8 @@ spark_invocation_finalize (GObject *object)
 
   g_clear_pointer (&self->req, spark_request_unref);
   g_clear_object (&self->cancellable);
+  g_free (self->route);
+  g_clear_pointer (&self->route_reply_type, g_variant_type_free);
 
   G_OBJECT_CLASS (spark_invocation_parent_class)->finalize (object);
 }
@@ -187,7 +191,30 @@ spark_invocation_return_value (SparkInvocation *self,
   if (!spark_invocation_claim (self))
     return;
 
+  if (self->route_reply_type != NULL && !g_variant_is_of_type (owned, self->route_reply_type))
+    {
+      spark_request_return_reply (self->req, NULL,
+                                  g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
+                                               "Route “%s”: the reply to request “%s” has type “%s”, expected “%.*s”",
+                                               self->route, spark_request_get_name (self->req),
+                                               g_variant_get_type_string (owned),
+                                               (int) g_variant_type_get_string_length (self->route_reply_type),
+                                               g_variant_type_peek_string (self->route_reply_type)));
+      return;
+    }
+
   spark_request_return_reply (self->req, g_steal_pointer (&owned), NULL);
+}
+
+void
+spark_invocation_check_reply (SparkInvocation    *self,
+                              const char         *route,
+                              const GVariantType *reply_type)
+{
+  g_free (self->route);
+  g_clear_pointer (&self->route_reply_type, g_variant_type_free);
+  self->route = g_strdup (route);
+  self->route_reply_type = g_variant_type_copy (reply_type);
 }
 
 /**

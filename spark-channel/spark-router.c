@@ -1,0 +1,586 @@
+/* spark-router.c
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+/**
+ * SparkRouter:
+ *
+ * A [iface@Spark.Handler] that hands each message to another handler, or
+ * to a [class@Spark.Dispatcher] (a module on another server, maybe on
+ * another thread), by the message's name.
+ *
+ * A route's pattern is a name (`"kv.get"`), or a prefix followed by `*`
+ * (`"kv.*"`; `"*"` alone takes everything). An exact name wins over a
+ * prefix, and a longer prefix over a shorter one. A message no route takes
+ * fails with %SPARK_CHANNEL_ERROR_NOT_SUPPORTED.
+ *
+ * A route may declare the type of its parameters and of its replies. A
+ * message whose parameters are not of the declared type fails with
+ * %SPARK_CHANNEL_ERROR_TYPE_MISMATCH before any handler runs; so does a
+ * request whose reply is not of the declared type. Both errors name the
+ * route and both types. (A requester's own reply type is checked too, as
+ * always.)
+ *
+ * Routes can be added and removed from any thread while the router serves;
+ * a message already routed finishes on the route it took.
+ *
+ * The router replies through invocations, so a request routed to a
+ * dispatcher holds its invocation until the other module replies: give the
+ * router's server a [property@Spark.ModuleServer:max-invocations] above 1
+ * to have several such requests in flight at once. Commands routed to a
+ * dispatcher are sent with [method@Spark.Dispatcher.try_send_command]: a
+ * full mailbox there fails the command (see
+ * [signal@Spark.ModuleServer::command-failed]) rather than blocking the
+ * router's server.
+ *
+ * A handler written in JavaScript only runs on the main thread: a router
+ * on another thread fails what it routes there with
+ * %SPARK_CHANNEL_ERROR_NOT_SUPPORTED. Route to a dispatcher of a server
+ * on the main context instead.
+ *
+ * Since: 1.0
+ */
+
+#include "config.h"
+
+#include <string.h>
+
+#include "spark-error.h"
+#include "spark-handler-private.h"
+#include "spark-invocation-private.h"
+#include "spark-router.h"
+
+typedef struct
+{
+  gint             ref_count;        /* atomic */
+  char            *pattern;          /* immutable */
+  gsize            prefix_len;       /* immutable: for a prefix pattern, the length before '*' */
+  gboolean         is_prefix;        /* immutable */
+  SparkHandler    *handler;          /* immutable, a reference; or */
+  SparkDispatcher *dispatcher;       /* immutable, a reference */
+  GVariantType    *parameter_type;   /* immutable, nullable */
+  GVariantType    *reply_type;       /* immutable, nullable */
+} Route;
+
+struct _SparkRouter
+{
+  GObject     parent_instance;
+
+  GMutex      mutex;
+  GHashTable *exact;      /* mutex: name -> Route */
+  GPtrArray  *prefixes;   /* mutex: Route, longest prefix first */
+};
+
+static void spark_router_iface_init (SparkHandlerInterface *iface);
+
+G_DEFINE_FINAL_TYPE_WITH_CODE (SparkRouter, spark_router, G_TYPE_OBJECT,
+                               G_IMPLEMENT_INTERFACE (SPARK_TYPE_HANDLER, spark_router_iface_init))
+
+static Route *
+route_ref (Route *route)
+{
+  g_atomic_int_inc (&route->ref_count);
+  return route;
+}
+
+static void
+route_unref (Route *route)
+{
+  if (!g_atomic_int_dec_and_test (&route->ref_count))
+    return;
+
+  g_free (route->pattern);
+  g_clear_object (&route->handler);
+  g_clear_object (&route->dispatcher);
+  g_clear_pointer (&route->parameter_type, g_variant_type_free);
+  g_clear_pointer (&route->reply_type, g_variant_type_free);
+  g_free (route);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC (Route, route_unref)
+
+/* The route that takes @name, with a reference; NULL if none does. */
+static Route *
+spark_router_lookup (SparkRouter *self,
+                     const char  *name)
+{
+  Route *route;
+
+  g_mutex_lock (&self->mutex);
+  route = g_hash_table_lookup (self->exact, name);
+  if (route == NULL)
+    {
+      for (guint i = 0; i < self->prefixes->len; i++)
+        {
+          Route *candidate = g_ptr_array_index (self->prefixes, i);
+
+          if (strncmp (name, candidate->pattern, candidate->prefix_len) == 0)
+            {
+              route = candidate;
+              break;
+            }
+        }
+    }
+  if (route != NULL)
+    route_ref (route);
+  g_mutex_unlock (&self->mutex);
+
+  return route;
+}
+
+static const char *
+type_string_of (GVariant *value)
+{
+  return value != NULL ? g_variant_get_type_string (value) : "(none)";
+}
+
+/* FALSE with @error set if @parameters are not of the route's type. */
+static gboolean
+check_parameters (Route       *route,
+                  const char  *kind,
+                  const char  *name,
+                  GVariant    *parameters,
+                  GError     **error)
+{
+  if (route->parameter_type == NULL ||
+      (parameters != NULL && g_variant_is_of_type (parameters, route->parameter_type)))
+    return TRUE;
+
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
+               "Route “%s”: the parameters of %s “%s” have type “%s”, expected “%.*s”",
+               route->pattern, kind, name, type_string_of (parameters),
+               (int) g_variant_type_get_string_length (route->parameter_type),
+               g_variant_type_peek_string (route->parameter_type));
+  return FALSE;
+}
+
+/* A JavaScript handler, off the main thread, would crash its runtime. */
+static gboolean
+check_thread (Route       *route,
+              const char  *kind,
+              const char  *name,
+              GError     **error)
+{
+  if (route->handler == NULL ||
+      !spark_handler_is_main_only (route->handler) ||
+      g_main_context_is_owner (g_main_context_default ()))
+    return TRUE;
+
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+               "Route “%s”: the handler of %s “%s” is written in JavaScript and runs on the "
+               "main thread only; route to a dispatcher of a server on the main context instead",
+               route->pattern, kind, name);
+  return FALSE;
+}
+
+static void
+set_no_route (const char  *kind,
+              const char  *name,
+              GError     **error)
+{
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+               "No route takes %s “%s”", kind, name);
+}
+
+/* A request sent on to a dispatcher, until its reply comes back. */
+typedef struct
+{
+  SparkInvocation *invocation;   /* a reference */
+  Route           *route;        /* a reference */
+} Forward;
+
+static void
+forward_free (gpointer data)
+{
+  Forward *forward = data;
+
+  g_object_unref (forward->invocation);
+  route_unref (forward->route);
+  g_free (forward);
+}
+
+static void
+on_forwarded_reply (GVariant     *reply,
+                    const GError *error,
+                    gpointer      data)
+{
+  Forward *forward = data;
+
+  if (error != NULL)
+    spark_invocation_return_gerror (forward->invocation, error);
+  else
+    spark_invocation_return_value (forward->invocation, reply);
+}
+
+static void
+spark_router_handle_invocation (SparkHandler    *handler,
+                                SparkInvocation *invocation)
+{
+  SparkRouter *self = SPARK_ROUTER (handler);
+  const char *name = spark_invocation_get_name (invocation);
+  GVariant *parameters = spark_invocation_get_parameters (invocation);
+  g_autoptr(Route) route = spark_router_lookup (self, name);
+  GError *error = NULL;
+
+  if (route == NULL)
+    {
+      set_no_route ("request", name, &error);
+      spark_invocation_take_error (invocation, error);
+      return;
+    }
+
+  if (!check_parameters (route, "request", name, parameters, &error) ||
+      !check_thread (route, "request", name, &error))
+    {
+      spark_invocation_take_error (invocation, error);
+      return;
+    }
+
+  /* The reply is checked where the invocation is completed, whoever
+   * completes it. */
+  if (route->reply_type != NULL)
+    spark_invocation_check_reply (invocation, route->pattern, route->reply_type);
+
+  if (route->handler != NULL)
+    {
+      spark_handler_handle_invocation (route->handler, invocation);
+    }
+  else
+    {
+      Forward *forward = g_new0 (Forward, 1);
+
+      forward->invocation = g_object_ref (invocation);
+      forward->route = route_ref (route);
+      spark_dispatcher_request_full (route->dispatcher, name, parameters, NULL,
+                                     spark_invocation_get_cancellable (invocation),
+                                     on_forwarded_reply, forward, forward_free);
+    }
+}
+
+static gboolean
+spark_router_handle_command (SparkHandler  *handler,
+                             const char    *name,
+                             GVariant      *parameters,
+                             GCancellable  *cancellable,
+                             GError       **error)
+{
+  SparkRouter *self = SPARK_ROUTER (handler);
+  g_autoptr(Route) route = spark_router_lookup (self, name);
+
+  if (route == NULL)
+    {
+      set_no_route ("command", name, error);
+      return FALSE;
+    }
+
+  if (!check_parameters (route, "command", name, parameters, error) ||
+      !check_thread (route, "command", name, error))
+    return FALSE;
+
+  if (route->handler != NULL)
+    return spark_handler_handle_command (route->handler, name, parameters, cancellable, error);
+
+  return spark_dispatcher_try_send_command (route->dispatcher, name, parameters, error);
+}
+
+static void
+spark_router_iface_init (SparkHandlerInterface *iface)
+{
+  iface->handle_invocation = spark_router_handle_invocation;
+  iface->handle_command = spark_router_handle_command;
+}
+
+static void
+spark_router_finalize (GObject *object)
+{
+  SparkRouter *self = SPARK_ROUTER (object);
+
+  g_clear_pointer (&self->exact, g_hash_table_unref);
+  g_clear_pointer (&self->prefixes, g_ptr_array_unref);
+  g_mutex_clear (&self->mutex);
+
+  G_OBJECT_CLASS (spark_router_parent_class)->finalize (object);
+}
+
+static void
+spark_router_class_init (SparkRouterClass *klass)
+{
+  G_OBJECT_CLASS (klass)->finalize = spark_router_finalize;
+}
+
+static void
+spark_router_init (SparkRouter *self)
+{
+  g_mutex_init (&self->mutex);
+  self->exact = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, (GDestroyNotify) route_unref);
+  self->prefixes = g_ptr_array_new_with_free_func ((GDestroyNotify) route_unref);
+}
+
+/**
+ * spark_router_new:
+ *
+ * Creates a router without routes: every message fails with
+ * %SPARK_CHANNEL_ERROR_NOT_SUPPORTED until routes are added. Serve it with
+ * [ctor@Spark.ModuleServer.new] like any handler.
+ *
+ * Returns: (transfer full): a new [class@Spark.Router]
+ *
+ * Since: 1.0
+ */
+SparkRouter *
+spark_router_new (void)
+{
+  return g_object_new (SPARK_TYPE_ROUTER, NULL);
+}
+
+static gboolean
+pattern_is_valid (const char *pattern)
+{
+  const char *star;
+
+  if (pattern == NULL || *pattern == '\0')
+    return FALSE;
+
+  star = strchr (pattern, '*');
+  return star == NULL || star[1] == '\0';
+}
+
+static gboolean
+type_is_valid (const GVariantType *type)
+{
+  return type == NULL || g_variant_type_string_scan ((const char *) type, NULL, NULL);
+}
+
+static gint
+compare_prefix_length (gconstpointer a,
+                       gconstpointer b)
+{
+  const Route *ra = *(Route * const *) a;
+  const Route *rb = *(Route * const *) b;
+
+  return (ra->prefix_len < rb->prefix_len) - (ra->prefix_len > rb->prefix_len);
+}
+
+static gboolean
+spark_router_add (SparkRouter  *self,
+                  Route        *route,
+                  GError      **error)
+{
+  gboolean exists;
+
+  g_mutex_lock (&self->mutex);
+  if (route->is_prefix)
+    {
+      exists = FALSE;
+      for (guint i = 0; i < self->prefixes->len && !exists; i++)
+        exists = strcmp (((Route *) g_ptr_array_index (self->prefixes, i))->pattern, route->pattern) == 0;
+      if (!exists)
+        {
+          g_ptr_array_add (self->prefixes, route_ref (route));
+          g_ptr_array_sort (self->prefixes, compare_prefix_length);
+        }
+    }
+  else
+    {
+      exists = g_hash_table_contains (self->exact, route->pattern);
+      if (!exists)
+        g_hash_table_insert (self->exact, route->pattern, route_ref (route));
+    }
+  g_mutex_unlock (&self->mutex);
+
+  if (exists)
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_EXISTS,
+                 "The router has a route “%s” already", route->pattern);
+  route_unref (route);
+
+  return !exists;
+}
+
+static Route *
+route_new (const char         *pattern,
+           const GVariantType *parameter_type,
+           const GVariantType *reply_type)
+{
+  Route *route = g_new0 (Route, 1);
+  gsize len = strlen (pattern);
+
+  route->ref_count = 1;
+  route->pattern = g_strdup (pattern);
+  route->is_prefix = pattern[len - 1] == '*';
+  route->prefix_len = route->is_prefix ? len - 1 : len;
+  route->parameter_type = parameter_type ? g_variant_type_copy (parameter_type) : NULL;
+  route->reply_type = reply_type ? g_variant_type_copy (reply_type) : NULL;
+
+  return route;
+}
+
+/**
+ * spark_router_add_handler:
+ * @self: a [class@Spark.Router]
+ * @pattern: a message name, or a prefix followed by `*`
+ * @handler: the handler that gets what @pattern takes
+ * @parameter_type: (nullable): the type the parameters must have, or %NULL
+ *   for any (parameters of a declared type must be given)
+ * @reply_type: (nullable): the type the replies must have, or %NULL for any
+ * @error: return location for an error
+ *
+ * Routes the messages that @pattern takes to @handler, which is called on
+ * the router's server context, as the router is. Fails with
+ * %G_IO_ERROR_EXISTS if the router has a route of that pattern already.
+ *
+ * May be called from any thread, while the router serves.
+ *
+ * Returns: %TRUE if the route was added
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_add_handler (SparkRouter        *self,
+                          const char         *pattern,
+                          SparkHandler       *handler,
+                          const GVariantType *parameter_type,
+                          const GVariantType *reply_type,
+                          GError            **error)
+{
+  Route *route;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+  g_return_val_if_fail (pattern_is_valid (pattern), FALSE);
+  g_return_val_if_fail (SPARK_IS_HANDLER (handler), FALSE);
+  g_return_val_if_fail ((gpointer) handler != (gpointer) self, FALSE);
+  g_return_val_if_fail (type_is_valid (parameter_type), FALSE);
+  g_return_val_if_fail (type_is_valid (reply_type), FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  route = route_new (pattern, parameter_type, reply_type);
+  route->handler = g_object_ref (handler);
+
+  return spark_router_add (self, route, error);
+}
+
+/**
+ * spark_router_add_dispatcher:
+ * @self: a [class@Spark.Router]
+ * @pattern: a message name, or a prefix followed by `*`
+ * @dispatcher: where the messages that @pattern takes are sent on
+ * @parameter_type: (nullable): the type the parameters must have, or %NULL
+ *   for any
+ * @reply_type: (nullable): the type the replies must have, or %NULL for any
+ * @error: return location for an error
+ *
+ * Routes the messages that @pattern takes to another module, which
+ * @dispatcher sends to. Requests go with
+ * [method@Spark.Dispatcher.request_full] (the reply, or the error, goes
+ * back unchanged; the requester's cancellation reaches the other module),
+ * commands with [method@Spark.Dispatcher.try_send_command]. Fails with
+ * %G_IO_ERROR_EXISTS if the router has a route of that pattern already.
+ *
+ * May be called from any thread, while the router serves.
+ *
+ * Returns: %TRUE if the route was added
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_add_dispatcher (SparkRouter        *self,
+                             const char         *pattern,
+                             SparkDispatcher    *dispatcher,
+                             const GVariantType *parameter_type,
+                             const GVariantType *reply_type,
+                             GError            **error)
+{
+  Route *route;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+  g_return_val_if_fail (pattern_is_valid (pattern), FALSE);
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (dispatcher), FALSE);
+  g_return_val_if_fail (type_is_valid (parameter_type), FALSE);
+  g_return_val_if_fail (type_is_valid (reply_type), FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  route = route_new (pattern, parameter_type, reply_type);
+  route->dispatcher = g_object_ref (dispatcher);
+
+  return spark_router_add (self, route, error);
+}
+
+/**
+ * spark_router_remove:
+ * @self: a [class@Spark.Router]
+ * @pattern: the pattern of a route, as it was added
+ *
+ * Removes a route. Messages it already took finish on it; later ones go
+ * to the next best route, if any.
+ *
+ * May be called from any thread, while the router serves.
+ *
+ * Returns: %TRUE if the router had a route of that pattern
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_remove (SparkRouter *self,
+                     const char  *pattern)
+{
+  gboolean removed = FALSE;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+  g_return_val_if_fail (pattern != NULL, FALSE);
+
+  g_mutex_lock (&self->mutex);
+  removed = g_hash_table_remove (self->exact, pattern);
+  for (guint i = 0; i < self->prefixes->len && !removed; i++)
+    {
+      if (strcmp (((Route *) g_ptr_array_index (self->prefixes, i))->pattern, pattern) == 0)
+        {
+          g_ptr_array_remove_index (self->prefixes, i);   /* keeps the order */
+          removed = TRUE;
+        }
+    }
+  g_mutex_unlock (&self->mutex);
+
+  return removed;
+}
+
+static gint
+compare_strings (gconstpointer a,
+                 gconstpointer b)
+{
+  return strcmp (*(char * const *) a, *(char * const *) b);
+}
+
+/**
+ * spark_router_list_patterns:
+ * @self: a [class@Spark.Router]
+ *
+ * The patterns of the router's routes, sorted. May be called from any
+ * thread.
+ *
+ * Returns: (transfer full) (array zero-terminated=1): the patterns
+ *
+ * Since: 1.0
+ */
+char **
+spark_router_list_patterns (SparkRouter *self)
+{
+  GPtrArray *patterns;
+  GHashTableIter iter;
+  gpointer key;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), NULL);
+
+  patterns = g_ptr_array_new ();
+  g_mutex_lock (&self->mutex);
+  g_hash_table_iter_init (&iter, self->exact);
+  while (g_hash_table_iter_next (&iter, &key, NULL))
+    g_ptr_array_add (patterns, g_strdup (key));
+  for (guint i = 0; i < self->prefixes->len; i++)
+    g_ptr_array_add (patterns, g_strdup (((Route *) g_ptr_array_index (self->prefixes, i))->pattern));
+  g_mutex_unlock (&self->mutex);
+
+  g_ptr_array_sort (patterns, compare_strings);
+  g_ptr_array_add (patterns, NULL);
+
+  return (char **) g_ptr_array_free (patterns, FALSE);
+}
