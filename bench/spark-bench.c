@@ -468,6 +468,7 @@ typedef struct
   guint       delay_ms;   /* requests answered this long after they arrive */
   gpointer    next;       /* requests forwarded to this server of the same
                            * transport, answered with its reply */
+  gboolean    routed;     /* spark: the module behind a SparkRouter */
 } ServerSetup;
 
 /* One way of carrying the module's messages. A server is what start()
@@ -613,6 +614,25 @@ typedef struct
   SparkDispatcher   *dispatcher;
 } SparkSide;
 
+/* The router in front of the module for the *_routed rows: the module's
+ * two names as exact routes, among prefix routes that take nothing here
+ * (every lookup passes them), as an application with a few modules has. */
+static SparkHandler *
+bench_router_new (SparkHandler *module)
+{
+  static const char * const decoys[] = { "kv.*", "math.*", "ui.progress.*", "log.*" };
+  SparkRouter *router = spark_router_new ();
+
+  if (!spark_router_add_handler (router, REQUEST_NAME, module, NULL, NULL, NULL) ||
+      !spark_router_add_handler (router, COMMAND_NAME, module, NULL, NULL, NULL))
+    g_error ("Cannot add the bench's routes");
+  for (guint i = 0; i < G_N_ELEMENTS (decoys); i++)
+    spark_router_add_handler (router, decoys[i], module, NULL, NULL, NULL);
+  g_object_unref (module);
+
+  return SPARK_HANDLER (router);
+}
+
 /* A SparkModuleServer around the module's functions, or around a
  * BenchStage if @setup is deferred. */
 static gpointer
@@ -637,6 +657,9 @@ spark_start (BenchState        *state,
     }
   else
     side->handler = spark_func_handler_new (bench_request_func, bench_command_func, state, NULL);
+
+  if (setup->routed)
+    side->handler = bench_router_new (side->handler);
 
   side->server = spark_module_server_new (side->handler);
   spark_module_server_set_name (side->server, setup->name != NULL ? setup->name : "bench-spark");
@@ -750,6 +773,28 @@ spark_request_full (gpointer    server,
 
 static const Transport spark_transport = {
   .start = spark_start,
+  .stop = spark_stop,
+  .send_command = spark_send_command,
+  .request = {
+    [STYLE_SYNC] = spark_request_sync,
+    [STYLE_ASYNC] = spark_request_async,
+    [STYLE_FULL] = spark_request_full,
+  },
+};
+
+/* The same, behind a SparkRouter. */
+static gpointer
+spark_start_routed (BenchState        *state,
+                    const ServerSetup *setup)
+{
+  ServerSetup routed = *setup;
+
+  routed.routed = TRUE;
+  return spark_start (state, &routed);
+}
+
+static const Transport spark_routed_transport = {
+  .start = spark_start_routed,
   .stop = spark_stop,
   .send_command = spark_send_command,
   .request = {
@@ -1168,6 +1213,8 @@ static const Impl impls[] = {
   { "spark_async", &spark_transport, STYLE_ASYNC },
   { "spark_full",  &spark_transport, STYLE_FULL },
   { "spark",       &spark_transport, STYLE_COMMAND },
+  { "spark_full_routed", &spark_routed_transport, STYLE_FULL },
+  { "spark_routed", &spark_routed_transport, STYLE_COMMAND },
   { IMPL_FLOOR,    &floor_transport, STYLE_QUEUE },
   { IMPL_IDIOM,    &idiom_transport, STYLE_ASYNC },
 };
@@ -1887,7 +1934,7 @@ typedef void (*RunFunc) (const Impl *impl,
                          guint64     n,
                          Result     *result);
 
-#define MAX_WORKLOAD_IMPLS 4
+#define MAX_WORKLOAD_IMPLS 5
 
 typedef struct
 {
@@ -1902,9 +1949,9 @@ static const Workload workloads[] = {
   { "request_seq", 200000, 2000, run_request_seq,
     { "spark_sync", "spark_async", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "request_pipelined", 1000000, 20000, run_request_pipelined,
-    { "spark_async", "spark_full", IMPL_FLOOR, IMPL_IDIOM, NULL } },
+    { "spark_async", "spark_full", "spark_full_routed", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_throughput", 2000000, 20000, run_command_throughput,
-    { "spark", IMPL_FLOOR, IMPL_IDIOM, NULL } },
+    { "spark", "spark_routed", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_mpsc", 2000000, 20000, run_command_mpsc,
     { "spark", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "queued_bytes", 1000000, 20000, run_queued_bytes,
@@ -2604,7 +2651,7 @@ main (int   argc,
                                 "command_mpsc, queued_bytes, and with CPU time: same_context,\n"
                                 "pipeline, ui_idle_cpu (--ops: the reply's delay in ms).\n"
                                 "Implementations: spark_sync, spark_async, spark_full,\n"
-                                "spark (commands), floor, idiom.");
+                                "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), floor, idiom.");
   g_option_context_add_main_entries (context, entries, NULL);
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {

@@ -55,6 +55,7 @@
 #include "spark-mailbox-private.h"
 #include "spark-module-server.h"
 #include "spark-reply-port-private.h"
+#include "spark-router-private.h"
 #include "spark-wake-source-private.h"
 
 typedef struct
@@ -95,6 +96,8 @@ struct _SparkModuleServer
   gboolean       own_thread;
   gboolean       uses_invocation;
   gboolean       guard_python;     /* commands go through the wrapper, which checks the interpreter */
+  SparkRouter   *router;           /* the handler, if it is a router: not a reference */
+  SparkRouteCache route_cache;     /* the server's context: the router's last routes */
 
   gint           running;          /* atomic, for the getter */
 
@@ -379,6 +382,7 @@ spark_module_server_stop (SparkModuleServer *self)
   g_assert (!self->stopped);
 
   self->stopped = TRUE;
+  spark_route_cache_clear (&self->route_cache);
 
   /* An ABORT failed them already; this makes sure, and lets them go. */
   while (self->held->len > 0)
@@ -421,7 +425,12 @@ spark_module_server_handle_command (SparkModuleServer *self,
 
   /* Straight to the vfunc: the public wrapper's type checks cost more than
    * the rest of a command's trip through the library. */
-  if (self->guard_python)
+  if (self->router != NULL)
+    ok = spark_route_handle_command (spark_router_find_cached (self->router, &self->route_cache,
+                                                               spark_message_get_name (msg)),
+                                     spark_message_get_name (msg), msg->parameters,
+                                     self->mailbox->abort_cancellable, &error);
+  else if (self->guard_python)
     ok = spark_handler_handle_command (self->handler, spark_message_get_name (msg), msg->parameters,
                                        self->mailbox->abort_cancellable, &error);
   else if (self->iface->handle_command != NULL)
@@ -460,6 +469,8 @@ spark_module_server_handle_request (SparkModuleServer *self,
   SparkMailbox *mailbox = self->mailbox;
   GCancellable *cancellable;
   gboolean own_cancellable;
+  gboolean via_invocation = self->uses_invocation;
+  SparkRoute *route = NULL;
 
   /* Cancelled or timed out while queued: the requester already knows. */
   if (spark_request_is_claimed (req))
@@ -468,12 +479,22 @@ spark_module_server_handle_request (SparkModuleServer *self,
       return FALSE;
     }
 
+  /* A router's request to a plain handler is answered by a call. */
+  if (self->router != NULL)
+    {
+      route = spark_router_find_cached (self->router, &self->route_cache, spark_request_get_name (req));
+      if (route != NULL && spark_route_is_direct (route))
+        via_invocation = FALSE;
+      else
+        route = NULL;
+    }
+
   cancellable = spark_request_get_handler_cancellable (req);
   own_cancellable = cancellable != NULL;
   if (!own_cancellable)
     cancellable = mailbox->abort_cancellable;
 
-  if (self->uses_invocation)
+  if (via_invocation)
     {
       SparkInvocation *invocation = spark_invocation_new (req, cancellable);
 
@@ -502,7 +523,11 @@ spark_module_server_handle_request (SparkModuleServer *self,
       if (own_cancellable)
         spark_mailbox_set_current (mailbox, req);
 
-      if (self->iface->handle_request != NULL)
+      if (route != NULL)
+        reply = spark_route_handle_request (route, spark_request_get_name (req),
+                                            spark_request_get_parameters (req),
+                                            cancellable, &error);
+      else if (self->iface->handle_request != NULL)
         reply = self->iface->handle_request (self->handler, spark_request_get_name (req),
                                              spark_request_get_parameters (req),
                                              cancellable, &error);
@@ -1301,6 +1326,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->owner_context = g_main_context_ref_thread_default ();
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
   self->guard_python = spark_handler_is_python (self->handler);
+  self->router = SPARK_IS_ROUTER (self->handler) ? SPARK_ROUTER (self->handler) : NULL;
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->running, TRUE);
   /* Held until the server has stopped and the owner side has finished. */
@@ -1319,6 +1345,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
       g_clear_pointer (&self->context, g_main_context_unref);
       g_clear_pointer (&self->owner_context, g_main_context_unref);
       self->iface = NULL;
+      self->router = NULL;
       g_atomic_int_set (&self->running, FALSE);
       g_mutex_unlock (&self->state_mutex);
       g_object_unref (self);

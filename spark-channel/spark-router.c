@@ -49,9 +49,9 @@
 #include "spark-error.h"
 #include "spark-handler-private.h"
 #include "spark-invocation-private.h"
-#include "spark-router.h"
+#include "spark-router-private.h"
 
-typedef struct
+struct _SparkRoute
 {
   gint             ref_count;        /* atomic */
   char            *pattern;          /* immutable */
@@ -61,13 +61,22 @@ typedef struct
   SparkDispatcher *dispatcher;       /* immutable, a reference */
   GVariantType    *parameter_type;   /* immutable, nullable */
   GVariantType    *reply_type;       /* immutable, nullable */
-} Route;
+
+  /* Of @handler, looked up once (each costs a quark lookup per call). */
+  SparkHandlerInterface *iface;
+  gboolean         is_python;
+  gboolean         main_only;
+  gboolean         direct;           /* a call answers: no invocation needed */
+};
+
+typedef SparkRoute Route;
 
 struct _SparkRouter
 {
   GObject     parent_instance;
 
   GMutex      mutex;
+  guint       generation; /* mutex; read atomically: changes with every add and remove */
   GHashTable *exact;      /* mutex: name -> Route */
   GPtrArray  *prefixes;   /* mutex: Route, longest prefix first */
 };
@@ -100,10 +109,65 @@ route_unref (Route *route)
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC (Route, route_unref)
 
+void
+spark_route_unref (SparkRoute *route)
+{
+  route_unref (route);
+}
+
+SparkRoute *
+spark_router_find_cached (SparkRouter     *self,
+                          SparkRouteCache *cache,
+                          const char      *name)
+{
+  guint generation = (guint) g_atomic_int_get ((gint *) &self->generation);
+  SparkRouteCacheSlot *slot;
+
+  for (guint i = 0; i < SPARK_ROUTE_CACHE_SLOTS; i++)
+    {
+      slot = &cache->slots[i];
+      if (slot->generation == generation && slot->name[0] != '\0' && strcmp (slot->name, name) == 0)
+        return slot->route;
+    }
+
+  /* A miss: look it up, and remember it (the route, or that there is
+   * none) if the name fits. The generation read before the lookup: a
+   * change meanwhile only makes the slot stale sooner. */
+  slot = &cache->slots[cache->next];
+  g_clear_pointer (&slot->route, route_unref);
+  slot->route = spark_router_find (self, name);
+  if (strlen (name) < sizeof slot->name)
+    {
+      strcpy (slot->name, name);
+      slot->generation = generation;
+      cache->next = (cache->next + 1) % SPARK_ROUTE_CACHE_SLOTS;
+    }
+  else
+    slot->name[0] = '\0';
+
+  return slot->route;
+}
+
+void
+spark_route_cache_clear (SparkRouteCache *cache)
+{
+  for (guint i = 0; i < SPARK_ROUTE_CACHE_SLOTS; i++)
+    {
+      g_clear_pointer (&cache->slots[i].route, route_unref);
+      cache->slots[i].name[0] = '\0';
+    }
+}
+
+gboolean
+spark_route_is_direct (SparkRoute *route)
+{
+  return route->direct;
+}
+
 /* The route that takes @name, with a reference; NULL if none does. */
-static Route *
-spark_router_lookup (SparkRouter *self,
-                     const char  *name)
+SparkRoute *
+spark_router_find (SparkRouter *self,
+                   const char  *name)
 {
   Route *route;
 
@@ -162,9 +226,7 @@ check_thread (Route       *route,
               const char  *name,
               GError     **error)
 {
-  if (route->handler == NULL ||
-      !spark_handler_is_main_only (route->handler) ||
-      g_main_context_is_owner (g_main_context_default ()))
+  if (!route->main_only || g_main_context_is_owner (g_main_context_default ()))
     return TRUE;
 
   g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
@@ -181,6 +243,52 @@ set_no_route (const char  *kind,
 {
   g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
                "No route takes %s “%s”", kind, name);
+}
+
+/*
+ * spark_route_handle_request:
+ *
+ * For the router's server, for a direct route: the request handled by a
+ * call, with the route's checks, and no invocation object.
+ *
+ * Returns: (transfer full) (nullable): the reply (maybe floating), or
+ *   %NULL with @error set
+ */
+GVariant *
+spark_route_handle_request (SparkRoute    *route,
+                            const char    *name,
+                            GVariant      *parameters,
+                            GCancellable  *cancellable,
+                            GError       **error)
+{
+  GVariant *reply;
+
+  g_assert (route->direct);
+
+  if (!check_parameters (route, "request", name, parameters, error) ||
+      !check_thread (route, "request", name, error))
+    return NULL;
+
+  if (route->iface->handle_request == NULL)
+    {
+      spark_handler_set_not_supported (route->handler, SPARK_MESSAGE_REQUEST, name, error);
+      return NULL;
+    }
+
+  reply = route->iface->handle_request (route->handler, name, parameters, cancellable, error);
+
+  if (reply != NULL && route->reply_type != NULL && !g_variant_is_of_type (reply, route->reply_type))
+    {
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
+                   "Route “%s”: the reply to request “%s” has type “%s”, expected “%.*s”",
+                   route->pattern, name, g_variant_get_type_string (reply),
+                   (int) g_variant_type_get_string_length (route->reply_type),
+                   g_variant_type_peek_string (route->reply_type));
+      g_variant_unref (g_variant_ref_sink (reply));
+      return NULL;
+    }
+
+  return reply;
 }
 
 /* A request sent on to a dispatcher, until its reply comes back. */
@@ -220,7 +328,7 @@ spark_router_handle_invocation (SparkHandler    *handler,
   SparkRouter *self = SPARK_ROUTER (handler);
   const char *name = spark_invocation_get_name (invocation);
   GVariant *parameters = spark_invocation_get_parameters (invocation);
-  g_autoptr(Route) route = spark_router_lookup (self, name);
+  g_autoptr(Route) route = spark_router_find (self, name);
   GError *error = NULL;
 
   if (route == NULL)
@@ -258,16 +366,13 @@ spark_router_handle_invocation (SparkHandler    *handler,
     }
 }
 
-static gboolean
-spark_router_handle_command (SparkHandler  *handler,
-                             const char    *name,
-                             GVariant      *parameters,
-                             GCancellable  *cancellable,
-                             GError       **error)
+gboolean
+spark_route_handle_command (SparkRoute    *route,
+                            const char    *name,
+                            GVariant      *parameters,
+                            GCancellable  *cancellable,
+                            GError       **error)
 {
-  SparkRouter *self = SPARK_ROUTER (handler);
-  g_autoptr(Route) route = spark_router_lookup (self, name);
-
   if (route == NULL)
     {
       set_no_route ("command", name, error);
@@ -278,10 +383,33 @@ spark_router_handle_command (SparkHandler  *handler,
       !check_thread (route, "command", name, error))
     return FALSE;
 
-  if (route->handler != NULL)
+  if (route->dispatcher != NULL)
+    return spark_dispatcher_try_send_command (route->dispatcher, name, parameters, error);
+
+  /* The wrapper guards against a Python interpreter that exits. */
+  if (route->is_python)
     return spark_handler_handle_command (route->handler, name, parameters, cancellable, error);
 
-  return spark_dispatcher_try_send_command (route->dispatcher, name, parameters, error);
+  if (route->iface->handle_command == NULL)
+    {
+      spark_handler_set_not_supported (route->handler, SPARK_MESSAGE_COMMAND, name, error);
+      return FALSE;
+    }
+
+  return route->iface->handle_command (route->handler, name, parameters, cancellable, error);
+}
+
+static gboolean
+spark_router_handle_command (SparkHandler  *handler,
+                             const char    *name,
+                             GVariant      *parameters,
+                             GCancellable  *cancellable,
+                             GError       **error)
+{
+  SparkRouter *self = SPARK_ROUTER (handler);
+  g_autoptr(Route) route = spark_router_find (self, name);
+
+  return spark_route_handle_command (route, name, parameters, cancellable, error);
 }
 
 static void
@@ -379,13 +507,17 @@ spark_router_add (SparkRouter  *self,
         {
           g_ptr_array_add (self->prefixes, route_ref (route));
           g_ptr_array_sort (self->prefixes, compare_prefix_length);
+          g_atomic_int_inc ((gint *) &self->generation);
         }
     }
   else
     {
       exists = g_hash_table_contains (self->exact, route->pattern);
       if (!exists)
-        g_hash_table_insert (self->exact, route->pattern, route_ref (route));
+        {
+          g_hash_table_insert (self->exact, route->pattern, route_ref (route));
+          g_atomic_int_inc ((gint *) &self->generation);
+        }
     }
   g_mutex_unlock (&self->mutex);
 
@@ -455,6 +587,10 @@ spark_router_add_handler (SparkRouter        *self,
 
   route = route_new (pattern, parameter_type, reply_type);
   route->handler = g_object_ref (handler);
+  route->iface = SPARK_HANDLER_GET_IFACE (handler);
+  route->is_python = spark_handler_is_python (handler);
+  route->main_only = spark_handler_is_main_only (handler);
+  route->direct = !spark_handler_uses_invocation (handler);
 
   return spark_router_add (self, route, error);
 }
@@ -538,6 +674,8 @@ spark_router_remove (SparkRouter *self,
           removed = TRUE;
         }
     }
+  if (removed)
+    g_atomic_int_inc ((gint *) &self->generation);
   g_mutex_unlock (&self->mutex);
 
   return removed;

@@ -180,6 +180,18 @@ test_router_match (Fixture       *f,
   g_assert_true (spark_router_add_handler (f->router, "*", exact, NULL, NULL, &error));
   assert_reply (f->s.dispatcher, "other", "exact:other");
   assert_reply (f->s.dispatcher, "kv.get", "kv:kv.get");
+
+  /* A change takes effect at once, for names routed just before (the
+   * server remembers its last routes, but not across a change). */
+  g_assert_true (spark_router_remove (f->router, "kv.*"));
+  assert_reply (f->s.dispatcher, "kv.get", "exact:kv.get");
+  g_assert_true (spark_router_remove (f->router, "*"));
+  text = ask (f->s.dispatcher, "kv.get", NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
+  g_clear_error (&error);
+  g_assert_null (text);
+  g_assert_true (spark_router_add_handler (f->router, "kv.*", exact, NULL, NULL, &error));
+  assert_reply (f->s.dispatcher, "kv.get", "exact:kv.get");
 }
 
 /* Parameters not of the route's type fail before any handler runs,
