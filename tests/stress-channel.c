@@ -52,6 +52,7 @@ typedef struct
   gboolean     in_thread;
   gboolean     use_invocation;
   guint        max_invocations;
+  gboolean     routed;         /* the handler behind a SparkRouter */
   gint         timeout_msec;
   ShutdownKind shutdown;
   guint        n_threads;
@@ -559,6 +560,7 @@ run_round (guint32 seed)
   round->in_thread = g_rand_int_range (rand, 0, 4) != 0;
   round->use_invocation = g_rand_boolean (rand);
   round->max_invocations = round->use_invocation && g_rand_boolean (rand) ? (guint) g_rand_int_range (rand, 2, 6) : 1;
+  round->routed = g_rand_int_range (rand, 0, 3) == 0;
   round->timeout_msec = g_rand_int_range (rand, 0, 3) == 0 ? g_rand_int_range (rand, 1, 20) : -1;
   round->shutdown = (ShutdownKind) g_rand_int_range (rand, 0, 3);
   round->n_threads = (guint) g_rand_int_range (rand, 1, 5);
@@ -567,9 +569,10 @@ run_round (guint32 seed)
   round->completer_queue = g_async_queue_new ();
   round->shutdown_progress = g_rand_int_range (rand, 1, (gint) (round->n_threads * round->ops_per_thread) + 1);
 
-  g_test_message ("round seed=%u capacity=%u thread=%d invocation=%d max-invocations=%u timeout=%d shutdown=%d threads=%u",
+  g_test_message ("round seed=%u capacity=%u thread=%d invocation=%d max-invocations=%u routed=%d "
+                  "timeout=%d shutdown=%d threads=%u",
                   seed, round->capacity, round->in_thread, round->use_invocation, round->max_invocations,
-                  round->timeout_msec, round->shutdown, round->n_threads);
+                  round->routed, round->timeout_msec, round->shutdown, round->n_threads);
 
   if (round->use_invocation)
     {
@@ -580,6 +583,20 @@ run_round (guint32 seed)
     }
   else
     handler = stress_handler_new (round);
+
+  /* The same model behind a router: requests by exact name with their
+   * types declared (which the model always meets), commands by prefix. */
+  if (round->routed)
+    {
+      SparkRouter *router = spark_router_new ();
+
+      g_assert_true (spark_router_add_handler (router, "req", handler, G_VARIANT_TYPE_INT32,
+                                               G_VARIANT_TYPE_INT32, &error));
+      g_assert_true (spark_router_add_handler (router, "c*", handler, NULL, NULL, &error));
+      g_assert_no_error (error);
+      g_object_unref (handler);
+      handler = SPARK_HANDLER (router);
+    }
 
   round->server = spark_module_server_new (handler);
   spark_module_server_set_name (round->server, "stress");
