@@ -60,6 +60,7 @@
 
 #include "spark-async-result-private.h"
 #include "spark-dispatcher-private.h"
+#include "spark-enum-types.h"
 #include "spark-error.h"
 
 struct _SparkDispatcher
@@ -68,6 +69,7 @@ struct _SparkDispatcher
 
   SparkTransport *transport;   /* immutable; NULL for a dispatcher made without a server */
   gint          timeout;   /* atomic: milliseconds, <= 0 for none */
+  gint          priority;  /* atomic: a SparkPriority */
 };
 
 G_DEFINE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, G_TYPE_OBJECT)
@@ -75,6 +77,7 @@ G_DEFINE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, G_TYPE_OBJECT)
 enum {
   PROP_0,
   PROP_TIMEOUT,
+  PROP_PRIORITY,
   N_PROPS
 };
 
@@ -104,6 +107,10 @@ spark_dispatcher_get_property (GObject    *object,
       g_value_set_int (value, spark_dispatcher_get_timeout (self));
       break;
 
+    case PROP_PRIORITY:
+      g_value_set_enum (value, spark_dispatcher_get_priority (self));
+      break;
+
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -121,6 +128,10 @@ spark_dispatcher_set_property (GObject      *object,
     {
     case PROP_TIMEOUT:
       spark_dispatcher_set_timeout (self, g_value_get_int (value));
+      break;
+
+    case PROP_PRIORITY:
+      spark_dispatcher_set_priority (self, g_value_get_enum (value));
       break;
 
     default:
@@ -154,6 +165,22 @@ spark_dispatcher_class_init (SparkDispatcherClass *klass)
                        G_PARAM_EXPLICIT_NOTIFY |
                        G_PARAM_STATIC_STRINGS));
 
+  /**
+   * SparkDispatcher:priority:
+   *
+   * The priority of the messages sent from now on: requests and commands
+   * alike (see [enum@Spark.Priority]). For one message of another
+   * priority, send it through [method@Spark.Dispatcher.with_priority].
+   *
+   * Since: 1.0
+   */
+  properties[PROP_PRIORITY] =
+    g_param_spec_enum ("priority", NULL, NULL,
+                       SPARK_TYPE_PRIORITY, SPARK_PRIORITY_DEFAULT,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
   g_object_class_install_properties (object_class, N_PROPS, properties);
 }
 
@@ -171,6 +198,89 @@ spark_dispatcher_new (SparkTransport *transport)
   self->transport = spark_transport_ref (transport);
 
   return self;
+}
+
+/**
+ * spark_dispatcher_get_priority:
+ * @self: a [class@Spark.Dispatcher]
+ *
+ * The priority of this dispatcher's messages. May be called from any
+ * thread.
+ *
+ * Returns: the priority
+ *
+ * Since: 1.0
+ */
+SparkPriority
+spark_dispatcher_get_priority (SparkDispatcher *self)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), SPARK_PRIORITY_DEFAULT);
+
+  return (SparkPriority) g_atomic_int_get (&self->priority);
+}
+
+static gboolean
+priority_is_valid (SparkPriority priority)
+{
+  return priority == SPARK_PRIORITY_DEFAULT ||
+         priority == SPARK_PRIORITY_HIGH ||
+         priority == SPARK_PRIORITY_LOW;
+}
+
+/**
+ * spark_dispatcher_set_priority:
+ * @self: a [class@Spark.Dispatcher]
+ * @priority: the priority of the messages sent from now on
+ *
+ * Sets the priority of this dispatcher's later messages. May be called
+ * from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_set_priority (SparkDispatcher *self,
+                               SparkPriority    priority)
+{
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (priority_is_valid (priority));
+
+  if (g_atomic_int_exchange (&self->priority, (gint) priority) != (gint) priority)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_PRIORITY]);
+}
+
+/**
+ * spark_dispatcher_with_priority:
+ * @self: a [class@Spark.Dispatcher]
+ * @priority: the priority of the new dispatcher's messages
+ *
+ * A dispatcher to the same module whose messages have @priority, with
+ * the same timeout: the way to send one message of another priority,
+ * e.g. `spark_dispatcher_with_priority (dispatcher, SPARK_PRIORITY_HIGH)`
+ * for a cancel button's command behind a queue of work. Cheap: it shares
+ * this dispatcher's way to the module, and may be kept or dropped at once
+ * (a dropped dispatcher's messages still arrive). May be called from any
+ * thread.
+ *
+ * Returns: (transfer full): a new [class@Spark.Dispatcher]
+ *
+ * Since: 1.0
+ */
+SparkDispatcher *
+spark_dispatcher_with_priority (SparkDispatcher *self,
+                                SparkPriority    priority)
+{
+  SparkDispatcher *other;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), NULL);
+  g_return_val_if_fail (priority_is_valid (priority), NULL);
+
+  other = g_object_new (SPARK_TYPE_DISPATCHER, NULL);
+  if (self->transport != NULL)
+    other->transport = spark_transport_ref (self->transport);
+  other->timeout = g_atomic_int_get (&self->timeout);
+  other->priority = (gint) priority;
+
+  return other;
 }
 
 /**
@@ -255,7 +365,9 @@ spark_dispatcher_send_request (SparkDispatcher *self,
 
   if (self->transport == NULL)
     set_closed_error (&error);
-  else if (self->transport->vtable->post_request (self->transport, req, blocking, &error))
+  else if (self->transport->vtable->post_request (self->transport, req,
+                                                  (SparkPriority) g_atomic_int_get (&self->priority),
+                                                  blocking, &error))
     return;
 
   spark_request_complete (req, NULL, error);
@@ -566,6 +678,7 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
+                                               (SparkPriority) g_atomic_int_get (&self->priority),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
 }
 
@@ -603,6 +716,7 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
     return set_closed_error (error);
 
   return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
+                                               (SparkPriority) g_atomic_int_get (&self->priority),
                                      SPARK_POST_TRY, NULL, NULL, error);
 }
 
@@ -655,6 +769,7 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
       g_task_return_error (task, error);
     }
   else if (!self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
+                                               (SparkPriority) g_atomic_int_get (&self->priority),
                                         SPARK_POST_ASYNC, cancellable, task, &error))
     g_task_return_error (task, error);
 }

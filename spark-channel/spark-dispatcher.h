@@ -16,6 +16,28 @@
 G_BEGIN_DECLS
 
 /**
+ * SparkPriority:
+ * @SPARK_PRIORITY_DEFAULT: the usual priority
+ * @SPARK_PRIORITY_HIGH: handled before every queued message of default or
+ *   low priority, even one already taken by the server
+ * @SPARK_PRIORITY_LOW: handled after every queued message of default or
+ *   high priority
+ *
+ * How urgent a dispatcher's messages are (see
+ * [property@Spark.Dispatcher:priority]). Within a priority, each sender's
+ * messages are handled in the order it sent them. A priority does not
+ * take a bounded mailbox's capacity away from others: a high message
+ * waits for room like any other.
+ *
+ * Since: 1.0
+ */
+typedef enum {
+  SPARK_PRIORITY_DEFAULT,
+  SPARK_PRIORITY_HIGH,
+  SPARK_PRIORITY_LOW,
+} SparkPriority;
+
+/**
  * SparkReplyFunc:
  * @reply: (nullable): the reply, or %NULL on error
  * @error: (nullable): the error, or %NULL on success
@@ -55,6 +77,14 @@ typedef void (*SparkProgressFunc) (GVariant *progress,
 SPARK_AVAILABLE_IN_1_0
 G_DECLARE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, SPARK, DISPATCHER, GObject)
 
+SPARK_AVAILABLE_IN_1_0
+SparkPriority    spark_dispatcher_get_priority (SparkDispatcher      *self);
+SPARK_AVAILABLE_IN_1_0
+void      spark_dispatcher_set_priority        (SparkDispatcher      *self,
+                                                SparkPriority         priority);
+SPARK_AVAILABLE_IN_1_0
+SparkDispatcher *spark_dispatcher_with_priority (SparkDispatcher     *self,
+                                                 SparkPriority        priority);
 SPARK_AVAILABLE_IN_1_0
 gint      spark_dispatcher_get_timeout         (SparkDispatcher      *self);
 SPARK_AVAILABLE_IN_1_0

@@ -32,6 +32,7 @@ typedef struct
 {
   SparkMessage *head;
   SparkMessage *tail;
+  guint         length;
 } SparkMailboxLane;
 
 typedef enum {
@@ -113,7 +114,19 @@ gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
 
 SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
                                               SparkSpin     *spin,
-                                              guint          max);
+                                              guint          max,
+                                              guint         *n_urgent);
+SparkMessage *spark_mailbox_take_high        (SparkMailbox  *mailbox,
+                                              SparkMessage **tail,
+                                              guint         *n);
+
+/* Whether high-priority messages wait: read without the lock, by the
+ * server between two messages. */
+static inline gboolean
+spark_mailbox_has_high (SparkMailbox *mailbox)
+{
+  return (g_atomic_int_get (&mailbox->nonempty) & (1 << SPARK_LANE_HIGH)) != 0;
+}
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
                                               SparkRequest  *req);

@@ -266,6 +266,7 @@ enqueue_locked (SparkMailbox *mailbox,
       g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty | (1 << lane));
     }
   l->tail = msg;
+  l->length++;
 
   if (is_counted (msg))
     g_atomic_int_inc (&mailbox->n_queued);
@@ -279,6 +280,14 @@ enqueue_locked (SparkMailbox *mailbox,
 
 /* Everything queued, lane by lane in order, as one list; the lanes are
  * empty afterwards and n_queued is the caller's to move. */
+/* Messages of the lanes before the work of default priority: the
+ * control and high lanes, at the front of a batch. */
+static inline guint
+urgent_length_locked (SparkMailbox *mailbox)
+{
+  return mailbox->lanes[SPARK_LANE_CONTROL].length + mailbox->lanes[SPARK_LANE_HIGH].length;
+}
+
 static SparkMessage *
 detach_all_locked (SparkMailbox *mailbox)
 {
@@ -296,6 +305,7 @@ detach_all_locked (SparkMailbox *mailbox)
 
       head = l->head;
       l->head = l->tail = NULL;
+      l->length = 0;
       g_atomic_int_set (&mailbox->nonempty, 0);
       return head;
     }
@@ -312,6 +322,7 @@ detach_all_locked (SparkMailbox *mailbox)
         head = l->head;
       tail = l->tail;
       l->head = l->tail = NULL;
+      l->length = 0;
     }
   g_atomic_int_set (&mailbox->nonempty, 0);
 
@@ -339,6 +350,7 @@ detach_some_locked (SparkMailbox *mailbox,
           SparkMessage *msg = l->head;
 
           l->head = msg->next;
+          l->length--;
           msg->next = NULL;
           *link = msg;
           link = &msg->next;
@@ -946,10 +958,12 @@ queue_is_not_empty (gconstpointer data)
 SparkMessage *
 spark_mailbox_take (SparkMailbox *mailbox,
                     SparkSpin    *spin,
-                    guint         max)
+                    guint         max,
+                    guint        *n_urgent)
 {
   SparkMessage *batch;
   gint n_counted;
+  guint urgent;
 
   /* Between batches: the command blocks of the last one go back. */
   spark_block_return_hand_back (&mailbox->command_blocks);
@@ -958,6 +972,7 @@ spark_mailbox_take (SparkMailbox *mailbox,
     spark_spin_until (spin, queue_is_not_empty, mailbox);
 
   spark_mutex_lock (&mailbox->mutex);
+  urgent = urgent_length_locked (mailbox);
   if (max == 0)
     {
       /* One consumer, the fast path: the whole queue. */
@@ -965,7 +980,10 @@ spark_mailbox_take (SparkMailbox *mailbox,
       n_counted = g_atomic_int_get (&mailbox->n_queued);
     }
   else
-    batch = detach_some_locked (mailbox, max, &n_counted);
+    {
+      urgent = MIN (urgent, max);
+      batch = detach_some_locked (mailbox, max, &n_counted);
+    }
 
   if (batch == NULL)
     mailbox->consumer_idle = TRUE;
@@ -977,7 +995,37 @@ spark_mailbox_take (SparkMailbox *mailbox,
     }
   g_mutex_unlock (&mailbox->mutex);
 
+  if (n_urgent != NULL)
+    *n_urgent = urgent;
+
   return batch;
+}
+
+/* The high-priority messages queued since the consumer's last take, to
+ * handle before the rest of its batch; *@tail: the last of them, *@n:
+ * how many. */
+SparkMessage *
+spark_mailbox_take_high (SparkMailbox  *mailbox,
+                         SparkMessage **tail,
+                         guint         *n)
+{
+  SparkMailboxLane *l = &mailbox->lanes[SPARK_LANE_HIGH];
+  SparkMessage *head;
+
+  spark_mutex_lock (&mailbox->mutex);
+  head = l->head;
+  *tail = l->tail;
+  *n = l->length;
+  l->head = l->tail = NULL;
+  l->length = 0;
+  g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << SPARK_LANE_HIGH));
+  /* Work messages all: they move from the producers' count to the
+   * server's. */
+  g_atomic_int_add (&mailbox->n_taken, (gint) *n);
+  g_atomic_int_add (&mailbox->n_queued, -(gint) *n);
+  g_mutex_unlock (&mailbox->mutex);
+
+  return head;
 }
 
 /* The server starts handling one taken message: it no longer counts as
@@ -1097,19 +1145,36 @@ mailbox_transport_get_context (SparkTransport *transport)
   return spark_mailbox_get_context (mailbox_of (transport));
 }
 
+static inline SparkLane
+lane_of (SparkPriority priority)
+{
+  switch (priority)
+    {
+    case SPARK_PRIORITY_HIGH:
+      return SPARK_LANE_HIGH;
+    case SPARK_PRIORITY_LOW:
+      return SPARK_LANE_LOW;
+    case SPARK_PRIORITY_DEFAULT:
+    default:
+      return SPARK_LANE_DEFAULT;
+    }
+}
+
 static gboolean
 mailbox_transport_post_request (SparkTransport *transport,
                                 SparkRequest   *req,
+                                SparkPriority   priority,
                                 gboolean        blocking,
                                 GError        **error)
 {
-  return spark_mailbox_post_request (mailbox_of (transport), req, SPARK_LANE_DEFAULT, blocking, error);
+  return spark_mailbox_post_request (mailbox_of (transport), req, lane_of (priority), blocking, error);
 }
 
 static gboolean
 mailbox_transport_post_command (SparkTransport *transport,
                                 const char     *name,
                                 GVariant       *parameters,
+                                SparkPriority   priority,
                                 SparkPostMode   mode,
                                 GCancellable   *cancellable,
                                 GTask          *task,
@@ -1120,7 +1185,7 @@ mailbox_transport_post_command (SparkTransport *transport,
   /* In a block this mailbox's server may have handed back. */
   return spark_mailbox_post_command (mailbox,
                                      spark_message_new_command (&mailbox->command_blocks, name, parameters),
-                                     SPARK_LANE_DEFAULT, mode, cancellable, task, error);
+                                     lane_of (priority), mode, cancellable, task, error);
 }
 
 static gboolean

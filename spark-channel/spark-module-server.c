@@ -98,6 +98,8 @@ struct _SparkModuleServer
   gboolean       guard_python;     /* commands go through the wrapper, which checks the interpreter */
   SparkRouter   *router;           /* the handler, if it is a router: not a reference */
   SparkRouteCache route_cache;     /* the server's context: the router's last routes */
+  guint          batch_urgent;     /* the server's context: control and high messages at the
+                                    * front of batch */
 
   gint           running;          /* atomic, for the getter */
 
@@ -605,7 +607,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
            * nor does a server that is stopping (nothing more can come). */
           gboolean spin = self->own_thread && handled > 0 && self->shutdown == NULL;
 
-          self->batch = spark_mailbox_take (mailbox, spin ? &self->spin : NULL, 0);
+          self->batch = spark_mailbox_take (mailbox, spin ? &self->spin : NULL, 0, &self->batch_urgent);
           if (self->batch == NULL)
             {
               /* DRAIN: everything queued before the shutdown has been
@@ -623,10 +625,26 @@ spark_module_server_dispatch (SparkModuleServer *self)
             spark_spin_note_event (&self->spin);   /* woken after going idle */
         }
 
+      /* High-priority messages that came after this batch was taken go
+       * before the rest of it, once its own urgent ones are handled. */
+      if (self->batch_urgent == 0 && G_UNLIKELY (spark_mailbox_has_high (mailbox)))
+        {
+          SparkMessage *tail;
+          SparkMessage *high = spark_mailbox_take_high (mailbox, &tail, &self->batch_urgent);
+
+          if (high != NULL)
+            {
+              tail->next = self->batch;
+              self->batch = high;
+            }
+        }
+
       msg = self->batch;
       self->batch = msg->next;
       msg->next = NULL;
       handled++;
+      if (self->batch_urgent > 0)
+        self->batch_urgent--;
 
       switch ((SparkMessageKind) msg->kind)
         {

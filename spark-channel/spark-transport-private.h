@@ -41,6 +41,7 @@ struct _SparkTransportVTable
    * @blocking: may wait on this thread for room. */
   gboolean      (*post_request)  (SparkTransport *self,
                                   SparkRequest   *req,
+                                  SparkPriority   priority,
                                   gboolean        blocking,
                                   GError        **error);
 
@@ -50,6 +51,7 @@ struct _SparkTransportVTable
   gboolean      (*post_command)  (SparkTransport *self,
                                   const char     *name,
                                   GVariant       *parameters,
+                                  SparkPriority   priority,
                                   SparkPostMode   mode,
                                   GCancellable   *cancellable,
                                   GTask          *task,

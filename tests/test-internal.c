@@ -324,6 +324,7 @@ typedef struct
   guint           n_requests;
   GPtrArray      *commands;
   gboolean        shut_down;
+  SparkPriority   last_priority;
 } TestTransport;
 
 static void
@@ -347,10 +348,13 @@ test_transport_get_context (SparkTransport *transport)
 static gboolean
 test_transport_post_request (SparkTransport *transport,
                              SparkRequest   *req,
+                             SparkPriority   priority,
                              gboolean        blocking,
                              GError        **error)
 {
   TestTransport *self = (TestTransport *) transport;
+
+  self->last_priority = priority;
 
   if (self->refuse)
     {
@@ -368,12 +372,15 @@ static gboolean
 test_transport_post_command (SparkTransport *transport,
                              const char     *name,
                              GVariant       *parameters,
+                             SparkPriority   priority,
                              SparkPostMode   mode,
                              GCancellable   *cancellable,
                              GTask          *task,
                              GError        **error)
 {
   TestTransport *self = (TestTransport *) transport;
+
+  self->last_priority = priority;
 
   g_ptr_array_add (self->commands, g_strdup (name));
   g_clear_pointer (&parameters, g_variant_unref);
@@ -415,7 +422,7 @@ on_transport_reply (GVariant     *reply,
 static void
 test_transport_custom (void)
 {
-  TestTransport transport = { { &test_transport_vtable }, 0, FALSE, 0, g_ptr_array_new_with_free_func (g_free), FALSE };
+  TestTransport transport = { { &test_transport_vtable }, 0, FALSE, 0, g_ptr_array_new_with_free_func (g_free), FALSE, SPARK_PRIORITY_LOW };
   SparkDispatcher *dispatcher = spark_dispatcher_new (&transport.transport);
   GError *error = NULL;
   GVariant *reply;
@@ -454,7 +461,24 @@ test_transport_custom (void)
   g_assert_no_error (error);
   g_assert_true (spark_dispatcher_try_send_command (dispatcher, "try", NULL, &error));
   g_assert_cmpuint (transport.commands->len, ==, 2);
+  g_assert_cmpint (transport.last_priority, ==, SPARK_PRIORITY_DEFAULT);
   g_assert_cmpstr (g_ptr_array_index (transport.commands, 1), ==, "try");
+
+  /* The priority goes with every message, the derived dispatcher's its own. */
+  g_assert_cmpint (transport.last_priority, ==, SPARK_PRIORITY_DEFAULT);
+  {
+    SparkDispatcher *urgent = spark_dispatcher_with_priority (dispatcher, SPARK_PRIORITY_HIGH);
+
+    g_assert_cmpint (transport.ref_count, ==, 2);
+    g_assert_true (spark_dispatcher_try_send_command (urgent, "urgent", NULL, &error));
+    g_assert_cmpint (transport.last_priority, ==, SPARK_PRIORITY_HIGH);
+    g_object_unref (urgent);
+    g_assert_cmpint (transport.ref_count, ==, 1);
+  }
+  spark_dispatcher_set_priority (dispatcher, SPARK_PRIORITY_LOW);
+  g_assert_null (spark_dispatcher_request_sync (dispatcher, "no", NULL, NULL, NULL, &error));
+  g_clear_error (&error);
+  g_assert_cmpint (transport.last_priority, ==, SPARK_PRIORITY_LOW);
 
   g_assert_true (spark_dispatcher_send_shutdown (dispatcher, NULL, &error));
   g_assert_true (transport.shut_down);
@@ -522,7 +546,7 @@ take_names (SparkMailbox *mailbox,
             guint         max)
 {
   GString *names = g_string_new (NULL);
-  SparkMessage *batch = spark_mailbox_take (mailbox, NULL, max);
+  SparkMessage *batch = spark_mailbox_take (mailbox, NULL, max, NULL);
 
   while (batch != NULL)
     {
@@ -623,7 +647,7 @@ consumer_thread (gpointer data)
 
   while (g_atomic_int_get (&c->consumed) < CONSUMED_TOTAL)
     {
-      SparkMessage *batch = spark_mailbox_take (c->mailbox, NULL, 7);
+      SparkMessage *batch = spark_mailbox_take (c->mailbox, NULL, 7, NULL);
 
       while (batch != NULL)
         {
