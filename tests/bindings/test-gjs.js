@@ -21,6 +21,10 @@
 //   path and must not throw (GJS logs a JS exception thrown from a void
 //   vfunc as a critical); a dropped invocation is only freed by the
 //   garbage collector, so give the dispatcher a timeout.
+// - A Spark.Router is C and may run on a thread of its own, but then it
+//   fails what it routes to a JS handler with NOT_SUPPORTED (the JS would
+//   have to run off the main thread): serve the router on the main
+//   context, or route to a dispatcher of a server there.
 // - spark_func_handler_new() and spark_invocation_take_error() are C only.
 //
 // Run with `gjs -m test-gjs.js`, with GI_TYPELIB_PATH and LD_LIBRARY_PATH
@@ -771,6 +775,175 @@ test('errors/cancelled', async () => {
 
     await shutdown(server);
     assertEqual(handler.names, ['Held']);
+});
+
+// Routers: a Spark.Router in front of JavaScript handlers. The router is a
+// C type and can run anywhere, but the JavaScript handlers it calls can
+// only run on the main thread: serve it on the main context.
+
+// Replies with its label and the request's name, so a test sees which
+// route took a message; 'sum' adds its parameters.
+const Labelled = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class Labelled extends GObject.Object {
+    constructor(label) {
+        super();
+        this.label = label;
+        this.seen = [];
+    }
+
+    vfunc_handle_request(name, parameters) {
+        this.seen.push(['request', name, parameters ? parameters.recursiveUnpack() : null]);
+        if (name === 'sum')
+            return new GLib.Variant('i', parameters.deepUnpack().reduce((a, b) => a + b, 0));
+        return new GLib.Variant('s', `${this.label}:${name}`);
+    }
+
+    vfunc_handle_command(name, parameters) {
+        this.seen.push(['command', name, parameters ? parameters.recursiveUnpack() : null]);
+        return true;
+    }
+});
+
+test('router/js-handlers-on-main-context', async () => {
+    const exact = new Labelled('exact'), prefix = new Labelled('prefix'), typed = new Labelled('typed');
+    const later = new AsyncKeyValue();
+    const router = new Spark.Router();
+    assert(router instanceof Spark.Handler, 'a router is a handler');
+    assert(router.add_handler('kv.get', exact, null, null));
+    assert(router.add_handler('kv.*', prefix, null, null));
+    assert(router.add_handler('GetData', later, null, new GLib.VariantType('au')));
+    assert(router.add_handler('sum', typed, new GLib.VariantType('(ii)'), null));
+    assert(router.add_handler('count', typed, null, new GLib.VariantType('i')));   // replies 's'
+    assertEqual(router.list_patterns(), ['GetData', 'count', 'kv.*', 'kv.get', 'sum']);
+    const server = new Spark.ModuleServer({handler: router, name: 'router'});
+    const failures = [];
+    server.connect('command-failed', (_srv, name, _params, error) => failures.push([name, error]));
+    server.start(null);   // the main context: where JavaScript runs
+    const dispatcher = server.create_dispatcher();
+
+    // An exact name wins over a prefix.
+    assertEqual((await dispatcher.request_async('kv.get', null, null, null)).unpack(), 'exact:kv.get');
+    assertEqual((await dispatcher.request_async('kv.set', null, new GLib.VariantType('s'), null)).unpack(),
+        'prefix:kv.set');
+    assertEqual((await dispatcher.request_async('kv.get.all', null, null, null)).unpack(), 'prefix:kv.get.all');
+    // A handler that replies later, from a Promise, through the invocation.
+    const data = await dispatcher.request_async('GetData', new GLib.Variant('(s)', ['user123']), null, null);
+    assertEqual(data.deepUnpack(), [1, 2]);
+    await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND,
+        dispatcher.request_async('GetData', new GLib.Variant('(s)', ['nobody']), null, null));
+
+    // Declared types.
+    assertEqual((await dispatcher.request_async('sum', new GLib.Variant('(ii)', [2, 3]),
+        new GLib.VariantType('i'), null)).unpack(), 5);
+    let error = await assertRejects(ChannelError, ChannelError.TYPE_MISMATCH,
+        dispatcher.request_async('sum', new GLib.Variant('(ss)', ['2', '3']), null, null));
+    for (const part of ['Route “sum”', '“(ss)”', '“(ii)”'])
+        assert(error.message.includes(part), error.message);
+    error = await assertRejects(ChannelError, ChannelError.TYPE_MISMATCH,
+        dispatcher.request_async('count', null, null, null));
+    for (const part of ['Route “count”', '“s”', '“i”'])
+        assert(error.message.includes(part), error.message);
+    const {error: fullError} = await requestFull(dispatcher, 'sum');
+    assertError(fullError, ChannelError, ChannelError.TYPE_MISMATCH, 'Route “sum”');
+
+    // Unrouted names.
+    error = await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('weather.today', null, null, null));
+    assert(error.message.includes('“weather.today”'), error.message);
+
+    // Commands.
+    assert(dispatcher.send_command('kv.flush', new GLib.Variant('s', 'now'), null));
+    assert(await dispatcher.send_command_async('kv.get', null, null));
+    assert(dispatcher.send_command('log', null, null));
+    assert(dispatcher.send_command('sum', new GLib.Variant('s', 'not a pair'), null));
+    await waitFor(() => failures.length === 2, 'command-failed');
+    assertEqual(failures.map(f => f[0]), ['log', 'sum']);
+    assertError(failures[0][1], ChannelError, ChannelError.NOT_SUPPORTED, '“log”');
+    assertError(failures[1][1], ChannelError, ChannelError.TYPE_MISMATCH, 'Route “sum”');
+
+    // Removed while serving: the next best route takes the name.
+    assert(router.remove('kv.get'));
+    assert(!router.remove('kv.get'));
+    assertEqual((await dispatcher.request_async('kv.get', null, null, null)).unpack(), 'prefix:kv.get');
+
+    assertEqual(exact.seen, [['request', 'kv.get', null], ['command', 'kv.get', null]]);
+    assertEqual(prefix.seen, [['request', 'kv.set', null], ['request', 'kv.get.all', null],
+        ['command', 'kv.flush', 'now'], ['request', 'kv.get', null]]);
+    assertEqual(typed.seen, [['request', 'sum', [2, 3]], ['request', 'count', null]]);
+    await shutdown(server);
+});
+
+test('router/dispatcher-route-to-main-context', async () => {
+    // A router routes to another JavaScript module on a server of its own,
+    // on the main context too.
+    const module = new AsyncKeyValue();
+    const moduleServer = new Spark.ModuleServer({handler: module, name: 'kv'});
+    moduleServer.start(null);
+    const router = new Spark.Router();
+    assert(router.add_dispatcher('*', moduleServer.create_dispatcher(), null, null));
+    assert(router.add_dispatcher('GetData', moduleServer.create_dispatcher(), null, new GLib.VariantType('au')));
+    const server = new Spark.ModuleServer({handler: router, max_invocations: 4});
+    server.start(null);
+    const dispatcher = server.create_dispatcher();
+
+    const [updated, other] = await Promise.all([
+        dispatcher.request_async('UpdateData', new GLib.Variant('(su)', ['user123', 3]), new GLib.VariantType('b'), null),
+        dispatcher.request_async('UpdateData', new GLib.Variant('(su)', ['user456', 9]), new GLib.VariantType('b'), null),
+    ]);
+    assert(updated.unpack() && other.unpack());
+    const data = await dispatcher.request_async('GetData', new GLib.Variant('(s)', ['user123']), null, null);
+    assertEqual(data.deepUnpack(), [1, 2, 3]);
+    const error = await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND,
+        dispatcher.request_async('GetData', new GLib.Variant('(s)', ['nobody']), null, null));
+    assertEqual(error.message, 'No data for “nobody”');
+
+    await shutdown(server);
+    await shutdown(moduleServer);
+});
+
+test('router/js-handler-refused-in-thread', async () => {
+    // A router on a thread of its own cannot call a JavaScript handler:
+    // NOT_SUPPORTED saying why, and the handler never runs (no GJS critical).
+    const handler = new Labelled('js');
+    const router = new Spark.Router();
+    assert(router.add_handler('js.*', handler, null, null));
+    const server = new Spark.ModuleServer({handler: router, name: 'router-thread'});
+    const failures = [];
+    server.connect('command-failed', (_srv, name, _params, error) => failures.push([name, error]));
+    server.start_in_thread();   // the router is C: a thread is fine
+    const dispatcher = server.create_dispatcher();
+
+    let error = await assertRejects(ChannelError, ChannelError.NOT_SUPPORTED,
+        dispatcher.request_async('js.hello', null, null, null));
+    for (const part of ['Route “js.*”', 'JavaScript', '“js.hello”'])
+        assert(error.message.includes(part), error.message);
+    const {error: fullError} = await requestFull(dispatcher, 'js.hello');
+    assertError(fullError, ChannelError, ChannelError.NOT_SUPPORTED, 'JavaScript');
+    // request_sync is fine here: the router's thread serves it.
+    error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED,
+        () => dispatcher.request_sync('js.sync', null, null, null));
+    assert(error.message.includes('JavaScript'), error.message);
+    assert(dispatcher.send_command('js.log', null, null));
+    await waitFor(() => failures.length === 1, 'command-failed');
+    assertEqual(failures[0][0], 'js.log');
+    assertError(failures[0][1], ChannelError, ChannelError.NOT_SUPPORTED, 'JavaScript');
+    assertEqual(handler.seen, []);
+
+    // The way out: the JavaScript handler on a server of the main context,
+    // behind a dispatcher route.
+    const jsServer = new Spark.ModuleServer({handler, name: 'js'});
+    jsServer.start(null);
+    assert(router.remove('js.*'));
+    assert(router.add_dispatcher('js.*', jsServer.create_dispatcher(), null, new GLib.VariantType('s')));
+    assertEqual((await dispatcher.request_async('js.hello', null, null, null)).unpack(), 'js:js.hello');
+    assert(dispatcher.send_command('js.log', null, null));
+    await dispatcher.request_async('js.after', null, null, null);
+    assertEqual(handler.seen, [['request', 'js.hello', null], ['command', 'js.log', null], ['request', 'js.after', null]]);
+    assertEqual(failures.length, 1);
+
+    await shutdown(server);
+    await shutdown(jsServer);
 });
 
 test('introspection', () => {

@@ -6,8 +6,9 @@
 # Everything a C program does, from Python (PyGObject 3.42): handlers on
 # their own thread and on a main context, replies that come later through
 # Spark.Invocation, sync, async and request_full requests, commands and the
-# command-failed signal, shutdown with a token, and every error arriving as
-# a GLib.Error with the right domain and code.
+# command-failed signal, shutdown with a token, a Spark.Router in front of
+# Python handlers and other servers, and every error arriving as a
+# GLib.Error with the right domain and code.
 #
 # PyGObject 3.42 has no awaitables: async calls take callbacks and the
 # tests drive the main context until a result has arrived. An exception
@@ -927,6 +928,320 @@ def error_not_supported_from_handler():
     dispatcher = server.create_dispatcher()
     reply, error = finish_request(request_async(dispatcher, 'Nonsense'))
     assert_error(error, SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, 'Nonsense')
+    shutdown(server)
+
+
+# Routers -----------------------------------------------------------------------
+#
+# A Spark.Router is a handler that hands each message to another handler or
+# to a dispatcher, by name. Here it is served by a module server on a thread
+# of its own, in front of Python handlers and of other servers.
+
+class Labelled(GObject.Object, Spark.Handler):
+    """Replies with its label and the request's name, so a test sees which
+    route took a message; records what it saw and on which thread."""
+
+    def __init__(self, label):
+        super().__init__()
+        self.label = label
+        self.seen = []
+        self.threads = set()
+
+    def do_handle_request(self, name, parameters, cancellable):
+        self.threads.add(threading.get_ident())
+        self.seen.append(('request', name, None if parameters is None else parameters.unpack()))
+        if name == 'sum':
+            return GLib.Variant('i', sum(parameters.unpack()))
+        return GLib.Variant('s', '%s:%s' % (self.label, name))
+
+    def do_handle_command(self, name, parameters, cancellable):
+        self.threads.add(threading.get_ident())
+        self.seen.append(('command', name, None if parameters is None else parameters.unpack()))
+        return True
+
+
+def start_router(router, **props):
+    """Serves router on a thread of its own; returns (server, dispatcher, failures),
+    failures receiving (name, error) for every command-failed."""
+    server = Spark.ModuleServer(handler=router, name='router', **props)
+    failures = []
+    server.connect('command-failed', lambda s, name, parameters, error: failures.append((name, error)))
+    server.start_in_thread()
+    return server, server.create_dispatcher(), failures
+
+
+@test
+def router_exact_and_prefix_routes():
+    """An exact name wins over a prefix, a longer prefix over a shorter one,
+    "*" takes the rest; the handlers run on the router's server thread."""
+    exact, prefix, longer, rest = Labelled('exact'), Labelled('prefix'), Labelled('longer'), Labelled('rest')
+    router = Spark.Router.new()
+    assert isinstance(router, Spark.Handler)
+    assert router.add_handler('kv.get', exact, None, None)
+    assert router.add_handler('kv.*', prefix, None, None)
+    assert router.add_handler('kv.admin.*', longer, None, None)
+    server, dispatcher, failures = start_router(router)
+
+    assert dispatcher.request_sync('kv.get', GLib.Variant('(s)', ('user123',)), None, None).unpack() == 'exact:kv.get'
+    assert dispatcher.request_sync('kv.set', None, variant_type('s'), None).unpack() == 'prefix:kv.set'
+    assert dispatcher.request_sync('kv.', None, None, None).unpack() == 'prefix:kv.'
+    assert dispatcher.request_sync('kv.admin.drop', None, None, None).unpack() == 'longer:kv.admin.drop'
+    reply, error = finish_request(request_async(dispatcher, 'kv.get.all'))
+    assert error is None and reply.unpack() == 'prefix:kv.get.all'   # not the exact route
+    assert dispatcher.send_command('kv.get', GLib.Variant('s', 'as a command'), None)
+    assert dispatcher.send_command('kv.flush', None, None)
+
+    # A catch-all added while the router serves.
+    assert router.add_handler('*', rest, None, None)
+    assert dispatcher.request_sync('log', None, None, None).unpack() == 'rest:log'
+    assert dispatcher.request_sync('kv', None, None, None).unpack() == 'rest:kv'   # "kv.*" needs the dot
+
+    assert exact.seen == [('request', 'kv.get', ('user123',)), ('command', 'kv.get', 'as a command')]
+    assert prefix.seen == [('request', 'kv.set', None), ('request', 'kv.', None),
+                           ('request', 'kv.get.all', None), ('command', 'kv.flush', None)]
+    assert longer.seen == [('request', 'kv.admin.drop', None)]
+    threads = exact.threads | prefix.threads | longer.threads | rest.threads
+    assert len(threads) == 1 and MAIN_THREAD not in threads
+    assert failures == []
+
+    shutdown(server)
+
+
+@test
+def router_declared_types():
+    """A route's parameter type is checked before its handler runs, its reply
+    type on the way back: TYPE_MISMATCH naming the route and both types."""
+    handler = Labelled('typed')
+    router = Spark.Router.new()
+    assert router.add_handler('sum', handler, GLib.VariantType('(ii)'), None)
+    assert router.add_handler('count', handler, None, GLib.VariantType('i'))   # replies 's'
+    assert router.add_handler('name.*', handler, None, GLib.VariantType('s'))
+    server, dispatcher, failures = start_router(router)
+
+    assert dispatcher.request_sync('sum', GLib.Variant('(ii)', (2, 3)), variant_type('i'), None).unpack() == 5
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH,
+                         dispatcher.request_sync, 'sum', GLib.Variant('(ss)', ('2', '3')), None, None)
+    for part in ('Route “sum”', '“(ss)”', '“(ii)”'):
+        assert part in error.message, error.message
+    reply, error = finish_request(request_async(dispatcher, 'sum'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH, 'Route “sum”')
+    assert '(none)' in error.message, error.message
+
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH,
+                         dispatcher.request_sync, 'count', None, None, None)
+    for part in ('Route “count”', '“s”', '“i”'):
+        assert part in error.message, error.message
+    assert dispatcher.request_sync('name.first', None, None, None).unpack() == 'typed:name.first'
+
+    # The requester's own reply type is checked too.
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH,
+                         dispatcher.request_sync, 'sum', GLib.Variant('(ii)', (1, 1)), variant_type('s'), None)
+    assert 'has type “i”, expected “s”' in error.message, error.message
+
+    # Commands: the parameter type too, reported through command-failed.
+    assert dispatcher.send_command('sum', GLib.Variant('s', 'not a pair'), None)
+    assert dispatcher.send_command('sum', GLib.Variant('(ii)', (4, 5)), None)
+    wait_for(lambda: failures)
+    assert failures[0][0] == 'sum'
+    assert_error(failures[0][1], SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH, 'Route “sum”')
+    dispatcher.request_sync('name.sync', None, None, None)
+    assert len(failures) == 1
+
+    # Mismatched parameters never reached the handler; a mismatched reply did.
+    assert handler.seen == [('request', 'sum', (2, 3)), ('request', 'count', None),
+                            ('request', 'name.first', None), ('request', 'sum', (1, 1)),
+                            ('command', 'sum', (4, 5)), ('request', 'name.sync', None)], handler.seen
+
+    shutdown(server)
+
+
+@test
+def router_unrouted_not_supported():
+    """A name no route takes: NOT_SUPPORTED naming it, for requests and commands."""
+    router = Spark.Router.new()
+    server, dispatcher, failures = start_router(router)
+
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED,
+                         dispatcher.request_sync, 'weather.today', None, None, None)
+    assert '“weather.today”' in error.message, error.message
+    assert router.add_handler('kv.*', Labelled('kv'), None, None)
+    reply, error = finish_request(request_async(dispatcher, 'kv'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, '“kv”')
+    got = []
+    dispatcher.request_full('math.add', None, None, None, lambda reply, error: got.append(error))
+    wait_for(lambda: got)
+    assert_error(got[0], SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, '“math.add”')
+
+    assert dispatcher.send_command('log', None, None)
+    wait_for(lambda: failures)
+    assert failures[0][0] == 'log'
+    assert_error(failures[0][1], SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, '“log”')
+
+    shutdown(server)
+
+
+@test
+def router_dispatcher_routes():
+    """Routes to a module on another server: replies and errors come back
+    unchanged, commands arrive in order, declared types are checked, and the
+    module runs on its own thread."""
+    local = Labelled('local')
+    module = Recorder()
+    module_server = Spark.ModuleServer(handler=module, name='module')
+    module_server.start_in_thread()
+    router = Spark.Router.new()
+    assert router.add_handler('where', local, None, None)
+    assert router.add_dispatcher('Echo', module_server.create_dispatcher(), None, None)
+    assert router.add_dispatcher('F*', module_server.create_dispatcher(), None, None)
+    assert router.add_dispatcher('L*', module_server.create_dispatcher(), GLib.VariantType('(s)'), None)
+    assert router.add_dispatcher('Int', module_server.create_dispatcher(), None, GLib.VariantType('s'))
+    server, dispatcher, failures = start_router(router)
+
+    reply = dispatcher.request_sync('Echo', GLib.Variant('(su)', ('user123', 7)), None, None)
+    assert reply.unpack() == ('user123', 7)
+    reply, error = finish_request(request_async(dispatcher, 'Echo', GLib.Variant('u', 3), variant_type('u')))
+    assert error is None and reply.unpack() == 3
+    error = expect_error(IO_ERROR, Gio.IOErrorEnum.NOT_FOUND, dispatcher.request_sync, 'Fail', None, None, None)
+    assert error.message == 'No data for “user123”'
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH,
+                         dispatcher.request_sync, 'Int', None, None, None)
+    for part in ('Route “Int”', '“i”', '“s”'):
+        assert part in error.message, error.message
+
+    # Commands go on with try_send_command; their failures are the module's.
+    module_failures = []
+    module_server.connect('command-failed', lambda s, name, p, error: module_failures.append((name, error)))
+    assert dispatcher.send_command('LogEvent', GLib.Variant('(s)', ('User logged in',)), None)
+    assert dispatcher.send_command('LogEvent', GLib.Variant('s', 'not a tuple'), None)   # the route refuses it
+    assert dispatcher.send_command('FailCommand', None, None)
+    wait_for(lambda: failures and module_failures)
+    assert [name for name, _ in failures] == ['LogEvent']
+    assert_error(failures[0][1], SPARK_ERROR, Spark.ChannelError.TYPE_MISMATCH, 'Route “L*”')
+    assert [name for name, _ in module_failures] == ['FailCommand']
+    assert_error(module_failures[0][1], IO_ERROR, Gio.IOErrorEnum.NO_SPACE)
+
+    assert dispatcher.request_sync('where', None, None, None).unpack() == 'local:where'
+    assert [(kind, name) for kind, name, _ in module.seen] == [
+        ('request', 'Echo'), ('request', 'Echo'), ('request', 'Fail'), ('request', 'Int'),
+        ('command', 'LogEvent'), ('command', 'FailCommand')], module.seen
+    assert len(module.threads) == 1 and len(local.threads) == 1
+    assert not module.threads & local.threads and MAIN_THREAD not in module.threads | local.threads
+
+    shutdown(server)
+    shutdown(module_server)
+
+
+@test
+def router_dispatcher_route_in_flight():
+    """With max-invocations 2 the router forwards a second request while the
+    first waits for its reply; a requester's cancellation reaches the module."""
+    module = Later()
+    module_server = Spark.ModuleServer(handler=module, max_invocations=4)
+    module_server.start_in_thread()
+    router = Spark.Router.new()
+    assert router.add_dispatcher('slow.*', module_server.create_dispatcher(), None, None)
+    server, dispatcher, failures = start_router(router, max_invocations=2)
+    assert server.props.max_invocations == 2
+
+    first = request_async(dispatcher, 'slow.first')
+    second = request_async(dispatcher, 'slow.second')
+    wait_for(lambda: len(module.held) == 2)
+    held = {invocation.get_name(): invocation for invocation in module.held}
+    module.held.clear()
+    held['slow.second'].return_value(GLib.Variant('i', 2))   # replies in any order
+    reply, error = finish_request(second)
+    assert error is None and reply.unpack() == 2
+    assert not first
+    held['slow.first'].return_gerror(GLib.Error.new_literal(IO_ERROR, 'Too slow', Gio.IOErrorEnum.BUSY))
+    reply, error = finish_request(first)
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.BUSY)
+    assert error.message == 'Too slow'
+
+    requester = Gio.Cancellable()
+    outcome = request_async(dispatcher, 'slow.cancelled', None, None, requester)
+    wait_for(lambda: module.held)
+    invocation = module.held.pop()
+    assert not invocation.get_cancellable().is_cancelled()
+    requester.cancel()
+    reply, error = finish_request(outcome)
+    assert_error(error, IO_ERROR, Gio.IOErrorEnum.CANCELLED)
+    wait_for(lambda: invocation.get_cancellable().is_cancelled())
+    invocation.return_value(GLib.Variant('s', 'too late'))   # dropped quietly
+
+    shutdown(server)
+    shutdown(module_server)
+
+
+@test
+def router_dispatcher_commands_do_not_block():
+    """A command routed to a full module fails with FULL (try_send_command)
+    instead of blocking the router's server."""
+    module = Recorder()
+    module_server = Spark.ModuleServer(handler=module, capacity=1)
+    module_server.start(None)   # the main context: not iterated until wait_for
+    router = Spark.Router.new()
+    assert router.add_dispatcher('Log*', module_server.create_dispatcher(), None, None)
+    assert router.add_handler('ping', Labelled('router'), None, None)
+    server, dispatcher, failures = start_router(router)
+
+    assert dispatcher.send_command('LogEvent', GLib.Variant('s', 'first'), None)
+    assert dispatcher.send_command('LogEvent', GLib.Variant('s', 'second'), None)
+    # Blocks this thread without iterating the main context: the router has
+    # forwarded both commands when it replies.
+    assert dispatcher.request_sync('ping', None, None, None).unpack() == 'router:ping'
+    wait_for(lambda: failures and module.seen)
+    assert failures[0][0] == 'LogEvent'
+    assert_error(failures[0][1], SPARK_ERROR, Spark.ChannelError.FULL)
+    assert module.seen == [('command', 'LogEvent', 'first')]
+
+    shutdown(server)
+    shutdown(module_server)
+
+
+@test
+def router_add_remove_list_patterns():
+    """Routes are added and removed while the router serves; a request a
+    removed route took finishes on it; list_patterns is sorted."""
+    exact, prefix = Labelled('exact'), Labelled('prefix')
+    held = Later()
+    router = Spark.Router.new()
+    assert router.list_patterns() == []
+    assert router.add_handler('kv.*', prefix, None, None)
+    assert router.add_handler('kv.get', exact, None, None)
+    assert router.add_handler('held', held, None, None)
+    error = expect_error(IO_ERROR, Gio.IOErrorEnum.EXISTS, router.add_handler, 'kv.*', exact, None, None)
+    assert '“kv.*”' in error.message, error.message
+    expect_error(IO_ERROR, Gio.IOErrorEnum.EXISTS, router.add_handler, 'kv.get', prefix, None, None)
+    assert router.list_patterns() == ['held', 'kv.*', 'kv.get']
+    server, dispatcher, failures = start_router(router)
+
+    assert dispatcher.request_sync('kv.get', None, None, None).unpack() == 'exact:kv.get'
+    assert router.remove('kv.get')
+    assert not router.remove('kv.get')
+    assert dispatcher.request_sync('kv.get', None, None, None).unpack() == 'prefix:kv.get'
+    assert router.remove('kv.*')
+    expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, dispatcher.request_sync, 'kv.get', None, None, None)
+    assert router.list_patterns() == ['held']
+
+    # Added from another Python thread while serving.
+    added = []
+    thread = threading.Thread(target=lambda: added.append(router.add_handler('kv.get', exact, None, None)))
+    thread.start()
+    thread.join()
+    assert added == [True]
+    assert dispatcher.request_sync('kv.get', None, None, None).unpack() == 'exact:kv.get'
+
+    # A request the route took before it was removed finishes on it.
+    outcome = request_async(dispatcher, 'held')
+    wait_for(lambda: held.held)
+    assert router.remove('held')
+    assert router.list_patterns() == ['kv.get']
+    held.held.pop().return_value(GLib.Variant('s', 'finished on the old route'))
+    reply, error = finish_request(outcome)
+    assert error is None and reply.unpack() == 'finished on the old route'
+    expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, dispatcher.request_sync, 'held', None, None, None)
+    assert failures == []
+
     shutdown(server)
 
 
