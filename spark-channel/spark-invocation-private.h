@@ -13,7 +13,8 @@ G_BEGIN_DECLS
 SparkInvocation *spark_invocation_new (SparkRequest *req,
                                        GCancellable *cancellable);
 /* Before the handler gets it: a reply not of @reply_type fails with
- * TYPE_MISMATCH naming @route (a router's). */
+ * TYPE_MISMATCH naming @route (a router's). Each router in front of
+ * another adds its own. */
 void             spark_invocation_check_reply (SparkInvocation    *self,
                                                const char         *route,
                                                const GVariantType *reply_type);

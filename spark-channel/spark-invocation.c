@@ -45,9 +45,25 @@ struct _SparkInvocation
   SparkRequest *req;          /* immutable, a reference */
   GCancellable *cancellable;  /* immutable, a reference */
   gint          completed;    /* atomic: 0 -> 1 on the first completion */
-  char         *route;        /* immutable once handled, nullable: a router's route */
-  GVariantType *route_reply_type; /* same */
+  GPtrArray    *route_checks; /* immutable once handled, nullable: RouteCheck, outermost router first */
 };
+
+/* A router's route that declared the reply's type. */
+typedef struct
+{
+  char         *route;
+  GVariantType *reply_type;
+} RouteCheck;
+
+static void
+route_check_free (gpointer data)
+{
+  RouteCheck *check = data;
+
+  g_free (check->route);
+  g_variant_type_free (check->reply_type);
+  g_free (check);
+}
 
 G_DEFINE_FINAL_TYPE (SparkInvocation, spark_invocation, G_TYPE_OBJECT)
 
@@ -64,8 +80,7 @@ spark_invocation_finalize (GObject *object)
 
   g_clear_pointer (&self->req, spark_request_unref);
   g_clear_object (&self->cancellable);
-  g_free (self->route);
-  g_clear_pointer (&self->route_reply_type, g_variant_type_free);
+  g_clear_pointer (&self->route_checks, g_ptr_array_unref);
 
   G_OBJECT_CLASS (spark_invocation_parent_class)->finalize (object);
 }
@@ -191,15 +206,20 @@ spark_invocation_return_value (SparkInvocation *self,
   if (!spark_invocation_claim (self))
     return;
 
-  if (self->route_reply_type != NULL && !g_variant_is_of_type (owned, self->route_reply_type))
+  for (guint i = 0; self->route_checks != NULL && i < self->route_checks->len; i++)
     {
+      RouteCheck *check = g_ptr_array_index (self->route_checks, i);
+
+      if (g_variant_is_of_type (owned, check->reply_type))
+        continue;
+
       spark_request_return_reply (self->req, NULL,
                                   g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH,
                                                "Route “%s”: the reply to request “%s” has type “%s”, expected “%.*s”",
-                                               self->route, spark_request_get_name (self->req),
+                                               check->route, spark_request_get_name (self->req),
                                                g_variant_get_type_string (owned),
-                                               (int) g_variant_type_get_string_length (self->route_reply_type),
-                                               g_variant_type_peek_string (self->route_reply_type)));
+                                               (int) g_variant_type_get_string_length (check->reply_type),
+                                               g_variant_type_peek_string (check->reply_type)));
       return;
     }
 
@@ -211,10 +231,14 @@ spark_invocation_check_reply (SparkInvocation    *self,
                               const char         *route,
                               const GVariantType *reply_type)
 {
-  g_free (self->route);
-  g_clear_pointer (&self->route_reply_type, g_variant_type_free);
-  self->route = g_strdup (route);
-  self->route_reply_type = g_variant_type_copy (reply_type);
+  RouteCheck *check = g_new0 (RouteCheck, 1);
+
+  /* Routers in front of routers: every one's route is checked. */
+  check->route = g_strdup (route);
+  check->reply_type = g_variant_type_copy (reply_type);
+  if (self->route_checks == NULL)
+    self->route_checks = g_ptr_array_new_with_free_func (route_check_free);
+  g_ptr_array_add (self->route_checks, check);
 }
 
 /**

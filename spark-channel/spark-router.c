@@ -474,6 +474,48 @@ pattern_is_valid (const char *pattern)
   return star == NULL || star[1] == '\0';
 }
 
+/* Whether @target is @from or routes there, through handler routes: a
+ * router that routes to itself would recurse until the stack ends. */
+static gboolean
+router_reaches (SparkRouter *from,
+                SparkRouter *target)
+{
+  g_autoptr(GPtrArray) children = g_ptr_array_new_with_free_func (g_object_unref);
+  GHashTableIter iter;
+  gpointer value;
+
+  if (from == target)
+    return TRUE;
+
+  /* The children under this router's lock only: never two locks at once. */
+  g_mutex_lock (&from->mutex);
+  g_hash_table_iter_init (&iter, from->exact);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    if (((Route *) value)->handler != NULL && SPARK_IS_ROUTER (((Route *) value)->handler))
+      g_ptr_array_add (children, g_object_ref (((Route *) value)->handler));
+  for (guint i = 0; i < from->prefixes->len; i++)
+    {
+      Route *route = g_ptr_array_index (from->prefixes, i);
+
+      if (route->handler != NULL && SPARK_IS_ROUTER (route->handler))
+        g_ptr_array_add (children, g_object_ref (route->handler));
+    }
+  g_mutex_unlock (&from->mutex);
+
+  for (guint i = 0; i < children->len; i++)
+    if (router_reaches (g_ptr_array_index (children, i), target))
+      return TRUE;
+
+  return FALSE;
+}
+
+static gboolean
+routes_to (SparkHandler *handler,
+           SparkRouter  *self)
+{
+  return SPARK_IS_ROUTER (handler) && router_reaches (SPARK_ROUTER (handler), self);
+}
+
 static gboolean
 type_is_valid (const GVariantType *type)
 {
@@ -558,7 +600,8 @@ route_new (const char         *pattern,
  * @error: return location for an error
  *
  * Routes the messages that @pattern takes to @handler, which is called on
- * the router's server context, as the router is. Fails with
+ * the router's server context, as the router is. @handler may be another
+ * router, but not one that routes back to this one. Fails with
  * %G_IO_ERROR_EXISTS if the router has a route of that pattern already.
  *
  * May be called from any thread, while the router serves.
@@ -580,7 +623,7 @@ spark_router_add_handler (SparkRouter        *self,
   g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
   g_return_val_if_fail (pattern_is_valid (pattern), FALSE);
   g_return_val_if_fail (SPARK_IS_HANDLER (handler), FALSE);
-  g_return_val_if_fail ((gpointer) handler != (gpointer) self, FALSE);
+  g_return_val_if_fail (!routes_to (handler, self), FALSE);
   g_return_val_if_fail (type_is_valid (parameter_type), FALSE);
   g_return_val_if_fail (type_is_valid (reply_type), FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);

@@ -264,6 +264,37 @@ test_router_reply_type (Fixture       *f,
   spark_test_gate_init (&f->b.gate);
 }
 
+/* Routers in front of routers: the reply must meet every route's type. */
+static void
+test_router_nested (Fixture       *f,
+                    gconstpointer  data)
+{
+  g_autoptr(SparkRouter) inner = spark_router_new ();
+  g_autoptr(SparkHandler) module = module_handler_new (&f->a, "m");
+  GError *error = NULL;
+  char *text;
+
+  g_assert_true (spark_router_add_handler (inner, "a.*", module, NULL, G_VARIANT_TYPE_STRING, &error));
+  g_assert_true (spark_router_add_handler (f->router, "a.*", SPARK_HANDLER (inner), NULL, G_VARIANT_TYPE_INT32, &error));
+  g_assert_no_error (error);
+
+  /* The module replies a string: the inner route takes it, the outer one
+   * does not. */
+  text = ask (f->s.dispatcher, "a.x", NULL, &error);
+  g_assert_null (text);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_nonnull (strstr (error->message, "Route “a.*”"));
+  g_assert_nonnull (strstr (error->message, "expected “i”"));
+  g_clear_error (&error);
+
+  /* An int32 meets the outer route, not the inner one. */
+  text = ask (f->s.dispatcher, "a.int", NULL, &error);
+  g_assert_null (text);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TYPE_MISMATCH);
+  g_assert_nonnull (strstr (error->message, "expected “s”"));
+  g_clear_error (&error);
+}
+
 /* To another module: replies and errors come back unchanged, and the
  * requester's cancellation reaches it. */
 static void
@@ -405,9 +436,25 @@ test_router_bad_input (void)
   g_assert_false (spark_router_add_handler (router, "x", handler, (const GVariantType *) "(", NULL, NULL));
   g_test_assert_expected_messages ();
 
-  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*self*");
+  g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*routes_to*");
   g_assert_false (spark_router_add_handler (router, "x", SPARK_HANDLER (router), NULL, NULL, NULL));
   g_test_assert_expected_messages ();
+
+  /* Nor through another router: it would recurse until the stack ends. */
+  {
+    g_autoptr(SparkRouter) middle = spark_router_new ();
+    g_autoptr(SparkRouter) inner = spark_router_new ();
+
+    g_assert_true (spark_router_add_handler (router, "m.*", SPARK_HANDLER (middle), NULL, NULL, NULL));
+    g_assert_true (spark_router_add_handler (middle, "m.i.*", SPARK_HANDLER (inner), NULL, NULL, NULL));
+    g_test_expect_message ("SparkChannel", G_LOG_LEVEL_CRITICAL, "*routes_to*");
+    g_assert_false (spark_router_add_handler (inner, "*", SPARK_HANDLER (router), NULL, NULL, NULL));
+    g_test_assert_expected_messages ();
+    /* A router in front of another twice is no cycle. */
+    g_assert_true (spark_router_add_handler (router, "i.*", SPARK_HANDLER (inner), NULL, NULL, NULL));
+    g_assert_true (spark_router_remove (router, "m.*"));
+    g_assert_true (spark_router_remove (router, "i.*"));
+  }
 
   patterns = spark_router_list_patterns (router);
   g_assert_cmpuint (g_strv_length (patterns), ==, 0);
@@ -492,6 +539,7 @@ main (int argc, char *argv[])
   ADD ("/spark/router/parameter-type", test_router_parameter_type, &in_thread);
   ADD ("/spark/router/reply-type", test_router_reply_type, &in_thread);
   ADD ("/spark/router/dispatcher", test_router_dispatcher, &concurrent);
+  ADD ("/spark/router/nested", test_router_nested, &in_thread);
   ADD ("/spark/router/commands", test_router_commands, &in_thread);
   ADD ("/spark/router/churn", test_router_churn, &in_thread);
   g_test_add_func ("/spark/router/table", test_router_table);
