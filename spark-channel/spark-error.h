@@ -43,6 +43,9 @@ G_BEGIN_DECLS
  * @SPARK_CHANNEL_ERROR_NOT_SUPPORTED: the handler does not implement this
  *   kind of message, or cannot run where it was asked to.
  * @SPARK_CHANNEL_ERROR_ALREADY_STARTED: the server was started before.
+ * @SPARK_CHANNEL_ERROR_DROPPED: a full mailbox dropped the request, as its
+ *   server's [property@Spark.ModuleServer:overflow] policy says; the message
+ *   says which policy.
  *
  * Errors in the %SPARK_CHANNEL_ERROR domain. An error returned by a handler
  * reaches the requester unchanged, in its own domain; cancellation by the
@@ -59,6 +62,7 @@ typedef enum {
   SPARK_CHANNEL_ERROR_WOULD_DEADLOCK,
   SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
   SPARK_CHANNEL_ERROR_ALREADY_STARTED,
+  SPARK_CHANNEL_ERROR_DROPPED,
 } SparkChannelError;
 
 SPARK_AVAILABLE_IN_1_0

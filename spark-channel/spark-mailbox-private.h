@@ -7,6 +7,7 @@
 
 #include <gio/gio.h>
 
+#include "spark-module-server.h"
 #include "spark-request-private.h"
 #include "spark-transport-private.h"
 #include "spark-spin-private.h"
@@ -66,6 +67,7 @@ struct _SparkMailbox
 
   /* Set by spark_mailbox_open() under the mutex, immutable afterwards. */
   guint              capacity;           /* 0: unbounded */
+  SparkOverflowPolicy overflow;          /* what a full mailbox does */
   GSource           *source;             /* a reference: the server's source */
   GMainContext      *context;            /* a reference: the server's context */
   GThread           *start_thread;       /* the thread that called start(), NULL for start_in_thread() */
@@ -77,6 +79,7 @@ struct _SparkMailbox
   char               server_line[64];
   gint               n_taken;            /* atomic: taken by the server, not handled yet */
   gint               aborting;           /* atomic */
+  gint               n_dropped;          /* atomic: commands dropped, not reported yet */
   SparkBlockReturn   command_blocks;     /* handed back by the server, taken by senders */
 };
 
@@ -91,6 +94,7 @@ gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
                                               GMainContext  *context,
                                               GThread       *start_thread,
                                               guint          capacity,
+                                              SparkOverflowPolicy overflow,
                                               GError       **error);
 guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
 
@@ -119,6 +123,20 @@ SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
 SparkMessage *spark_mailbox_take_high        (SparkMailbox  *mailbox,
                                               SparkMessage **tail,
                                               guint         *n);
+
+/* Commands the overflow policy dropped since the last take (the server
+ * reports them). */
+static inline gboolean
+spark_mailbox_has_dropped (SparkMailbox *mailbox)
+{
+  return g_atomic_int_get (&mailbox->n_dropped) != 0;
+}
+
+static inline guint
+spark_mailbox_take_dropped (SparkMailbox *mailbox)
+{
+  return (guint) g_atomic_int_exchange (&mailbox->n_dropped, 0);
+}
 
 /* Whether high-priority messages wait: read without the lock, by the
  * server between two messages. */

@@ -63,6 +63,8 @@
 
 #include "config.h"
 
+#include <string.h>
+
 #include "spark-error.h"
 #include "spark-mailbox-private.h"
 #include "spark-outcome-private.h"
@@ -159,6 +161,7 @@ spark_mailbox_open (SparkMailbox  *mailbox,
                     GMainContext  *context,
                     GThread       *start_thread,
                     guint          capacity,
+                    SparkOverflowPolicy overflow,
                     GError       **error)
 {
   gboolean ret = FALSE;
@@ -179,6 +182,7 @@ spark_mailbox_open (SparkMailbox  *mailbox,
       g_atomic_pointer_set (&mailbox->context, g_main_context_ref (context));
       mailbox->start_thread = start_thread;
       mailbox->capacity = capacity;
+      mailbox->overflow = overflow;
       ret = TRUE;
     }
 
@@ -193,10 +197,18 @@ pending (SparkMailbox *mailbox)
   return g_atomic_int_get (&mailbox->n_queued) + g_atomic_int_get (&mailbox->n_taken);
 }
 
+/* Under the lock: a take moves its batch from one count to the other,
+ * which a reader between the two would see twice. */
 guint
 spark_mailbox_get_pending (SparkMailbox *mailbox)
 {
-  return (guint) MAX (0, pending (mailbox));
+  gint n;
+
+  g_mutex_lock (&mailbox->mutex);
+  n = pending (mailbox);
+  g_mutex_unlock (&mailbox->mutex);
+
+  return (guint) MAX (0, n);
 }
 
 void
@@ -665,6 +677,164 @@ wait_for_room (SparkMailbox  *mailbox,
   return ret;
 }
 
+/* Overflow policies ------------------------------------------------------------
+ *
+ * Under the lock, for a message that found no room, with a policy other
+ * than WAIT: what becomes of it. The victim (the new message, or one taken
+ * out of the queue) is dealt with after the lock by drop_victim(). */
+
+typedef enum {
+  OVERFLOW_WAIT,      /* as WAIT: the caller waits for room (or fails a try) */
+  OVERFLOW_FULL,      /* fail the send with FULL */
+  OVERFLOW_TAKEN,     /* the send succeeded; *victim was dropped */
+} OverflowAction;
+
+static const char *
+overflow_policy_name (SparkOverflowPolicy policy)
+{
+  switch (policy)
+    {
+    case SPARK_OVERFLOW_DROP_NEWEST:
+      return "drop-newest";
+    case SPARK_OVERFLOW_DROP_OLDEST:
+      return "drop-oldest";
+    case SPARK_OVERFLOW_COALESCE:
+      return "coalesce";
+    case SPARK_OVERFLOW_FAIL:
+      return "fail";
+    case SPARK_OVERFLOW_WAIT:
+    default:
+      return "wait";
+    }
+}
+
+/* The oldest queued work message of the lowest priority, no higher than
+ * @lane's, taken out of the queue; NULL if every queued one is more urgent. */
+static SparkMessage *
+take_oldest_locked (SparkMailbox *mailbox,
+                    SparkLane     lane)
+{
+  for (gint i = SPARK_N_LANES - 1; i >= (gint) lane && i > SPARK_LANE_CONTROL; i--)
+    {
+      SparkMailboxLane *l = &mailbox->lanes[i];
+      SparkMessage *msg = l->head;
+
+      if (msg == NULL)
+        continue;
+
+      l->head = msg->next;
+      if (l->head == NULL)
+        {
+          l->tail = NULL;
+          g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << i));
+        }
+      l->length--;
+      msg->next = NULL;
+      g_atomic_int_add (&mailbox->n_queued, -1);
+      return msg;
+    }
+
+  return NULL;
+}
+
+/* The newest queued command of @name in @lane, or NULL. */
+static SparkMessage *
+find_newest_command_locked (SparkMailbox *mailbox,
+                            SparkLane     lane,
+                            const char   *name)
+{
+  SparkMessage *found = NULL;
+
+  for (SparkMessage *msg = mailbox->lanes[lane].head; msg != NULL; msg = msg->next)
+    if (msg->kind == SPARK_MESSAGE_COMMAND && strcmp (msg->inline_name, name) == 0)
+      found = msg;
+
+  return found;
+}
+
+static OverflowAction
+overflow_locked (SparkMailbox  *mailbox,
+                 SparkMessage  *msg,
+                 SparkLane      lane,
+                 gboolean      *wake,
+                 SparkMessage **victim)
+{
+  SparkMessage *old;
+
+  switch (mailbox->overflow)
+    {
+    case SPARK_OVERFLOW_FAIL:
+      return OVERFLOW_FULL;
+
+    case SPARK_OVERFLOW_DROP_NEWEST:
+      *victim = msg;
+      return OVERFLOW_TAKEN;
+
+    case SPARK_OVERFLOW_DROP_OLDEST:
+      /* The waiters' queue is empty under this policy: nobody waits. */
+      old = take_oldest_locked (mailbox, lane);
+      if (old == NULL)
+        {
+          *victim = msg;
+          return OVERFLOW_TAKEN;
+        }
+      enqueue_locked (mailbox, msg, lane, wake);
+      *victim = old;
+      return OVERFLOW_TAKEN;
+
+    case SPARK_OVERFLOW_COALESCE:
+      if (msg->kind != SPARK_MESSAGE_COMMAND ||
+          (old = find_newest_command_locked (mailbox, lane, msg->inline_name)) == NULL)
+        return OVERFLOW_WAIT;
+      {
+        /* The queued one takes the new parameters and keeps its place;
+         * the new block leaves with the old ones. */
+        GVariant *parameters = old->parameters;
+
+        old->parameters = msg->parameters;
+        msg->parameters = parameters;
+      }
+      *victim = msg;
+      return OVERFLOW_TAKEN;
+
+    case SPARK_OVERFLOW_WAIT:
+    default:
+      return OVERFLOW_WAIT;
+    }
+}
+
+/* After the lock: a dropped request completes with DROPPED, a dropped
+ * command is counted for the server's messages-dropped. */
+static void
+drop_victim (SparkMailbox *mailbox,
+             SparkMessage *victim)
+{
+  if (victim->kind == SPARK_MESSAGE_REQUEST)
+    {
+      g_autofree char *message = g_strdup_printf ("The mailbox was full (capacity %u): the request "
+                                                  "was dropped (overflow policy %s)",
+                                                  mailbox->capacity,
+                                                  overflow_policy_name (mailbox->overflow));
+
+      spark_request_complete_literal (spark_request_from_message (victim),
+                                      SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_DROPPED, message);
+    }
+  else
+    g_atomic_int_inc (&mailbox->n_dropped);
+
+  spark_message_free (victim);
+}
+
+static gboolean
+set_full_error (SparkMailbox  *mailbox,
+                GError       **error)
+{
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
+               "The mailbox is full (capacity %u) or other senders wait for room",
+               mailbox->capacity);
+  return FALSE;
+}
+
 /*
  * spark_mailbox_post_request:
  * @req: (transfer full): the sender's reference, kept on failure
@@ -682,6 +852,8 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
 {
   GSList *dead = NULL;
   gboolean wake = FALSE;
+  SparkMessage *victim = NULL;
+  OverflowAction action;
 
   spark_mutex_lock (&mailbox->mutex);
 
@@ -702,6 +874,16 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
     {
       enqueue_locked (mailbox, spark_request_get_message (req), lane, &wake);
     }
+  else if (mailbox->overflow != SPARK_OVERFLOW_WAIT &&
+           (action = overflow_locked (mailbox, spark_request_get_message (req), lane,
+                                      &wake, &victim)) != OVERFLOW_WAIT)
+    {
+      if (action == OVERFLOW_FULL)
+        {
+          g_mutex_unlock (&mailbox->mutex);
+          return set_full_error (mailbox, error);
+        }
+    }
   else
     {
       SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
@@ -716,6 +898,8 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
   g_mutex_unlock (&mailbox->mutex);
 
   free_dead_waiters (dead);
+  if (victim != NULL)
+    drop_victim (mailbox, victim);
   if (wake)
     spark_mailbox_wake_server (mailbox);
 
@@ -742,6 +926,8 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
   GSList *dead = NULL;
   gboolean wake = FALSE;
   gboolean queued = FALSE;
+  SparkMessage *victim = NULL;
+  OverflowAction action;
 
   spark_mutex_lock (&mailbox->mutex);
 
@@ -758,6 +944,18 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
       enqueue_locked (mailbox, msg, lane, &wake);
       queued = TRUE;
     }
+  else if (mailbox->overflow != SPARK_OVERFLOW_WAIT &&
+           (action = overflow_locked (mailbox, msg, lane, &wake, &victim)) != OVERFLOW_WAIT)
+    {
+      if (action == OVERFLOW_FULL)
+        {
+          g_mutex_unlock (&mailbox->mutex);
+          free_dead_waiters (dead);
+          spark_message_free (msg);
+          return set_full_error (mailbox, error);
+        }
+      queued = TRUE;
+    }
   else if (mode == SPARK_POST_BLOCK && would_deadlock_locked (mailbox))
     {
       g_mutex_unlock (&mailbox->mutex);
@@ -769,6 +967,8 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
   g_mutex_unlock (&mailbox->mutex);
 
   free_dead_waiters (dead);
+  if (victim != NULL)
+    drop_victim (mailbox, victim);
   if (wake)
     spark_mailbox_wake_server (mailbox);
 
@@ -782,10 +982,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
   if (mode == SPARK_POST_TRY)
     {
       spark_message_free (msg);
-      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
-                   "The mailbox is full (capacity %u) or other senders wait for room",
-                   mailbox->capacity);
-      return FALSE;
+      return set_full_error (mailbox, error);
     }
 
   return wait_for_room (mailbox, msg, lane, mode, cancellable, task, error);

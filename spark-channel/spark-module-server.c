@@ -49,6 +49,7 @@
 #include "config.h"
 
 #include "spark-dispatcher-private.h"
+#include "spark-enum-types.h"
 #include "spark-error.h"
 #include "spark-handler-private.h"
 #include "spark-invocation-private.h"
@@ -78,6 +79,8 @@ struct _SparkModuleServer
   SparkMailbox  *mailbox;          /* immutable */
   char          *name;             /* owner thread */
   guint          capacity;         /* owner thread; frozen by start */
+  SparkOverflowPolicy overflow;    /* owner thread; frozen by start */
+  gint           drop_report_due;  /* atomic: a messages-dropped emission is on its way */
   guint          max_invocations;  /* owner thread; frozen by start */
 
   GMutex         state_mutex;
@@ -118,6 +121,7 @@ enum {
   PROP_HANDLER,
   PROP_NAME,
   PROP_CAPACITY,
+  PROP_OVERFLOW,
   PROP_MAX_INVOCATIONS,
   PROP_RUNNING,
   PROP_PENDING,
@@ -126,6 +130,7 @@ enum {
 
 enum {
   COMMAND_FAILED,
+  MESSAGES_DROPPED,
   N_SIGNALS
 };
 
@@ -181,14 +186,16 @@ owner_call_cb (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
+/* @func (@data) on the owner context, after @delay_ms (0: when idle). */
 static void
-spark_module_server_invoke_owner (SparkModuleServer *self,
-                                  OwnerFunc          func,
-                                  gpointer           data,
-                                  GDestroyNotify     destroy)
+spark_module_server_invoke_owner_later (SparkModuleServer *self,
+                                        guint              delay_ms,
+                                        OwnerFunc          func,
+                                        gpointer           data,
+                                        GDestroyNotify     destroy)
 {
   OwnerCall *call = g_new0 (OwnerCall, 1);
-  GSource *idle = g_idle_source_new ();
+  GSource *idle = delay_ms > 0 ? g_timeout_source_new (delay_ms) : g_idle_source_new ();
 
   g_weak_ref_init (&call->server, self);
   call->source = idle;
@@ -206,6 +213,45 @@ spark_module_server_invoke_owner (SparkModuleServer *self,
   g_mutex_unlock (&self->state_mutex);
 
   g_source_attach (idle, self->owner_context);
+}
+
+static void
+spark_module_server_invoke_owner (SparkModuleServer *self,
+                                  OwnerFunc          func,
+                                  gpointer           data,
+                                  GDestroyNotify     destroy)
+{
+  spark_module_server_invoke_owner_later (self, 0, func, data, destroy);
+}
+
+/* Dropped messages are reported at most this often. */
+#define DROP_REPORT_MSEC 100
+
+static void
+emit_messages_dropped (SparkModuleServer *self,
+                       gpointer           data)
+{
+  guint count;
+
+  /* What was dropped until now, from the mailbox's count: later drops
+   * schedule the next report. */
+  g_atomic_int_set (&self->drop_report_due, FALSE);
+  count = spark_mailbox_take_dropped (self->mailbox);
+  if (count > 0)
+    g_signal_emit (self, signals[MESSAGES_DROPPED], 0, count);
+}
+
+/* On the server's context, between messages: drops since the last report
+ * get one, DROP_REPORT_MSEC from now. */
+static inline void
+spark_module_server_check_drops (SparkModuleServer *self)
+{
+  if (G_UNLIKELY (spark_mailbox_has_dropped (self->mailbox)) &&
+      !g_atomic_int_get (&self->drop_report_due))
+    {
+      g_atomic_int_set (&self->drop_report_due, TRUE);
+      spark_module_server_invoke_owner_later (self, DROP_REPORT_MSEC, emit_messages_dropped, NULL, NULL);
+    }
 }
 
 static void
@@ -385,6 +431,7 @@ spark_module_server_stop (SparkModuleServer *self)
 
   self->stopped = TRUE;
   spark_route_cache_clear (&self->route_cache);
+  spark_module_server_check_drops (self);
 
   /* An ABORT failed them already; this makes sure, and lets them go. */
   while (self->held->len > 0)
@@ -569,6 +616,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
   guint handled = 0;
 
   spark_wake_source_set_ready ((SparkWakeSource *) self->source, FALSE);
+  spark_module_server_check_drops (self);
 
   if (self->held->len > 0)
     {
@@ -608,6 +656,7 @@ spark_module_server_dispatch (SparkModuleServer *self)
           gboolean spin = self->own_thread && handled > 0 && self->shutdown == NULL;
 
           self->batch = spark_mailbox_take (mailbox, spin ? &self->spin : NULL, 0, &self->batch_urgent);
+          spark_module_server_check_drops (self);
           if (self->batch == NULL)
             {
               /* DRAIN: everything queued before the shutdown has been
@@ -838,6 +887,10 @@ spark_module_server_get_property (GObject    *object,
       g_value_set_uint (value, self->capacity);
       break;
 
+    case PROP_OVERFLOW:
+      g_value_set_enum (value, self->overflow);
+      break;
+
     case PROP_MAX_INVOCATIONS:
       g_value_set_uint (value, self->max_invocations);
       break;
@@ -875,6 +928,10 @@ spark_module_server_set_property (GObject      *object,
 
     case PROP_CAPACITY:
       spark_module_server_set_capacity (self, g_value_get_uint (value));
+      break;
+
+    case PROP_OVERFLOW:
+      spark_module_server_set_overflow (self, g_value_get_enum (value));
       break;
 
     case PROP_MAX_INVOCATIONS:
@@ -950,6 +1007,23 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
   properties[PROP_CAPACITY] =
     g_param_spec_uint ("capacity", NULL, NULL,
                        0, G_MAXINT, 0,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:overflow:
+   *
+   * What a bounded mailbox does with a message that finds it full (see
+   * [enum@Spark.OverflowPolicy]); without a capacity, nothing. Only
+   * settable before the server starts: setting it afterwards is a
+   * programmer error and is ignored.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_OVERFLOW] =
+    g_param_spec_enum ("overflow", NULL, NULL,
+                       SPARK_TYPE_OVERFLOW_POLICY, SPARK_OVERFLOW_WAIT,
                        (G_PARAM_READWRITE |
                         G_PARAM_EXPLICIT_NOTIFY |
                         G_PARAM_STATIC_STRINGS));
@@ -1037,6 +1111,30 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
                   G_TYPE_STRING | G_SIGNAL_TYPE_STATIC_SCOPE,
                   G_TYPE_VARIANT,
                   G_TYPE_ERROR);
+
+  /**
+   * SparkModuleServer::messages-dropped:
+   * @self: the server
+   * @count: how many commands were dropped since the last emission
+   *
+   * Emitted on the owner context when the
+   * [property@Spark.ModuleServer:overflow] policy dropped commands (a
+   * dropped, or superseded, one of the newest or oldest; a coalesced one):
+   * at most ten times a second, with the count since the last emission.
+   * Dropped requests are not counted here: each completes with
+   * %SPARK_CHANNEL_ERROR_DROPPED.
+   *
+   * Since: 1.0
+   */
+  signals[MESSAGES_DROPPED] =
+    g_signal_new ("messages-dropped",
+                  G_TYPE_FROM_CLASS (klass),
+                  G_SIGNAL_RUN_LAST,
+                  0,
+                  NULL, NULL,
+                  NULL,
+                  G_TYPE_NONE, 1,
+                  G_TYPE_UINT);
 }
 
 static void
@@ -1206,6 +1304,52 @@ spark_module_server_set_capacity (SparkModuleServer *self,
 }
 
 /**
+ * spark_module_server_get_overflow:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Gets [property@Spark.ModuleServer:overflow].
+ *
+ * Returns: the policy
+ *
+ * Since: 1.0
+ */
+SparkOverflowPolicy
+spark_module_server_get_overflow (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), SPARK_OVERFLOW_WAIT);
+
+  return self->overflow;
+}
+
+/**
+ * spark_module_server_set_overflow:
+ * @self: a [class@Spark.ModuleServer]
+ * @overflow: what a full mailbox does with a new message
+ *
+ * Sets [property@Spark.ModuleServer:overflow]. Call it before the server
+ * starts, from the thread that owns it; afterwards it is a programmer
+ * error (a critical) and the call is ignored.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_overflow (SparkModuleServer   *self,
+                                  SparkOverflowPolicy  overflow)
+{
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (overflow >= SPARK_OVERFLOW_WAIT && overflow <= SPARK_OVERFLOW_COALESCE);
+
+  if (refuse_after_start (self, "overflow"))
+    return;
+
+  if (self->overflow != overflow)
+    {
+      self->overflow = overflow;
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_OVERFLOW]);
+    }
+}
+
+/**
  * spark_module_server_get_max_invocations:
  * @self: a [class@Spark.ModuleServer]
  *
@@ -1356,7 +1500,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
 
   if (!spark_mailbox_open (self->mailbox, source, context,
                            own_thread ? NULL : g_thread_self (),
-                           self->capacity, error))
+                           self->capacity, self->overflow, error))
     {
       g_source_destroy (source);
       g_clear_pointer (&self->source, g_source_unref);

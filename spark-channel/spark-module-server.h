@@ -34,6 +34,38 @@ typedef enum {
   SPARK_SHUTDOWN_MODE_ABORT,
 } SparkShutdownMode;
 
+/**
+ * SparkOverflowPolicy:
+ * @SPARK_OVERFLOW_WAIT: senders wait for room (blocking calls block, async
+ *   ones wait without blocking, try calls fail with
+ *   %SPARK_CHANNEL_ERROR_FULL)
+ * @SPARK_OVERFLOW_FAIL: every send fails at once with
+ *   %SPARK_CHANNEL_ERROR_FULL
+ * @SPARK_OVERFLOW_DROP_NEWEST: the new message is dropped
+ * @SPARK_OVERFLOW_DROP_OLDEST: the oldest queued message of the lowest
+ *   priority, no higher than the new message's, is dropped to make room
+ *   (the new one is, if all queued ones have a higher priority)
+ * @SPARK_OVERFLOW_COALESCE: a new command replaces the newest queued
+ *   command of the same name, which is dropped; requests, and commands
+ *   with no such one queued, wait for room as with %SPARK_OVERFLOW_WAIT
+ *
+ * What a bounded mailbox does with a message that finds it full (see
+ * [property@Spark.ModuleServer:overflow]). Nothing is dropped silently:
+ * a dropped request completes with %SPARK_CHANNEL_ERROR_DROPPED, and
+ * dropped commands are counted and reported by
+ * [signal@Spark.ModuleServer::messages-dropped]. A send that dropped
+ * a message, its own or another, succeeds.
+ *
+ * Since: 1.0
+ */
+typedef enum {
+  SPARK_OVERFLOW_WAIT,
+  SPARK_OVERFLOW_FAIL,
+  SPARK_OVERFLOW_DROP_NEWEST,
+  SPARK_OVERFLOW_DROP_OLDEST,
+  SPARK_OVERFLOW_COALESCE,
+} SparkOverflowPolicy;
+
 #define SPARK_TYPE_MODULE_SERVER (spark_module_server_get_type ())
 
 SPARK_AVAILABLE_IN_1_0
@@ -53,6 +85,11 @@ guint              spark_module_server_get_capacity      (SparkModuleServer   *s
 SPARK_AVAILABLE_IN_1_0
 void               spark_module_server_set_capacity      (SparkModuleServer   *self,
                                                           guint                capacity);
+SPARK_AVAILABLE_IN_1_0
+SparkOverflowPolicy spark_module_server_get_overflow    (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_overflow      (SparkModuleServer   *self,
+                                                          SparkOverflowPolicy  overflow);
 SPARK_AVAILABLE_IN_1_0
 guint              spark_module_server_get_max_invocations (SparkModuleServer *self);
 SPARK_AVAILABLE_IN_1_0
