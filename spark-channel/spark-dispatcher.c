@@ -70,6 +70,14 @@ struct _SparkDispatcher
   SparkTransport *transport;   /* immutable; NULL for a dispatcher made without a server */
   gint          timeout;   /* atomic: milliseconds, <= 0 for none */
   gint          priority;  /* atomic: a SparkPriority */
+
+  /* The rate limit, a token bucket: @rate is read without the lock (0,
+   * the default, keeps the bucket out of every send). */
+  gint          rate;         /* atomic: messages per second, 0 for none */
+  GMutex        rate_mutex;
+  guint         burst;        /* rate_mutex: tokens at most; 0: as many as the rate */
+  gdouble       tokens;       /* rate_mutex */
+  gint64        refilled_at;  /* rate_mutex: monotonic µs; 0: never (full) */
 };
 
 G_DEFINE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, G_TYPE_OBJECT)
@@ -78,6 +86,8 @@ enum {
   PROP_0,
   PROP_TIMEOUT,
   PROP_PRIORITY,
+  PROP_RATE_LIMIT,
+  PROP_RATE_BURST,
   N_PROPS
 };
 
@@ -89,6 +99,7 @@ spark_dispatcher_finalize (GObject *object)
   SparkDispatcher *self = SPARK_DISPATCHER (object);
 
   g_clear_pointer (&self->transport, spark_transport_unref);
+  g_mutex_clear (&self->rate_mutex);
 
   G_OBJECT_CLASS (spark_dispatcher_parent_class)->finalize (object);
 }
@@ -109,6 +120,14 @@ spark_dispatcher_get_property (GObject    *object,
 
     case PROP_PRIORITY:
       g_value_set_enum (value, spark_dispatcher_get_priority (self));
+      break;
+
+    case PROP_RATE_LIMIT:
+      g_value_set_uint (value, spark_dispatcher_get_rate_limit (self));
+      break;
+
+    case PROP_RATE_BURST:
+      g_value_set_uint (value, spark_dispatcher_get_rate_burst (self));
       break;
 
     default:
@@ -132,6 +151,14 @@ spark_dispatcher_set_property (GObject      *object,
 
     case PROP_PRIORITY:
       spark_dispatcher_set_priority (self, g_value_get_enum (value));
+      break;
+
+    case PROP_RATE_LIMIT:
+      spark_dispatcher_set_rate_limit (self, g_value_get_uint (value));
+      break;
+
+    case PROP_RATE_BURST:
+      spark_dispatcher_set_rate_burst (self, g_value_get_uint (value));
       break;
 
     default:
@@ -181,6 +208,45 @@ spark_dispatcher_class_init (SparkDispatcherClass *klass)
                         G_PARAM_EXPLICIT_NOTIFY |
                         G_PARAM_STATIC_STRINGS));
 
+  /**
+   * SparkDispatcher:rate-limit:
+   *
+   * How many messages (requests and commands) this dispatcher sends per
+   * second at most; 0 (the default) for no limit. Past it, sends wait as
+   * for room in a full mailbox: blocking calls block, asynchronous ones
+   * wait without blocking (the outcome still comes exactly once, a
+   * request's timeout and cancellable still count), and
+   * [method@Spark.Dispatcher.try_send_command] fails with
+   * %SPARK_CHANNEL_ERROR_FULL. Up to [property@Spark.Dispatcher:rate-burst]
+   * messages may go at once after a quiet time. A token bucket, per
+   * dispatcher: one made with [method@Spark.Dispatcher.with_priority] has
+   * the same settings and a bucket of its own.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_RATE_LIMIT] =
+    g_param_spec_uint ("rate-limit", NULL, NULL,
+                       0, G_MAXINT, 0,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkDispatcher:rate-burst:
+   *
+   * How many messages may be sent at once, after a quiet time, under
+   * [property@Spark.Dispatcher:rate-limit]; 0 (the default) for as many
+   * as the rate (one second's worth).
+   *
+   * Since: 1.0
+   */
+  properties[PROP_RATE_BURST] =
+    g_param_spec_uint ("rate-burst", NULL, NULL,
+                       0, G_MAXINT, 0,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
   g_object_class_install_properties (object_class, N_PROPS, properties);
 }
 
@@ -188,6 +254,7 @@ static void
 spark_dispatcher_init (SparkDispatcher *self)
 {
   self->timeout = -1;
+  g_mutex_init (&self->rate_mutex);
 }
 
 SparkDispatcher *
@@ -279,8 +346,254 @@ spark_dispatcher_with_priority (SparkDispatcher *self,
     other->transport = spark_transport_ref (self->transport);
   other->timeout = g_atomic_int_get (&self->timeout);
   other->priority = (gint) priority;
+  other->rate = g_atomic_int_get (&self->rate);
+  g_mutex_lock (&self->rate_mutex);
+  other->burst = self->burst;
+  g_mutex_unlock (&self->rate_mutex);
 
   return other;
+}
+
+/**
+ * spark_dispatcher_get_rate_limit:
+ * @self: a [class@Spark.Dispatcher]
+ *
+ * Gets [property@Spark.Dispatcher:rate-limit]. May be called from any
+ * thread.
+ *
+ * Returns: messages per second, 0 for no limit
+ *
+ * Since: 1.0
+ */
+guint
+spark_dispatcher_get_rate_limit (SparkDispatcher *self)
+{
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), 0);
+
+  return (guint) g_atomic_int_get (&self->rate);
+}
+
+/**
+ * spark_dispatcher_set_rate_limit:
+ * @self: a [class@Spark.Dispatcher]
+ * @messages_per_second: the most messages sent per second, 0 for no limit
+ *
+ * Sets [property@Spark.Dispatcher:rate-limit]: later sends wait for their
+ * turn. May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_set_rate_limit (SparkDispatcher *self,
+                                 guint            messages_per_second)
+{
+  gint old;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (messages_per_second <= G_MAXINT);
+
+  g_mutex_lock (&self->rate_mutex);
+  old = g_atomic_int_exchange (&self->rate, (gint) messages_per_second);
+  self->refilled_at = 0;   /* a full bucket under the new rate */
+  g_mutex_unlock (&self->rate_mutex);
+
+  if (old != (gint) messages_per_second)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RATE_LIMIT]);
+}
+
+/**
+ * spark_dispatcher_get_rate_burst:
+ * @self: a [class@Spark.Dispatcher]
+ *
+ * Gets [property@Spark.Dispatcher:rate-burst]. May be called from any
+ * thread.
+ *
+ * Returns: messages, 0 for as many as the rate
+ *
+ * Since: 1.0
+ */
+guint
+spark_dispatcher_get_rate_burst (SparkDispatcher *self)
+{
+  guint burst;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), 0);
+
+  g_mutex_lock (&self->rate_mutex);
+  burst = self->burst;
+  g_mutex_unlock (&self->rate_mutex);
+
+  return burst;
+}
+
+/**
+ * spark_dispatcher_set_rate_burst:
+ * @self: a [class@Spark.Dispatcher]
+ * @burst: how many messages may go at once, 0 for as many as the rate
+ *
+ * Sets [property@Spark.Dispatcher:rate-burst]. May be called from any
+ * thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_set_rate_burst (SparkDispatcher *self,
+                                 guint            burst)
+{
+  gboolean changed;
+
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+  g_return_if_fail (burst <= G_MAXINT);
+
+  g_mutex_lock (&self->rate_mutex);
+  changed = self->burst != burst;
+  self->burst = burst;
+  self->refilled_at = 0;
+  g_mutex_unlock (&self->rate_mutex);
+
+  if (changed)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RATE_BURST]);
+}
+
+/* Takes a token from the bucket: 0 if there was one (or there is no
+ * limit), otherwise how long, in µs, until the next one. */
+static gint64
+rate_acquire (SparkDispatcher *self)
+{
+  gint rate = g_atomic_int_get (&self->rate);
+  gint64 now, wait = 0;
+  gdouble burst;
+
+  if G_LIKELY (rate == 0)
+    return 0;
+
+  now = g_get_monotonic_time ();
+  g_mutex_lock (&self->rate_mutex);
+  rate = g_atomic_int_get (&self->rate);
+  if (rate > 0)
+    {
+      burst = self->burst > 0 ? self->burst : (guint) rate;
+      if (self->refilled_at == 0)
+        self->tokens = burst;
+      else
+        self->tokens = MIN (burst, self->tokens + (gdouble) (now - self->refilled_at) * rate / G_USEC_PER_SEC);
+      self->refilled_at = now;
+
+      if (self->tokens >= 1.0)
+        self->tokens -= 1.0;
+      else
+        wait = MAX (1, (gint64) ((1.0 - self->tokens) * G_USEC_PER_SEC / rate) + 1);
+    }
+  g_mutex_unlock (&self->rate_mutex);
+
+  return wait;
+}
+
+/* Waits on this thread for a token. FALSE, with @error set, if
+ * @cancellable was cancelled first; or, for @req, as soon as it has ended
+ * (cancelled, timed out): it is not sent. */
+static gboolean
+rate_wait_blocking (SparkDispatcher  *self,
+                    GCancellable     *cancellable,
+                    SparkRequest     *req,
+                    GError          **error)
+{
+  gint64 wait;
+
+  while ((wait = rate_acquire (self)) > 0)
+    {
+      if (g_cancellable_set_error_if_cancelled (cancellable, error))
+        return FALSE;
+      if (req != NULL && spark_request_is_claimed (req))
+        return FALSE;
+      /* In slices, to see a cancellation or a timeout soon. */
+      g_usleep ((gulong) MIN (wait, 10 * 1000));
+    }
+
+  return TRUE;
+}
+
+/* A message that waits for a token without blocking: on the sender's
+ * context, a timeout per wait. */
+typedef struct
+{
+  SparkDispatcher *self;         /* a reference */
+  SparkRequest    *req;          /* the sender's reference; or a command: */
+  char            *name;
+  GVariant        *parameters;   /* not floating */
+  GTask           *task;         /* a reference */
+} Throttled;
+
+static void spark_dispatcher_post_request (SparkDispatcher *self, SparkRequest *req, gboolean blocking);
+static void spark_dispatcher_post_command_async (SparkDispatcher *self, const char *name,
+                                                 GVariant *parameters, GTask *task);
+
+static void
+throttled_free (Throttled *throttled)
+{
+  g_clear_object (&throttled->self);
+  g_free (throttled->name);
+  g_clear_pointer (&throttled->parameters, g_variant_unref);
+  g_clear_object (&throttled->task);
+  g_free (throttled);
+}
+
+static void throttle (Throttled *throttled, gint64 wait);
+
+static gboolean
+on_throttled (gpointer data)
+{
+  Throttled *throttled = data;
+  gint64 wait;
+
+  if (throttled->req != NULL)
+    {
+      /* Ended while it waited: never sent, its outcome went already. */
+      if (spark_request_is_claimed (throttled->req))
+        {
+          spark_request_unref (g_steal_pointer (&throttled->req));
+          throttled_free (throttled);
+          return G_SOURCE_REMOVE;
+        }
+    }
+  else
+    {
+      GError *error = NULL;
+
+      if (g_cancellable_set_error_if_cancelled (g_task_get_cancellable (throttled->task), &error))
+        {
+          g_task_return_error (throttled->task, error);
+          throttled_free (throttled);
+          return G_SOURCE_REMOVE;
+        }
+    }
+
+  if ((wait = rate_acquire (throttled->self)) > 0)
+    {
+      throttle (throttled, wait);
+      return G_SOURCE_REMOVE;
+    }
+
+  if (throttled->req != NULL)
+    spark_dispatcher_post_request (throttled->self, g_steal_pointer (&throttled->req), FALSE);
+  else
+    spark_dispatcher_post_command_async (throttled->self, throttled->name,
+                                         g_steal_pointer (&throttled->parameters), throttled->task);
+  throttled_free (throttled);
+
+  return G_SOURCE_REMOVE;
+}
+
+static void
+throttle (Throttled *throttled,
+          gint64     wait)
+{
+  GSource *source = g_timeout_source_new ((guint) MAX (1, (wait + 999) / 1000));
+
+  g_source_set_static_name (source, "[spark] rate limit");
+  g_source_set_callback (source, on_throttled, throttled, NULL);
+  g_source_attach (source, g_main_context_get_thread_default ());
+  g_source_unref (source);
 }
 
 /**
@@ -353,8 +666,6 @@ spark_dispatcher_send_request (SparkDispatcher *self,
                                SparkRequest    *req,
                                gboolean         blocking)
 {
-  GError *error = NULL;
-
   if (spark_request_refuse_if_cancelled (req))
     {
       spark_request_unref (req);
@@ -362,6 +673,41 @@ spark_dispatcher_send_request (SparkDispatcher *self,
     }
 
   spark_request_arm (req);
+
+  /* Its clocks run while it waits for its turn. */
+  if G_UNLIKELY (g_atomic_int_get (&self->rate) != 0)
+    {
+      gint64 wait;
+
+      if (blocking)
+        {
+          if (!rate_wait_blocking (self, NULL, req, NULL))
+            {
+              spark_request_unref (req);
+              return;
+            }
+        }
+      else if ((wait = rate_acquire (self)) > 0)
+        {
+          Throttled *throttled = g_new0 (Throttled, 1);
+
+          throttled->self = g_object_ref (self);
+          throttled->req = req;
+          throttle (throttled, wait);
+          return;
+        }
+    }
+
+  spark_dispatcher_post_request (self, req, blocking);
+}
+
+/* Hands @req (armed, the sender's reference) to the transport. */
+static void
+spark_dispatcher_post_request (SparkDispatcher *self,
+                               SparkRequest    *req,
+                               gboolean         blocking)
+{
+  GError *error = NULL;
 
   if (self->transport == NULL)
     set_closed_error (&error);
@@ -677,6 +1023,9 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
   if (self->transport == NULL)
     return set_closed_error (error);
 
+  if (!rate_wait_blocking (self, cancellable, NULL, error))
+    return FALSE;
+
   return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                                (SparkPriority) g_atomic_int_get (&self->priority),
                                      SPARK_POST_BLOCK, cancellable, NULL, error);
@@ -714,6 +1063,14 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
 
   if (self->transport == NULL)
     return set_closed_error (error);
+
+  if G_UNLIKELY (rate_acquire (self) > 0)
+    {
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
+                   "The dispatcher's rate limit (%u messages per second) is reached",
+                   spark_dispatcher_get_rate_limit (self));
+      return FALSE;
+    }
 
   return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                                (SparkPriority) g_atomic_int_get (&self->priority),
@@ -768,9 +1125,37 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
       set_closed_error (&error);
       g_task_return_error (task, error);
     }
-  else if (!self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
-                                               (SparkPriority) g_atomic_int_get (&self->priority),
-                                        SPARK_POST_ASYNC, cancellable, task, &error))
+  else
+    {
+      gint64 wait = rate_acquire (self);
+
+      if G_UNLIKELY (wait > 0)
+        {
+          Throttled *throttled = g_new0 (Throttled, 1);
+
+          throttled->self = g_object_ref (self);
+          throttled->name = g_strdup (name);
+          throttled->parameters = g_steal_pointer (&params);
+          throttled->task = g_object_ref (task);
+          throttle (throttled, wait);
+        }
+      else
+        spark_dispatcher_post_command_async (self, name, g_steal_pointer (&params), task);
+    }
+}
+
+/* Takes @parameters; @task is completed in every case. */
+static void
+spark_dispatcher_post_command_async (SparkDispatcher *self,
+                                     const char      *name,
+                                     GVariant        *parameters,
+                                     GTask           *task)
+{
+  GError *error = NULL;
+
+  if (!self->transport->vtable->post_command (self->transport, name, parameters,
+                                              (SparkPriority) g_atomic_int_get (&self->priority),
+                                              SPARK_POST_ASYNC, g_task_get_cancellable (task), task, &error))
     g_task_return_error (task, error);
 }
 

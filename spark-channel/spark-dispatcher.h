@@ -86,6 +86,16 @@ SPARK_AVAILABLE_IN_1_0
 SparkDispatcher *spark_dispatcher_with_priority (SparkDispatcher     *self,
                                                  SparkPriority        priority);
 SPARK_AVAILABLE_IN_1_0
+guint     spark_dispatcher_get_rate_limit      (SparkDispatcher      *self);
+SPARK_AVAILABLE_IN_1_0
+void      spark_dispatcher_set_rate_limit      (SparkDispatcher      *self,
+                                                guint                 messages_per_second);
+SPARK_AVAILABLE_IN_1_0
+guint     spark_dispatcher_get_rate_burst      (SparkDispatcher      *self);
+SPARK_AVAILABLE_IN_1_0
+void      spark_dispatcher_set_rate_burst      (SparkDispatcher      *self,
+                                                guint                 burst);
+SPARK_AVAILABLE_IN_1_0
 gint      spark_dispatcher_get_timeout         (SparkDispatcher      *self);
 SPARK_AVAILABLE_IN_1_0
 void      spark_dispatcher_set_timeout         (SparkDispatcher      *self,
