@@ -70,6 +70,8 @@ struct _SparkDispatcher
   SparkTransport *transport;   /* immutable; NULL for a dispatcher made without a server */
   gint          timeout;   /* atomic: milliseconds, <= 0 for none */
   gint          priority;  /* atomic: a SparkPriority */
+  guint64       id;        /* immutable: its requests carry it, for cancel_all(); shared by
+                            * the dispatchers with_priority() makes from it */
 
   /* The rate limit, a token bucket: @rate is read without the lock (0,
    * the default, keeps the bucket out of every send). */
@@ -250,11 +252,18 @@ spark_dispatcher_class_init (SparkDispatcherClass *klass)
   g_object_class_install_properties (object_class, N_PROPS, properties);
 }
 
+G_LOCK_DEFINE_STATIC (ids);
+static guint64 next_id = 1;
+
 static void
 spark_dispatcher_init (SparkDispatcher *self)
 {
   self->timeout = -1;
   g_mutex_init (&self->rate_mutex);
+
+  G_LOCK (ids);
+  self->id = next_id++;
+  G_UNLOCK (ids);
 }
 
 SparkDispatcher *
@@ -346,6 +355,7 @@ spark_dispatcher_with_priority (SparkDispatcher *self,
     other->transport = spark_transport_ref (self->transport);
   other->timeout = g_atomic_int_get (&self->timeout);
   other->priority = (gint) priority;
+  other->id = self->id;
   other->rate = g_atomic_int_get (&self->rate);
   g_mutex_lock (&self->rate_mutex);
   other->burst = self->burst;
@@ -597,6 +607,33 @@ throttle (Throttled *throttled,
 }
 
 /**
+ * spark_dispatcher_cancel_all:
+ * @self: a [class@Spark.Dispatcher]
+ *
+ * Fails with %G_IO_ERROR_CANCELLED every request this dispatcher (or one
+ * [method@Spark.Dispatcher.with_priority] made from it, or it from) sent
+ * that the module has not begun to handle: those queued, those waiting
+ * for room in a full mailbox, and those the server took in its current
+ * batch. It acts ahead of the queue and whatever the mailbox's capacity.
+ * Requests being handled are left alone (cancel them with their own
+ * cancellable), and commands are not retracted. Each cancelled request
+ * completes once, as usual, from its requester's context (or its blocking
+ * call).
+ *
+ * May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_dispatcher_cancel_all (SparkDispatcher *self)
+{
+  g_return_if_fail (SPARK_IS_DISPATCHER (self));
+
+  if (self->transport != NULL && self->transport->vtable->cancel_all != NULL)
+    self->transport->vtable->cancel_all (self->transport, self->id);
+}
+
+/**
  * spark_dispatcher_get_timeout:
  * @self: a [class@Spark.Dispatcher]
  *
@@ -672,6 +709,7 @@ spark_dispatcher_send_request (SparkDispatcher *self,
       return;
     }
 
+  spark_request_set_sender (req, self->id);
   spark_request_arm (req);
 
   /* Its clocks run while it waits for its turn. */

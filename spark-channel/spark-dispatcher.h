@@ -96,6 +96,8 @@ SPARK_AVAILABLE_IN_1_0
 void      spark_dispatcher_set_rate_burst      (SparkDispatcher      *self,
                                                 guint                 burst);
 SPARK_AVAILABLE_IN_1_0
+void      spark_dispatcher_cancel_all          (SparkDispatcher      *self);
+SPARK_AVAILABLE_IN_1_0
 gint      spark_dispatcher_get_timeout         (SparkDispatcher      *self);
 SPARK_AVAILABLE_IN_1_0
 void      spark_dispatcher_set_timeout         (SparkDispatcher      *self,

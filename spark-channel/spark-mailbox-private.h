@@ -49,6 +49,7 @@ struct _SparkMailbox
 
   GMutex             mutex;
   SparkMailboxState  state;              /* mutex */
+  gboolean           finished;           /* mutex: the server has stopped; nothing is queued any more */
   SparkMailboxLane   lanes[SPARK_N_LANES]; /* mutex */
   gint               nonempty;           /* mutex; read atomically (a spinning server reads it
                                           * unlocked): a bit per lane that has messages */
@@ -110,6 +111,8 @@ gboolean      spark_mailbox_post_command     (SparkMailbox  *mailbox,
                                               GCancellable  *cancellable,
                                               GTask         *task,
                                               GError       **error);
+void          spark_mailbox_cancel_all       (SparkMailbox  *mailbox,
+                                              guint64        sender);
 gboolean      spark_mailbox_send_shutdown    (SparkMailbox  *mailbox,
                                               GCancellable  *token,
                                               GError       **error);
@@ -143,7 +146,7 @@ spark_mailbox_take_dropped (SparkMailbox *mailbox)
 static inline gboolean
 spark_mailbox_has_high (SparkMailbox *mailbox)
 {
-  return (g_atomic_int_get (&mailbox->nonempty) & (1 << SPARK_LANE_HIGH)) != 0;
+  return (g_atomic_int_get (&mailbox->nonempty) & ((1 << SPARK_LANE_CONTROL) | (1 << SPARK_LANE_HIGH))) != 0;
 }
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,

@@ -257,7 +257,7 @@ set_would_deadlock_error (GError **error)
 static inline gboolean
 is_counted (SparkMessage *msg)
 {
-  return msg->kind != SPARK_MESSAGE_SHUTDOWN;
+  return !spark_message_is_control (msg);
 }
 
 static inline void
@@ -1040,6 +1040,53 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
   return TRUE;
 }
 
+/*
+ * spark_mailbox_cancel_all:
+ *
+ * Fails with CANCELLED the requests of @sender that are queued (in the
+ * lanes, or waiting for room) and tells the server, through the control
+ * lane, to fail those it has taken but not started. A request that ends
+ * this way is skipped by the server when it comes to it.
+ */
+void
+spark_mailbox_cancel_all (SparkMailbox *mailbox,
+                          guint64       sender)
+{
+  GPtrArray *matched = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
+  gboolean wake = FALSE;
+
+  g_mutex_lock (&mailbox->mutex);
+  if (mailbox->state != SPARK_MAILBOX_NEW && !mailbox->finished)
+    {
+      for (guint i = SPARK_LANE_HIGH; i < SPARK_N_LANES; i++)
+        for (SparkMessage *msg = mailbox->lanes[i].head; msg != NULL; msg = msg->next)
+          if (msg->kind == SPARK_MESSAGE_REQUEST &&
+              spark_request_get_sender (spark_request_from_message (msg)) == sender)
+            g_ptr_array_add (matched, spark_request_ref (spark_request_from_message (msg)));
+
+      for (GList *link = mailbox->waiters.head; link != NULL; link = link->next)
+        {
+          SparkRoomWaiter *waiter = waiter_from_link (link);
+
+          if (waiter->msg != NULL && waiter->msg->kind == SPARK_MESSAGE_REQUEST &&
+              spark_request_get_sender (spark_request_from_message (waiter->msg)) == sender)
+            g_ptr_array_add (matched, spark_request_ref (spark_request_from_message (waiter->msg)));
+        }
+
+      enqueue_locked (mailbox, spark_message_new_cancel_all (sender), SPARK_LANE_CONTROL, &wake);
+    }
+  g_mutex_unlock (&mailbox->mutex);
+
+  /* Claimed here: the server and the room waiters drop them unhandled. */
+  for (guint i = 0; i < matched->len; i++)
+    spark_request_complete_cancelled (g_ptr_array_index (matched, i),
+                                      "The request was cancelled by spark_dispatcher_cancel_all()");
+  g_ptr_array_unref (matched);
+
+  if (wake)
+    spark_mailbox_wake_server (mailbox);
+}
+
 /* Fails or drops messages that will never be handled: @taken says they
  * were the server's (counted in n_taken) rather than detached from the
  * queue (whose count the caller reset under the lock). */
@@ -1055,7 +1102,7 @@ spark_mailbox_drop_messages (SparkMailbox *mailbox,
       list = msg->next;
       msg->next = NULL;
 
-      if (taken && msg->kind != SPARK_MESSAGE_SHUTDOWN)
+      if (taken && !spark_message_is_control (msg))
         g_atomic_int_add (&mailbox->n_taken, -1);
 
       if (msg->kind == SPARK_MESSAGE_REQUEST)
@@ -1206,20 +1253,36 @@ spark_mailbox_take_high (SparkMailbox  *mailbox,
                          SparkMessage **tail,
                          guint         *n)
 {
-  SparkMailboxLane *l = &mailbox->lanes[SPARK_LANE_HIGH];
+  SparkMailboxLane *control = &mailbox->lanes[SPARK_LANE_CONTROL];
+  SparkMailboxLane *high = &mailbox->lanes[SPARK_LANE_HIGH];
   SparkMessage *head;
+  guint n_high;
 
   spark_mutex_lock (&mailbox->mutex);
-  head = l->head;
-  *tail = l->tail;
-  *n = l->length;
-  l->head = l->tail = NULL;
-  l->length = 0;
-  g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << SPARK_LANE_HIGH));
-  /* Work messages all: they move from the producers' count to the
+  /* Control messages first, then the high lane, as a take orders them. */
+  if (control->head != NULL)
+    {
+      head = control->head;
+      control->tail->next = high->head;
+      *tail = high->tail != NULL ? high->tail : control->tail;
+    }
+  else
+    {
+      head = high->head;
+      *tail = high->tail;
+    }
+  n_high = high->length;
+  *n = control->length + n_high;
+  control->head = control->tail = NULL;
+  control->length = 0;
+  high->head = high->tail = NULL;
+  high->length = 0;
+  g_atomic_int_set (&mailbox->nonempty,
+                    mailbox->nonempty & ~((1 << SPARK_LANE_CONTROL) | (1 << SPARK_LANE_HIGH)));
+  /* The high ones are work: they move from the producers' count to the
    * server's. */
-  g_atomic_int_add (&mailbox->n_taken, (gint) *n);
-  g_atomic_int_add (&mailbox->n_queued, -(gint) *n);
+  g_atomic_int_add (&mailbox->n_taken, (gint) n_high);
+  g_atomic_int_add (&mailbox->n_queued, -(gint) n_high);
   g_mutex_unlock (&mailbox->mutex);
 
   return head;
@@ -1306,6 +1369,7 @@ spark_mailbox_finish (SparkMailbox *mailbox)
 
   g_mutex_lock (&mailbox->mutex);
   g_assert (mailbox->state == SPARK_MAILBOX_CLOSED);
+  mailbox->finished = TRUE;
   leftovers = detach_all_locked (mailbox);
   g_atomic_int_set (&mailbox->n_queued, 0);
   token = g_steal_pointer (&mailbox->token);
@@ -1393,6 +1457,13 @@ mailbox_transport_send_shutdown (SparkTransport *transport,
   return spark_mailbox_send_shutdown (mailbox_of (transport), token, error);
 }
 
+static void
+mailbox_transport_cancel_all (SparkTransport *transport,
+                              guint64         sender)
+{
+  spark_mailbox_cancel_all (mailbox_of (transport), sender);
+}
+
 static const SparkTransportVTable mailbox_transport_vtable = {
   .ref = mailbox_transport_ref,
   .unref = mailbox_transport_unref,
@@ -1400,6 +1471,7 @@ static const SparkTransportVTable mailbox_transport_vtable = {
   .post_request = mailbox_transport_post_request,
   .post_command = mailbox_transport_post_command,
   .send_shutdown = mailbox_transport_send_shutdown,
+  .cancel_all = mailbox_transport_cancel_all,
 };
 
 /* The mailbox as a dispatcher's transport: the in-process one. */

@@ -20,7 +20,9 @@ typedef enum {
   SPARK_MESSAGE_REQUEST,
   SPARK_MESSAGE_COMMAND,
   SPARK_MESSAGE_SHUTDOWN,
+  SPARK_MESSAGE_CANCEL_ALL,   /* the control lane: @parameters is the sender's id, a uint64 */
 } SparkMessageKind;
+
 
 /* A command's name is stored in @inline_name, right after @kind (where the
  * struct's tail padding would be), so that a queued command with a short
@@ -40,6 +42,14 @@ struct _SparkMessage
   char          inline_name[];   /* commands and shutdowns only */
 };
 
+/* Control messages steer the server; they are not work: never held back
+ * by the capacity, nor counted as pending. */
+static inline gboolean
+spark_message_is_control (const SparkMessage *msg)
+{
+  return msg->kind == SPARK_MESSAGE_SHUTDOWN || msg->kind == SPARK_MESSAGE_CANCEL_ALL;
+}
+
 /* Takes @parameters (transfer full, not floating, nullable). @blocks
  * (nullable) is where spare command blocks may be taken from: the
  * mailbox's, which its server hands back. */
@@ -50,6 +60,7 @@ SparkMessage *spark_message_new_command     (SparkBlockReturn *blocks,
 void          spark_message_recycle_command (SparkBlockReturn *blocks,
                                              SparkMessage     *msg);
 SparkMessage *spark_message_new_shutdown    (void);
+SparkMessage *spark_message_new_cancel_all  (guint64           sender);
 /* A command or a shutdown; spark_message_free() takes any message. */
 void          spark_message_free_plain      (SparkMessage     *msg);
 

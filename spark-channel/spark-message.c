@@ -47,6 +47,17 @@ spark_message_new_shutdown (void)
   return msg;
 }
 
+SparkMessage *
+spark_message_new_cancel_all (guint64 sender)
+{
+  SparkMessage *msg = g_new0 (SparkMessage, 1);
+
+  msg->kind = SPARK_MESSAGE_CANCEL_ALL;
+  msg->parameters = g_variant_ref_sink (g_variant_new_uint64 (sender));
+
+  return msg;
+}
+
 void
 spark_message_free_plain (SparkMessage *msg)
 {

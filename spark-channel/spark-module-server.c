@@ -606,6 +606,25 @@ spark_module_server_handle_request (SparkModuleServer *self,
   return FALSE;
 }
 
+/* A dispatcher's cancel_all(), from the control lane: its requests in
+ * the batch taken already fail with CANCELLED (the mailbox failed those
+ * still queued); the server skips them when it comes to them. */
+static void
+spark_module_server_cancel_taken (SparkModuleServer *self,
+                                  guint64            sender)
+{
+  for (SparkMessage *msg = self->batch; msg != NULL; msg = msg->next)
+    {
+      SparkRequest *req;
+
+      if (msg->kind != SPARK_MESSAGE_REQUEST)
+        continue;
+      req = spark_request_from_message (msg);
+      if (spark_request_get_sender (req) == sender && !spark_request_is_claimed (req))
+        spark_request_complete_cancelled (req, "The request was cancelled by spark_dispatcher_cancel_all()");
+    }
+}
+
 /* The server's source: handles what is queued, a budget at a time so that
  * other sources on a shared context get their turn. */
 static gboolean
@@ -703,6 +722,11 @@ spark_module_server_dispatch (SparkModuleServer *self)
            * be. The server stops once it has handled it (above). */
           g_assert (self->shutdown == NULL);
           self->shutdown = msg;
+          break;
+
+        case SPARK_MESSAGE_CANCEL_ALL:
+          spark_module_server_cancel_taken (self, g_variant_get_uint64 (msg->parameters));
+          spark_message_free (msg);
           break;
 
         case SPARK_MESSAGE_COMMAND:

@@ -87,6 +87,13 @@ spark_request_from_message (SparkMessage *msg)
 const char   *spark_message_get_name   (const SparkMessage *msg);
 void          spark_message_free       (SparkMessage       *msg);
 
+/* The sender's side. @sender: the sending dispatcher's id, for
+ * spark_dispatcher_cancel_all(); 0 for none. Set before the request is
+ * sent, immutable afterwards. */
+void          spark_request_set_sender          (SparkRequest *req,
+                                                 guint64       sender);
+guint64       spark_request_get_sender          (SparkRequest *req);
+
 /* The sender's side. */
 gboolean      spark_request_refuse_if_cancelled (SparkRequest *req);
 void          spark_request_arm                 (SparkRequest *req);

@@ -64,6 +64,7 @@ struct _SparkRequest
   gulong           cancel_id;         /* written before cancel_armed is set */
   GCancellable    *handler_cancellable; /* immutable, nullable: only with a cancellable or timeout */
   SparkTimeout     timeout;           /* deadline immutable, 0 for none; added while armed, a reference */
+  guint64          sender;            /* immutable after send: the dispatcher's id, 0 for none */
 
   /* A watcher (the server waiting on a held invocation): @watch_data is
    * set last, atomically; the claim winner or spark_request_unwatch()
@@ -278,6 +279,19 @@ spark_message_free (SparkMessage *msg)
     spark_request_unref (spark_request_from_message (msg));
   else
     spark_message_free_plain (msg);
+}
+
+void
+spark_request_set_sender (SparkRequest *req,
+                          guint64       sender)
+{
+  req->sender = sender;
+}
+
+guint64
+spark_request_get_sender (SparkRequest *req)
+{
+  return req->sender;
 }
 
 const char *

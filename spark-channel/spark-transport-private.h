@@ -60,6 +60,12 @@ struct _SparkTransportVTable
   gboolean      (*send_shutdown) (SparkTransport *self,
                                   GCancellable   *token,
                                   GError        **error);
+
+  /* Fails, with CANCELLED, every request of @sender (a dispatcher's id)
+   * that is queued and not yet being handled: ahead of the queue and
+   * whatever its capacity. */
+  void          (*cancel_all)    (SparkTransport *self,
+                                  guint64         sender);
 };
 
 /* Embedded first in a transport's own struct. */

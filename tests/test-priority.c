@@ -15,6 +15,7 @@ typedef struct
   SparkTestLog     log;
   SparkTestGate    gate;
   SparkDispatcher *urgent;     /* a reference, or NULL: to its own server, high priority */
+  SparkDispatcher *cancel;     /* a reference, or NULL: "d0" calls cancel_all() on it */
   gint             handled;    /* atomic */
 } Module;
 
@@ -34,6 +35,8 @@ module_command (const char    *name,
 
   if (g_str_equal (name, "d0") && m->urgent != NULL)
     g_assert_true (spark_dispatcher_try_send_command (m->urgent, "urgent", NULL, NULL));
+  if (g_str_equal (name, "d0") && m->cancel != NULL)
+    spark_dispatcher_cancel_all (m->cancel);
 
   g_atomic_int_inc (&m->handled);
   g_main_context_wakeup (NULL);   /* the test waits on the default context */
@@ -75,6 +78,7 @@ fixture_teardown (Fixture       *f,
                   gconstpointer  data)
 {
   g_clear_object (&f->m.urgent);
+  g_clear_object (&f->m.cancel);
   spark_test_server_teardown (&f->s);
   spark_test_log_clear (&f->m.log);
   spark_test_gate_clear (&f->m.gate);
@@ -186,6 +190,89 @@ test_priority_requests (Fixture       *f,
   spark_test_outcome_clear (&high);
 }
 
+#define N_CANCELLED 5
+
+/* cancel_all(): the dispatcher's queued requests fail with CANCELLED at
+ * once, while the server is busy; another dispatcher's, and commands, go
+ * on. Through a dispatcher with_priority() made, too. */
+static void
+test_cancel_all_queued (Fixture       *f,
+                        gconstpointer  data)
+{
+  g_autoptr(SparkDispatcher) mine = spark_module_server_create_dispatcher (f->s.server);
+  g_autoptr(SparkDispatcher) mine_high = spark_dispatcher_with_priority (mine, SPARK_PRIORITY_HIGH);
+  SparkTestOutcome outcomes[N_CANCELLED] = { { 0, }, };
+  SparkTestOutcome other = { 0, };
+  GError *error = NULL;
+  char *log;
+
+  send (f->s.dispatcher, SPARK_PRIORITY_DEFAULT, "wait");
+  while (spark_module_server_get_pending (f->s.server) > 0)
+    g_usleep (1000);
+
+  for (guint i = 0; i < N_CANCELLED; i++)
+    spark_dispatcher_request_full (i % 2 ? mine_high : mine, "mine", NULL, NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "other", NULL, NULL, NULL, spark_test_outcome_cb, &other, NULL);
+  g_assert_true (spark_dispatcher_send_command (mine, "cmd", NULL, NULL, &error));
+  g_assert_no_error (error);
+
+  spark_dispatcher_cancel_all (mine);
+  /* The server is still blocked: the outcomes came from the cancel. */
+  for (guint i = 0; i < N_CANCELLED; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      g_assert_error (outcomes[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+  g_assert_false (g_atomic_int_get (&other.done));
+
+  spark_test_gate_open (&f->m.gate);
+  spark_test_wait_flag (NULL, &other.done);
+  g_assert_no_error (other.error);
+  spark_test_outcome_clear (&other);
+  spark_test_wait_count (NULL, &f->m.handled, 3);
+
+  log = spark_test_log_dup (&f->m.log);
+  g_assert_cmpstr (log, ==, "other cmd");
+  g_free (log);
+}
+
+/* Requests the server took in its batch already are cancelled too: the
+ * cancel goes ahead of the batch through the control lane. */
+static void
+test_cancel_all_taken (Fixture       *f,
+                       gconstpointer  data)
+{
+  SparkTestOutcome outcomes[N_CANCELLED] = { { 0, }, };
+  char *log;
+
+  f->m.cancel = spark_module_server_create_dispatcher (f->s.server);
+
+  send (f->s.dispatcher, SPARK_PRIORITY_DEFAULT, "wait");
+  while (spark_module_server_get_pending (f->s.server) > 0)
+    g_usleep (1000);
+  send (f->s.dispatcher, SPARK_PRIORITY_DEFAULT, "d0");   /* cancels m.cancel's */
+  for (guint i = 0; i < N_CANCELLED; i++)
+    spark_dispatcher_request_full (f->m.cancel, "taken", NULL, NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+  send (f->s.dispatcher, SPARK_PRIORITY_DEFAULT, "last");
+
+  /* One batch: d0, the requests, last. */
+  spark_test_gate_open (&f->m.gate);
+  for (guint i = 0; i < N_CANCELLED; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      g_assert_error (outcomes[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+  spark_test_wait_count (NULL, &f->m.handled, 3);
+
+  log = spark_test_log_dup (&f->m.log);
+  g_assert_cmpstr (log, ==, "d0 last");
+  g_free (log);
+}
+
 static void
 on_notify (GObject    *object,
            GParamSpec *pspec,
@@ -240,6 +327,8 @@ main (int argc, char *argv[])
   g_test_add ("/spark/priority/taken-batch", Fixture, &in_thread, fixture_setup, test_priority_taken_batch, fixture_teardown);
   g_test_add ("/spark/priority/requests", Fixture, &in_thread, fixture_setup, test_priority_requests, fixture_teardown);
   g_test_add_func ("/spark/priority/property", test_priority_property);
+  g_test_add ("/spark/cancel-all/queued", Fixture, &in_thread, fixture_setup, test_cancel_all_queued, fixture_teardown);
+  g_test_add ("/spark/cancel-all/taken", Fixture, &in_thread, fixture_setup, test_cancel_all_taken, fixture_teardown);
 
   return spark_test_run ();
 }
