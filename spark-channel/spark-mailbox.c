@@ -737,17 +737,37 @@ take_oldest_locked (SparkMailbox *mailbox,
   return NULL;
 }
 
-/* The newest queued command of @name in @lane, or NULL. */
+/* The newest queued command of @name in @lane, taken out of the queue;
+ * NULL if there is none. */
 static SparkMessage *
-find_newest_command_locked (SparkMailbox *mailbox,
+take_newest_command_locked (SparkMailbox *mailbox,
                             SparkLane     lane,
                             const char   *name)
 {
-  SparkMessage *found = NULL;
+  SparkMailboxLane *l = &mailbox->lanes[lane];
+  SparkMessage *found = NULL, *found_prev = NULL, *prev = NULL;
 
-  for (SparkMessage *msg = mailbox->lanes[lane].head; msg != NULL; msg = msg->next)
+  for (SparkMessage *msg = l->head; msg != NULL; prev = msg, msg = msg->next)
     if (msg->kind == SPARK_MESSAGE_COMMAND && strcmp (msg->inline_name, name) == 0)
-      found = msg;
+      {
+        found = msg;
+        found_prev = prev;
+      }
+
+  if (found == NULL)
+    return NULL;
+
+  if (found_prev != NULL)
+    found_prev->next = found->next;
+  else
+    l->head = found->next;
+  if (l->tail == found)
+    l->tail = found_prev;
+  if (l->head == NULL)
+    g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << lane));
+  l->length--;
+  found->next = NULL;
+  g_atomic_int_add (&mailbox->n_queued, -1);
 
   return found;
 }
@@ -783,18 +803,13 @@ overflow_locked (SparkMailbox  *mailbox,
       return OVERFLOW_TAKEN;
 
     case SPARK_OVERFLOW_COALESCE:
+      /* The queued one goes, the new one joins the end of the queue: no
+       * sender's messages change order. */
       if (msg->kind != SPARK_MESSAGE_COMMAND ||
-          (old = find_newest_command_locked (mailbox, lane, msg->inline_name)) == NULL)
+          (old = take_newest_command_locked (mailbox, lane, msg->inline_name)) == NULL)
         return OVERFLOW_WAIT;
-      {
-        /* The queued one takes the new parameters and keeps its place;
-         * the new block leaves with the old ones. */
-        GVariant *parameters = old->parameters;
-
-        old->parameters = msg->parameters;
-        msg->parameters = parameters;
-      }
-      *victim = msg;
+      enqueue_locked (mailbox, msg, lane, wake);
+      *victim = old;
       return OVERFLOW_TAKEN;
 
     case SPARK_OVERFLOW_WAIT:

@@ -46,8 +46,10 @@ typedef enum {
  *   priority, no higher than the new message's, is dropped to make room
  *   (the new one is, if all queued ones have a higher priority)
  * @SPARK_OVERFLOW_COALESCE: a new command replaces the newest queued
- *   command of the same name, which is dropped; requests, and commands
- *   with no such one queued, wait for room as with %SPARK_OVERFLOW_WAIT
+ *   command of the same name and priority: that one is dropped, the new
+ *   one joins the end of the queue (so no sender's messages change order);
+ *   requests, and commands with no such one queued, wait for room as with
+ *   %SPARK_OVERFLOW_WAIT
  *
  * What a bounded mailbox does with a message that finds it full (see
  * [property@Spark.ModuleServer:overflow]). Nothing is dropped silently:

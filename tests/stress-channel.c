@@ -36,6 +36,8 @@ typedef enum {
   OUTCOME_TIMED_OUT,
   OUTCOME_NO_REPLY,
   OUTCOME_HANDLER_ERROR,
+  OUTCOME_DROPPED,        /* a full mailbox's overflow policy dropped it */
+  OUTCOME_FULL,           /* overflow FAIL: refused at once */
   N_OUTCOMES
 } Outcome;
 
@@ -53,6 +55,8 @@ typedef struct
   gboolean     use_invocation;
   guint        max_invocations;
   gboolean     routed;         /* the handler behind a SparkRouter */
+  SparkOverflowPolicy overflow;  /* with a capacity */
+  guint        dropped;        /* main context: messages-dropped counts, summed */
   gint         timeout_msec;
   ShutdownKind shutdown;
   guint        n_threads;
@@ -173,6 +177,23 @@ stress_handler_handle_command (SparkHandler  *handler,
   round->commands_handled[sender]++;
 
   return TRUE;
+}
+
+static gboolean
+policy_drops (SparkOverflowPolicy policy)
+{
+  return policy == SPARK_OVERFLOW_DROP_NEWEST || policy == SPARK_OVERFLOW_DROP_OLDEST ||
+         policy == SPARK_OVERFLOW_COALESCE;
+}
+
+static void
+on_messages_dropped (SparkModuleServer *server,
+                     guint              count,
+                     gpointer           user_data)
+{
+  Round *round = user_data;
+
+  round->dropped += count;
 }
 
 static gboolean
@@ -341,6 +362,12 @@ record_outcome (Round        *round,
     outcome = OUTCOME_NO_REPLY;
   else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_FAILED))
     outcome = OUTCOME_HANDLER_ERROR;
+  else if (g_error_matches (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_DROPPED) &&
+           (round->overflow == SPARK_OVERFLOW_DROP_NEWEST || round->overflow == SPARK_OVERFLOW_DROP_OLDEST))
+    outcome = OUTCOME_DROPPED;
+  else if (g_error_matches (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL) &&
+           round->overflow == SPARK_OVERFLOW_FAIL)
+    outcome = OUTCOME_FULL;
   else
     {
       g_printerr ("# unexpected error: %s\n", error ? error->message : "(none)");
@@ -555,12 +582,16 @@ run_round (guint32 seed)
   gpointer weak_server, weak_handler, weak_dispatcher;
   guint sent_async = 0;
   gint total_sent = 0;
+  gint total_handled = 0;
 
   round->capacity = g_rand_boolean (rand) ? 0 : (guint) g_rand_int_range (rand, 1, 9);
   round->in_thread = g_rand_int_range (rand, 0, 4) != 0;
   round->use_invocation = g_rand_boolean (rand);
   round->max_invocations = round->use_invocation && g_rand_boolean (rand) ? (guint) g_rand_int_range (rand, 2, 6) : 1;
   round->routed = g_rand_int_range (rand, 0, 3) == 0;
+  round->overflow = round->capacity > 0 && g_rand_boolean (rand)
+                    ? (SparkOverflowPolicy) g_rand_int_range (rand, SPARK_OVERFLOW_FAIL, SPARK_OVERFLOW_COALESCE + 1)
+                    : SPARK_OVERFLOW_WAIT;
   round->timeout_msec = g_rand_int_range (rand, 0, 3) == 0 ? g_rand_int_range (rand, 1, 20) : -1;
   round->shutdown = (ShutdownKind) g_rand_int_range (rand, 0, 3);
   round->n_threads = (guint) g_rand_int_range (rand, 1, 5);
@@ -569,10 +600,11 @@ run_round (guint32 seed)
   round->completer_queue = g_async_queue_new ();
   round->shutdown_progress = g_rand_int_range (rand, 1, (gint) (round->n_threads * round->ops_per_thread) + 1);
 
-  g_test_message ("round seed=%u capacity=%u thread=%d invocation=%d max-invocations=%u routed=%d "
-                  "timeout=%d shutdown=%d threads=%u",
-                  seed, round->capacity, round->in_thread, round->use_invocation, round->max_invocations,
-                  round->routed, round->timeout_msec, round->shutdown, round->n_threads);
+  g_test_message ("round seed=%u capacity=%u overflow=%d thread=%d invocation=%d max-invocations=%u "
+                  "routed=%d timeout=%d shutdown=%d threads=%u",
+                  seed, round->capacity, round->overflow, round->in_thread, round->use_invocation,
+                  round->max_invocations, round->routed, round->timeout_msec, round->shutdown,
+                  round->n_threads);
 
   if (round->use_invocation)
     {
@@ -601,6 +633,8 @@ run_round (guint32 seed)
   round->server = spark_module_server_new (handler);
   spark_module_server_set_name (round->server, "stress");
   spark_module_server_set_capacity (round->server, round->capacity);
+  spark_module_server_set_overflow (round->server, round->overflow);
+  g_signal_connect (round->server, "messages-dropped", G_CALLBACK (on_messages_dropped), round);
   spark_module_server_set_max_invocations (round->server, round->max_invocations);
 
   if (round->in_thread)
@@ -618,6 +652,8 @@ run_round (guint32 seed)
       client->round = round;
       client->dispatcher = spark_module_server_create_dispatcher (round->server);
       spark_dispatcher_set_timeout (client->dispatcher, round->timeout_msec);
+      /* One priority per sender: FIFO holds within it. */
+      spark_dispatcher_set_priority (client->dispatcher, (SparkPriority) g_rand_int_range (rand, 0, 3));
       client->sender = i;
       client->seed = g_rand_int (rand);
       threads[i] = g_thread_new ("stress-client", client_thread, client);
@@ -669,6 +705,11 @@ run_round (guint32 seed)
           shut_down (round, main_dispatcher, token);
         }
 
+      /* Now and then, everything this dispatcher has queued is cancelled:
+       * those requests still complete once, with CANCELLED. */
+      if (g_rand_int_range (rand, 0, 97) == 0)
+        spark_dispatcher_cancel_all (main_dispatcher);
+
       /* Let the main context breathe now and then. */
       if (g_rand_int_range (rand, 0, 16) == 0)
         g_main_context_iteration (NULL, FALSE);
@@ -696,9 +737,21 @@ run_round (guint32 seed)
   for (guint i = 0; i < round->n_threads; i++)
     {
       g_assert_cmpint (round->commands_handled[i], <=, g_atomic_int_get (&round->commands_sent[i]));
-      if (round->shutdown != SHUTDOWN_ABORT)
+      if (round->shutdown != SHUTDOWN_ABORT && !policy_drops (round->overflow))
         g_assert_cmpint (round->commands_handled[i], ==, g_atomic_int_get (&round->commands_sent[i]));
       total_sent += g_atomic_int_get (&round->commands_sent[i]);
+      total_handled += round->commands_handled[i];
+    }
+
+  /* Every dropped command was reported: handled and dropped add up (the
+   * last report comes a little after the server stopped). */
+  if (round->shutdown != SHUTDOWN_ABORT && policy_drops (round->overflow))
+    {
+      gint64 deadline = g_get_monotonic_time () + 10 * G_USEC_PER_SEC;
+
+      while (total_handled + (gint) round->dropped < total_sent && g_get_monotonic_time () < deadline)
+        g_main_context_iteration (NULL, FALSE);
+      g_assert_cmpint (total_handled + (gint) round->dropped, ==, total_sent);
     }
 
   if (round->shutdown == SHUTDOWN_MESSAGE)
@@ -756,10 +809,12 @@ test_stress_rounds (void)
               (g_get_monotonic_time () - start) / 1e6);
   g_printerr ("# outcomes: reply %" G_GUINT64_FORMAT ", cancelled %" G_GUINT64_FORMAT
               ", closed %" G_GUINT64_FORMAT ", timed out %" G_GUINT64_FORMAT
-              ", no reply %" G_GUINT64_FORMAT ", handler error %" G_GUINT64_FORMAT "\n",
+              ", no reply %" G_GUINT64_FORMAT ", handler error %" G_GUINT64_FORMAT
+              ", dropped %" G_GUINT64_FORMAT ", full %" G_GUINT64_FORMAT "\n",
               total_outcomes[OUTCOME_REPLY], total_outcomes[OUTCOME_CANCELLED],
               total_outcomes[OUTCOME_CLOSED], total_outcomes[OUTCOME_TIMED_OUT],
-              total_outcomes[OUTCOME_NO_REPLY], total_outcomes[OUTCOME_HANDLER_ERROR]);
+              total_outcomes[OUTCOME_NO_REPLY], total_outcomes[OUTCOME_HANDLER_ERROR],
+              total_outcomes[OUTCOME_DROPPED], total_outcomes[OUTCOME_FULL]);
 
   g_rand_free (rand);
 }

@@ -242,7 +242,8 @@ test_overflow_drop_oldest (Fixture       *f,
 }
 
 /* COALESCE: a new command replaces the newest queued one of its name,
- * which keeps its place; the others wait as usual. */
+ * which is dropped, and joins the end of the queue; the others wait as
+ * usual. */
 static void
 test_overflow_coalesce (Fixture       *f,
                         gconstpointer  data)
@@ -253,9 +254,9 @@ test_overflow_coalesce (Fixture       *f,
   block_server (f);
   send (f, "p", 1);
   send (f, "q", 1);
-  send (f, "p", 2);
-  send (f, "p", 3);
-  send (f, "q", 2);
+  send (f, "p", 2);   /* [q:1 p:2] */
+  send (f, "p", 3);   /* [q:1 p:3] */
+  send (f, "q", 2);   /* [p:3 q:2] */
 
   /* Nothing of its name queued: it waits (a try fails). */
   g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "other", NULL, &error));
