@@ -1215,6 +1215,7 @@ static const Impl impls[] = {
   { "spark",       &spark_transport, STYLE_COMMAND },
   { "spark_full_routed", &spark_routed_transport, STYLE_FULL },
   { "spark_routed", &spark_routed_transport, STYLE_COMMAND },
+  { "spark_sync_high", &spark_transport, STYLE_SYNC },
   { IMPL_FLOOR,    &floor_transport, STYLE_QUEUE },
   { IMPL_IDIOM,    &idiom_transport, STYLE_ASYNC },
 };
@@ -1475,6 +1476,62 @@ run_request_pipelined (const Impl *impl,
                        Result     *result)
 {
   run_requests (impl, n, (guint64) MAX (opt_window, 1), FALSE, result);
+}
+
+/* priority_latency: one request right behind a backlog of commands ---------- */
+
+/* The server runs on this thread's context, which is not iterated while
+ * --ops commands are queued: a real backlog. Then one request_full, of
+ * high priority for spark_sync_high, default for spark_sync, and the
+ * context runs until its reply. The figure is that request's latency
+ * (ns/op, p50), taken --repeat times: default waits for the whole backlog,
+ * high for the server's first pass (it is taken first, and the reply goes
+ * out when that pass ends, after at most one budget of messages). */
+static void
+on_priority_reply (GVariant     *reply,
+                   const GError *error,
+                   gpointer      user_data)
+{
+  gint64 *t_reply = user_data;
+
+  if (error != NULL)
+    g_error ("priority_latency: the request failed: %s", error->message);
+  *t_reply = now_ns ();
+}
+
+static void
+run_priority_latency (const Impl *impl,
+                      guint64     n,
+                      Result     *result)
+{
+  ServerSetup setup = { NULL, };
+  gboolean high = g_str_has_suffix (impl->name, "_high");
+  BenchState state;
+  SparkSide *side;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  gint64 t0, t_reply = 0;
+
+  setup.here = TRUE;
+  bench_state_init (&state, 0);
+  side = impl->transport->start (&state, &setup);
+  dispatcher = spark_dispatcher_with_priority (side->dispatcher,
+                                               high ? SPARK_PRIORITY_HIGH : SPARK_PRIORITY_DEFAULT);
+
+  for (guint64 i = 0; i < n; i++)
+    impl->transport->send_command (side, COMMAND_NAME, g_variant_new_int32 ((gint32) i));
+
+  t0 = now_ns ();
+  spark_dispatcher_request_full (dispatcher, REQUEST_NAME, g_variant_new_int32 (1), NULL, NULL,
+                                 on_priority_reply, &t_reply, NULL);
+  while (t_reply == 0)
+    g_main_context_iteration (NULL, TRUE);
+
+  g_clear_object (&dispatcher);
+  impl->transport->stop (side);
+
+  result_set_time (result, 1, t_reply - t0);
+  result->has_latency = TRUE;
+  result->p50_ns = result->p99_ns = (double) (t_reply - t0);
 }
 
 /* Commands ------------------------------------------------------------------------- */
@@ -1960,6 +2017,9 @@ static const Workload workloads[] = {
     { "spark_async", "spark_full", IMPL_IDIOM, NULL } },
   { "pipeline", 20000, 2000, run_pipeline,
     { "spark_full", "spark_async", NULL } },
+  /* ops: the backlog of commands in front of the one request */
+  { "priority_latency", 100000, 2000, run_priority_latency,
+    { "spark_sync_high", "spark_sync", NULL } },
   /* ops: the handler's delay in ms */
   { "ui_idle_cpu", 2000, 100, run_ui_idle_cpu,
     { "spark_async", IMPL_IDIOM, NULL } },
@@ -2651,7 +2711,7 @@ main (int   argc,
                                 "command_mpsc, queued_bytes, and with CPU time: same_context,\n"
                                 "pipeline, ui_idle_cpu (--ops: the reply's delay in ms).\n"
                                 "Implementations: spark_sync, spark_async, spark_full,\n"
-                                "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), floor, idiom.");
+                                "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), spark_sync_high (priority_latency), floor, idiom.");
   g_option_context_add_main_entries (context, entries, NULL);
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
