@@ -6,7 +6,8 @@
 // served on the main context, replying at once or later from a Promise
 // through Spark.Invocation; requests with Gio._promisify and await, and
 // with request_full; commands and the command-failed signal; shutdown with
-// a token; every error arriving as a GLib.Error with the right domain and
+// a token; message priorities, overflow policies and the messages-dropped
+// signal; every error arriving as a GLib.Error with the right domain and
 // code.
 //
 // What JavaScript cannot do, and what it gets instead:
@@ -777,6 +778,161 @@ test('errors/cancelled', async () => {
     assertEqual(handler.names, ['Held']);
 });
 
+// Priorities and overflow policies. The server runs on the main context,
+// as a JavaScript handler's must: it handles nothing while the test's own
+// code runs, so the test fills the mailbox first, then lets the main loop
+// run and looks at what the handler saw.
+
+// Logs what it handles, as "name" or "name:value"; with urgent set, "d0"
+// sends "urgent" through it from inside the batch the server took.
+const FlowLog = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class FlowLog extends GObject.Object {
+    constructor() {
+        super();
+        this.log = [];
+        this.urgent = null;
+    }
+
+    _record(name, parameters) {
+        this.log.push(parameters ? `${name}:${parameters.unpack()}` : name);
+    }
+
+    vfunc_handle_command(name, parameters) {
+        this._record(name, parameters);
+        if (name === 'd0' && this.urgent)
+            this.urgent.try_send_command('urgent', null);
+        return true;
+    }
+
+    vfunc_handle_request(name, parameters) {
+        this._record(name, parameters);
+        return new GLib.Variant('s', name);
+    }
+});
+
+// A FlowLog server on the main context, with its messages-dropped reports.
+function startFlow(props = {}) {
+    const handler = new FlowLog();
+    const server = new Spark.ModuleServer({handler, ...props});
+    const reports = [];
+    server.connect('messages-dropped', (_srv, count) => reports.push(count));
+    server.start(null);
+    const dropped = () => reports.reduce((a, b) => a + b, 0);
+    return {handler, server, dispatcher: server.create_dispatcher(), reports, dropped};
+}
+
+test('priority/order', async () => {
+    const {handler, server, dispatcher, reports} = startFlow();
+    const low = dispatcher.with_priority(Spark.Priority.LOW);
+    const high = dispatcher.with_priority(Spark.Priority.HIGH);
+    assert(high instanceof Spark.Dispatcher && high !== dispatcher, 'with_priority gives another dispatcher');
+    assertEqual([dispatcher.priority, low.priority, high.get_priority()],
+        [Spark.Priority.DEFAULT, Spark.Priority.LOW, Spark.Priority.HIGH], 'priorities');
+
+    for (const [sender, name] of [[low, 'l1'], [dispatcher, 'd1'], [high, 'h1'],
+        [low, 'l2'], [dispatcher, 'd2'], [high, 'h2']])
+        assert(sender.send_command(name, null, null));
+    assertEqual(server.pending, 6, 'pending');
+    await waitFor(() => handler.log.length === 6, 'the commands');
+    assertEqual(handler.log, ['h1', 'h2', 'd1', 'd2', 'l1', 'l2'], 'handled order');
+    assertEqual(reports, [], 'messages-dropped');
+    await shutdown(server);
+});
+
+test('priority/property-and-requests', async () => {
+    const {handler, server, dispatcher} = startFlow();
+    const notified = [];
+    dispatcher.connect('notify::priority', () => notified.push(dispatcher.priority));
+    dispatcher.set_priority(Spark.Priority.DEFAULT);
+    assertEqual(notified, [], 'no notification without a change');
+    dispatcher.timeout = 60000;
+    assertEqual(dispatcher.with_priority(Spark.Priority.HIGH).timeout, 60000, 'the derived timeout');
+
+    dispatcher.priority = Spark.Priority.LOW;
+    const low = dispatcher.request_async('low', null, null, null);
+    dispatcher.set_priority(Spark.Priority.HIGH);
+    const high = dispatcher.request_async('high', null, null, null);
+    assertEqual(notified, [Spark.Priority.LOW, Spark.Priority.HIGH], 'notify::priority');
+    assertEqual([(await low).unpack(), (await high).unpack()], ['low', 'high']);
+    assertEqual(handler.log, ['high', 'low'], 'handled order');
+    await shutdown(server);
+});
+
+test('priority/high-behind-taken-batch', async () => {
+    const {handler, server, dispatcher} = startFlow();
+    handler.urgent = dispatcher.with_priority(Spark.Priority.HIGH);
+    const names = Array.from({length: 20}, (_, i) => `d${i}`);
+    for (const name of names)
+        assert(dispatcher.send_command(name, null, null));
+    await waitFor(() => handler.log.length === 21, 'the commands');
+    assertEqual(handler.log, ['d0', 'urgent', ...names.slice(1)], 'handled order');
+    handler.urgent = null;
+    await shutdown(server);
+});
+
+test('overflow/coalesce-and-messages-dropped', async () => {
+    const {handler, server, dispatcher, reports, dropped} =
+        startFlow({capacity: 2, overflow: Spark.OverflowPolicy.COALESCE});
+    assertEqual(server.overflow, Spark.OverflowPolicy.COALESCE);
+
+    // A command replaces the newest queued one of its name and priority,
+    // which is dropped, and joins the end of the queue.
+    for (const [name, value] of [['p', 1], ['q', 1], ['p', 2], ['p', 3]])   // [q:1 p:3]
+        assert(dispatcher.send_command(name, new GLib.Variant('i', value), null));
+    assertEqual(server.pending, 2, 'pending');
+    // Another priority is another queue: nothing of its name there.
+    assertThrows(ChannelError, ChannelError.FULL,
+        () => dispatcher.with_priority(Spark.Priority.HIGH).try_send_command('p', null));
+    // Nothing of its name queued: it would wait for room.
+    assertThrows(ChannelError, ChannelError.FULL, () => dispatcher.try_send_command('other', null));
+    assertThrows(ChannelError, ChannelError.WOULD_DEADLOCK, () => dispatcher.send_command('other', null, null));
+    const other = dispatcher.send_command_async('other', null, null);
+    const request = dispatcher.request_async('r', null, null, null);   // requests never coalesce
+
+    assert(await other);
+    assertEqual((await request).unpack(), 'r');
+    await waitFor(() => dropped() === 2, 'messages-dropped');
+    assertEqual(handler.log, ['q:1', 'p:3', 'other', 'r'], 'handled');
+    assert(reports.every(count => count > 0), `reports ${reports}`);
+    await shutdown(server);
+    assertEqual(dropped(), 2, 'dropped');
+});
+
+test('overflow/coalesce-flood', async () => {
+    // The UI flood: 10000 progress commands into a mailbox of 4. The
+    // queue stays within its capacity and the handler ends on the newest
+    // value; handled plus dropped is everything sent.
+    const count = 10000;
+    const {handler, server, dispatcher, dropped} =
+        startFlow({capacity: 4, overflow: Spark.OverflowPolicy.COALESCE});
+    let maxPending = 0;
+    for (let i = 0; i < count; i++) {
+        assert(dispatcher.send_command('progress', new GLib.Variant('i', i), null));
+        maxPending = Math.max(maxPending, server.pending);
+    }
+    assert(await dispatcher.send_command_async('done', null, null));
+    await waitFor(() => handler.log.length + dropped() === count + 1, 'handled and dropped');
+    assertEqual(maxPending, 4, 'max pending');
+    // Nothing ran while the loop sent: each command replaced the newest
+    // queued one, so the first three and the newest are left.
+    assertEqual(handler.log, ['progress:0', 'progress:1', 'progress:2', `progress:${count - 1}`, 'done'], 'handled');
+    await shutdown(server);
+});
+
+test('overflow/drop-newest-request', async () => {
+    const {handler, server, dispatcher, dropped} =
+        startFlow({capacity: 1, overflow: Spark.OverflowPolicy.DROP_NEWEST});
+    assert(dispatcher.send_command('c', new GLib.Variant('i', 1), null));
+    assert(dispatcher.send_command('c', new GLib.Variant('i', 2), null));   // dropped
+    const error = await assertRejects(ChannelError, ChannelError.DROPPED,
+        dispatcher.request_async('r', null, null, null));
+    assert(error.message.includes('drop-newest'), error.message);
+    await waitFor(() => dropped() === 1, 'messages-dropped');
+    assertEqual(handler.log, ['c:1'], 'handled');
+    await shutdown(server);
+});
+
 // Routers: a Spark.Router in front of JavaScript handlers. The router is a
 // C type and can run anywhere, but the JavaScript handlers it calls can
 // only run on the main thread: serve it on the main context.
@@ -950,8 +1106,12 @@ test('introspection', () => {
     assertEqual(GLib.quark_to_string(ChannelError.quark()), 'spark-channel-error-quark');
     assertEqual([ChannelError.CLOSED, ChannelError.NO_REPLY, ChannelError.TYPE_MISMATCH,
         ChannelError.FULL, ChannelError.TIMED_OUT, ChannelError.WOULD_DEADLOCK,
-        ChannelError.NOT_SUPPORTED, ChannelError.ALREADY_STARTED], [0, 1, 2, 3, 4, 5, 6, 7]);
+        ChannelError.NOT_SUPPORTED, ChannelError.ALREADY_STARTED, ChannelError.DROPPED],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8]);
     assertEqual([Spark.ShutdownMode.DRAIN, Spark.ShutdownMode.ABORT], [0, 1]);
+    assertEqual([Spark.Priority.DEFAULT, Spark.Priority.HIGH, Spark.Priority.LOW], [0, 1, 2]);
+    assertEqual([Spark.OverflowPolicy.WAIT, Spark.OverflowPolicy.FAIL, Spark.OverflowPolicy.DROP_NEWEST,
+        Spark.OverflowPolicy.DROP_OLDEST, Spark.OverflowPolicy.COALESCE], [0, 1, 2, 3, 4]);
     // C only, skipped for introspection.
     assert(Spark.func_handler_new === undefined, 'func_handler_new is C only');
     assert(Spark.Invocation.prototype.take_error === undefined, 'take_error is C only');

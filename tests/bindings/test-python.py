@@ -6,9 +6,10 @@
 # Everything a C program does, from Python (PyGObject 3.42): handlers on
 # their own thread and on a main context, replies that come later through
 # Spark.Invocation, sync, async and request_full requests, commands and the
-# command-failed signal, shutdown with a token, a Spark.Router in front of
-# Python handlers and other servers, and every error arriving as a
-# GLib.Error with the right domain and code.
+# command-failed signal, shutdown with a token, message priorities, the
+# overflow policies of a bounded mailbox and the messages-dropped signal, a
+# Spark.Router in front of Python handlers and other servers, and every
+# error arriving as a GLib.Error with the right domain and code.
 #
 # PyGObject 3.42 has no awaitables: async calls take callbacks and the
 # tests drive the main context until a result has arrived. An exception
@@ -931,6 +932,295 @@ def error_not_supported_from_handler():
     shutdown(server)
 
 
+# Priorities and overflow policies ----------------------------------------------
+#
+# A module on a thread of its own whose "wait" command blocks until the test
+# opens its gate: while it blocks, the test fills the mailbox and decides
+# what the server will find there. The handler sets an event on entering
+# "wait", by which time the server no longer counts it as pending.
+
+class Gated(GObject.Object, Spark.Handler):
+    """Logs what it handles, as "name" or "name:value"; "wait" blocks at
+    the gate; with urgent set, "d0" sends "urgent" through it, from inside
+    the batch the server took."""
+
+    def __init__(self):
+        super().__init__()
+        self.log = []
+        self.handled = 0
+        self.threads = set()
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.urgent = None
+
+    def _record(self, name, parameters):
+        self.threads.add(threading.get_ident())
+        if name != 'wait':
+            self.log.append(name if parameters is None else '%s:%s' % (name, parameters.unpack()))
+
+    def do_handle_command(self, name, parameters, cancellable):
+        if name == 'wait':
+            self.entered.set()
+            self.gate.wait(TIMEOUT_MS / 1000)
+        self._record(name, parameters)
+        if name == 'd0' and self.urgent is not None:
+            self.urgent.try_send_command('urgent', None)
+        self.handled += 1
+        wake_main()
+        return True
+
+    def do_handle_request(self, name, parameters, cancellable):
+        self._record(name, parameters)
+        self.handled += 1
+        wake_main()
+        return GLib.Variant('s', name)
+
+
+def start_gated(**props):
+    """A Gated module on a thread of its own; returns (handler, server,
+    dispatcher, reports), reports receiving (count, thread) for every
+    messages-dropped."""
+    handler = Gated()
+    server = Spark.ModuleServer(handler=handler, name='gated', **props)
+    reports = []
+    server.connect('messages-dropped', lambda s, count: reports.append((count, threading.get_ident())))
+    server.start_in_thread()
+    return handler, server, server.create_dispatcher(), reports
+
+
+def block_server(handler, dispatcher):
+    """Sends "wait" and returns once the server blocks in it."""
+    assert dispatcher.send_command('wait', None, None)
+    assert handler.entered.wait(TIMEOUT_MS / 1000), 'the server never started "wait"'
+
+
+def release_server(handler, server, handled):
+    """Opens the gate, waits for handled messages in all ("wait" included)
+    and stops the server."""
+    handler.gate.set()
+    wait_for(lambda: handler.handled >= handled)
+    shutdown(server)
+    assert handler.handled == handled, handler.log
+
+
+def dropped_total(reports):
+    return sum(count for count, _ in reports)
+
+
+@test
+def priority_order():
+    """Queued behind a busy handler: HIGH first, then DEFAULT, then LOW, each
+    priority in the order it was sent; with_priority gives the per-call form."""
+    handler, server, dispatcher, reports = start_gated()
+    low = dispatcher.with_priority(Spark.Priority.LOW)
+    high = dispatcher.with_priority(Spark.Priority.HIGH)
+    assert isinstance(high, Spark.Dispatcher) and high is not dispatcher
+    assert high.props.priority == Spark.Priority.HIGH and low.get_priority() == Spark.Priority.LOW
+    assert dispatcher.props.priority == Spark.Priority.DEFAULT
+
+    block_server(handler, dispatcher)
+    assert server.props.pending == 0
+    for sender, name in ((low, 'l1'), (dispatcher, 'd1'), (high, 'h1'),
+                         (low, 'l2'), (dispatcher, 'd2'), (high, 'h2')):
+        assert sender.send_command(name, None, None)
+    assert server.props.pending == 6
+
+    release_server(handler, server, 7)
+    assert handler.log == ['h1', 'h2', 'd1', 'd2', 'l1', 'l2'], handler.log
+    assert reports == []
+
+
+@test
+def priority_property_and_requests():
+    """Spark.Dispatcher:priority applies to requests too, from the next
+    message on; it notifies on change only; with_priority keeps the
+    timeout and leaves the original alone."""
+    handler, server, dispatcher, reports = start_gated()
+    notified = []
+    dispatcher.connect('notify::priority', lambda d, pspec: notified.append(d.props.priority))
+    dispatcher.set_priority(Spark.Priority.DEFAULT)
+    assert notified == []
+    dispatcher.props.timeout = 60000
+    derived = dispatcher.with_priority(Spark.Priority.HIGH)
+    assert derived.props.timeout == 60000
+    assert dispatcher.get_priority() == Spark.Priority.DEFAULT
+
+    block_server(handler, dispatcher)
+    dispatcher.props.priority = Spark.Priority.LOW
+    low = request_async(dispatcher, 'low')
+    dispatcher.set_priority(Spark.Priority.HIGH)
+    high = request_async(dispatcher, 'high')
+    assert notified == [Spark.Priority.LOW, Spark.Priority.HIGH], notified
+    assert server.props.pending == 2
+
+    handler.gate.set()
+    for outcome, name in ((low, 'low'), (high, 'high')):
+        reply, error = finish_request(outcome)
+        assert error is None and reply.unpack() == name
+    assert handler.log == ['high', 'low'], handler.log
+    shutdown(server)
+
+
+@test
+def priority_high_behind_taken_batch():
+    """A HIGH command sent while the server works through a batch it took
+    already is handled next, before the rest of that batch."""
+    handler, server, dispatcher, reports = start_gated()
+    handler.urgent = dispatcher.with_priority(Spark.Priority.HIGH)
+
+    block_server(handler, dispatcher)
+    for i in range(20):
+        assert dispatcher.send_command('d%d' % i, None, None)
+    release_server(handler, server, 22)
+    assert handler.log == ['d0', 'urgent'] + ['d%d' % i for i in range(1, 20)], handler.log
+    handler.urgent = None
+
+
+@test
+def overflow_property():
+    """Spark.ModuleServer:overflow is WAIT by default, set before start."""
+    server = Spark.ModuleServer(handler=Gated(), capacity=4, overflow=Spark.OverflowPolicy.COALESCE)
+    assert server.props.overflow == Spark.OverflowPolicy.COALESCE
+    assert server.get_capacity() == 4
+    server.set_overflow(Spark.OverflowPolicy.DROP_OLDEST)
+    assert server.get_overflow() == Spark.OverflowPolicy.DROP_OLDEST
+    assert Spark.ModuleServer.new(Gated()).props.overflow == Spark.OverflowPolicy.WAIT
+
+
+@test
+def overflow_fail():
+    """FAIL: with the mailbox full, every send fails at once with FULL;
+    nothing is dropped, nothing is reported."""
+    handler, server, dispatcher, reports = start_gated(capacity=2, overflow=Spark.OverflowPolicy.FAIL)
+    block_server(handler, dispatcher)
+    assert dispatcher.send_command('c', GLib.Variant('i', 1), None)
+    assert dispatcher.send_command('c', GLib.Variant('i', 2), None)
+
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.FULL,
+                         dispatcher.send_command, 'c', GLib.Variant('i', 3), None)
+    assert 'capacity 2' in error.message, error.message
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, dispatcher.try_send_command, 'c', None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, dispatcher.request_sync, 'r', None, None, None)
+    reply, error = finish_request(request_async(dispatcher, 'r'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.FULL)
+    sent = []
+    dispatcher.send_command_async('c', None, None, lambda d, res: sent.append(res))
+    wait_for(lambda: sent)
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, dispatcher.send_command_finish, sent[0])
+    assert server.props.pending == 2
+
+    release_server(handler, server, 3)
+    assert handler.log == ['c:1', 'c:2'], handler.log
+    assert reports == []
+
+
+@test
+def overflow_drop_newest():
+    """DROP_NEWEST: the new message goes and its send succeeds; a dropped
+    request fails with DROPPED naming the policy; a dropped command is
+    counted by messages-dropped, on the main context."""
+    handler, server, dispatcher, reports = start_gated(capacity=2, overflow=Spark.OverflowPolicy.DROP_NEWEST)
+    block_server(handler, dispatcher)
+    assert dispatcher.send_command('c', GLib.Variant('i', 1), None)
+    assert dispatcher.send_command('c', GLib.Variant('i', 2), None)
+    assert dispatcher.send_command('c', GLib.Variant('i', 3), None)   # dropped
+    assert dispatcher.try_send_command('c', GLib.Variant('i', 4))      # dropped
+
+    reply, error = finish_request(request_async(dispatcher, 'r'))
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.DROPPED, 'drop-newest')
+    assert 'capacity 2' in error.message, error.message
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.DROPPED, dispatcher.request_sync, 'r', None, None, None)
+    assert 'drop-newest' in error.message, error.message
+    assert server.props.pending == 2
+
+    handler.gate.set()
+    wait_for(lambda: dropped_total(reports) == 2)
+    wait_for(lambda: handler.handled == 3)
+    assert handler.log == ['c:1', 'c:2'], handler.log
+    assert all(count > 0 and thread == MAIN_THREAD for count, thread in reports), reports
+    shutdown(server)
+    assert dropped_total(reports) == 2   # requests are not counted
+
+
+@test
+def overflow_drop_oldest():
+    """DROP_OLDEST: the oldest queued message of the lowest priority, no
+    higher than the new one's, makes room; a request among them fails with
+    DROPPED; when every queued one is more urgent, the new one goes."""
+    handler, server, dispatcher, reports = start_gated(capacity=2, overflow=Spark.OverflowPolicy.DROP_OLDEST)
+    high = dispatcher.with_priority(Spark.Priority.HIGH)
+    block_server(handler, dispatcher)
+    outcome = request_async(dispatcher, 'r')
+    assert dispatcher.send_command('c', GLib.Variant('i', 1), None)
+    assert dispatcher.send_command('c', GLib.Variant('i', 2), None)   # drops r
+    reply, error = finish_request(outcome)
+    assert_error(error, SPARK_ERROR, Spark.ChannelError.DROPPED, 'drop-oldest')
+
+    assert high.send_command('h', GLib.Variant('i', 1), None)         # drops c:1
+    assert high.send_command('h', GLib.Variant('i', 2), None)         # drops c:2
+    assert dispatcher.send_command('c', GLib.Variant('i', 3), None)   # all more urgent: c:3 goes
+
+    handler.gate.set()
+    wait_for(lambda: dropped_total(reports) == 3)
+    release_server(handler, server, 3)
+    assert handler.log == ['h:1', 'h:2'], handler.log
+
+
+@test
+def overflow_coalesce():
+    """COALESCE: a command replaces the newest queued command of its name
+    and priority, which is dropped, and joins the end of the queue; one with
+    no such command queued waits (a try fails with FULL); messages-dropped
+    counts the replaced ones."""
+    handler, server, dispatcher, reports = start_gated(capacity=2, overflow=Spark.OverflowPolicy.COALESCE)
+    high = dispatcher.with_priority(Spark.Priority.HIGH)
+    block_server(handler, dispatcher)
+    assert dispatcher.send_command('p', GLib.Variant('i', 1), None)
+    assert dispatcher.send_command('q', GLib.Variant('i', 1), None)
+    assert dispatcher.send_command('p', GLib.Variant('i', 2), None)   # [q:1 p:2]
+    assert dispatcher.send_command('p', GLib.Variant('i', 3), None)   # [q:1 p:3]
+    assert server.props.pending == 2
+    # Another priority is another queue: nothing of its name there.
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, high.try_send_command, 'p', None)
+    expect_error(SPARK_ERROR, Spark.ChannelError.FULL, dispatcher.try_send_command, 'other', None)
+
+    # A request never coalesces: it waits for room, and gets its reply.
+    outcome = request_async(dispatcher, 'r')
+    handler.gate.set()
+    reply, error = finish_request(outcome)
+    assert error is None and reply.unpack() == 'r'
+    wait_for(lambda: dropped_total(reports) == 2)
+    release_server(handler, server, 4)
+    assert handler.log == ['q:1', 'p:3', 'r'], handler.log
+    assert all(count > 0 and thread == MAIN_THREAD for count, thread in reports), reports
+    assert dropped_total(reports) == 2
+
+
+@test
+def overflow_coalesce_flood():
+    """The UI flood: progress commands far faster than the module handles
+    them, into a mailbox of 4. The queue stays within its capacity, the
+    module ends on the newest value, handled plus dropped is everything
+    sent, and reports come at most ten times a second."""
+    count = 20000
+    handler, server, dispatcher, reports = start_gated(capacity=4, overflow=Spark.OverflowPolicy.COALESCE)
+    start = GLib.get_monotonic_time()
+    max_pending = 0
+    for i in range(count):
+        assert dispatcher.send_command('progress', GLib.Variant('i', i), None)
+        max_pending = max(max_pending, server.props.pending)
+    assert dispatcher.send_command('done', None, None)
+
+    wait_for(lambda: handler.handled + dropped_total(reports) == count + 1)
+    elapsed = (GLib.get_monotonic_time() - start) / 1e6
+    assert handler.log[-2:] == ['progress:%d' % (count - 1), 'done'], handler.log[-2:]
+    assert max_pending <= 4, max_pending
+    assert len(reports) <= elapsed * 10 + 1, (len(reports), elapsed)
+    assert all(thread == MAIN_THREAD for _, thread in reports)
+    shutdown(server)
+    assert handler.handled + dropped_total(reports) == count + 1
+
+
 # Routers -----------------------------------------------------------------------
 #
 # A Spark.Router is a handler that hands each message to another handler or
@@ -1249,10 +1539,13 @@ def router_add_remove_list_patterns():
 def error_enum_is_registered():
     """SparkChannelError is a GEnum with every code, and an error domain."""
     assert GLib.quark_to_string(SPARK_ERROR) == 'spark-channel-error-quark'
-    names = [Spark.ChannelError(i).value_nick for i in range(8)]
+    names = [Spark.ChannelError(i).value_nick for i in range(9)]
     assert names == ['closed', 'no-reply', 'type-mismatch', 'full', 'timed-out',
-                     'would-deadlock', 'not-supported', 'already-started'], names
+                     'would-deadlock', 'not-supported', 'already-started', 'dropped'], names
     assert Spark.ShutdownMode.DRAIN == 0 and Spark.ShutdownMode.ABORT == 1
+    assert [Spark.Priority(i).value_nick for i in range(3)] == ['default', 'high', 'low']
+    names = [Spark.OverflowPolicy(i).value_nick for i in range(5)]
+    assert names == ['wait', 'fail', 'drop-newest', 'drop-oldest', 'coalesce'], names
     # C only, skipped for introspection.
     assert not hasattr(Spark, 'func_handler_new')
     assert not hasattr(Spark.Invocation, 'take_error')
