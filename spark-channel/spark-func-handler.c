@@ -22,6 +22,7 @@ struct _SparkFuncHandler
   SparkCommandFunc command_func;
   gpointer         user_data;
   GDestroyNotify   destroy;
+  SparkHandlerFlags flags;
 };
 
 static void spark_func_handler_iface_init (SparkHandlerInterface *iface);
@@ -68,11 +69,18 @@ spark_func_handler_handle_command (SparkHandler  *handler,
   return self->command_func (name, parameters, cancellable, self->user_data, error);
 }
 
+static SparkHandlerFlags
+spark_func_handler_get_flags (SparkHandler *handler)
+{
+  return ((SparkFuncHandler *) handler)->flags;
+}
+
 static void
 spark_func_handler_iface_init (SparkHandlerInterface *iface)
 {
   iface->handle_request = spark_func_handler_handle_request;
   iface->handle_command = spark_func_handler_handle_command;
+  iface->get_flags = spark_func_handler_get_flags;
 }
 
 static void
@@ -95,6 +103,44 @@ spark_func_handler_class_init (SparkFuncHandlerClass *klass)
 static void
 spark_func_handler_init (SparkFuncHandler *self)
 {
+}
+
+/**
+ * spark_func_handler_new_full: (skip)
+ * @flags: what the functions allow, e.g. %SPARK_HANDLER_FLAGS_CONCURRENT
+ *   if they may run on several threads at once
+ * @request_func: (nullable): handles requests, or %NULL
+ * @command_func: (nullable): handles commands, or %NULL
+ * @user_data: data for both functions
+ * @destroy: (nullable): frees @user_data when the handler is finalized
+ *
+ * Like [func@Spark.func_handler_new], with the handler's flags (see
+ * [method@Spark.Handler.get_flags]). With %SPARK_HANDLER_FLAGS_CONCURRENT
+ * a pool of [property@Spark.ModuleServer:workers] calls the functions
+ * from several threads at once, with the same @user_data.
+ *
+ * C only. May be called from any thread.
+ *
+ * Returns: (transfer full): a new handler
+ *
+ * Since: 1.0
+ */
+SparkHandler *
+spark_func_handler_new_full (SparkHandlerFlags flags,
+                             SparkRequestFunc  request_func,
+                             SparkCommandFunc  command_func,
+                             gpointer          user_data,
+                             GDestroyNotify    destroy)
+{
+  SparkFuncHandler *self = g_object_new (SPARK_TYPE_FUNC_HANDLER, NULL);
+
+  self->flags = flags;
+  self->request_func = request_func;
+  self->command_func = command_func;
+  self->user_data = user_data;
+  self->destroy = destroy;
+
+  return SPARK_HANDLER (self);
 }
 
 /**
@@ -122,12 +168,6 @@ spark_func_handler_new (SparkRequestFunc request_func,
                         gpointer         user_data,
                         GDestroyNotify   destroy)
 {
-  SparkFuncHandler *self = g_object_new (SPARK_TYPE_FUNC_HANDLER, NULL);
-
-  self->request_func = request_func;
-  self->command_func = command_func;
-  self->user_data = user_data;
-  self->destroy = destroy;
-
-  return SPARK_HANDLER (self);
+  return spark_func_handler_new_full (SPARK_HANDLER_FLAGS_NONE, request_func, command_func,
+                                      user_data, destroy);
 }

@@ -61,5 +61,11 @@ SparkHandler *spark_func_handler_new (SparkRequestFunc request_func,
                                       SparkCommandFunc command_func,
                                       gpointer         user_data,
                                       GDestroyNotify   destroy);
+SPARK_AVAILABLE_IN_1_0
+SparkHandler *spark_func_handler_new_full (SparkHandlerFlags flags,
+                                           SparkRequestFunc  request_func,
+                                           SparkCommandFunc  command_func,
+                                           gpointer          user_data,
+                                           GDestroyNotify    destroy);
 
 G_END_DECLS

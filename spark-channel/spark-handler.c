@@ -387,3 +387,29 @@ spark_handler_handle_invocation (SparkHandler    *self,
   else
     spark_handler_real_handle_invocation (self, invocation);
 }
+
+/**
+ * spark_handler_get_flags: (virtual get_flags)
+ * @self: a [iface@Spark.Handler]
+ *
+ * What the handler declares about itself. A handler that declares
+ * %SPARK_HANDLER_FLAGS_CONCURRENT may be served by several threads at once
+ * (see [property@Spark.ModuleServer:workers]); the server asks when it
+ * starts. Handlers written in JavaScript cannot be called off the main
+ * thread, whatever they declare.
+ *
+ * Returns: the handler's flags
+ *
+ * Since: 1.0
+ */
+SparkHandlerFlags
+spark_handler_get_flags (SparkHandler *self)
+{
+  SparkHandlerInterface *iface;
+
+  g_return_val_if_fail (SPARK_IS_HANDLER (self), SPARK_HANDLER_FLAGS_NONE);
+
+  iface = SPARK_HANDLER_GET_IFACE (self);
+
+  return iface->get_flags != NULL ? iface->get_flags (self) : SPARK_HANDLER_FLAGS_NONE;
+}

@@ -67,6 +67,7 @@ struct _SparkRoute
   gboolean         is_python;
   gboolean         main_only;
   gboolean         direct;           /* a call answers: no invocation needed */
+  gboolean         concurrent;       /* a dispatcher, or a handler that declares itself concurrent */
 };
 
 typedef SparkRoute Route;
@@ -79,6 +80,7 @@ struct _SparkRouter
   guint       generation; /* mutex; read atomically: changes with every add and remove */
   GHashTable *exact;      /* mutex: name -> Route */
   GPtrArray  *prefixes;   /* mutex: Route, longest prefix first */
+  gboolean    concurrent; /* mutex; read atomically: every route may be called concurrently */
 };
 
 static void spark_router_iface_init (SparkHandlerInterface *iface);
@@ -412,11 +414,20 @@ spark_router_handle_command (SparkHandler  *handler,
   return spark_route_handle_command (route, name, parameters, cancellable, error);
 }
 
+static SparkHandlerFlags
+spark_router_get_flags (SparkHandler *handler)
+{
+  SparkRouter *self = SPARK_ROUTER (handler);
+
+  return g_atomic_int_get (&self->concurrent) ? SPARK_HANDLER_FLAGS_CONCURRENT : SPARK_HANDLER_FLAGS_NONE;
+}
+
 static void
 spark_router_iface_init (SparkHandlerInterface *iface)
 {
   iface->handle_invocation = spark_router_handle_invocation;
   iface->handle_command = spark_router_handle_command;
+  iface->get_flags = spark_router_get_flags;
 }
 
 static void
@@ -540,6 +551,16 @@ spark_router_add (SparkRouter  *self,
   gboolean exists;
 
   g_mutex_lock (&self->mutex);
+  if (self->concurrent && !route->concurrent)
+    {
+      g_mutex_unlock (&self->mutex);
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                   "The router is concurrent, and the handler %s of route “%s” does not "
+                   "declare SPARK_HANDLER_FLAGS_CONCURRENT",
+                   G_OBJECT_TYPE_NAME (route->handler), route->pattern);
+      route_unref (route);
+      return FALSE;
+    }
   if (route->is_prefix)
     {
       exists = FALSE;
@@ -634,6 +655,8 @@ spark_router_add_handler (SparkRouter        *self,
   route->is_python = spark_handler_is_python (handler);
   route->main_only = spark_handler_is_main_only (handler);
   route->direct = !spark_handler_uses_invocation (handler);
+  route->concurrent = !route->main_only &&
+                      (spark_handler_get_flags (handler) & SPARK_HANDLER_FLAGS_CONCURRENT) != 0;
 
   return spark_router_add (self, route, error);
 }
@@ -680,6 +703,7 @@ spark_router_add_dispatcher (SparkRouter        *self,
 
   route = route_new (pattern, parameter_type, reply_type);
   route->dispatcher = g_object_ref (dispatcher);
+  route->concurrent = TRUE;   /* a send, from any thread */
 
   return spark_router_add (self, route, error);
 }
@@ -764,4 +788,75 @@ spark_router_list_patterns (SparkRouter *self)
   g_ptr_array_add (patterns, NULL);
 
   return (char **) g_ptr_array_free (patterns, FALSE);
+}
+
+/**
+ * spark_router_get_concurrent:
+ * @self: a [class@Spark.Router]
+ *
+ * Whether the router declares itself safe to call from several threads
+ * at once: see [method@Spark.Router.set_concurrent]. May be called from
+ * any thread.
+ *
+ * Returns: %TRUE if the router is concurrent
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_get_concurrent (SparkRouter *self)
+{
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+
+  return g_atomic_int_get (&self->concurrent);
+}
+
+/**
+ * spark_router_set_concurrent:
+ * @self: a [class@Spark.Router]
+ * @concurrent: whether the router may be called from several threads at once
+ *
+ * Declares the router concurrent (its [method@Spark.Handler.get_flags]
+ * then has %SPARK_HANDLER_FLAGS_CONCURRENT), so that a pool of
+ * [property@Spark.ModuleServer:workers] may serve it. The router itself is
+ * safe to call from several threads; its routes must be too: every
+ * handler routed to must declare %SPARK_HANDLER_FLAGS_CONCURRENT
+ * (dispatchers always are). Once the router is concurrent, adding a route
+ * to a handler that does not fails with %SPARK_CHANNEL_ERROR_NOT_SUPPORTED;
+ * making a router concurrent while it has such a route is a programmer
+ * error (a critical, and the router stays as it was).
+ *
+ * Set it before a server serving the router starts: the server reads it
+ * then. May be called from any thread.
+ *
+ * Since: 1.0
+ */
+void
+spark_router_set_concurrent (SparkRouter *self,
+                             gboolean     concurrent)
+{
+  const char *refused = NULL;
+
+  g_return_if_fail (SPARK_IS_ROUTER (self));
+
+  g_mutex_lock (&self->mutex);
+  if (concurrent)
+    {
+      GHashTableIter iter;
+      gpointer value;
+
+      g_hash_table_iter_init (&iter, self->exact);
+      while (refused == NULL && g_hash_table_iter_next (&iter, NULL, &value))
+        if (!((Route *) value)->concurrent)
+          refused = ((Route *) value)->pattern;
+      for (guint i = 0; refused == NULL && i < self->prefixes->len; i++)
+        if (!((Route *) g_ptr_array_index (self->prefixes, i))->concurrent)
+          refused = ((Route *) g_ptr_array_index (self->prefixes, i))->pattern;
+    }
+  if (refused == NULL)
+    g_atomic_int_set (&self->concurrent, concurrent != FALSE);
+  else
+    g_critical ("%s: the route “%s” goes to a handler that does not declare "
+                "SPARK_HANDLER_FLAGS_CONCURRENT; the router stays as it was",
+                G_STRFUNC, refused);
+  g_mutex_unlock (&self->mutex);
 }

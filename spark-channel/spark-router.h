@@ -44,4 +44,10 @@ gboolean      spark_router_remove         (SparkRouter        *self,
 SPARK_AVAILABLE_IN_1_0
 char        **spark_router_list_patterns  (SparkRouter        *self);
 
+SPARK_AVAILABLE_IN_1_0
+gboolean      spark_router_get_concurrent (SparkRouter        *self);
+SPARK_AVAILABLE_IN_1_0
+void          spark_router_set_concurrent (SparkRouter        *self,
+                                           gboolean            concurrent);
+
 G_END_DECLS
