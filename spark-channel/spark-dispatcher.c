@@ -1116,6 +1116,61 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
 }
 
 /**
+ * spark_dispatcher_broadcast_command:
+ * @self: a [class@Spark.Dispatcher]
+ * @name: the command's name, non-empty
+ * @parameters: (nullable): the command's parameters; a floating reference
+ *   is sunk
+ * @error: return location for an error
+ *
+ * Sends a command to every worker of the server (see
+ * [property@Spark.ModuleServer:workers]): each worker's handler call gets
+ * it once, on that worker's thread, before the worker takes another
+ * message. Use it for what each worker keeps of its own: a cache to drop,
+ * a setting to reload. With one worker it is
+ * [method@Spark.Dispatcher.try_send_command] without the capacity.
+ *
+ * It never blocks and is not held back by a bounded mailbox (nor by the
+ * rate limit): keep it for rare messages. Fails with
+ * %SPARK_CHANNEL_ERROR_CLOSED if the server is not running, and with
+ * %SPARK_CHANNEL_ERROR_NOT_SUPPORTED for a dispatcher whose module is not
+ * in this process.
+ *
+ * May be called from any thread, including the server's own.
+ *
+ * Returns: %TRUE if every worker got the command
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_dispatcher_broadcast_command (SparkDispatcher  *self,
+                                    const char       *name,
+                                    GVariant         *parameters,
+                                    GError          **error)
+{
+  g_autoptr(GVariant) params = parameters ? g_variant_ref_sink (parameters) : NULL;
+
+  g_return_val_if_fail (SPARK_IS_DISPATCHER (self), FALSE);
+  g_return_val_if_fail (name != NULL && *name != '\0', FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  if (self->transport == NULL)
+    return set_closed_error (error);
+
+  if (self->transport->vtable->broadcast_command == NULL)
+    {
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                   "Command “%s” cannot be broadcast: this dispatcher's module is not in this process",
+                   name);
+      return FALSE;
+    }
+
+  return self->transport->vtable->broadcast_command (self->transport, name, g_steal_pointer (&params),
+                                                     (SparkPriority) g_atomic_int_get (&self->priority),
+                                                     error);
+}
+
+/**
  * spark_dispatcher_send_command_async:
  * @self: a [class@Spark.Dispatcher]
  * @name: the command's name, non-empty

@@ -153,6 +153,11 @@ gboolean  spark_dispatcher_try_send_command    (SparkDispatcher      *self,
                                                 GVariant             *parameters,
                                                 GError              **error);
 SPARK_AVAILABLE_IN_1_0
+gboolean  spark_dispatcher_broadcast_command   (SparkDispatcher      *self,
+                                                const char           *name,
+                                                GVariant             *parameters,
+                                                GError              **error);
+SPARK_AVAILABLE_IN_1_0
 void      spark_dispatcher_send_command_async  (SparkDispatcher      *self,
                                                 const char           *name,
                                                 GVariant             *parameters,

@@ -16,6 +16,7 @@ G_BEGIN_DECLS
 
 typedef struct _SparkMailbox    SparkMailbox;
 typedef struct _SparkRoomWaiter SparkRoomWaiter;
+typedef struct _SparkKeyEntry   SparkKeyEntry;
 
 /* The mailbox's queues, taken in this order. CONTROL carries what steers
  * the server rather than work for it (the shutdown marker): it is never
@@ -36,6 +37,24 @@ typedef struct
   guint         length;
 } SparkMailboxLane;
 
+/* The most consumers (workers) a mailbox serves: one bit each in a mask. */
+#define SPARK_MAILBOX_MAX_CONSUMERS 64
+
+/* One thread that takes from the mailbox: a server has one, a pool of
+ * workers several. Immutable but for the fields marked mutex. */
+typedef struct
+{
+  SparkMailbox     *mailbox;      /* not a reference: the mailbox holds its consumers */
+  guint             index;
+  GSource          *source;       /* a reference: woken when there is work */
+  GMainContext     *context;      /* a reference: where the source is attached */
+  SparkRequest     *current;      /* mutex: the request a synchronous handler is running on
+                                   * this consumer, if it has a cancellable of its own */
+  SparkMailboxLane  broadcasts;   /* mutex: this consumer's copies of broadcast commands */
+  SparkMailboxLane  deferred;     /* mutex: messages whose ordering key this consumer holds */
+  SparkKeyEntry    *active;       /* mutex: the key of the message it is handling */
+} SparkMailboxConsumer;
+
 typedef enum {
   SPARK_MAILBOX_NEW,      /* not started: sends fail with CLOSED */
   SPARK_MAILBOX_OPEN,
@@ -53,10 +72,11 @@ struct _SparkMailbox
   SparkMailboxLane   lanes[SPARK_N_LANES]; /* mutex */
   gint               nonempty;           /* mutex; read atomically (a spinning server reads it
                                           * unlocked): a bit per lane that has messages */
-  gboolean           consumer_idle;      /* mutex: the server found the queue empty and needs a wakeup */
+  guint64            idle;               /* mutex: a bit per consumer that found the queue empty
+                                          * and needs a wakeup */
   GQueue             waiters;            /* mutex: SparkRoomWaiter, first come first served */
-  SparkRequest      *current;            /* mutex: the request a synchronous handler is running, if it
-                                          * has a cancellable of its own; a reference */
+  GHashTable        *keys;               /* mutex: ordering key -> SparkKeyEntry, for a pool that
+                                          * orders by key; NULL otherwise */
   GSList            *held;               /* mutex: SparkRequest, a reference each: requests whose
                                           * invocation the handler holds */
   GCancellable      *token;              /* mutex: the send_shutdown() token */
@@ -69,8 +89,10 @@ struct _SparkMailbox
   /* Set by spark_mailbox_open() under the mutex, immutable afterwards. */
   guint              capacity;           /* 0: unbounded */
   SparkOverflowPolicy overflow;          /* what a full mailbox does */
-  GSource           *source;             /* a reference: the server's source */
-  GMainContext      *context;            /* a reference: the server's context */
+  SparkOrdering      ordering;           /* how a pool keeps messages in order */
+  SparkMailboxConsumer *consumers;       /* n_consumers of them */
+  guint              n_consumers;
+  GMainContext      *context;            /* the first consumer's context (not a reference) */
   GThread           *start_thread;       /* the thread that called start(), NULL for start_in_thread() */
 
   /* The server's side, on a cache line of its own: it changes per message,
@@ -91,11 +113,13 @@ SparkMailbox *spark_mailbox_ref              (SparkMailbox  *mailbox);
 void          spark_mailbox_unref            (SparkMailbox  *mailbox);
 
 gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
-                                              GSource       *source,
-                                              GMainContext  *context,
+                                              guint          n_consumers,
+                                              GSource      **sources,
+                                              GMainContext **contexts,
                                               GThread       *start_thread,
                                               guint          capacity,
                                               SparkOverflowPolicy overflow,
+                                              SparkOrdering  ordering,
                                               GError       **error);
 guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
 
@@ -119,10 +143,20 @@ gboolean      spark_mailbox_send_shutdown    (SparkMailbox  *mailbox,
 gboolean      spark_mailbox_close            (SparkMailbox  *mailbox,
                                               gboolean       abort);
 
+gboolean      spark_mailbox_broadcast_command (SparkMailbox *mailbox,
+                                              const char    *name,
+                                              GVariant      *parameters,
+                                              SparkLane      lane,
+                                              GError       **error);
+
+/* One consumer only: consumer 0. */
 SparkMessage *spark_mailbox_take             (SparkMailbox  *mailbox,
                                               SparkSpin     *spin,
                                               guint          max,
                                               guint         *n_urgent);
+/* Any of several consumers: one message at a time. */
+SparkMessage *spark_mailbox_take_one         (SparkMailbox  *mailbox,
+                                              guint          consumer);
 SparkMessage *spark_mailbox_take_high        (SparkMailbox  *mailbox,
                                               SparkMessage **tail,
                                               guint         *n);
@@ -150,6 +184,7 @@ spark_mailbox_has_high (SparkMailbox *mailbox)
 }
 void          spark_mailbox_release_one      (SparkMailbox  *mailbox);
 void          spark_mailbox_set_current      (SparkMailbox  *mailbox,
+                                              guint          consumer,
                                               SparkRequest  *req);
 void          spark_mailbox_hold             (SparkMailbox  *mailbox,
                                               SparkRequest  *req);
@@ -159,6 +194,13 @@ GCancellable *spark_mailbox_finish           (SparkMailbox  *mailbox);
 void          spark_mailbox_drop_messages    (SparkMailbox  *mailbox,
                                               SparkMessage  *list,
                                               gboolean       taken);
-void          spark_mailbox_wake_server      (SparkMailbox  *mailbox);
+void          spark_mailbox_wake_all         (SparkMailbox  *mailbox);
+
+/* A consumer as a request watcher's data: waking it, and the reference on
+ * its mailbox the watcher holds. */
+SparkMailboxConsumer *spark_mailbox_ref_consumer (SparkMailbox         *mailbox,
+                                                  guint                 consumer);
+void          spark_mailbox_consumer_wake    (SparkMailboxConsumer *consumer);
+void          spark_mailbox_consumer_unref   (SparkMailboxConsumer *consumer);
 
 G_END_DECLS

@@ -111,7 +111,6 @@ spark_mailbox_new (void)
   g_mutex_init (&mailbox->mutex);
   g_queue_init (&mailbox->waiters);
   mailbox->state = SPARK_MAILBOX_NEW;
-  mailbox->consumer_idle = TRUE;
   mailbox->abort_cancellable = g_cancellable_new ();
 
   return mailbox;
@@ -143,28 +142,56 @@ spark_mailbox_unref (SparkMailbox *mailbox)
   for (guint i = 0; i < SPARK_N_LANES; i++)
     g_assert (mailbox->lanes[i].head == NULL);
   g_assert (g_queue_is_empty (&mailbox->waiters));
-  g_assert (mailbox->current == NULL);
   g_assert (mailbox->held == NULL);
 
+  for (guint i = 0; i < mailbox->n_consumers; i++)
+    {
+      SparkMailboxConsumer *c = &mailbox->consumers[i];
+
+      g_assert (c->current == NULL);
+      g_assert (c->broadcasts.head == NULL && c->deferred.head == NULL);
+      g_source_unref (c->source);
+      g_main_context_unref (c->context);
+    }
+  g_free (mailbox->consumers);
+  g_clear_pointer (&mailbox->keys, g_hash_table_unref);
   g_clear_object (&mailbox->token);
   g_clear_object (&mailbox->abort_cancellable);
-  g_clear_pointer (&mailbox->source, g_source_unref);
-  g_clear_pointer (&mailbox->context, g_main_context_unref);
   spark_block_return_clear (&mailbox->command_blocks);
   g_mutex_clear (&mailbox->mutex);
   g_free (mailbox);
 }
 
+struct _SparkKeyEntry
+{
+  char  *key;
+  guint  owner;   /* the consumer that holds the key */
+  guint  count;   /* its messages of this key: the one it handles and those deferred to it */
+};
+
+static void
+key_entry_free (gpointer data)
+{
+  SparkKeyEntry *entry = data;
+
+  g_free (entry->key);
+  g_free (entry);
+}
+
 gboolean
 spark_mailbox_open (SparkMailbox  *mailbox,
-                    GSource       *source,
-                    GMainContext  *context,
+                    guint          n_consumers,
+                    GSource      **sources,
+                    GMainContext **contexts,
                     GThread       *start_thread,
                     guint          capacity,
                     SparkOverflowPolicy overflow,
+                    SparkOrdering  ordering,
                     GError       **error)
 {
   gboolean ret = FALSE;
+
+  g_assert (n_consumers >= 1 && n_consumers <= SPARK_MAILBOX_MAX_CONSUMERS);
 
   g_mutex_lock (&mailbox->mutex);
 
@@ -177,12 +204,25 @@ spark_mailbox_open (SparkMailbox  *mailbox,
   else
     {
       mailbox->state = SPARK_MAILBOX_OPEN;
-      mailbox->source = g_source_ref (source);
+      mailbox->consumers = g_new0 (SparkMailboxConsumer, n_consumers);
+      mailbox->n_consumers = n_consumers;
+      for (guint i = 0; i < n_consumers; i++)
+        {
+          mailbox->consumers[i].mailbox = mailbox;
+          mailbox->consumers[i].index = i;
+          mailbox->consumers[i].source = g_source_ref (sources[i]);
+          mailbox->consumers[i].context = g_main_context_ref (contexts[i]);
+        }
+      /* Each consumer is idle until a message comes. */
+      mailbox->idle = n_consumers == 64 ? G_MAXUINT64 : (G_GUINT64_CONSTANT (1) << n_consumers) - 1;
+      if (n_consumers > 1 && ordering != SPARK_ORDERING_NONE)
+        mailbox->keys = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, key_entry_free);
       /* Read unlocked by senders: see spark_mailbox_get_context(). */
-      g_atomic_pointer_set (&mailbox->context, g_main_context_ref (context));
+      g_atomic_pointer_set (&mailbox->context, contexts[0]);
       mailbox->start_thread = start_thread;
       mailbox->capacity = capacity;
       mailbox->overflow = overflow;
+      mailbox->ordering = ordering;
       ret = TRUE;
     }
 
@@ -211,13 +251,55 @@ spark_mailbox_get_pending (SparkMailbox *mailbox)
   return (guint) MAX (0, n);
 }
 
-void
-spark_mailbox_wake_server (SparkMailbox *mailbox)
+/* Wakes the consumers of @consumers, a mask: they are immutable once the
+ * mailbox is open (and only woken once open); the mailbox holds their
+ * contexts alive. */
+static inline void
+spark_mailbox_wake (SparkMailbox *mailbox,
+                    guint64       consumers)
 {
-  /* source is immutable once set, and only woken once open; the mailbox
-   * holds its context alive. */
-  if (mailbox->source != NULL)
-    spark_wake_source_wake ((SparkWakeSource *) mailbox->source);
+  while (consumers != 0)
+    {
+      guint i = (guint) g_bit_nth_lsf ((gulong) (consumers & G_MAXULONG), -1);
+
+      if (G_UNLIKELY ((consumers & G_MAXULONG) == 0))
+        i = 32 + (guint) g_bit_nth_lsf ((gulong) (consumers >> 32), -1);
+      consumers &= consumers - 1;
+      spark_wake_source_wake ((SparkWakeSource *) mailbox->consumers[i].source);
+    }
+}
+
+static inline guint64
+all_consumers (SparkMailbox *mailbox)
+{
+  return mailbox->n_consumers == 64 ? G_MAXUINT64 : (G_GUINT64_CONSTANT (1) << mailbox->n_consumers) - 1;
+}
+
+/* Every consumer, busy or not: a stop is coming. */
+void
+spark_mailbox_wake_all (SparkMailbox *mailbox)
+{
+  spark_mailbox_wake (mailbox, all_consumers (mailbox));
+}
+
+SparkMailboxConsumer *
+spark_mailbox_ref_consumer (SparkMailbox *mailbox,
+                            guint         consumer)
+{
+  spark_mailbox_ref (mailbox);
+  return &mailbox->consumers[consumer];
+}
+
+void
+spark_mailbox_consumer_wake (SparkMailboxConsumer *consumer)
+{
+  spark_wake_source_wake ((SparkWakeSource *) consumer->source);
+}
+
+void
+spark_mailbox_consumer_unref (SparkMailboxConsumer *consumer)
+{
+  spark_mailbox_unref (consumer->mailbox);
 }
 
 static void
@@ -240,7 +322,11 @@ would_deadlock_locked (SparkMailbox *mailbox)
   if (mailbox->start_thread != NULL && mailbox->start_thread == g_thread_self ())
     return TRUE;
 
-  return mailbox->context != NULL && g_main_context_is_owner (mailbox->context);
+  for (guint i = 0; i < mailbox->n_consumers; i++)
+    if (g_main_context_is_owner (mailbox->consumers[i].context))
+      return TRUE;
+
+  return FALSE;
 }
 
 static gboolean
@@ -264,7 +350,7 @@ static inline void
 enqueue_locked (SparkMailbox *mailbox,
                 SparkMessage *msg,
                 SparkLane     lane,
-                gboolean     *wake)
+                guint64      *wake)
 {
   SparkMailboxLane *l = &mailbox->lanes[lane];
 
@@ -283,10 +369,13 @@ enqueue_locked (SparkMailbox *mailbox,
   if (is_counted (msg))
     g_atomic_int_inc (&mailbox->n_queued);
 
-  if (mailbox->consumer_idle)
+  /* One idle consumer is enough for one message. */
+  if (mailbox->idle != 0)
     {
-      mailbox->consumer_idle = FALSE;
-      *wake = TRUE;
+      guint64 first = mailbox->idle & -mailbox->idle;
+
+      mailbox->idle &= ~first;
+      *wake |= first;
     }
 }
 
@@ -449,7 +538,7 @@ static void
 admit_locked (SparkMailbox  *mailbox,
               GSList       **resolved,
               GSList       **dead,
-              gboolean      *wake)
+              guint64       *wake)
 {
   GList *link;
 
@@ -580,7 +669,7 @@ wait_for_room (SparkMailbox  *mailbox,
 {
   SparkRoomWaiter *waiter = g_new0 (SparkRoomWaiter, 1);
   GSList *dead = NULL;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
   gboolean ret;
   WaiterState state;
 
@@ -627,8 +716,7 @@ wait_for_room (SparkMailbox  *mailbox,
   g_mutex_unlock (&mailbox->mutex);
 
   free_dead_waiters (dead);
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 
   if (mode == SPARK_POST_ASYNC)
     {
@@ -776,7 +864,7 @@ static OverflowAction
 overflow_locked (SparkMailbox  *mailbox,
                  SparkMessage  *msg,
                  SparkLane      lane,
-                 gboolean      *wake,
+                 guint64       *wake,
                  SparkMessage **victim)
 {
   SparkMessage *old;
@@ -866,7 +954,7 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
                             GError       **error)
 {
   GSList *dead = NULL;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
   SparkMessage *victim = NULL;
   OverflowAction action;
 
@@ -915,8 +1003,7 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
   free_dead_waiters (dead);
   if (victim != NULL)
     drop_victim (mailbox, victim);
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 
   return TRUE;
 }
@@ -939,7 +1026,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
                             GError       **error)
 {
   GSList *dead = NULL;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
   gboolean queued = FALSE;
   SparkMessage *victim = NULL;
   OverflowAction action;
@@ -984,8 +1071,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
   free_dead_waiters (dead);
   if (victim != NULL)
     drop_victim (mailbox, victim);
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 
   if (queued)
     {
@@ -1027,7 +1113,7 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
                              GError       **error)
 {
   GSList *resolved;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
 
   g_mutex_lock (&mailbox->mutex);
 
@@ -1049,8 +1135,7 @@ spark_mailbox_send_shutdown (SparkMailbox  *mailbox,
   g_mutex_unlock (&mailbox->mutex);
 
   notify_waiters (resolved);
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 
   return TRUE;
 }
@@ -1068,13 +1153,20 @@ spark_mailbox_cancel_all (SparkMailbox *mailbox,
                           guint64       sender)
 {
   GPtrArray *matched = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
-  gboolean wake = FALSE;
+  guint64 wake = 0;
 
   g_mutex_lock (&mailbox->mutex);
   if (mailbox->state != SPARK_MAILBOX_NEW && !mailbox->finished)
     {
       for (guint i = SPARK_LANE_HIGH; i < SPARK_N_LANES; i++)
         for (SparkMessage *msg = mailbox->lanes[i].head; msg != NULL; msg = msg->next)
+          if (msg->kind == SPARK_MESSAGE_REQUEST &&
+              spark_request_get_sender (spark_request_from_message (msg)) == sender)
+            g_ptr_array_add (matched, spark_request_ref (spark_request_from_message (msg)));
+
+      /* A pool's messages deferred to the worker that holds their key. */
+      for (guint i = 0; i < mailbox->n_consumers; i++)
+        for (SparkMessage *msg = mailbox->consumers[i].deferred.head; msg != NULL; msg = msg->next)
           if (msg->kind == SPARK_MESSAGE_REQUEST &&
               spark_request_get_sender (spark_request_from_message (msg)) == sender)
             g_ptr_array_add (matched, spark_request_ref (spark_request_from_message (msg)));
@@ -1098,8 +1190,7 @@ spark_mailbox_cancel_all (SparkMailbox *mailbox,
                                       "The request was cancelled by spark_dispatcher_cancel_all()");
   g_ptr_array_unref (matched);
 
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 }
 
 /* Fails or drops messages that will never be handled: @taken says they
@@ -1143,11 +1234,11 @@ spark_mailbox_close (SparkMailbox *mailbox,
                      gboolean      abort)
 {
   SparkMessage *dropped = NULL;
-  SparkRequest *current = NULL;
+  GPtrArray *current = NULL;
   GSList *held = NULL;
   GSList *resolved;
   gboolean was_new;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
 
   g_mutex_lock (&mailbox->mutex);
 
@@ -1164,10 +1255,12 @@ spark_mailbox_close (SparkMailbox *mailbox,
       g_atomic_int_set (&mailbox->aborting, TRUE);
       dropped = detach_all_locked (mailbox);
       g_atomic_int_set (&mailbox->n_queued, 0);
-      if (mailbox->current != NULL)
-        current = spark_request_ref (mailbox->current);
+      current = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
+      for (guint i = 0; i < mailbox->n_consumers; i++)
+        if (mailbox->consumers[i].current != NULL)
+          g_ptr_array_add (current, spark_request_ref (mailbox->consumers[i].current));
       held = g_slist_copy_deep (mailbox->held, (GCopyFunc) (void (*) (void)) spark_request_ref, NULL);
-      wake = TRUE;
+      wake = all_consumers (mailbox);
     }
 
   g_mutex_unlock (&mailbox->mutex);
@@ -1184,16 +1277,17 @@ spark_mailbox_close (SparkMailbox *mailbox,
                                         "The module server was shut down (abort) while the request was being handled");
       g_slist_free_full (held, (GDestroyNotify) spark_request_unref);
 
-      if (current != NULL)
+      for (guint i = 0; i < current->len; i++)
         {
-          if (spark_request_get_handler_cancellable (current) != NULL)
-            g_cancellable_cancel (spark_request_get_handler_cancellable (current));
-          spark_request_unref (current);
+          SparkRequest *req = g_ptr_array_index (current, i);
+
+          if (spark_request_get_handler_cancellable (req) != NULL)
+            g_cancellable_cancel (spark_request_get_handler_cancellable (req));
         }
+      g_ptr_array_unref (current);
     }
 
-  if (wake)
-    spark_mailbox_wake_server (mailbox);
+  spark_mailbox_wake (mailbox, wake);
 
   return was_new;
 }
@@ -1245,7 +1339,7 @@ spark_mailbox_take (SparkMailbox *mailbox,
     }
 
   if (batch == NULL)
-    mailbox->consumer_idle = TRUE;
+    mailbox->idle |= 1;
   else
     {
       /* The batch moves from the producers' count to the server's. */
@@ -1258,6 +1352,214 @@ spark_mailbox_take (SparkMailbox *mailbox,
     *n_urgent = urgent;
 
   return batch;
+}
+
+/* Pools ---------------------------------------------------------------------
+ *
+ * Several consumers (a pool's workers) take one message at a time. With an
+ * ordering, a message whose key another consumer holds is deferred to that
+ * consumer, behind the ones of that key it has already; a consumer holds a
+ * key from its take of a message of that key to its next take. */
+
+static inline void
+lane_push (SparkMailboxLane *l,
+           SparkMessage     *msg)
+{
+  msg->next = NULL;
+  if (l->tail != NULL)
+    l->tail->next = msg;
+  else
+    l->head = msg;
+  l->tail = msg;
+  l->length++;
+}
+
+static inline SparkMessage *
+lane_pop (SparkMailboxLane *l)
+{
+  SparkMessage *msg = l->head;
+
+  if (msg != NULL)
+    {
+      l->head = msg->next;
+      if (l->head == NULL)
+        l->tail = NULL;
+      l->length--;
+      msg->next = NULL;
+    }
+  return msg;
+}
+
+/* The message's ordering key, NULL if it has none: valid while the message
+ * lives (it points into its name or parameters). */
+static const char *
+ordering_key (SparkMailbox *mailbox,
+              SparkMessage *msg)
+{
+  GVariant *parameters = msg->parameters;
+  const char *key = NULL;
+
+  switch (mailbox->ordering)
+    {
+    case SPARK_ORDERING_NAME:
+      return spark_message_get_name (msg);
+
+    case SPARK_ORDERING_KEY:
+      if (parameters == NULL)
+        return NULL;
+      if (g_variant_is_of_type (parameters, G_VARIANT_TYPE_STRING) ||
+          g_variant_is_of_type (parameters, G_VARIANT_TYPE_OBJECT_PATH) ||
+          g_variant_is_of_type (parameters, G_VARIANT_TYPE_SIGNATURE))
+        return g_variant_get_string (parameters, NULL);
+      if (g_variant_is_container (parameters) &&
+          g_variant_type_is_tuple (g_variant_get_type (parameters)) &&
+          g_variant_get_type_string (parameters)[1] != '\0' &&
+          strchr ("sog", g_variant_get_type_string (parameters)[1]) != NULL)
+        {
+          /* The child's string lives in the parameters' data (or is the
+           * child the parameters keep): it outlives this reference. */
+          GVariant *child = g_variant_get_child_value (parameters, 0);
+
+          key = g_variant_get_string (child, NULL);
+          g_variant_unref (child);
+        }
+      return key;
+
+    case SPARK_ORDERING_NONE:
+    default:
+      return NULL;
+    }
+}
+
+static void
+release_key_locked (SparkMailbox         *mailbox,
+                    SparkMailboxConsumer *c)
+{
+  SparkKeyEntry *entry = g_steal_pointer (&c->active);
+
+  if (entry != NULL && --entry->count == 0)
+    g_hash_table_remove (mailbox->keys, entry->key);
+}
+
+SparkMessage *
+spark_mailbox_take_one (SparkMailbox *mailbox,
+                        guint         consumer)
+{
+  SparkMailboxConsumer *c = &mailbox->consumers[consumer];
+  SparkMessage *msg;
+
+  spark_mutex_lock (&mailbox->mutex);
+  release_key_locked (mailbox, c);
+
+  for (;;)
+    {
+      const char *key;
+      SparkKeyEntry *entry;
+      gint n_counted;
+
+      /* Its own first: they were taken from the lanes already. */
+      if ((msg = lane_pop (&c->broadcasts)) != NULL)
+        break;
+      if ((msg = lane_pop (&c->deferred)) != NULL)
+        {
+          c->active = g_hash_table_lookup (mailbox->keys, ordering_key (mailbox, msg));
+          g_assert (c->active != NULL && c->active->owner == consumer);
+          break;
+        }
+
+      msg = detach_some_locked (mailbox, 1, &n_counted);
+      if (msg == NULL)
+        {
+          mailbox->idle |= G_GUINT64_CONSTANT (1) << consumer;
+          break;
+        }
+      if (n_counted > 0)
+        {
+          g_atomic_int_inc (&mailbox->n_taken);
+          g_atomic_int_add (&mailbox->n_queued, -1);
+        }
+
+      if (mailbox->keys == NULL || spark_message_is_control (msg) ||
+          (key = ordering_key (mailbox, msg)) == NULL)
+        break;
+
+      entry = g_hash_table_lookup (mailbox->keys, key);
+      if (entry == NULL)
+        {
+          entry = g_new (SparkKeyEntry, 1);
+          entry->key = g_strdup (key);
+          entry->owner = consumer;
+          entry->count = 1;
+          g_hash_table_insert (mailbox->keys, entry->key, entry);
+          c->active = entry;
+          break;
+        }
+
+      /* Held by another consumer, which is busy with it: it handles this
+       * one after the ones of this key it has. (Not this consumer: it
+       * released its key above and has none deferred.) */
+      g_assert (entry->owner != consumer);
+      entry->count++;
+      lane_push (&mailbox->consumers[entry->owner].deferred, msg);
+    }
+
+  g_mutex_unlock (&mailbox->mutex);
+
+  return msg;
+}
+
+/* A command for every consumer: each handles a copy before it takes
+ * anything else. Not held back by the capacity; counted in pending until
+ * each copy is handled. */
+gboolean
+spark_mailbox_broadcast_command (SparkMailbox  *mailbox,
+                                 const char    *name,
+                                 GVariant      *parameters,
+                                 SparkLane      lane,
+                                 GError       **error)
+{
+  SparkMessage *copies[SPARK_MAILBOX_MAX_CONSUMERS];
+  guint n;
+  guint64 wake = 0;
+
+  g_mutex_lock (&mailbox->mutex);
+  if (mailbox->state != SPARK_MAILBOX_OPEN)
+    {
+      set_closed_error_locked (mailbox, error);
+      g_mutex_unlock (&mailbox->mutex);
+      return FALSE;
+    }
+  n = mailbox->n_consumers;
+  g_mutex_unlock (&mailbox->mutex);
+
+  /* Made outside the lock; the consumers are fixed once open. */
+  for (guint i = 0; i < n; i++)
+    copies[i] = spark_message_new_command (NULL, name, parameters ? g_variant_ref (parameters) : NULL);
+
+  g_mutex_lock (&mailbox->mutex);
+  if (mailbox->state != SPARK_MAILBOX_OPEN)
+    {
+      set_closed_error_locked (mailbox, error);
+      g_mutex_unlock (&mailbox->mutex);
+      for (guint i = 0; i < n; i++)
+        spark_message_free (copies[i]);
+      return FALSE;
+    }
+  if (n == 1)
+    enqueue_locked (mailbox, copies[0], lane, &wake);
+  else
+    {
+      for (guint i = 0; i < n; i++)
+        lane_push (&mailbox->consumers[i].broadcasts, copies[i]);
+      g_atomic_int_add (&mailbox->n_taken, (gint) n);
+      wake = mailbox->idle;
+      mailbox->idle = 0;
+    }
+  g_mutex_unlock (&mailbox->mutex);
+
+  spark_mailbox_wake (mailbox, wake);
+
+  return TRUE;
 }
 
 /* The high-priority messages queued since the consumer's last take, to
@@ -1310,7 +1612,7 @@ spark_mailbox_release_one (SparkMailbox *mailbox)
 {
   GSList *resolved = NULL;
   GSList *dead = NULL;
-  gboolean wake = FALSE;
+  guint64 wake = 0;
 
   if (mailbox->capacity == 0)
     {
@@ -1334,13 +1636,15 @@ spark_mailbox_release_one (SparkMailbox *mailbox)
  * running (NULL: none), so that its cancellable is cancelled. */
 void
 spark_mailbox_set_current (SparkMailbox *mailbox,
+                           guint         consumer,
                            SparkRequest *req)
 {
+  SparkMailboxConsumer *c = &mailbox->consumers[consumer];
   SparkRequest *old;
 
   g_mutex_lock (&mailbox->mutex);
-  old = mailbox->current;
-  mailbox->current = req ? spark_request_ref (req) : NULL;
+  old = c->current;
+  c->current = req ? spark_request_ref (req) : NULL;
   g_mutex_unlock (&mailbox->mutex);
 
   if (old != NULL)
@@ -1380,6 +1684,7 @@ GCancellable *
 spark_mailbox_finish (SparkMailbox *mailbox)
 {
   SparkMessage *leftovers;
+  SparkMessage *taken = NULL;
   GCancellable *token;
 
   g_mutex_lock (&mailbox->mutex);
@@ -1387,10 +1692,26 @@ spark_mailbox_finish (SparkMailbox *mailbox)
   mailbox->finished = TRUE;
   leftovers = detach_all_locked (mailbox);
   g_atomic_int_set (&mailbox->n_queued, 0);
+  /* A pool's: what its consumers had of their own, taken already. */
+  for (guint i = 0; i < mailbox->n_consumers; i++)
+    {
+      SparkMailboxConsumer *c = &mailbox->consumers[i];
+      SparkMessage *msg;
+
+      c->active = NULL;
+      while ((msg = lane_pop (&c->broadcasts)) != NULL || (msg = lane_pop (&c->deferred)) != NULL)
+        {
+          msg->next = taken;
+          taken = msg;
+        }
+    }
+  if (mailbox->keys != NULL)
+    g_hash_table_remove_all (mailbox->keys);
   token = g_steal_pointer (&mailbox->token);
   g_mutex_unlock (&mailbox->mutex);
 
   spark_mailbox_drop_messages (mailbox, leftovers, FALSE);
+  spark_mailbox_drop_messages (mailbox, taken, TRUE);
 
   return token;
 }
@@ -1479,6 +1800,20 @@ mailbox_transport_cancel_all (SparkTransport *transport,
   spark_mailbox_cancel_all (mailbox_of (transport), sender);
 }
 
+static gboolean
+mailbox_transport_broadcast_command (SparkTransport *transport,
+                                     const char     *name,
+                                     GVariant       *parameters,
+                                     SparkPriority   priority,
+                                     GError        **error)
+{
+  gboolean ret = spark_mailbox_broadcast_command (mailbox_of (transport), name, parameters,
+                                                  lane_of (priority), error);
+
+  g_clear_pointer (&parameters, g_variant_unref);
+  return ret;
+}
+
 static const SparkTransportVTable mailbox_transport_vtable = {
   .ref = mailbox_transport_ref,
   .unref = mailbox_transport_unref,
@@ -1487,6 +1822,7 @@ static const SparkTransportVTable mailbox_transport_vtable = {
   .post_command = mailbox_transport_post_command,
   .send_shutdown = mailbox_transport_send_shutdown,
   .cancel_all = mailbox_transport_cancel_all,
+  .broadcast_command = mailbox_transport_broadcast_command,
 };
 
 /* The mailbox as a dispatcher's transport: the in-process one. */

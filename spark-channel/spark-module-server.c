@@ -59,11 +59,34 @@
 #include "spark-router-private.h"
 #include "spark-wake-source-private.h"
 
+typedef struct _SparkServerWorker SparkServerWorker;
+
 typedef struct
 {
   SparkWakeSource    source;
-  SparkModuleServer *server;   /* not a reference: the server outlives its started source */
+  SparkServerWorker *worker;   /* not a reference: the server outlives its started sources */
 } SparkServerSource;
+
+/* What takes messages from the mailbox and hands them to the handler, on
+ * one context: a server has one worker (on the context given to start(),
+ * or on a thread of its own), or a pool of them, each on a thread of its
+ * own with its own context. */
+struct _SparkServerWorker
+{
+  SparkModuleServer *server;   /* not a reference */
+  guint          index;        /* its consumer index in the mailbox */
+  GSource       *source;       /* a reference: its SparkServerSource */
+  GMainContext  *context;      /* a reference */
+  GThread       *thread;       /* the server's state_mutex: own thread, joined on the owner side */
+
+  /* The worker's context only. */
+  SparkMessage  *batch;        /* taken from the mailbox, not handled yet */
+  guint          batch_urgent; /* control and high messages at the front of batch */
+  GPtrArray     *held;         /* SparkRequest, a reference each: invocations the handler holds */
+  SparkSpin      spin;         /* how long its own thread polls before it sleeps */
+  SparkRouteCache route_cache; /* the router's last routes */
+  gboolean       stopped;
+};
 
 typedef struct
 {
@@ -82,6 +105,8 @@ struct _SparkModuleServer
   SparkOverflowPolicy overflow;    /* owner thread; frozen by start */
   gint           drop_report_due;  /* atomic: a messages-dropped emission is on its way */
   guint          max_invocations;  /* owner thread; frozen by start */
+  guint          n_workers_set;    /* owner thread; frozen by start: the workers property */
+  SparkOrdering  ordering;         /* owner thread; frozen by start */
 
   GMutex         state_mutex;
   gboolean       started;          /* state_mutex: a start was accepted */
@@ -93,25 +118,18 @@ struct _SparkModuleServer
   /* Set by start, immutable afterwards. */
   SparkHandlerInterface *iface;    /* the handler's vfuncs, looked up once */
   GMainContext  *owner_context;
-  GMainContext  *context;
-  GSource       *source;
-  GThread       *thread;           /* state_mutex: own thread, joined on the owner side */
+  SparkServerWorker *workers;      /* n_workers of them */
+  guint          n_workers;
+  gboolean       pool;             /* n_workers > 1 */
   gboolean       own_thread;
   gboolean       uses_invocation;
   gboolean       guard_python;     /* commands go through the wrapper, which checks the interpreter */
   SparkRouter   *router;           /* the handler, if it is a router: not a reference */
-  SparkRouteCache route_cache;     /* the server's context: the router's last routes */
-  guint          batch_urgent;     /* the server's context: control and high messages at the
-                                    * front of batch */
 
   gint           running;          /* atomic, for the getter */
-
-  /* The server's context only. */
-  SparkMessage  *batch;            /* taken from the mailbox, not handled yet */
-  GPtrArray     *held;             /* SparkRequest, a reference each: invocations the handler holds */
-  SparkMessage  *shutdown;         /* a shutdown reached while invocations were held */
-  SparkSpin      spin;             /* how long the server's own thread polls before it sleeps */
-  gboolean       stopped;
+  gint           n_serving;        /* atomic: workers that have not stopped */
+  gint           n_alive;          /* atomic: worker threads that have not ended */
+  gpointer       shutdown;         /* atomic: the shutdown marker, taken; the workers drain and stop */
 };
 
 G_DEFINE_FINAL_TYPE (SparkModuleServer, spark_module_server, G_TYPE_OBJECT)
@@ -123,6 +141,8 @@ enum {
   PROP_CAPACITY,
   PROP_OVERFLOW,
   PROP_MAX_INVOCATIONS,
+  PROP_WORKERS,
+  PROP_ORDERING,
   PROP_RUNNING,
   PROP_PENDING,
   N_PROPS
@@ -351,7 +371,7 @@ static GSList *
 spark_module_server_reap (SparkModuleServer *self,
                           gboolean          *finished)
 {
-  GThread *thread;
+  GThread *threads[SPARK_MAILBOX_MAX_CONSUMERS] = { NULL, };
   GSList *waits;
 
   g_mutex_lock (&self->state_mutex);
@@ -361,15 +381,21 @@ spark_module_server_reap (SparkModuleServer *self,
       *finished = FALSE;
       return NULL;
     }
-  thread = g_steal_pointer (&self->thread);
+  for (guint i = 0; i < self->n_workers; i++)
+    threads[i] = g_steal_pointer (&self->workers[i].thread);
   waits = g_steal_pointer (&self->shutdown_waits);
   self->finished = TRUE;
   g_mutex_unlock (&self->state_mutex);
 
-  if (thread == g_thread_self ())
-    g_thread_unref (thread);
-  else if (thread != NULL)
-    g_thread_join (thread);
+  /* Every worker thread has ended, or is ending: the last one made the
+   * server done. */
+  for (guint i = 0; i < self->n_workers; i++)
+    {
+      if (threads[i] == g_thread_self ())
+        g_thread_unref (threads[i]);
+      else if (threads[i] != NULL)
+        g_thread_join (threads[i]);
+    }
 
   *finished = TRUE;
   return waits;
@@ -415,39 +441,23 @@ release_held (SparkModuleServer *self,
   spark_request_unref (req);
 }
 
-/* A held request's end wakes the server, which may be waiting for it. */
+/* A held request's end wakes the worker that handled it, which may be
+ * waiting for it. */
 static const SparkRequestWatcher held_watcher = {
-  .func = (SparkRequestWatchFunc) spark_mailbox_wake_server,
-  .release = (GDestroyNotify) spark_mailbox_unref,
+  .func = (SparkRequestWatchFunc) spark_mailbox_consumer_wake,
+  .release = (GDestroyNotify) spark_mailbox_consumer_unref,
 };
 
-/* On the server's context: nothing more will be handled. */
+/* Once every worker has stopped: nothing more will be handled. */
 static void
 spark_module_server_stop (SparkModuleServer *self)
 {
   GCancellable *token;
+  SparkMessage *shutdown = g_atomic_pointer_exchange (&self->shutdown, NULL);
 
-  g_assert (!self->stopped);
-
-  self->stopped = TRUE;
-  spark_route_cache_clear (&self->route_cache);
-  spark_module_server_check_drops (self);
-
-  /* An ABORT failed them already; this makes sure, and lets them go. */
-  while (self->held->len > 0)
-    {
-      SparkRequest *req = g_ptr_array_steal_index (self->held, self->held->len - 1);
-
-      spark_request_complete_literal (req, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
-                                      "The module server was shut down (abort) while the request was being handled");
-      release_held (self, req);
-    }
-  g_clear_pointer (&self->shutdown, spark_message_free);
-
-  spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&self->batch), TRUE);
+  g_clear_pointer (&shutdown, spark_message_free);
   token = spark_mailbox_finish (self->mailbox);
 
-  g_source_destroy (self->source);
   g_atomic_int_set (&self->running, FALSE);
 
   /* The crate's "tasks listening for the cancellation token are notified". */
@@ -458,14 +468,45 @@ spark_module_server_stop (SparkModuleServer *self)
     }
 
   /* Without a thread of its own, the server is done once its source's
-   * dispatch returns (see spark_server_source_dispatch()). A thread is
-   * done when it has delivered what is due to its context. */
+   * dispatch returns (see spark_server_source_dispatch()). With threads,
+   * once each has delivered what is due to its context. */
+}
+
+/* On the worker's context: it handles nothing more. The last worker to
+ * stop stops the server. */
+static void
+spark_server_worker_stop (SparkServerWorker *worker)
+{
+  SparkModuleServer *self = worker->server;
+
+  g_assert (!worker->stopped);
+
+  worker->stopped = TRUE;
+  spark_route_cache_clear (&worker->route_cache);
+  spark_module_server_check_drops (self);
+
+  /* An ABORT failed them already; this makes sure, and lets them go. */
+  while (worker->held->len > 0)
+    {
+      SparkRequest *req = g_ptr_array_steal_index (worker->held, worker->held->len - 1);
+
+      spark_request_complete_literal (req, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                                      "The module server was shut down (abort) while the request was being handled");
+      release_held (self, req);
+    }
+
+  spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&worker->batch), TRUE);
+  g_source_destroy (worker->source);
+
+  if (g_atomic_int_dec_and_test (&self->n_serving))
+    spark_module_server_stop (self);
 }
 
 /* Handling ------------------------------------------------------------------ */
 
 static void
 spark_module_server_handle_command (SparkModuleServer *self,
+                                    SparkServerWorker *worker,
                                     SparkMessage      *msg)
 {
   GError *error = NULL;
@@ -475,7 +516,7 @@ spark_module_server_handle_command (SparkModuleServer *self,
   /* Straight to the vfunc: the public wrapper's type checks cost more than
    * the rest of a command's trip through the library. */
   if (self->router != NULL)
-    ok = spark_route_handle_command (spark_router_find_cached (self->router, &self->route_cache,
+    ok = spark_route_handle_command (spark_router_find_cached (self->router, &worker->route_cache,
                                                                spark_message_get_name (msg)),
                                      spark_message_get_name (msg), msg->parameters,
                                      self->mailbox->abort_cancellable, &error);
@@ -513,6 +554,7 @@ spark_module_server_handle_command (SparkModuleServer *self,
  * the handler holds max-invocations invocations now. */
 static gboolean
 spark_module_server_handle_request (SparkModuleServer *self,
+                                    SparkServerWorker *worker,
                                     SparkRequest      *req)
 {
   SparkMailbox *mailbox = self->mailbox;
@@ -531,7 +573,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
   /* A router's request to a plain handler is answered by a call. */
   if (self->router != NULL)
     {
-      route = spark_router_find_cached (self->router, &self->route_cache, spark_request_get_name (req));
+      route = spark_router_find_cached (self->router, &worker->route_cache, spark_request_get_name (req));
       if (route != NULL && spark_route_is_direct (route))
         via_invocation = FALSE;
       else
@@ -548,7 +590,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       SparkInvocation *invocation = spark_invocation_new (req, cancellable);
 
       spark_mailbox_hold (mailbox, req);
-      spark_request_watch (req, &held_watcher, spark_mailbox_ref (mailbox));
+      spark_request_watch (req, &held_watcher, spark_mailbox_ref_consumer (mailbox, worker->index));
 
       spark_handler_handle_invocation (self->handler, invocation);
       g_object_unref (invocation);
@@ -557,8 +599,8 @@ spark_module_server_handle_request (SparkModuleServer *self,
        * ends, and moves on only while fewer than max-invocations are. */
       if (!spark_request_is_claimed (req))
         {
-          g_ptr_array_add (self->held, req);
-          return self->held->len >= self->max_invocations;
+          g_ptr_array_add (worker->held, req);
+          return worker->held->len >= self->max_invocations;
         }
 
       release_held (self, req);
@@ -570,7 +612,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       GVariant *reply;
 
       if (own_cancellable)
-        spark_mailbox_set_current (mailbox, req);
+        spark_mailbox_set_current (mailbox, worker->index, req);
 
       if (route != NULL)
         reply = spark_route_handle_request (route, spark_request_get_name (req),
@@ -599,7 +641,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
       spark_request_return_reply (req, reply, error);
 
       if (own_cancellable)
-        spark_mailbox_set_current (mailbox, NULL);
+        spark_mailbox_set_current (mailbox, worker->index, NULL);
     }
 
   spark_request_unref (req);
@@ -610,10 +652,10 @@ spark_module_server_handle_request (SparkModuleServer *self,
  * the batch taken already fail with CANCELLED (the mailbox failed those
  * still queued); the server skips them when it comes to them. */
 static void
-spark_module_server_cancel_taken (SparkModuleServer *self,
+spark_module_server_cancel_taken (SparkServerWorker *worker,
                                   guint64            sender)
 {
-  for (SparkMessage *msg = self->batch; msg != NULL; msg = msg->next)
+  for (SparkMessage *msg = worker->batch; msg != NULL; msg = msg->next)
     {
       SparkRequest *req;
 
@@ -625,34 +667,35 @@ spark_module_server_cancel_taken (SparkModuleServer *self,
     }
 }
 
-/* The server's source: handles what is queued, a budget at a time so that
+/* A worker's source: handles what is queued, a budget at a time so that
  * other sources on a shared context get their turn. */
 static gboolean
-spark_module_server_dispatch (SparkModuleServer *self)
+spark_server_worker_dispatch (SparkServerWorker *worker)
 {
+  SparkModuleServer *self = worker->server;
   SparkMailbox *mailbox = self->mailbox;
   guint budget = self->own_thread ? 256 : 64;
   guint handled = 0;
 
-  spark_wake_source_set_ready ((SparkWakeSource *) self->source, FALSE);
+  spark_wake_source_set_ready ((SparkWakeSource *) worker->source, FALSE);
   spark_module_server_check_drops (self);
 
-  if (self->held->len > 0)
+  if (worker->held->len > 0)
     {
       /* Forget the held requests that have ended since. */
-      for (guint i = self->held->len; i-- > 0;)
+      for (guint i = worker->held->len; i-- > 0;)
         {
-          SparkRequest *req = g_ptr_array_index (self->held, i);
+          SparkRequest *req = g_ptr_array_index (worker->held, i);
 
           if (spark_request_is_claimed (req))
             {
-              g_ptr_array_remove_index (self->held, i);
+              g_ptr_array_remove_index (worker->held, i);
               release_held (self, req);
             }
         }
 
       /* At the limit: the next request's end wakes us. */
-      if (self->held->len >= self->max_invocations &&
+      if (worker->held->len >= self->max_invocations &&
           !g_atomic_int_get (&mailbox->aborting))
         return G_SOURCE_CONTINUE;
     }
@@ -663,81 +706,100 @@ spark_module_server_dispatch (SparkModuleServer *self)
 
       if G_UNLIKELY (g_atomic_int_get (&mailbox->aborting))
         {
-          spark_module_server_stop (self);
+          spark_server_worker_stop (worker);
           return G_SOURCE_REMOVE;
         }
 
-      if (self->batch == NULL)
+      if (worker->batch == NULL)
         {
-          /* Only a server with a thread of its own spins, and only after it
-           * handled something: a shared context (the UI's) never burns;
-           * nor does a server that is stopping (nothing more can come). */
-          gboolean spin = self->own_thread && handled > 0 && self->shutdown == NULL;
+          if (self->pool)
+            {
+              /* A pool's workers share the queue: one message at a time. */
+              worker->batch = spark_mailbox_take_one (mailbox, worker->index);
+              worker->batch_urgent = 0;
+            }
+          else
+            {
+              /* Only a server with a thread of its own spins, and only
+               * after it handled something: a shared context (the UI's)
+               * never burns; nor does a server that is stopping (nothing
+               * more can come). */
+              gboolean spin = self->own_thread && handled > 0 &&
+                              g_atomic_pointer_get (&self->shutdown) == NULL;
 
-          self->batch = spark_mailbox_take (mailbox, spin ? &self->spin : NULL, 0, &self->batch_urgent);
+              worker->batch = spark_mailbox_take (mailbox, spin ? &worker->spin : NULL, 0,
+                                                  &worker->batch_urgent);
+            }
           spark_module_server_check_drops (self);
-          if (self->batch == NULL)
+          if (worker->batch == NULL)
             {
               /* DRAIN: everything queued before the shutdown has been
-               * handled; it stops once the held invocations have ended
-               * too (each one's end wakes us). */
-              if (self->shutdown != NULL && self->held->len == 0)
+               * handled; a worker stops once the invocations it holds
+               * have ended too (each one's end wakes it). */
+              if (g_atomic_pointer_get (&self->shutdown) != NULL && worker->held->len == 0)
                 {
-                  g_clear_pointer (&self->shutdown, spark_message_free);
-                  spark_module_server_stop (self);
+                  spark_server_worker_stop (worker);
                   return G_SOURCE_REMOVE;
                 }
               return G_SOURCE_CONTINUE;   /* idle: the next sender wakes us */
             }
           if (handled == 0)
-            spark_spin_note_event (&self->spin);   /* woken after going idle */
+            spark_spin_note_event (&worker->spin);   /* woken after going idle */
         }
 
       /* High-priority messages that came after this batch was taken go
        * before the rest of it, once its own urgent ones are handled. */
-      if (self->batch_urgent == 0 && G_UNLIKELY (spark_mailbox_has_high (mailbox)))
+      if (worker->batch_urgent == 0 && !self->pool &&
+          G_UNLIKELY (spark_mailbox_has_high (mailbox)))
         {
           SparkMessage *tail;
-          SparkMessage *high = spark_mailbox_take_high (mailbox, &tail, &self->batch_urgent);
+          SparkMessage *high = spark_mailbox_take_high (mailbox, &tail, &worker->batch_urgent);
 
           if (high != NULL)
             {
-              tail->next = self->batch;
-              self->batch = high;
+              tail->next = worker->batch;
+              worker->batch = high;
             }
         }
 
-      msg = self->batch;
-      self->batch = msg->next;
+      msg = worker->batch;
+      worker->batch = msg->next;
       msg->next = NULL;
       handled++;
-      if (self->batch_urgent > 0)
-        self->batch_urgent--;
+      if (worker->batch_urgent > 0)
+        worker->batch_urgent--;
 
       switch ((SparkMessageKind) msg->kind)
         {
         case SPARK_MESSAGE_SHUTDOWN:
           /* From the control lane, so ahead of the work queued before it:
            * the mailbox is closed, so what is queued now is all there will
-           * be. The server stops once it has handled it (above). */
-          g_assert (self->shutdown == NULL);
-          self->shutdown = msg;
+           * be. Each worker stops once it finds nothing more (above): the
+           * others are woken to see it. */
+          if (!g_atomic_pointer_compare_and_exchange (&self->shutdown, NULL, msg))
+            g_assert_not_reached ();
+          if (self->pool)
+            spark_mailbox_wake_all (mailbox);
           break;
 
         case SPARK_MESSAGE_CANCEL_ALL:
-          spark_module_server_cancel_taken (self, g_variant_get_uint64 (msg->parameters));
+          spark_module_server_cancel_taken (worker, g_variant_get_uint64 (msg->parameters));
           spark_message_free (msg);
           break;
 
         case SPARK_MESSAGE_COMMAND:
           spark_mailbox_release_one (mailbox);
-          spark_module_server_handle_command (self, msg);
-          spark_message_recycle_command (&mailbox->command_blocks, msg);
+          spark_module_server_handle_command (self, worker, msg);
+          /* Blocks go back to senders from one thread only. */
+          if (self->pool)
+            spark_message_free (msg);
+          else
+            spark_message_recycle_command (&mailbox->command_blocks, msg);
           break;
 
         case SPARK_MESSAGE_REQUEST:
           spark_mailbox_release_one (mailbox);
-          if (spark_module_server_handle_request (self, spark_request_from_message (msg)))
+          if (spark_module_server_handle_request (self, worker, spark_request_from_message (msg)))
             return G_SOURCE_CONTINUE;
           break;
 
@@ -747,18 +809,19 @@ spark_module_server_dispatch (SparkModuleServer *self)
     }
 
   /* More to do, after the context's other sources had their turn. */
-  spark_wake_source_set_ready ((SparkWakeSource *) self->source, TRUE);
+  spark_wake_source_set_ready ((SparkWakeSource *) worker->source, TRUE);
   return G_SOURCE_CONTINUE;
 }
 
 static gboolean
 spark_server_source_dispatch (gpointer data)
 {
-  SparkModuleServer *server = ((SparkServerSource *) data)->server;
-  gboolean again = spark_module_server_dispatch (server);
+  SparkServerWorker *worker = ((SparkServerSource *) data)->worker;
+  SparkModuleServer *server = worker->server;
+  gboolean again = spark_server_worker_dispatch (worker);
 
   /* Last, as it may drop the last reference to the server. */
-  if (server->stopped && !server->own_thread)
+  if (worker->stopped && !server->own_thread)
     spark_module_server_set_done (server);
 
   return again;
@@ -795,16 +858,17 @@ take_waits_of_context (SparkModuleServer *self,
 #define DRAIN_READY_MAX 100
 
 static gpointer
-spark_module_server_thread_func (gpointer data)
+spark_server_worker_thread_func (gpointer data)
 {
-  SparkModuleServer *self = data;
-  GMainContext *context = self->context;
+  SparkServerWorker *worker = data;
+  SparkModuleServer *self = worker->server;
+  GMainContext *context = worker->context;
   guint ready_rounds = 0;
 
   /* Pushing acquires the context for the thread's whole life, which is how
    * blocking calls from this thread are recognized as deadlocks. */
   g_main_context_push_thread_default (context);
-  while (!self->stopped)
+  while (!worker->stopped)
     g_main_context_iteration (context, TRUE);
 
   /* Stopped, but what was asked from this thread is still due here: the
@@ -825,7 +889,9 @@ spark_module_server_thread_func (gpointer data)
     }
   g_main_context_pop_thread_default (context);
 
-  spark_module_server_set_done (self);
+  /* The last thread to end makes the server done. */
+  if (g_atomic_int_dec_and_test (&self->n_alive))
+    spark_module_server_set_done (self);
 
   return NULL;
 }
@@ -875,13 +941,19 @@ spark_module_server_finalize (GObject *object)
     }
 
   g_assert (self->shutdown_waits == NULL);
-  g_assert (self->thread == NULL);
 
-  g_assert (self->held->len == 0);
-  g_clear_pointer (&self->held, g_ptr_array_unref);
+  for (guint i = 0; i < self->n_workers; i++)
+    {
+      SparkServerWorker *worker = &self->workers[i];
+
+      g_assert (worker->thread == NULL);
+      g_assert (worker->held->len == 0);
+      g_ptr_array_unref (worker->held);
+      g_source_unref (worker->source);
+      g_main_context_unref (worker->context);
+    }
+  g_clear_pointer (&self->workers, g_free);
   g_clear_pointer (&self->mailbox, spark_mailbox_unref);
-  g_clear_pointer (&self->source, g_source_unref);
-  g_clear_pointer (&self->context, g_main_context_unref);
   g_clear_pointer (&self->owner_context, g_main_context_unref);
   g_clear_pointer (&self->name, g_free);
   g_mutex_clear (&self->state_mutex);
@@ -917,6 +989,14 @@ spark_module_server_get_property (GObject    *object,
 
     case PROP_MAX_INVOCATIONS:
       g_value_set_uint (value, self->max_invocations);
+      break;
+
+    case PROP_WORKERS:
+      g_value_set_uint (value, self->n_workers_set);
+      break;
+
+    case PROP_ORDERING:
+      g_value_set_enum (value, self->ordering);
       break;
 
     case PROP_RUNNING:
@@ -960,6 +1040,14 @@ spark_module_server_set_property (GObject      *object,
 
     case PROP_MAX_INVOCATIONS:
       spark_module_server_set_max_invocations (self, g_value_get_uint (value));
+      break;
+
+    case PROP_WORKERS:
+      spark_module_server_set_workers (self, g_value_get_uint (value));
+      break;
+
+    case PROP_ORDERING:
+      spark_module_server_set_ordering (self, g_value_get_enum (value));
       break;
 
     default:
@@ -1079,6 +1167,63 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
                         G_PARAM_STATIC_STRINGS));
 
   /**
+   * SparkModuleServer:workers:
+   *
+   * How many threads handle the server's messages: 1, the default, or a
+   * pool of N (at most 64) for a handler that declares
+   * %SPARK_HANDLER_FLAGS_CONCURRENT (see [method@Spark.Handler.get_flags]).
+   * A pool is started with [method@Spark.ModuleServer.start_in_thread]:
+   * each worker is a thread of its own, named after the server with its
+   * number, with a main context of its own that is the thread-default
+   * context of its handler calls. The workers share the mailbox: an idle
+   * worker takes the next message, so a pool handles up to N messages at
+   * once, in no order between workers unless
+   * [property@Spark.ModuleServer:ordering] says so.
+   *
+   * The rest holds for the pool as a whole: priorities order what the
+   * workers take; [property@Spark.ModuleServer:capacity] bounds the
+   * mailbox; a DRAIN shutdown stops each worker once the queue is empty
+   * and its held invocations have ended, and the server has stopped when
+   * every worker has; an ABORT cancels every running handler's
+   * cancellable; [property@Spark.ModuleServer:pending] counts every
+   * message not yet started. [property@Spark.ModuleServer:max-invocations]
+   * is per worker. [method@Spark.Dispatcher.broadcast_command] reaches
+   * every worker.
+   *
+   * Only settable before the server starts: setting it afterwards is a
+   * programmer error and is ignored. Starting a pool fails with
+   * %SPARK_CHANNEL_ERROR_NOT_SUPPORTED if the handler does not declare
+   * itself concurrent, is written in JavaScript, or if it is started with
+   * [method@Spark.ModuleServer.start].
+   *
+   * Since: 1.0
+   */
+  properties[PROP_WORKERS] =
+    g_param_spec_uint ("workers", NULL, NULL,
+                       1, SPARK_MAILBOX_MAX_CONSUMERS, 1,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:ordering:
+   *
+   * How a pool of [property@Spark.ModuleServer:workers] keeps related
+   * messages in order (see [enum@Spark.Ordering]): by default it does not.
+   * A server of one worker handles every message in order whatever this
+   * says. Only settable before the server starts: setting it afterwards is
+   * a programmer error and is ignored.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_ORDERING] =
+    g_param_spec_enum ("ordering", NULL, NULL,
+                       SPARK_TYPE_ORDERING, SPARK_ORDERING_NONE,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
    * SparkModuleServer:running:
    *
    * Whether the server has started and not yet stopped: %FALSE as soon as
@@ -1166,8 +1311,8 @@ spark_module_server_init (SparkModuleServer *self)
 {
   g_mutex_init (&self->state_mutex);
   self->mailbox = spark_mailbox_new ();
-  self->held = g_ptr_array_new ();
   self->max_invocations = 1;
+  self->n_workers_set = 1;
 }
 
 /* API ------------------------------------------------------------------------ */
@@ -1422,6 +1567,99 @@ spark_module_server_set_max_invocations (SparkModuleServer *self,
 }
 
 /**
+ * spark_module_server_get_workers:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Gets [property@Spark.ModuleServer:workers]. Call it from the thread that
+ * owns the server.
+ *
+ * Returns: how many workers the server has, or will have once started
+ *
+ * Since: 1.0
+ */
+guint
+spark_module_server_get_workers (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 1);
+
+  return self->n_workers_set;
+}
+
+/**
+ * spark_module_server_set_workers:
+ * @self: a [class@Spark.ModuleServer]
+ * @workers: how many threads handle messages, 1 to 64
+ *
+ * Sets [property@Spark.ModuleServer:workers]. Call it before the server
+ * starts, from the thread that owns it; afterwards it is a programmer
+ * error (a critical) and the call is ignored.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_workers (SparkModuleServer *self,
+                                 guint              workers)
+{
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (workers >= 1 && workers <= SPARK_MAILBOX_MAX_CONSUMERS);
+
+  if (refuse_after_start (self, "workers"))
+    return;
+
+  if (self->n_workers_set != workers)
+    {
+      self->n_workers_set = workers;
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_WORKERS]);
+    }
+}
+
+/**
+ * spark_module_server_get_ordering:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Gets [property@Spark.ModuleServer:ordering].
+ *
+ * Returns: the ordering
+ *
+ * Since: 1.0
+ */
+SparkOrdering
+spark_module_server_get_ordering (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), SPARK_ORDERING_NONE);
+
+  return self->ordering;
+}
+
+/**
+ * spark_module_server_set_ordering:
+ * @self: a [class@Spark.ModuleServer]
+ * @ordering: how a pool keeps related messages in order
+ *
+ * Sets [property@Spark.ModuleServer:ordering]. Call it before the server
+ * starts, from the thread that owns it; afterwards it is a programmer
+ * error (a critical) and the call is ignored.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_ordering (SparkModuleServer *self,
+                                  SparkOrdering      ordering)
+{
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (ordering >= SPARK_ORDERING_NONE && ordering <= SPARK_ORDERING_KEY);
+
+  if (refuse_after_start (self, "ordering"))
+    return;
+
+  if (self->ordering != ordering)
+    {
+      self->ordering = ordering;
+      g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_ORDERING]);
+    }
+}
+
+/**
  * spark_module_server_get_running:
  * @self: a [class@Spark.ModuleServer]
  *
@@ -1461,23 +1699,43 @@ spark_module_server_get_pending (SparkModuleServer *self)
 
 /* Linux refuses thread names longer than 15 bytes (and GLib then leaves
  * the process's name): keep as much of the server's name as fits, whole
- * UTF-8 characters only. */
+ * UTF-8 characters only, with a pool worker's number after it. */
 static char *
-spark_module_server_dup_thread_name (SparkModuleServer *self)
+spark_module_server_dup_thread_name (SparkModuleServer *self,
+                                     guint              worker)
 {
   const char *name = self->name != NULL && *self->name != '\0' ? self->name : "spark-server";
+  g_autofree char *suffix = self->pool ? g_strdup_printf ("/%u", worker) : g_strdup ("");
+  gsize room = 15 - strlen (suffix);
   const char *end = name;
 
   while (*end != '\0')
     {
       const char *next = g_utf8_next_char (end);
 
-      if (next - name > 15)
+      if ((gsize) (next - name) > room)
         break;
       end = next;
     }
 
-  return g_strndup (name, (gsize) (end - name));
+  return g_strdup_printf ("%.*s%s", (int) (end - name), name, suffix);
+}
+
+static void
+spark_module_server_clear_workers (SparkModuleServer *self)
+{
+  for (guint i = 0; i < self->n_workers; i++)
+    {
+      SparkServerWorker *worker = &self->workers[i];
+
+      g_source_destroy (worker->source);
+      g_source_unref (worker->source);
+      g_main_context_unref (worker->context);
+      g_ptr_array_unref (worker->held);
+    }
+  g_clear_pointer (&self->workers, g_free);
+  self->n_workers = 0;
+  self->pool = FALSE;
 }
 
 static gboolean
@@ -1486,7 +1744,9 @@ spark_module_server_start_internal (SparkModuleServer  *self,
                                     gboolean            own_thread,
                                     GError            **error)
 {
-  GSource *source;
+  GSource *sources[SPARK_MAILBOX_MAX_CONSUMERS];
+  GMainContext *contexts[SPARK_MAILBOX_MAX_CONSUMERS];
+  guint n_workers = self->n_workers_set;
 
   g_mutex_lock (&self->state_mutex);
 
@@ -1499,36 +1759,70 @@ spark_module_server_start_internal (SparkModuleServer  *self,
       return FALSE;
     }
 
-  source = spark_wake_source_new (sizeof (SparkServerSource), spark_server_source_dispatch,
-                                  NULL, "[spark] module server");
-  ((SparkServerSource *) source)->server = self;
+  if (n_workers > 1 && !own_thread)
+    {
+      g_mutex_unlock (&self->state_mutex);
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                   "The module server “%s” has %u workers, which run on threads of their own: "
+                   "start it with spark_module_server_start_in_thread()",
+                   self->name ? self->name : "", n_workers);
+      return FALSE;
+    }
 
-  /* Everything the server's dispatch and its stop need is set before the
+  if (n_workers > 1 &&
+      (spark_handler_get_flags (self->handler) & SPARK_HANDLER_FLAGS_CONCURRENT) == 0)
+    {
+      g_mutex_unlock (&self->state_mutex);
+      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                   "The module server “%s” has %u workers, but its handler %s does not declare "
+                   "SPARK_HANDLER_FLAGS_CONCURRENT: it may not be called from several threads at once",
+                   self->name ? self->name : "", n_workers, G_OBJECT_TYPE_NAME (self->handler));
+      return FALSE;
+    }
+
+  /* Everything the workers' dispatch and their stop need is set before the
    * mailbox opens: from then on, a context iterated by another thread may
    * handle (and even stop) at once. */
   self->own_thread = own_thread;
-  self->source = source;
-  self->context = g_main_context_ref (context);
+  self->n_workers = n_workers;
+  self->pool = n_workers > 1;
+  self->workers = g_new0 (SparkServerWorker, n_workers);
+  for (guint i = 0; i < n_workers; i++)
+    {
+      SparkServerWorker *worker = &self->workers[i];
+
+      worker->server = self;
+      worker->index = i;
+      worker->held = g_ptr_array_new ();
+      worker->context = i == 0 ? g_main_context_ref (context) : g_main_context_new ();
+      worker->source = spark_wake_source_new (sizeof (SparkServerSource), spark_server_source_dispatch,
+                                              NULL, self->pool ? "[spark] module server worker"
+                                                               : "[spark] module server");
+      ((SparkServerSource *) worker->source)->worker = worker;
+      sources[i] = worker->source;
+      contexts[i] = worker->context;
+    }
   self->owner_context = g_main_context_ref_thread_default ();
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
   self->guard_python = spark_handler_is_python (self->handler);
   self->router = SPARK_IS_ROUTER (self->handler) ? SPARK_ROUTER (self->handler) : NULL;
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
+  g_atomic_int_set (&self->n_serving, (gint) n_workers);
+  g_atomic_int_set (&self->n_alive, (gint) n_workers);
   g_atomic_int_set (&self->running, TRUE);
   /* Held until the server has stopped and the owner side has finished. */
   g_object_ref (self);
 
   /* Attached before the mailbox opens, so that the first sender's wakeup
-   * reaches this context. Nothing dispatches it before a message comes. */
-  spark_wake_source_attach ((SparkWakeSource *) source, context);
+   * reaches its context. Nothing dispatches them before a message comes. */
+  for (guint i = 0; i < n_workers; i++)
+    spark_wake_source_attach ((SparkWakeSource *) self->workers[i].source, self->workers[i].context);
 
-  if (!spark_mailbox_open (self->mailbox, source, context,
+  if (!spark_mailbox_open (self->mailbox, n_workers, sources, contexts,
                            own_thread ? NULL : g_thread_self (),
-                           self->capacity, self->overflow, error))
+                           self->capacity, self->overflow, self->ordering, error))
     {
-      g_source_destroy (source);
-      g_clear_pointer (&self->source, g_source_unref);
-      g_clear_pointer (&self->context, g_main_context_unref);
+      spark_module_server_clear_workers (self);
       g_clear_pointer (&self->owner_context, g_main_context_unref);
       self->iface = NULL;
       self->router = NULL;
@@ -1542,9 +1836,13 @@ spark_module_server_start_internal (SparkModuleServer  *self,
 
   if (own_thread)
     {
-      g_autofree char *thread_name = spark_module_server_dup_thread_name (self);
+      for (guint i = 0; i < n_workers; i++)
+        {
+          g_autofree char *thread_name = spark_module_server_dup_thread_name (self, i);
 
-      self->thread = g_thread_new (thread_name, spark_module_server_thread_func, self);
+          self->workers[i].thread = g_thread_new (thread_name, spark_server_worker_thread_func,
+                                                  &self->workers[i]);
+        }
     }
 
   g_mutex_unlock (&self->state_mutex);

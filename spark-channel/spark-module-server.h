@@ -68,6 +68,36 @@ typedef enum {
   SPARK_OVERFLOW_COALESCE,
 } SparkOverflowPolicy;
 
+/**
+ * SparkOrdering:
+ * @SPARK_ORDERING_NONE: no order between workers: any idle worker takes
+ *   the next message
+ * @SPARK_ORDERING_NAME: messages of the same name are handled in order,
+ *   one at a time
+ * @SPARK_ORDERING_KEY: messages of the same key are handled in order, one
+ *   at a time; the key is the parameters when they are a string (or an
+ *   object path or signature), or the first member of a tuple of
+ *   parameters when that is one; messages without a key are in no order
+ *
+ * How a pool of [property@Spark.ModuleServer:workers] keeps related
+ * messages in order (see [property@Spark.ModuleServer:ordering]). A
+ * message whose key another worker holds (it is handling a message of that
+ * key) goes to that worker, after the ones of that key it has already: so
+ * messages of one key are handled in the order the pool took them, which
+ * for one sender and one priority is the order they were sent, and never
+ * two at once. A worker holds a key while its handler call runs.
+ *
+ * With one worker every message is handled in order, whatever the
+ * ordering.
+ *
+ * Since: 1.0
+ */
+typedef enum {
+  SPARK_ORDERING_NONE,
+  SPARK_ORDERING_NAME,
+  SPARK_ORDERING_KEY,
+} SparkOrdering;
+
 #define SPARK_TYPE_MODULE_SERVER (spark_module_server_get_type ())
 
 SPARK_AVAILABLE_IN_1_0
@@ -97,6 +127,16 @@ guint              spark_module_server_get_max_invocations (SparkModuleServer *s
 SPARK_AVAILABLE_IN_1_0
 void               spark_module_server_set_max_invocations (SparkModuleServer *self,
                                                             guint              max_invocations);
+SPARK_AVAILABLE_IN_1_0
+guint              spark_module_server_get_workers       (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_workers       (SparkModuleServer   *self,
+                                                          guint                workers);
+SPARK_AVAILABLE_IN_1_0
+SparkOrdering      spark_module_server_get_ordering      (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_ordering      (SparkModuleServer   *self,
+                                                          SparkOrdering        ordering);
 SPARK_AVAILABLE_IN_1_0
 gboolean           spark_module_server_get_running       (SparkModuleServer   *self);
 SPARK_AVAILABLE_IN_1_0

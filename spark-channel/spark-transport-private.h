@@ -66,6 +66,14 @@ struct _SparkTransportVTable
    * whatever its capacity. */
   void          (*cancel_all)    (SparkTransport *self,
                                   guint64         sender);
+
+  /* Optional (NULL: not supported): a command for every worker of the
+   * receiving side. Takes @parameters (not floating, nullable). */
+  gboolean      (*broadcast_command) (SparkTransport *self,
+                                      const char     *name,
+                                      GVariant       *parameters,
+                                      SparkPriority   priority,
+                                      GError        **error);
 };
 
 /* Embedded first in a transport's own struct. */
