@@ -55,6 +55,7 @@ typedef struct
   gboolean     use_invocation;
   guint        max_invocations;
   gboolean     routed;         /* the handler behind a SparkRouter */
+  guint        workers;        /* > 1: a pool, ordered by key (each sender's commands are one key) */
   SparkOverflowPolicy overflow;  /* with a capacity */
   guint        dropped;        /* main context: messages-dropped counts, summed */
   gint         timeout_msec;
@@ -68,8 +69,8 @@ typedef struct
   gint         completions[MAX_REQUESTS];       /* atomic, per request id */
   gint         outcomes[N_OUTCOMES];            /* atomic */
   gint         commands_sent[MAX_SENDERS];      /* atomic: sends that succeeded */
-  gint         commands_handled[MAX_SENDERS];   /* server context only */
-  gint         last_seq[MAX_SENDERS];           /* server context only */
+  gint         commands_handled[MAX_SENDERS];   /* the handler, one sender's at a time */
+  gint         last_seq[MAX_SENDERS];           /* the handler, one sender's at a time */
   gint         stopped;                         /* atomic: shutdown has completed */
   gint         violations;                      /* atomic */
   gint         handled_after_stop;              /* atomic */
@@ -167,7 +168,7 @@ stress_handler_handle_command (SparkHandler  *handler,
   if (g_atomic_int_get (&round->stopped))
     g_atomic_int_inc (&round->handled_after_stop);
 
-  g_variant_get (parameters, "(ii)", &sender, &seq);
+  g_variant_get (parameters, "(&sii)", NULL, &sender, &seq);
   g_assert_cmpint (sender, >=, 0);
   g_assert_cmpint (sender, <, MAX_SENDERS);
 
@@ -244,11 +245,19 @@ stress_handler_handle_invocation (SparkHandler    *handler,
     }
 }
 
+/* Its state is atomic, or one sender's at a time (a pool orders by key). */
+static SparkHandlerFlags
+stress_get_flags (SparkHandler *handler)
+{
+  return SPARK_HANDLER_FLAGS_CONCURRENT;
+}
+
 static void
 stress_handler_iface_init (SparkHandlerInterface *iface)
 {
   iface->handle_request = stress_handler_handle_request;
   iface->handle_command = stress_handler_handle_command;
+  iface->get_flags = stress_get_flags;
 }
 
 static void
@@ -310,6 +319,7 @@ stress_invocation_handler_iface_init (SparkHandlerInterface *iface)
 {
   iface->handle_invocation = stress_invocation_handler_invocation;
   iface->handle_command = stress_invocation_handler_command;
+  iface->get_flags = stress_get_flags;
 }
 
 static void
@@ -432,7 +442,8 @@ client_thread (gpointer data)
         }
       else
         {
-          GVariant *params = g_variant_new ("(ii)", (gint32) client->sender, seq + 1);
+          g_autofree char *key = g_strdup_printf ("sender%u", client->sender);
+          GVariant *params = g_variant_new ("(sii)", key, (gint32) client->sender, seq + 1);
           gboolean ok;
 
           if (choice < 8)
@@ -589,22 +600,25 @@ run_round (guint32 seed)
   round->use_invocation = g_rand_boolean (rand);
   round->max_invocations = round->use_invocation && g_rand_boolean (rand) ? (guint) g_rand_int_range (rand, 2, 6) : 1;
   round->routed = g_rand_int_range (rand, 0, 3) == 0;
+  round->workers = round->in_thread && g_rand_int_range (rand, 0, 3) == 0 ? (guint) g_rand_int_range (rand, 2, 5) : 1;
   round->overflow = round->capacity > 0 && g_rand_boolean (rand)
                     ? (SparkOverflowPolicy) g_rand_int_range (rand, SPARK_OVERFLOW_FAIL, SPARK_OVERFLOW_COALESCE + 1)
                     : SPARK_OVERFLOW_WAIT;
   round->timeout_msec = g_rand_int_range (rand, 0, 3) == 0 ? g_rand_int_range (rand, 1, 20) : -1;
   round->shutdown = (ShutdownKind) g_rand_int_range (rand, 0, 3);
-  round->n_threads = (guint) g_rand_int_range (rand, 1, 5);
+  /* A pool's rounds have the most senders: its per-key order is checked
+   * under 8 producer threads. */
+  round->n_threads = round->workers > 1 ? MAX_SENDERS : (guint) g_rand_int_range (rand, 1, 5);
   round->ops_per_thread = (guint) g_rand_int_range (rand, 50, 400);
   round->n_async = (guint) g_rand_int_range (rand, 50, 600);
   round->completer_queue = g_async_queue_new ();
   round->shutdown_progress = g_rand_int_range (rand, 1, (gint) (round->n_threads * round->ops_per_thread) + 1);
 
-  g_test_message ("round seed=%u capacity=%u overflow=%d thread=%d invocation=%d max-invocations=%u "
-                  "routed=%d timeout=%d shutdown=%d threads=%u",
-                  seed, round->capacity, round->overflow, round->in_thread, round->use_invocation,
-                  round->max_invocations, round->routed, round->timeout_msec, round->shutdown,
-                  round->n_threads);
+  g_test_message ("round seed=%u capacity=%u overflow=%d thread=%d workers=%u invocation=%d "
+                  "max-invocations=%u routed=%d timeout=%d shutdown=%d threads=%u",
+                  seed, round->capacity, round->overflow, round->in_thread, round->workers,
+                  round->use_invocation, round->max_invocations, round->routed, round->timeout_msec,
+                  round->shutdown, round->n_threads);
 
   if (round->use_invocation)
     {
@@ -626,6 +640,7 @@ run_round (guint32 seed)
                                                G_VARIANT_TYPE_INT32, &error));
       g_assert_true (spark_router_add_handler (router, "c*", handler, NULL, NULL, &error));
       g_assert_no_error (error);
+      spark_router_set_concurrent (router, TRUE);
       g_object_unref (handler);
       handler = SPARK_HANDLER (router);
     }
@@ -636,6 +651,9 @@ run_round (guint32 seed)
   spark_module_server_set_overflow (round->server, round->overflow);
   g_signal_connect (round->server, "messages-dropped", G_CALLBACK (on_messages_dropped), round);
   spark_module_server_set_max_invocations (round->server, round->max_invocations);
+  /* A pool: each sender's commands are one key, so they stay in order. */
+  spark_module_server_set_workers (round->server, round->workers);
+  spark_module_server_set_ordering (round->server, SPARK_ORDERING_KEY);
 
   if (round->in_thread)
     g_assert_true (spark_module_server_start_in_thread (round->server, &error));
