@@ -33,6 +33,10 @@
  *                       invocation from the reply callback (on the stage's
  *                       own context); the client keeps 64 of 20k requests
  *                       in flight to the first stage
+ *   cpu_bound           100k requests of 50 us of CPU work each, 64 in
+ *                       flight from the main loop: a server with a pool of
+ *                       1 and of 2 workers, and g_task_run_in_thread()
+ *                       (GLib's GTask thread pool), the idiom for it
  *   ui_idle_cpu         a main loop with a 60 Hz tick and one request
  *                       outstanding whose handler replies after 2 s (a
  *                       timeout on its server's context): the CPU time the
@@ -1216,6 +1220,10 @@ static const Impl impls[] = {
   { "spark_full_routed", &spark_routed_transport, STYLE_FULL },
   { "spark_routed", &spark_routed_transport, STYLE_COMMAND },
   { "spark_sync_high", &spark_transport, STYLE_SYNC },
+  /* cpu_bound: its own servers (a pool of 1 or 2 workers) and GTask's thread pool */
+  { "spark_pool1", &spark_transport, STYLE_FULL },
+  { "spark_pool2", &spark_transport, STYLE_FULL },
+  { "gtask_thread", &idiom_transport, STYLE_ASYNC },
   { IMPL_FLOOR,    &floor_transport, STYLE_QUEUE },
   { IMPL_IDIOM,    &idiom_transport, STYLE_ASYNC },
 };
@@ -1985,6 +1993,188 @@ run_ui_idle_cpu (const Impl *impl,
   bench_state_clear (&state);
 }
 
+/* CPU-bound requests ------------------------------------------------------------ */
+
+/* cpu_bound: requests that each take CPU_WORK_USEC of the handler's CPU,
+ * pipelined (CPU_WINDOW in flight) from the main loop, to a server with a
+ * pool of one or two workers, and the idiom for it: g_task_run_in_thread()
+ * (GLib's GTask thread pool) with the callback on the main loop. */
+
+#define CPU_WORK_USEC 50
+#define CPU_WINDOW    64
+
+static guint cpu_work_rounds;   /* calibrated once: rounds of cpu_work() in CPU_WORK_USEC */
+static volatile guint32 cpu_work_sink;
+
+/* Work the compiler cannot skip: an xorshift walk seeded by the request. */
+static guint32
+cpu_work (guint32 seed)
+{
+  guint32 x = seed | 1;
+
+  for (guint i = 0; i < cpu_work_rounds; i++)
+    {
+      x ^= x << 13;
+      x ^= x >> 17;
+      x ^= x << 5;
+    }
+  return x;
+}
+
+static void
+cpu_work_calibrate (void)
+{
+  gint64 t0, elapsed;
+
+  if (cpu_work_rounds != 0)
+    return;
+  cpu_work_rounds = 1000000;
+  t0 = cpu_ns ();
+  cpu_work_sink = cpu_work (7);   /* kept: a result nobody reads could be skipped */
+  elapsed = MAX (cpu_ns () - t0, 1);
+  cpu_work_rounds = (guint) MAX (1, (gint64) 1000000 * CPU_WORK_USEC * 1000 / elapsed);
+}
+
+typedef struct
+{
+  GMainLoop *loop;
+  guint64    n;
+  guint64    sent;
+  guint64    done;
+  SparkDispatcher *dispatcher;   /* spark */
+} CpuRun;
+
+static GVariant *
+cpu_request_func (const char    *name,
+                  GVariant      *parameters,
+                  GCancellable  *cancellable,
+                  gpointer       user_data,
+                  GError       **error)
+{
+  guint32 seed = g_variant_get_uint32 (parameters);
+
+  return g_variant_new_uint32 (cpu_work (seed));
+}
+
+static void cpu_send_spark (CpuRun *run);
+
+static void
+on_cpu_spark_reply (GVariant     *reply,
+                    const GError *error,
+                    gpointer      user_data)
+{
+  CpuRun *run = user_data;
+
+  if (reply == NULL)
+    g_error ("cpu_bound: a request failed: %s", error ? error->message : "no error");
+  run->done++;
+  if (run->sent < run->n)
+    cpu_send_spark (run);
+  else if (run->done == run->n)
+    g_main_loop_quit (run->loop);
+}
+
+static void
+cpu_send_spark (CpuRun *run)
+{
+  guint32 seed = (guint32) run->sent++;
+
+  spark_dispatcher_request_full (run->dispatcher, REQUEST_NAME, g_variant_new_uint32 (seed),
+                                 G_VARIANT_TYPE_UINT32, NULL, on_cpu_spark_reply, run, NULL);
+}
+
+static void
+cpu_task_thread (GTask        *task,
+                 gpointer      source_object,
+                 gpointer      task_data,
+                 GCancellable *cancellable)
+{
+  g_task_return_int (task, cpu_work (GPOINTER_TO_UINT (task_data)));
+}
+
+static void cpu_send_task (CpuRun *run);
+
+static void
+on_cpu_task_done (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  CpuRun *run = user_data;
+  GError *error = NULL;
+
+  if (g_task_propagate_int (G_TASK (result), &error) < 0 && error != NULL)
+    g_error ("cpu_bound: a task failed: %s", error->message);
+  run->done++;
+  if (run->sent < run->n)
+    cpu_send_task (run);
+  else if (run->done == run->n)
+    g_main_loop_quit (run->loop);
+}
+
+static void
+cpu_send_task (CpuRun *run)
+{
+  GTask *task = g_task_new (NULL, NULL, on_cpu_task_done, run);
+
+  g_task_set_task_data (task, GUINT_TO_POINTER ((guint32) run->sent++), NULL);
+  g_task_run_in_thread (task, cpu_task_thread);
+  g_object_unref (task);
+}
+
+static void
+run_cpu_bound (const Impl *impl,
+               guint64     n,
+               Result     *result)
+{
+  CpuRun run = { NULL, };
+  g_autoptr(SparkModuleServer) server = NULL;
+  gboolean spark = g_str_has_prefix (impl->name, "spark_pool");
+  gint64 t0, c0;
+
+  cpu_work_calibrate ();
+  run.loop = g_main_loop_new (NULL, FALSE);
+  run.n = n;
+
+  if (spark)
+    {
+      g_autoptr(SparkHandler) handler = spark_func_handler_new_full (SPARK_HANDLER_FLAGS_CONCURRENT,
+                                                                     cpu_request_func, NULL, NULL, NULL);
+      GError *error = NULL;
+
+      server = spark_module_server_new (handler);
+      spark_module_server_set_name (server, "bench-cpu");
+      spark_module_server_set_workers (server, g_str_equal (impl->name, "spark_pool2") ? 2 : 1);
+      if (!spark_module_server_start_in_thread (server, &error))
+        g_error ("cpu_bound: %s", error->message);
+      run.dispatcher = spark_module_server_create_dispatcher (server);
+    }
+
+  t0 = now_ns ();
+  c0 = cpu_ns ();
+  for (guint i = 0; i < CPU_WINDOW && run.sent < n; i++)
+    {
+      if (spark)
+        cpu_send_spark (&run);
+      else
+        cpu_send_task (&run);
+    }
+  g_main_loop_run (run.loop);
+  result_set_time (result, n, now_ns () - t0);
+  result_set_cpu (result, cpu_ns () - c0);
+
+  if (spark)
+    {
+      gboolean done = FALSE;
+
+      g_clear_object (&run.dispatcher);
+      spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL,
+                                          on_spark_shutdown, &done);
+      while (!done)
+        g_main_context_iteration (NULL, TRUE);
+    }
+  g_main_loop_unref (run.loop);
+}
+
 /* Workloads ------------------------------------------------------------------------ */
 
 typedef void (*RunFunc) (const Impl *impl,
@@ -2020,6 +2210,8 @@ static const Workload workloads[] = {
   /* ops: the backlog of commands in front of the one request */
   { "priority_latency", 100000, 2000, run_priority_latency,
     { "spark_sync_high", "spark_sync", NULL } },
+  { "cpu_bound", 100000, 2000, run_cpu_bound,
+    { "spark_pool1", "spark_pool2", "gtask_thread", NULL } },
   /* ops: the handler's delay in ms */
   { "ui_idle_cpu", 2000, 100, run_ui_idle_cpu,
     { "spark_async", IMPL_IDIOM, NULL } },
@@ -2709,9 +2901,11 @@ main (int   argc,
   g_option_context_set_summary (context,
                                 "Workloads: request_seq, request_pipelined, command_throughput,\n"
                                 "command_mpsc, queued_bytes, and with CPU time: same_context,\n"
-                                "pipeline, ui_idle_cpu (--ops: the reply's delay in ms).\n"
+                                "pipeline, ui_idle_cpu (--ops: the reply's delay in ms),\n"
+                                "cpu_bound (50 us of work per request).\n"
                                 "Implementations: spark_sync, spark_async, spark_full,\n"
-                                "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), spark_sync_high (priority_latency), floor, idiom.");
+                                "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), spark_sync_high (priority_latency),\n"
+                                "spark_pool1, spark_pool2 and gtask_thread (cpu_bound), floor, idiom.");
   g_option_context_add_main_entries (context, entries, NULL);
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
