@@ -17,6 +17,19 @@
  *   queued_bytes        1M commands queued while the server is blocked:
  *                       RSS growth per queued message, with the message's
  *                       own GVariant and without it
+ *   priority_latency    one request behind a backlog of 100k commands, of
+ *                       high priority (spark_sync_high) or default: its
+ *                       latency
+ *   coalesce_flood      the UI flood of docs/flow-control.md: a worker
+ *                       thread sends 1M "progress" commands as fast as it
+ *                       can to a server on the main context with a mailbox
+ *                       of capacity 4 under SPARK_OVERFLOW_COALESCE, whose
+ *                       handler takes 100 us a command (a busy wait, for
+ *                       drawing): the peak RSS growth, the queue's
+ *                       high-water mark, how many were handled and
+ *                       coalesced, and the newest value the handler saw;
+ *                       spark_unbounded sends the same flood to an
+ *                       unbounded mailbox, measured once it is all sent
  *
  * and three that report CPU time (of the whole process, every thread:
  * CLOCK_PROCESS_CPUTIME_ID) next to wall time, for spinning where it
@@ -103,7 +116,10 @@
  * read with clock_gettime() for nanosecond resolution: a sequential
  * request can take less than the microsecond g_get_monotonic_time()
  * resolves). Memory is the resident set size from /proc/self/statm, after
- * malloc_trim() so that freed memory cannot hide growth.
+ * malloc_trim() so that freed memory cannot hide growth; coalesce_flood
+ * reads the peak (VmHWM, reset through /proc/self/clear_refs) and the
+ * current size (VmRSS) from /proc/self/status. Both run each measurement
+ * in a fresh process.
  *
  * Options: --quick (small counts: the test suite's smoke test), --workload
  * and --impl (comma-separated names), --ops N, --window N (requests in
@@ -154,6 +170,7 @@ static gint opt_repeat = 1;
 static gint64 opt_ops;
 static gint opt_window = 256;
 static char *opt_queued_child;
+static char *opt_flood_child;
 static gboolean opt_contended;
 static char *opt_json_out;
 static char *opt_targets;
@@ -171,6 +188,7 @@ static GOptionEntry entries[] = {
   { "targets", 't', 0, G_OPTION_ARG_FILENAME, &opt_targets, "Read the targets to report from FILE (default: " SPARK_BENCH_TARGETS ")", "FILE" },
   { "callgrind", 0, 0, G_OPTION_ARG_NONE, &opt_callgrind, "Run one workload and one impl silently (for bench/callgrind.sh)", NULL },
   { "queued-child", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING, &opt_queued_child, "One queued_bytes measurement in a fresh process", "IMPL" },
+  { "flood-child", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING, &opt_flood_child, "One coalesce_flood measurement in a fresh process", "IMPL" },
   { NULL }
 };
 
@@ -231,6 +249,54 @@ trim_heap (void)
 #ifdef HAVE_MALLOC_TRIM
   malloc_trim (0);
 #endif
+}
+
+/* A "VmHWM:" or "VmRSS:" line of /proc/self/status, in bytes; -1 if it
+ * cannot be read. */
+static gint64
+proc_status_bytes (const char *field)
+{
+  char buf[4096];
+  size_t field_len = strlen (field);
+  const char *line;
+  ssize_t len;
+  int fd;
+
+  fd = open ("/proc/self/status", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  len = read (fd, buf, sizeof buf - 1);
+  close (fd);
+  if (len <= 0)
+    return -1;
+  buf[len] = '\0';
+
+  for (line = buf; line != NULL && *line != '\0'; line = strchr (line, '\n'), line = line ? line + 1 : NULL)
+    {
+      long long kib;
+
+      if (strncmp (line, field, field_len) == 0 && line[field_len] == ':' &&
+          sscanf (line + field_len + 1, "%lld", &kib) == 1)
+        return (gint64) kib * 1024;
+    }
+
+  return -1;
+}
+
+/* Makes VmHWM the current RSS (Linux 4.0 and later); FALSE if it cannot. */
+static gboolean
+reset_peak_rss (void)
+{
+  gboolean ok;
+  int fd;
+
+  fd = open ("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
+  if (fd < 0)
+    return FALSE;
+  ok = write (fd, "5", 1) == 1;
+  close (fd);
+
+  return ok;
 }
 
 /* A one-shot event between threads. */
@@ -360,6 +426,12 @@ typedef struct
   gboolean block_first;  /* set before the first send */
   Latch    blocked;
   Latch    gate;
+
+  /* coalesce_flood (a server with ServerSetup.work_us): each command
+   * busy-waits @work_ns; the newest value handled; whether FLOOD_DONE came. */
+  gint64   work_ns;      /* set before start */
+  gint32   last_value;
+  gboolean done_seen;
 } BenchState;
 
 static void
@@ -421,6 +493,36 @@ bench_command_func (const char    *name,
   return TRUE;
 }
 
+#define FLOOD_DONE_NAME "done"
+
+/* coalesce_flood's module, a slow UI: each "progress" costs @work_ns of
+ * busy waiting (drawing) and keeps the newest value; FLOOD_DONE_NAME ends
+ * the flood. */
+static gboolean
+bench_slow_command_func (const char    *name,
+                         GVariant      *parameters,
+                         GCancellable  *cancellable,
+                         gpointer       user_data,
+                         GError       **error)
+{
+  BenchState *state = user_data;
+  gint64 until = now_ns () + state->work_ns;
+
+  state->commands++;
+  if (g_str_equal (name, FLOOD_DONE_NAME))
+    {
+      state->done_seen = TRUE;
+      state->t_last_ns = now_ns ();
+      return TRUE;
+    }
+
+  while (now_ns () < until)
+    ;
+  state->last_value = g_variant_get_int32 (parameters);
+
+  return TRUE;
+}
+
 /* Transports ---------------------------------------------------------------------- */
 
 #define REQUEST_NAME "get"
@@ -473,6 +575,10 @@ typedef struct
   gpointer    next;       /* requests forwarded to this server of the same
                            * transport, answered with its reply */
   gboolean    routed;     /* spark: the module behind a SparkRouter */
+  guint       capacity;   /* spark: the mailbox's capacity, 0 for unbounded */
+  SparkOverflowPolicy overflow;   /* spark: its policy, with @capacity */
+  guint       work_us;    /* spark: each command busy-waits this long (the
+                           * coalesce_flood module), 0 for the plain one */
 } ServerSetup;
 
 /* One way of carrying the module's messages. A server is what start()
@@ -659,6 +765,11 @@ spark_start (BenchState        *state,
       stage->delay_ms = setup->delay_ms;
       side->handler = SPARK_HANDLER (stage);
     }
+  else if (setup->work_us > 0)
+    {
+      state->work_ns = (gint64) setup->work_us * 1000;
+      side->handler = spark_func_handler_new (bench_request_func, bench_slow_command_func, state, NULL);
+    }
   else
     side->handler = spark_func_handler_new (bench_request_func, bench_command_func, state, NULL);
 
@@ -667,6 +778,8 @@ spark_start (BenchState        *state,
 
   side->server = spark_module_server_new (side->handler);
   spark_module_server_set_name (side->server, setup->name != NULL ? setup->name : "bench-spark");
+  spark_module_server_set_capacity (side->server, setup->capacity);
+  spark_module_server_set_overflow (side->server, setup->overflow);
   if (setup->here)
     started = spark_module_server_start (side->server, NULL, &error);
   else
@@ -1224,6 +1337,8 @@ static const Impl impls[] = {
   { "spark_pool1", &spark_transport, STYLE_FULL },
   { "spark_pool2", &spark_transport, STYLE_FULL },
   { "gtask_thread", &idiom_transport, STYLE_ASYNC },
+  { "spark_coalesce", &spark_transport, STYLE_COMMAND },
+  { "spark_unbounded", &spark_transport, STYLE_COMMAND },
   { IMPL_FLOOR,    &floor_transport, STYLE_QUEUE },
   { IMPL_IDIOM,    &idiom_transport, STYLE_ASYNC },
 };
@@ -1257,6 +1372,16 @@ typedef struct
   gboolean    has_cpu;
   double      cpu_ns;          /* CPU time of the process over secs */
   double      ticks;           /* ui_idle_cpu: main-loop ticks seen */
+  gboolean    has_flood;       /* coalesce_flood: */
+  double      capacity;        /* the mailbox's */
+  double      handler_us;      /* what the handler spends on a command */
+  double      max_pending;     /* the most pending seen after a send (max over runs) */
+  double      handled;         /* commands handled, the last one included */
+  double      dropped;         /* commands coalesced, as messages-dropped counted them */
+  double      reports;         /* messages-dropped emissions */
+  double      last_value;      /* the newest value the handler saw */
+  double      peak_growth;     /* bytes: VmHWM at the end over VmRSS at the start */
+  double      rss_growth;      /* bytes: VmRSS at the end over VmRSS at the start */
 } Result;
 
 static int
@@ -1812,6 +1937,243 @@ run_queued_bytes (const Impl *impl,
   result->bytes_per_msg = bytes;
 }
 
+/* coalesce_flood: a worker floods a slow UI with progress ----------------- */
+
+#define FLOOD_CAPACITY   4
+#define FLOOD_WORK_US    100
+#define FLOOD_NAME       "progress"
+#define FLOOD_WATCHDOG_S 60
+
+typedef struct
+{
+  SparkSide *side;
+  guint64    n;
+  guint      max_pending;   /* the producer's, read after it is joined */
+  gint       sent;          /* atomic: everything was sent */
+} FloodProducer;
+
+/* The worker: @n progress commands as fast as send_command() lets it (it
+ * waits only when the one queued "progress" has been taken, until the UI
+ * begins the next message), then FLOOD_DONE_NAME. */
+static gpointer
+flood_producer_func (gpointer data)
+{
+  FloodProducer *producer = data;
+
+  for (guint64 i = 0; i < producer->n; i++)
+    {
+      guint pending;
+
+      spark_send_command (producer->side, FLOOD_NAME, g_variant_new_int32 ((gint32) i));
+      pending = spark_module_server_get_pending (producer->side->server);
+      producer->max_pending = MAX (producer->max_pending, pending);
+    }
+  spark_send_command (producer->side, FLOOD_DONE_NAME, NULL);
+  g_atomic_int_set (&producer->sent, TRUE);
+  g_main_context_wakeup (NULL);
+
+  return NULL;
+}
+
+typedef struct
+{
+  guint64 dropped;
+  guint   reports;
+} FloodDrops;
+
+static void
+on_flood_dropped (SparkModuleServer *server,
+                  guint              count,
+                  gpointer           user_data)
+{
+  FloodDrops *drops = user_data;
+
+  drops->dropped += count;
+  drops->reports++;
+}
+
+static gboolean
+flood_tick (gpointer data)
+{
+  return G_SOURCE_CONTINUE;   /* only wakes the loop to look at the clock */
+}
+
+static void
+on_flood_aborted (GObject      *source,
+                  GAsyncResult *result,
+                  gpointer      user_data)
+{
+  gboolean *done = user_data;
+
+  spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, NULL);
+  *done = TRUE;
+}
+
+/* One flood, in this process: the server on this thread's context (the
+ * UI's), which this thread iterates until the handler has seen
+ * FLOOD_DONE_NAME and handled plus reported drops is everything sent.
+ *
+ * spark_unbounded, the comparison, sends the same flood to an unbounded
+ * mailbox: its queue holds what the handler has not reached, which at
+ * 100 us a command would take minutes to drain. It is measured once
+ * everything is sent, then the server aborts, dropping the rest. */
+static void
+measure_flood (const Impl *impl,
+               guint64     n,
+               Result     *result)
+{
+  ServerSetup setup = { NULL, };
+  FloodProducer producer = { NULL, };
+  FloodDrops drops = { 0, };
+  BenchState state;
+  GThread *thread;
+  gboolean bounded = !g_str_equal (impl->name, "spark_unbounded");
+  gint64 rss0, rss1, hwm1;
+  gint64 t0, deadline;
+  guint tick_id;
+
+  setup.name = "bench-ui";
+  setup.here = TRUE;
+  setup.capacity = bounded ? FLOOD_CAPACITY : 0;
+  setup.overflow = bounded ? SPARK_OVERFLOW_COALESCE : SPARK_OVERFLOW_WAIT;
+  setup.work_us = FLOOD_WORK_US;
+  bench_state_init (&state, 0);
+  producer.side = impl->transport->start (&state, &setup);
+  producer.n = n;
+  g_signal_connect (producer.side->server, "messages-dropped", G_CALLBACK (on_flood_dropped), &drops);
+
+  /* The start: a server running, no worker yet. */
+  trim_heap ();
+  if (!reset_peak_rss ())
+    g_printerr ("coalesce_flood: cannot reset VmHWM: the peak may predate the flood\n");
+  rss0 = proc_status_bytes ("VmRSS");
+
+  t0 = now_ns ();
+  thread = g_thread_new ("bench-worker", flood_producer_func, &producer);
+  tick_id = g_timeout_add (100, flood_tick, NULL);
+  deadline = g_get_monotonic_time () + FLOOD_WATCHDOG_S * G_USEC_PER_SEC;
+  while (bounded ? !state.done_seen || state.commands + drops.dropped < n + 1
+                 : !g_atomic_int_get (&producer.sent))
+    {
+      g_main_context_iteration (NULL, TRUE);
+      if (g_get_monotonic_time () > deadline)
+        g_error ("coalesce_flood: %" G_GUINT64_FORMAT " handled and %" G_GUINT64_FORMAT
+                 " reported dropped of %" G_GUINT64_FORMAT " after %d s",
+                 state.commands, drops.dropped, n + 1, FLOOD_WATCHDOG_S);
+    }
+  g_source_remove (tick_id);
+  hwm1 = proc_status_bytes ("VmHWM");
+  rss1 = proc_status_bytes ("VmRSS");
+  g_thread_join (thread);
+
+  if (!bounded)
+    {
+      gboolean aborted = FALSE;
+
+      state.t_last_ns = now_ns ();   /* the flood has been sent */
+      result_set_time (result, n, state.t_last_ns - t0);
+      result->has_flood = TRUE;
+      result->handler_us = FLOOD_WORK_US;
+      result->max_pending = producer.max_pending;
+      result->handled = (double) state.commands;
+      result->last_value = state.last_value;
+      result->peak_growth = rss0 >= 0 && hwm1 >= 0 ? (double) (hwm1 - rss0) : 0;
+      result->rss_growth = rss0 >= 0 && rss1 >= 0 ? (double) (rss1 - rss0) : 0;
+
+      spark_module_server_shutdown_async (producer.side->server, SPARK_SHUTDOWN_MODE_ABORT, NULL,
+                                          on_flood_aborted, &aborted);
+      while (!aborted)
+        g_main_context_iteration (NULL, TRUE);
+      impl->transport->stop (producer.side);   /* stopped already: frees it */
+      bench_state_clear (&state);
+      return;
+    }
+
+  impl->transport->stop (producer.side);
+
+  if (state.commands + drops.dropped != n + 1)
+    g_error ("coalesce_flood: %" G_GUINT64_FORMAT " handled and %" G_GUINT64_FORMAT
+             " reported dropped of %" G_GUINT64_FORMAT " sent", state.commands, drops.dropped, n + 1);
+  if (producer.max_pending > FLOOD_CAPACITY)
+    g_error ("coalesce_flood: %u pending in a mailbox of %u", producer.max_pending, FLOOD_CAPACITY);
+  if (state.last_value != (gint32) (n - 1))
+    g_error ("coalesce_flood: the handler's last value is %d, not %" G_GUINT64_FORMAT,
+             state.last_value, n - 1);
+
+  result_set_time (result, n, state.t_last_ns - t0);
+  result->has_flood = TRUE;
+  result->capacity = FLOOD_CAPACITY;
+  result->handler_us = FLOOD_WORK_US;
+  result->max_pending = producer.max_pending;
+  result->handled = (double) state.commands;
+  result->dropped = (double) drops.dropped;
+  result->reports = drops.reports;
+  result->last_value = state.last_value;
+  result->peak_growth = rss0 >= 0 && hwm1 >= 0 ? (double) (hwm1 - rss0) : 0;
+  result->rss_growth = rss0 >= 0 && rss1 >= 0 ? (double) (rss1 - rss0) : 0;
+  bench_state_clear (&state);
+}
+
+#define FLOOD_CHILD_FORMAT \
+  "secs=%lf max_pending=%lf handled=%lf dropped=%lf reports=%lf last=%lf peak=%lf rss=%lf"
+
+/* --flood-child IMPL: one measure_flood(), printed for the parent. */
+static int
+flood_child_main (const char *impl_name,
+                  guint64     n)
+{
+  Result result = { 0, };
+  const Impl *impl = impl_find (impl_name);
+
+  if (impl == NULL)
+    {
+      g_printerr ("spark-bench: unknown implementation '%s'\n", impl_name);
+      return 2;
+    }
+
+  measure_flood (impl, n, &result);
+  printf ("secs=%.9f max_pending=%.0f handled=%.0f dropped=%.0f reports=%.0f last=%.0f peak=%.0f rss=%.0f\n",
+          result.secs, result.max_pending, result.handled, result.dropped, result.reports,
+          result.last_value, result.peak_growth, result.rss_growth);
+  return 0;
+}
+
+/* In a fresh process, like queued_bytes, so that the peak is the flood's
+ * and no earlier workload's freed memory absorbs its growth. */
+static void
+run_coalesce_flood (const Impl *impl,
+                    guint64     n,
+                    Result     *result)
+{
+  g_autofree char *ops = g_strdup_printf ("%" G_GUINT64_FORMAT, n);
+  const char *child_argv[] = { self_path, "--flood-child", impl->name, "--ops", ops, NULL };
+  g_autofree char *out = NULL;
+  GError *error = NULL;
+  double secs;
+  int status;
+
+  if (opt_callgrind)
+    {
+      measure_flood (impl, n, result);
+      return;
+    }
+
+  if (!g_spawn_sync (NULL, (char **) child_argv, NULL, G_SPAWN_CHILD_INHERITS_STDIN, NULL, NULL,
+                     &out, NULL, &status, &error) ||
+      !g_spawn_check_wait_status (status, &error))
+    g_error ("coalesce_flood: cannot run %s: %s", self_path, error->message);
+
+  if (sscanf (out, FLOOD_CHILD_FORMAT, &secs, &result->max_pending, &result->handled,
+              &result->dropped, &result->reports, &result->last_value,
+              &result->peak_growth, &result->rss_growth) != 8)
+    g_error ("coalesce_flood: unexpected output from the child: %s", out);
+
+  result_set_time (result, n, (gint64) (secs * 1e9));
+  result->has_flood = TRUE;
+  result->capacity = g_str_equal (impl->name, "spark_unbounded") ? 0 : FLOOD_CAPACITY;
+  result->handler_us = FLOOD_WORK_US;
+}
+
 /* CPU time next to wall time ------------------------------------------------------ */
 
 /* same_context: the server on the requester's own context, so the thread
@@ -2212,6 +2574,9 @@ static const Workload workloads[] = {
     { "spark_sync_high", "spark_sync", NULL } },
   { "cpu_bound", 100000, 2000, run_cpu_bound,
     { "spark_pool1", "spark_pool2", "gtask_thread", NULL } },
+  /* ops: the progress commands sent (one more ends the flood) */
+  { "coalesce_flood", 1000000, 20000, run_coalesce_flood,
+    { "spark_coalesce", "spark_unbounded", NULL } },
   /* ops: the handler's delay in ms */
   { "ui_idle_cpu", 2000, 100, run_ui_idle_cpu,
     { "spark_async", IMPL_IDIOM, NULL } },
@@ -2347,8 +2712,18 @@ result_median (Result *runs,
   MEDIAN_OF (variant_bytes);
   MEDIAN_OF (cpu_ns);
   MEDIAN_OF (ticks);
+  MEDIAN_OF (handled);
+  MEDIAN_OF (dropped);
+  MEDIAN_OF (reports);
+  MEDIAN_OF (last_value);
+  MEDIAN_OF (peak_growth);
+  MEDIAN_OF (rss_growth);
 
 #undef MEDIAN_OF
+
+  /* A bound, not a typical value: the worst run's. */
+  for (guint i = 0; i < n; i++)
+    out->max_pending = MAX (out->max_pending, runs[i].max_pending);
 
   g_free (values);
 }
@@ -2406,6 +2781,11 @@ print_result_line (GArray       *results,
             r->cpu_ns / 1e6, r->cpu_ns / (double) r->ops, r->cpu_ns / (r->secs * 1e9));
   if (r->ticks > 0)
     printf (" ticks=%.0f", r->ticks);
+  if (r->has_flood)
+    printf (" capacity=%.0f handler_us=%.0f max_pending=%.0f handled=%.0f dropped=%.0f reports=%.0f"
+            " last_value=%.0f peak_rss_growth_kib=%.0f rss_growth_kib=%.0f",
+            r->capacity, r->handler_us, r->max_pending, r->handled, r->dropped, r->reports,
+            r->last_value, r->peak_growth / 1024, r->rss_growth / 1024);
   if (r->runs > 1)
     printf (" runs=%u", r->runs);
   printf ("\n");
@@ -2418,6 +2798,7 @@ typedef enum {
   TARGET_SPEEDUP,     /* ops/s of impl / ops/s of baseline >= goal */
   TARGET_P50,         /* p50 of impl / p50 of baseline <= goal */
   TARGET_BYTES,       /* bytes beyond the GVariant <= goal */
+  TARGET_PEAK_MIB,    /* peak RSS growth in MiB <= goal */
 } TargetKind;
 
 /* In which runs a target is reported. */
@@ -2433,7 +2814,7 @@ typedef struct
   TargetKind  kind;
   char       *workload;
   char       *impl;
-  char       *baseline;   /* the impl itself for TARGET_BYTES */
+  char       *baseline;   /* the impl itself for TARGET_BYTES and TARGET_PEAK_MIB */
   double      goal;
   char       *text;       /* made from the fields, as printed */
 } Target;
@@ -2478,7 +2859,7 @@ target_parse (const char **fields,
               GError     **error)
 {
   static const char *whens[] = { "always", "idle", "contended" };
-  static const char *kinds[] = { "speedup", "p50", "bytes" };
+  static const char *kinds[] = { "speedup", "p50", "bytes", "peak_mib" };
   g_autoptr(Target) target = g_new0 (Target, 1);
   const Workload *workload;
   guint n_fields = g_strv_length ((char **) fields);
@@ -2522,7 +2903,7 @@ target_parse (const char **fields,
   if (i == G_N_ELEMENTS (kinds))
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
-                   "%s:%u: unknown KIND '%s' (speedup, p50 or bytes)", path, line, fields[3]);
+                   "%s:%u: unknown KIND '%s' (speedup, p50, bytes or peak_mib)", path, line, fields[3]);
       return NULL;
     }
   target->kind = (TargetKind) i;
@@ -2535,7 +2916,7 @@ target_parse (const char **fields,
       return NULL;
     }
 
-  n_wanted = target->kind == TARGET_BYTES ? 5 : 6;
+  n_wanted = target->kind == TARGET_BYTES || target->kind == TARGET_PEAK_MIB ? 5 : 6;
   if (n_fields != n_wanted)
     {
       g_set_error (error, G_IO_ERROR, G_IO_ERROR_INVALID_DATA,
@@ -2561,6 +2942,11 @@ target_parse (const char **fields,
 
     case TARGET_BYTES:
       target->text = g_strdup_printf ("%s %s <= %g B/msg beyond the GVariant", target->workload,
+                                      target->impl, target->goal);
+      break;
+
+    case TARGET_PEAK_MIB:
+      target->text = g_strdup_printf ("%s %s peak RSS growth <= %g MiB", target->workload,
                                       target->impl, target->goal);
       break;
 
@@ -2661,6 +3047,13 @@ target_measure (GArray       *results,
       *met = *value <= target->goal;
       return TRUE;
 
+    case TARGET_PEAK_MIB:
+      if (!r->has_flood)
+        return FALSE;
+      *value = r->peak_growth / (1024.0 * 1024.0);
+      *met = *value <= target->goal;
+      return TRUE;
+
     default:
       g_assert_not_reached ();
     }
@@ -2702,13 +3095,45 @@ print_cpu_table (GArray *results)
           " CPU/idm: CPU time over idiom's; ticks: the 60 Hz main-loop timeout's)\n");
 }
 
+/* coalesce_flood, in a table of its own. */
+static void
+print_flood_table (GArray *results)
+{
+  gboolean any = FALSE;
+
+  for (guint i = 0; i < results->len; i++)
+    any = any || g_array_index (results, Result, i).has_flood;
+  if (!any)
+    return;
+
+  printf ("\n%-19s %-14s %8s %8s %8s %8s %8s %10s %8s %7s %10s %9s %9s\n",
+          "workload", "impl", "sent", "capacity", "work us", "wall ms", "max pend", "handled",
+          "dropped", "reports", "last", "peak KiB", "RSS KiB");
+  for (guint i = 0; i < results->len; i++)
+    {
+      const Result *r = &g_array_index (results, Result, i);
+
+      if (!r->has_flood)
+        continue;
+      printf ("%-19s %-14s %8" G_GUINT64_FORMAT " %8.0f %8.0f %8.1f %8.0f %10.0f %8.0f %7.0f %10.0f %9.0f %9.0f\n",
+              r->workload, r->impl, r->ops, r->capacity, r->handler_us, r->secs * 1e3, r->max_pending,
+              r->handled, r->dropped, r->reports, r->last_value, r->peak_growth / 1024,
+              r->rss_growth / 1024);
+    }
+  printf ("(sent: progress commands, and one more ends the flood; handled counts it; dropped:\n"
+          " coalesced, as messages-dropped reported them; max pend: the most pending seen after a\n"
+          " send; last: the newest value the handler saw; peak, RSS: VmHWM at the end, VmRSS at the\n"
+          " end, over VmRSS at the start)\n");
+}
+
 static void
 print_table (GArray *results)
 {
   gboolean any = FALSE;
 
   for (guint i = 0; i < results->len; i++)
-    any = any || !g_array_index (results, Result, i).has_cpu;
+    any = any || (!g_array_index (results, Result, i).has_cpu &&
+                  !g_array_index (results, Result, i).has_flood);
 
   if (any)
     printf ("\n%-19s %-12s %12s %9s %9s %9s %9s %9s %8s %8s\n",
@@ -2721,7 +3146,7 @@ print_table (GArray *results)
       char p50[32] = "-", p99[32] = "-", bytes[32] = "-", beyond[32] = "-";
       char vs_floor[32] = "-", vs_idiom[32] = "-";
 
-      if (r->has_cpu)
+      if (r->has_cpu || r->has_flood)
         continue;
 
       if (r->has_latency)
@@ -2748,6 +3173,7 @@ print_table (GArray *results)
             " B-var: the same without the message's GVariant)\n");
 
   print_cpu_table (results);
+  print_flood_table (results);
 
   for (guint i = 0, n_printed = 0; targets != NULL && i < targets->len; i++)
     {
@@ -2760,7 +3186,7 @@ print_table (GArray *results)
       if (n_printed++ == 0)
         printf ("\ntargets (measured, not asserted):\n");
       printf ("  %-52s %8.2f%s  %s\n", target->text, value,
-              target->kind == TARGET_BYTES ? " B" : "x",
+              target->kind == TARGET_BYTES ? " B" : target->kind == TARGET_PEAK_MIB ? " MiB" : "x",
               met ? "met" : "MISSED");
     }
   fflush (stdout);
@@ -2858,6 +3284,13 @@ results_to_json (GArray *results)
                                 r->cpu_ns / 1e6, r->cpu_ns / (double) r->ops, r->cpu_ns / (r->secs * 1e9));
       if (r->ticks > 0)
         g_string_append_printf (out, ", \"ticks\": %.0f", r->ticks);
+      if (r->has_flood)
+        g_string_append_printf (out, ", \"capacity\": %.0f, \"handler_us\": %.0f, \"max_pending\": %.0f"
+                                ", \"handled\": %.0f, \"dropped\": %.0f, \"reports\": %.0f"
+                                ", \"last_value\": %.0f, \"peak_rss_growth_bytes\": %.0f"
+                                ", \"rss_growth_bytes\": %.0f",
+                                r->capacity, r->handler_us, r->max_pending, r->handled, r->dropped,
+                                r->reports, r->last_value, r->peak_growth, r->rss_growth);
       g_string_append_printf (out, "}%s\n", i + 1 < results->len ? "," : "");
     }
 
@@ -2900,12 +3333,13 @@ main (int   argc,
   context = g_option_context_new ("- spark-channel benchmarks");
   g_option_context_set_summary (context,
                                 "Workloads: request_seq, request_pipelined, command_throughput,\n"
-                                "command_mpsc, queued_bytes, and with CPU time: same_context,\n"
-                                "pipeline, ui_idle_cpu (--ops: the reply's delay in ms),\n"
-                                "cpu_bound (50 us of work per request).\n"
+                                "command_mpsc, queued_bytes, priority_latency, coalesce_flood,\n"
+                                "and with CPU time: same_context, pipeline, ui_idle_cpu (--ops:\n"
+                                "the reply's delay in ms), cpu_bound (50 us of work per request).\n"
                                 "Implementations: spark_sync, spark_async, spark_full,\n"
                                 "spark (commands), spark_full_routed and spark_routed (behind\na SparkRouter), spark_sync_high (priority_latency),\n"
-                                "spark_pool1, spark_pool2 and gtask_thread (cpu_bound), floor, idiom.");
+                                "spark_coalesce and spark_unbounded (coalesce_flood), spark_pool1,\n"
+                                "spark_pool2 and gtask_thread (cpu_bound), floor, idiom.");
   g_option_context_add_main_entries (context, entries, NULL);
   if (!g_option_context_parse (context, &argc, &argv, &error))
     {
@@ -2933,6 +3367,8 @@ main (int   argc,
 
   if (opt_queued_child != NULL)
     return queued_child_main (opt_queued_child, opt_ops > 0 ? (guint64) opt_ops : 1000000);
+  if (opt_flood_child != NULL)
+    return flood_child_main (opt_flood_child, opt_ops > 0 ? (guint64) opt_ops : 1000000);
 
   /* The default file may be missing (a binary moved away from its source
    * tree): then no targets. One named with --targets must be there. */

@@ -224,6 +224,12 @@ spark_dispatcher_class_init (SparkDispatcherClass *klass)
    * dispatcher: one made with [method@Spark.Dispatcher.with_priority] has
    * the same settings and a bucket of its own.
    *
+   * Messages waiting for a token are not kept in line: each waits on its
+   * own, and one sent while a token is free goes at once, ahead of
+   * earlier ones still waiting (an asynchronous one waits until its
+   * context runs). Send messages whose order matters from one thread with
+   * blocking calls, or without a limit.
+   *
    * Since: 1.0
    */
   properties[PROP_RATE_LIMIT] =
@@ -616,9 +622,13 @@ throttle (Throttled *throttled,
  * for room in a full mailbox, and those the server took in its current
  * batch. It acts ahead of the queue and whatever the mailbox's capacity.
  * Requests being handled are left alone (cancel them with their own
- * cancellable), and commands are not retracted. Each cancelled request
- * completes once, as usual, from its requester's context (or its blocking
- * call).
+ * cancellable), and commands are not retracted. Nor are requests still
+ * waiting for a token of [property@Spark.Dispatcher:rate-limit]: they have
+ * not reached the mailbox, and are sent when their token comes. Each
+ * cancelled request completes once, as usual, from its requester's context
+ * (or its blocking call). A cancelled request keeps its place in
+ * [property@Spark.ModuleServer:pending], and in a bounded mailbox its room,
+ * until the server comes to it and skips it.
  *
  * May be called from any thread.
  *
@@ -1078,8 +1088,10 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
  * @error: return location for an error
  *
  * Queues a command without ever blocking: fails with
- * %SPARK_CHANNEL_ERROR_FULL while a bounded mailbox is full or other
- * senders wait for room.
+ * %SPARK_CHANNEL_ERROR_FULL where [method@Spark.Dispatcher.send_command]
+ * would wait, for room in a bounded mailbox (full, or other senders wait
+ * for room) or for a token of [property@Spark.Dispatcher:rate-limit]; and
+ * under %SPARK_OVERFLOW_FAIL whenever the mailbox is full.
  *
  * May be called from any thread, including the server's own.
  *

@@ -34,8 +34,11 @@ G_BEGIN_DECLS
  *   [class@Spark.Invocation] without completing it.
  * @SPARK_CHANNEL_ERROR_TYPE_MISMATCH: the reply is not of the type the
  *   requester asked for.
- * @SPARK_CHANNEL_ERROR_FULL: the bounded mailbox is full, or other senders
- *   are waiting for room ([method@Spark.Dispatcher.try_send_command] only).
+ * @SPARK_CHANNEL_ERROR_FULL: a send found no room and may not wait for it:
+ *   [method@Spark.Dispatcher.try_send_command] on a bounded mailbox that is
+ *   full or has senders waiting for room, or past its dispatcher's
+ *   [property@Spark.Dispatcher:rate-limit]; or any send to a full mailbox
+ *   whose overflow policy is %SPARK_OVERFLOW_FAIL.
  * @SPARK_CHANNEL_ERROR_TIMED_OUT: the request's timeout elapsed before a
  *   reply arrived.
  * @SPARK_CHANNEL_ERROR_WOULD_DEADLOCK: a blocking call was made on the
@@ -43,9 +46,11 @@ G_BEGIN_DECLS
  * @SPARK_CHANNEL_ERROR_NOT_SUPPORTED: the handler does not implement this
  *   kind of message, or cannot run where it was asked to.
  * @SPARK_CHANNEL_ERROR_ALREADY_STARTED: the server was started before.
- * @SPARK_CHANNEL_ERROR_DROPPED: a full mailbox dropped the request, as its
- *   server's [property@Spark.ModuleServer:overflow] policy says; the message
- *   says which policy.
+ * @SPARK_CHANNEL_ERROR_DROPPED: a full mailbox dropped the request
+ *   unhandled, as its server's [property@Spark.ModuleServer:overflow]
+ *   policy says (%SPARK_OVERFLOW_DROP_NEWEST or
+ *   %SPARK_OVERFLOW_DROP_OLDEST); the message names the capacity and the
+ *   policy.
  *
  * Errors in the %SPARK_CHANNEL_ERROR domain. An error returned by a handler
  * reaches the requester unchanged, in its own domain; cancellation by the

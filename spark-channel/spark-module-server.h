@@ -58,6 +58,15 @@ typedef enum {
  * [signal@Spark.ModuleServer::messages-dropped]. A send that dropped
  * a message, its own or another, succeeds.
  *
+ * "Full" counts what [property@Spark.ModuleServer:pending] counts: the
+ * messages still queued and those the server has taken in its current
+ * batch but not begun. The policies only act on the messages still
+ * queued: one in the taken batch is never dropped or replaced. So with
+ * the room all taken by that batch, %SPARK_OVERFLOW_DROP_OLDEST drops the
+ * new message, and %SPARK_OVERFLOW_COALESCE finds no command to replace
+ * (the new one waits, a try fails with %SPARK_CHANNEL_ERROR_FULL) until
+ * the server begins its next message.
+ *
  * Since: 1.0
  */
 typedef enum {

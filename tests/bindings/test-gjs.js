@@ -7,8 +7,8 @@
 // through Spark.Invocation; requests with Gio._promisify and await, and
 // with request_full; commands and the command-failed signal; shutdown with
 // a token; message priorities, overflow policies and the messages-dropped
-// signal; every error arriving as a GLib.Error with the right domain and
-// code.
+// signal; rate limits and cancel_all(); every error arriving as a
+// GLib.Error with the right domain and code.
 //
 // What JavaScript cannot do, and what it gets instead:
 // - GJS runs JavaScript only on its main thread: a JS handler's server can
@@ -784,7 +784,8 @@ test('errors/cancelled', async () => {
 // run and looks at what the handler saw.
 
 // Logs what it handles, as "name" or "name:value"; with urgent set, "d0"
-// sends "urgent" through it from inside the batch the server took.
+// sends "urgent" through it, and with cancel set, "d0" calls
+// cancel.cancel_all(), from inside the batch the server took.
 const FlowLog = GObject.registerClass({
     Implements: [Spark.Handler],
 }, class FlowLog extends GObject.Object {
@@ -792,6 +793,7 @@ const FlowLog = GObject.registerClass({
         super();
         this.log = [];
         this.urgent = null;
+        this.cancel = null;
     }
 
     _record(name, parameters) {
@@ -802,6 +804,8 @@ const FlowLog = GObject.registerClass({
         this._record(name, parameters);
         if (name === 'd0' && this.urgent)
             this.urgent.try_send_command('urgent', null);
+        if (name === 'd0' && this.cancel)
+            this.cancel.cancel_all();
         return true;
     }
 
@@ -931,6 +935,170 @@ test('overflow/drop-newest-request', async () => {
     await waitFor(() => dropped() === 1, 'messages-dropped');
     assertEqual(handler.log, ['c:1'], 'handled');
     await shutdown(server);
+});
+
+// Rate limits and cancel_all(). A rate limit is the dispatcher's own: what
+// waits for a token waits on the sender's side, so the module sees only
+// what got through. Time is checked only as a loose lower bound where
+// waiting is the point; everything else is counts and order.
+
+function rateLimited(server, messagesPerSecond, burst) {
+    const dispatcher = server.create_dispatcher();
+    dispatcher.rate_limit = messagesPerSecond;
+    dispatcher.set_rate_burst(burst);
+    return dispatcher;
+}
+
+test('rate-limit/properties-and-try', async () => {
+    const {handler, server} = startFlow();
+    const dispatcher = server.create_dispatcher();
+    assertEqual([dispatcher.rate_limit, dispatcher.get_rate_burst()], [0, 0], 'defaults');
+    const notified = [];
+    dispatcher.connect('notify::rate-limit', () => notified.push(dispatcher.rate_limit));
+    dispatcher.set_rate_limit(1);
+    dispatcher.rate_limit = 1;
+    dispatcher.rate_burst = 3;
+    assertEqual(notified, [1], 'notify::rate-limit');
+    const derived = dispatcher.with_priority(Spark.Priority.HIGH);
+    assertEqual([derived.rate_limit, derived.rate_burst], [1, 3], 'with_priority copies the limit');
+
+    // The burst goes at once; the next try fails fast, naming the limit.
+    for (let i = 0; i < 3; i++)
+        assert(dispatcher.try_send_command('c', new GLib.Variant('i', i)));
+    const error = assertThrows(ChannelError, ChannelError.FULL,
+        () => dispatcher.try_send_command('c', new GLib.Variant('i', 3)));
+    assert(error.message.includes('rate limit (1 messages per second)'), error.message);
+    // A blocking send that would wait fails with its cancellable instead.
+    const cancellable = new Gio.Cancellable();
+    cancellable.cancel();
+    assertThrows(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        () => dispatcher.send_command('c', new GLib.Variant('i', 4), cancellable));
+    // Another dispatcher of the server is not held back.
+    assert(server.create_dispatcher().try_send_command('other', null));
+    assertEqual(server.pending, 4, 'pending');
+
+    await waitFor(() => handler.log.length === 4, 'the commands');
+    await settle();
+    assertEqual(handler.log, ['c:0', 'c:1', 'c:2', 'other'], 'handled');
+    await shutdown(server);
+});
+
+test('rate-limit/blocking-send-waits', async () => {
+    // On the main thread, with the module on the main context too: the
+    // wait is for a token, not for the module, so it cannot deadlock. At
+    // 50 a second with a burst of 2, six commands take at least four
+    // intervals of 20 ms.
+    const {handler, server} = startFlow();
+    const dispatcher = rateLimited(server, 50, 2);
+    const start = GLib.get_monotonic_time();
+    for (let i = 0; i < 6; i++)
+        assert(dispatcher.send_command('c', new GLib.Variant('i', i), null));
+    const elapsed = GLib.get_monotonic_time() - start;
+    assert(elapsed >= 4 * 20000 - 5000, `elapsed ${elapsed} us`);
+    assertEqual(server.pending, 6, 'pending');
+    await waitFor(() => handler.log.length === 6, 'the commands');
+    assertEqual(handler.log, [0, 1, 2, 3, 4, 5].map(i => `c:${i}`), 'handled');
+    await shutdown(server);
+});
+
+test('rate-limit/async-waits-and-completes', async () => {
+    const {handler, server} = startFlow();
+    const dispatcher = rateLimited(server, 20, 2);
+    const start = GLib.get_monotonic_time();
+    const requests = [0, 1, 2, 3, 4].map(i => dispatcher.request_async(`r${i}`, null, null, null));
+    const cancellable = new Gio.Cancellable();
+    const gone = assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        dispatcher.request_async('gone', null, null, cancellable));
+    const sent = dispatcher.send_command_async('c', null, null);
+    // Nothing has run yet: the burst was sent, the rest wait for tokens.
+    assertEqual(server.pending, 2, 'pending');
+    cancellable.cancel();
+
+    assertEqual((await Promise.all(requests)).map(r => r.unpack()), ['r0', 'r1', 'r2', 'r3', 'r4'], 'replies');
+    await gone;
+    assert(await sent === true, 'send_command_async');
+    // Four after the burst: four intervals of 50 ms at least.
+    const elapsed = GLib.get_monotonic_time() - start;
+    assert(elapsed >= 4 * 50000 - 10000, `elapsed ${elapsed} us`);
+    await waitFor(() => handler.log.length === 6, 'the messages');
+    await settle();
+    // The cancelled one never reached the module. Those that waited for a
+    // token are compared as a set: the rate limit does not promise their
+    // order (see docs/flow-control.md).
+    assertEqual(handler.log.slice(0, 2), ['r0', 'r1'], 'the burst');
+    assertEqual(handler.log.slice(2).sort(), ['c', 'r2', 'r3', 'r4'], 'handled after the burst');
+    await shutdown(server);
+});
+
+test('cancel-all/queued', async () => {
+    // The module on the main context handles nothing until this code
+    // yields: everything below is queued when cancel_all() runs.
+    const {handler, server} = startFlow();
+    const mine = server.create_dispatcher();
+    const mineHigh = mine.with_priority(Spark.Priority.HIGH);
+    const other = server.create_dispatcher();
+    // Each rejection is expected from the start (GJS reports a rejection
+    // nobody handles yet).
+    const cancelled = [0, 1, 2, 3].map(i => assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        (i % 2 ? mineHigh : mine).request_async('mine', null, null, null)));
+    const full = requestFull(mine, 'mine-full');
+    const theirs = other.request_async('other', null, null, null);
+    assert(mine.send_command('cmd', null, null));
+    assertEqual(server.pending, 7, 'pending');
+
+    mine.cancel_all();
+    for (const error of await Promise.all(cancelled))
+        assert(error.message.includes('cancel_all'), error.message);
+    assertError((await full).error, Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED);
+    assertEqual((await theirs).unpack(), 'other', 'the other dispatcher\'s reply');
+    await waitFor(() => handler.log.length === 2, 'the command');
+    await settle();
+    assertEqual(handler.log, ['other', 'cmd'], 'handled');
+    await shutdown(server);
+});
+
+test('cancel-all/taken-batch', async () => {
+    // "d0" calls cancel_all() from inside the batch the server took, ahead
+    // of the requests in that batch.
+    const {handler, server, dispatcher} = startFlow();
+    handler.cancel = server.create_dispatcher();
+    assert(dispatcher.send_command('d0', null, null));
+    const taken = [0, 1, 2].map(() => assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        handler.cancel.request_async('taken', null, null, null)));
+    assert(dispatcher.send_command('last', null, null));
+    await Promise.all(taken);
+    await waitFor(() => handler.log.length === 2, 'the commands');
+    await settle();
+    assertEqual(handler.log, ['d0', 'last'], 'handled');
+    handler.cancel = null;
+    await shutdown(server);
+});
+
+test('cancel-all/server-in-thread', async () => {
+    // A server on a thread of its own needs a handler that is not
+    // JavaScript: a Spark.Router that forwards to the JavaScript module on
+    // the main context. It holds its invocation for "first" until the
+    // module replies, which cannot happen before this code yields; so
+    // every request of `mine` is queued or in its batch, not begun.
+    const js = startFlow();
+    const router = new Spark.Router();
+    assert(router.add_dispatcher('*', js.dispatcher, null, null));
+    const server = new Spark.ModuleServer({handler: router, name: 'cancel-all'});
+    server.start_in_thread();
+    const mine = server.create_dispatcher();
+    const other = server.create_dispatcher();
+
+    const first = other.request_async('first', null, null, null);
+    const cancelled = [0, 1, 2].map(i => assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.CANCELLED,
+        mine.request_async(`mine${i}`, null, null, null)));
+    const second = other.request_async('second', null, null, null);
+    mine.cancel_all();
+
+    await Promise.all(cancelled);
+    assertEqual([(await first).unpack(), (await second).unpack()], ['first', 'second'], 'the other replies');
+    assertEqual(js.handler.log, ['first', 'second'], 'handled');
+    await shutdown(server);
+    await shutdown(js.server);
 });
 
 // Routers: a Spark.Router in front of JavaScript handlers. The router is a
