@@ -73,13 +73,16 @@ struct _SparkDispatcher
   guint64       id;        /* immutable: its requests carry it, for cancel_all(); shared by
                             * the dispatchers with_priority() makes from it */
 
-  /* The rate limit, a token bucket: @rate is read without the lock (0,
-   * the default, keeps the bucket out of every send). */
+  /* The rate limit, a token bucket kept as the time its next token is
+   * due (a virtual scheduler): each send reserves the next free slot, so
+   * messages go in the order they were sent. @rate is read without the
+   * lock (0, the default, keeps the bucket out of every send). */
   gint          rate;         /* atomic: messages per second, 0 for none */
   GMutex        rate_mutex;
   guint         burst;        /* rate_mutex: tokens at most; 0: as many as the rate */
-  gdouble       tokens;       /* rate_mutex */
-  gint64        refilled_at;  /* rate_mutex: monotonic µs; 0: never (full) */
+  gdouble       next_due;     /* rate_mutex: monotonic µs when the bucket is empty again;
+                               * 0: full */
+  guint         n_throttled;  /* rate_mutex: asynchronous sends waiting on a context */
 };
 
 G_DEFINE_FINAL_TYPE (SparkDispatcher, spark_dispatcher, G_TYPE_OBJECT)
@@ -224,11 +227,11 @@ spark_dispatcher_class_init (SparkDispatcherClass *klass)
    * dispatcher: one made with [method@Spark.Dispatcher.with_priority] has
    * the same settings and a bucket of its own.
    *
-   * Messages waiting for a token are not kept in line: each waits on its
-   * own, and one sent while a token is free goes at once, ahead of
-   * earlier ones still waiting (an asynchronous one waits until its
-   * context runs). Send messages whose order matters from one thread with
-   * blocking calls, or without a limit.
+   * Messages waiting for a token keep their line: each send reserves the
+   * next slot, and an asynchronous one also waits behind those of its
+   * context still waiting (try_send_command() fails rather than go ahead
+   * of them), so a sender's messages arrive in the order it sent them. A
+   * slot given up by a cancelled or timed-out message is not given back.
    *
    * Since: 1.0
    */
@@ -410,7 +413,7 @@ spark_dispatcher_set_rate_limit (SparkDispatcher *self,
 
   g_mutex_lock (&self->rate_mutex);
   old = g_atomic_int_exchange (&self->rate, (gint) messages_per_second);
-  self->refilled_at = 0;   /* a full bucket under the new rate */
+  self->next_due = 0;   /* a full bucket under the new rate */
   g_mutex_unlock (&self->rate_mutex);
 
   if (old != (gint) messages_per_second)
@@ -464,69 +467,166 @@ spark_dispatcher_set_rate_burst (SparkDispatcher *self,
   g_mutex_lock (&self->rate_mutex);
   changed = self->burst != burst;
   self->burst = burst;
-  self->refilled_at = 0;
+  self->next_due = 0;
   g_mutex_unlock (&self->rate_mutex);
 
   if (changed)
     g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_RATE_BURST]);
 }
 
-/* Takes a token from the bucket: 0 if there was one (or there is no
- * limit), otherwise how long, in µs, until the next one. */
+typedef enum {
+  RATE_TRY,        /* go now or not at all */
+  RATE_BLOCKING,   /* the caller waits on its thread */
+  RATE_ASYNC,      /* the caller waits on its context: see throttle() */
+} RateMode;
+
+/* Reserves the next free slot of the rate limit: 0 if the message may go
+ * now (or there is no limit), otherwise how long, in µs, until its slot.
+ * Slots go out in the order of the calls, so a message never overtakes
+ * one sent before it that is still waiting. An asynchronous send waits
+ * behind the asynchronous ones still waiting on a context (their slot may
+ * have come while their context was busy): at least 1 µs, so that it is
+ * throttled too, and dispatched after them. RATE_TRY reserves nothing
+ * for a message that cannot go now and gets -1. */
 static gint64
-rate_acquire (SparkDispatcher *self)
+rate_reserve (SparkDispatcher *self,
+              RateMode         mode)
 {
   gint rate = g_atomic_int_get (&self->rate);
-  gint64 now, wait = 0;
-  gdouble burst;
+  gint64 wait = 0;
 
   if G_LIKELY (rate == 0)
     return 0;
 
-  now = g_get_monotonic_time ();
   g_mutex_lock (&self->rate_mutex);
   rate = g_atomic_int_get (&self->rate);
   if (rate > 0)
     {
-      burst = self->burst > 0 ? self->burst : (guint) rate;
-      if (self->refilled_at == 0)
-        self->tokens = burst;
-      else
-        self->tokens = MIN (burst, self->tokens + (gdouble) (now - self->refilled_at) * rate / G_USEC_PER_SEC);
-      self->refilled_at = now;
+      gdouble now = (gdouble) g_get_monotonic_time ();
+      gdouble interval = (gdouble) G_USEC_PER_SEC / rate;
+      gdouble burst = self->burst > 0 ? self->burst : (guint) rate;
+      /* The bucket holds @burst tokens: it may run up to that far ahead. */
+      gdouble due = MAX (self->next_due, now);
+      gdouble slot = MAX (now, due - (burst - 1) * interval);
 
-      if (self->tokens >= 1.0)
-        self->tokens -= 1.0;
+      if (mode == RATE_TRY && (slot > now || self->n_throttled > 0))
+        wait = -1;
       else
-        wait = MAX (1, (gint64) ((1.0 - self->tokens) * G_USEC_PER_SEC / rate) + 1);
+        {
+          self->next_due = due + interval;
+          wait = (gint64) (slot - now);
+          if (mode == RATE_ASYNC && (wait > 0 || self->n_throttled > 0))
+            {
+              wait = MAX (wait, 1);
+              self->n_throttled++;
+            }
+        }
     }
   g_mutex_unlock (&self->rate_mutex);
 
   return wait;
 }
 
-/* Waits on this thread for a token. FALSE, with @error set, if
- * @cancellable was cancelled first; or, for @req, as soon as it has ended
- * (cancelled, timed out): it is not sent. */
+/* Requests waiting for their rate-limit slot have not reached the
+ * transport: spark_dispatcher_cancel_all() finds them here, by sender id.
+ * Only rate-limited sends come here. */
+typedef struct
+{
+  guint64       sender;
+  SparkRequest *req;      /* a reference */
+} RateWaiter;
+
+static GMutex rate_waiters_lock;
+static GArray *rate_waiters;   /* rate_waiters_lock: RateWaiter */
+
+static void
+rate_waiter_add (guint64       sender,
+                 SparkRequest *req)
+{
+  RateWaiter waiter = { sender, spark_request_ref (req) };
+
+  g_mutex_lock (&rate_waiters_lock);
+  if (rate_waiters == NULL)
+    rate_waiters = g_array_new (FALSE, FALSE, sizeof (RateWaiter));
+  g_array_append_val (rate_waiters, waiter);
+  g_mutex_unlock (&rate_waiters_lock);
+}
+
+static void
+rate_waiter_remove (SparkRequest *req)
+{
+  SparkRequest *found = NULL;
+
+  g_mutex_lock (&rate_waiters_lock);
+  for (guint i = 0; rate_waiters != NULL && i < rate_waiters->len; i++)
+    if (g_array_index (rate_waiters, RateWaiter, i).req == req)
+      {
+        found = req;
+        g_array_remove_index_fast (rate_waiters, i);
+        break;
+      }
+  g_mutex_unlock (&rate_waiters_lock);
+
+  g_assert (found != NULL);
+  spark_request_unref (found);
+}
+
+static void
+rate_waiters_cancel (guint64 sender)
+{
+  GPtrArray *matched = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
+
+  g_mutex_lock (&rate_waiters_lock);
+  for (guint i = 0; rate_waiters != NULL && i < rate_waiters->len; i++)
+    if (g_array_index (rate_waiters, RateWaiter, i).sender == sender)
+      g_ptr_array_add (matched, spark_request_ref (g_array_index (rate_waiters, RateWaiter, i).req));
+  g_mutex_unlock (&rate_waiters_lock);
+
+  /* Claimed here: their waits see it and drop them unsent. */
+  for (guint i = 0; i < matched->len; i++)
+    spark_request_complete_cancelled (g_ptr_array_index (matched, i),
+                                      "The request was cancelled by spark_dispatcher_cancel_all()");
+  g_ptr_array_unref (matched);
+}
+
+/* Waits on this thread for the slot reserved @wait µs ahead. FALSE, with
+ * @error set, if @cancellable was cancelled first; or, for @req, as soon
+ * as it has ended (cancelled, timed out, cancel_all()): it is not sent. A
+ * slot given up is not given back. */
 static gboolean
 rate_wait_blocking (SparkDispatcher  *self,
+                    gint64            wait,
                     GCancellable     *cancellable,
                     SparkRequest     *req,
                     GError          **error)
 {
-  gint64 wait;
+  gint64 deadline = g_get_monotonic_time () + wait;
+  gboolean ret = TRUE;
+  gint64 left;
 
-  while ((wait = rate_acquire (self)) > 0)
+  if (req != NULL)
+    rate_waiter_add (self->id, req);
+
+  while ((left = deadline - g_get_monotonic_time ()) > 0)
     {
-      if (g_cancellable_set_error_if_cancelled (cancellable, error))
-        return FALSE;
-      if (req != NULL && spark_request_is_claimed (req))
-        return FALSE;
+      if (g_cancellable_set_error_if_cancelled (cancellable, error) ||
+          (req != NULL && spark_request_is_claimed (req)))
+        {
+          ret = FALSE;
+          break;
+        }
       /* In slices, to see a cancellation or a timeout soon. */
-      g_usleep ((gulong) MIN (wait, 10 * 1000));
+      g_usleep ((gulong) MIN (left, 10 * 1000));
     }
 
-  return TRUE;
+  if (req != NULL)
+    {
+      rate_waiter_remove (req);
+      if (spark_request_is_claimed (req))
+        ret = FALSE;
+    }
+
+  return ret;
 }
 
 /* A message that waits for a token without blocking: on the sender's
@@ -534,6 +634,7 @@ rate_wait_blocking (SparkDispatcher  *self,
 typedef struct
 {
   SparkDispatcher *self;         /* a reference */
+  gint64           due;          /* monotonic µs: its slot */
   SparkRequest    *req;          /* the sender's reference; or a command: */
   char            *name;
   GVariant        *parameters;   /* not floating */
@@ -554,16 +655,19 @@ throttled_free (Throttled *throttled)
   g_free (throttled);
 }
 
-static void throttle (Throttled *throttled, gint64 wait);
-
 static gboolean
 on_throttled (gpointer data)
 {
   Throttled *throttled = data;
-  gint64 wait;
+
+  g_mutex_lock (&throttled->self->rate_mutex);
+  throttled->self->n_throttled--;
+  g_mutex_unlock (&throttled->self->rate_mutex);
 
   if (throttled->req != NULL)
     {
+      rate_waiter_remove (throttled->req);
+
       /* Ended while it waited: never sent, its outcome went already. */
       if (spark_request_is_claimed (throttled->req))
         {
@@ -571,42 +675,51 @@ on_throttled (gpointer data)
           throttled_free (throttled);
           return G_SOURCE_REMOVE;
         }
+      spark_dispatcher_post_request (throttled->self, g_steal_pointer (&throttled->req), FALSE);
     }
   else
     {
       GError *error = NULL;
 
       if (g_cancellable_set_error_if_cancelled (g_task_get_cancellable (throttled->task), &error))
-        {
-          g_task_return_error (throttled->task, error);
-          throttled_free (throttled);
-          return G_SOURCE_REMOVE;
-        }
+        g_task_return_error (throttled->task, error);
+      else
+        spark_dispatcher_post_command_async (throttled->self, throttled->name,
+                                             g_steal_pointer (&throttled->parameters), throttled->task);
     }
-
-  if ((wait = rate_acquire (throttled->self)) > 0)
-    {
-      throttle (throttled, wait);
-      return G_SOURCE_REMOVE;
-    }
-
-  if (throttled->req != NULL)
-    spark_dispatcher_post_request (throttled->self, g_steal_pointer (&throttled->req), FALSE);
-  else
-    spark_dispatcher_post_command_async (throttled->self, throttled->name,
-                                         g_steal_pointer (&throttled->parameters), throttled->task);
   throttled_free (throttled);
 
   return G_SOURCE_REMOVE;
 }
 
+static gboolean
+throttle_source_dispatch (GSource     *source,
+                          GSourceFunc  callback,
+                          gpointer     user_data)
+{
+  return callback (user_data);
+}
+
+/* Ready at an exact time, not a millisecond timeout: slots a few µs apart
+ * keep their order. Sources ready together dispatch in attach order. */
+static GSourceFuncs throttle_source_funcs = {
+  .dispatch = throttle_source_dispatch,
+};
+
+/* Waits, on the sender's context, for the slot reserved @wait µs ahead. */
 static void
 throttle (Throttled *throttled,
           gint64     wait)
 {
-  GSource *source = g_timeout_source_new ((guint) MAX (1, (wait + 999) / 1000));
+  GSource *source = g_source_new (&throttle_source_funcs, sizeof (GSource));
+
+  throttled->due = g_get_monotonic_time () + wait;
+  if (throttled->req != NULL)
+    rate_waiter_add (throttled->self->id, throttled->req);
 
   g_source_set_static_name (source, "[spark] rate limit");
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_ready_time (source, throttled->due);
   g_source_set_callback (source, on_throttled, throttled, NULL);
   g_source_attach (source, g_main_context_get_thread_default ());
   g_source_unref (source);
@@ -622,9 +735,9 @@ throttle (Throttled *throttled,
  * for room in a full mailbox, and those the server took in its current
  * batch. It acts ahead of the queue and whatever the mailbox's capacity.
  * Requests being handled are left alone (cancel them with their own
- * cancellable), and commands are not retracted. Nor are requests still
- * waiting for a token of [property@Spark.Dispatcher:rate-limit]: they have
- * not reached the mailbox, and are sent when their token comes. Each
+ * cancellable), and commands are not retracted. Requests still waiting for
+ * a token of [property@Spark.Dispatcher:rate-limit] fail too: they are
+ * never sent. Each
  * cancelled request completes once, as usual, from its requester's context
  * (or its blocking call). A cancelled request keeps its place in
  * [property@Spark.ModuleServer:pending], and in a bounded mailbox its room,
@@ -639,6 +752,9 @@ spark_dispatcher_cancel_all (SparkDispatcher *self)
 {
   g_return_if_fail (SPARK_IS_DISPATCHER (self));
 
+  /* Those waiting for their rate-limit slot first: a slot that comes
+   * meanwhile must not send one past this call. */
+  rate_waiters_cancel (self->id);
   if (self->transport != NULL && self->transport->vtable->cancel_all != NULL)
     self->transport->vtable->cancel_all (self->transport, self->id);
 }
@@ -725,17 +841,19 @@ spark_dispatcher_send_request (SparkDispatcher *self,
   /* Its clocks run while it waits for its turn. */
   if G_UNLIKELY (g_atomic_int_get (&self->rate) != 0)
     {
-      gint64 wait;
+      gint64 wait = rate_reserve (self, blocking ? RATE_BLOCKING : RATE_ASYNC);
 
-      if (blocking)
+      if (wait <= 0)
+        ;   /* its slot is now */
+      else if (blocking)
         {
-          if (!rate_wait_blocking (self, NULL, req, NULL))
+          if (!rate_wait_blocking (self, wait, NULL, req, NULL))
             {
               spark_request_unref (req);
               return;
             }
         }
-      else if ((wait = rate_acquire (self)) > 0)
+      else
         {
           Throttled *throttled = g_new0 (Throttled, 1);
 
@@ -1071,8 +1189,13 @@ spark_dispatcher_send_command (SparkDispatcher  *self,
   if (self->transport == NULL)
     return set_closed_error (error);
 
-  if (!rate_wait_blocking (self, cancellable, NULL, error))
-    return FALSE;
+  if G_UNLIKELY (g_atomic_int_get (&self->rate) != 0)
+    {
+      gint64 wait = rate_reserve (self, RATE_BLOCKING);
+
+      if (wait > 0 && !rate_wait_blocking (self, wait, cancellable, NULL, error))
+        return FALSE;
+    }
 
   return self->transport->vtable->post_command (self->transport, name, g_steal_pointer (&params),
                                                (SparkPriority) g_atomic_int_get (&self->priority),
@@ -1114,7 +1237,7 @@ spark_dispatcher_try_send_command (SparkDispatcher  *self,
   if (self->transport == NULL)
     return set_closed_error (error);
 
-  if G_UNLIKELY (rate_acquire (self) > 0)
+  if G_UNLIKELY (rate_reserve (self, RATE_TRY) < 0)
     {
       g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL,
                    "The dispatcher's rate limit (%u messages per second) is reached",
@@ -1232,7 +1355,7 @@ spark_dispatcher_send_command_async (SparkDispatcher     *self,
     }
   else
     {
-      gint64 wait = rate_acquire (self);
+      gint64 wait = rate_reserve (self, RATE_ASYNC);
 
       if G_UNLIKELY (wait > 0)
         {

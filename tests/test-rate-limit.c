@@ -13,7 +13,8 @@
 
 typedef struct
 {
-  gint handled;   /* atomic: requests and commands */
+  gint         handled;   /* atomic: requests and commands */
+  SparkTestLog log;       /* the requests' names, in handling order */
 } Module;
 
 static GVariant *
@@ -25,6 +26,7 @@ module_request (const char    *name,
 {
   Module *m = user_data;
 
+  spark_test_log_append (&m->log, name, NULL);
   g_atomic_int_inc (&m->handled);
   return g_variant_new_string (name);
 }
@@ -53,6 +55,7 @@ static void
 fixture_setup (Fixture       *f,
                gconstpointer  data)
 {
+  spark_test_log_init (&f->m.log);
   spark_test_server_setup (&f->s, spark_func_handler_new (module_request, module_command, &f->m, NULL), data);
 }
 
@@ -61,6 +64,7 @@ fixture_teardown (Fixture       *f,
                   gconstpointer  data)
 {
   spark_test_server_teardown (&f->s);
+  spark_test_log_clear (&f->m.log);
 }
 
 /* Blocking sends wait for their turn: 21 commands at 200 per second with
@@ -233,6 +237,108 @@ on_notify (GObject    *object,
 
 /* The properties: defaults, notify on change only, copied by
  * with_priority. */
+/* A message never overtakes one sent before it that still waits: r1
+ * waits for its slot on this context; r2, sent once r1's slot has come
+ * but before this context ran again, goes after it, and a try-send
+ * meanwhile is refused rather than sent first. */
+static void
+test_rate_order (Fixture       *f,
+                 gconstpointer  data)
+{
+  SparkTestOutcome outcomes[3] = { { 0, }, };
+  GError *error = NULL;
+  char *log;
+
+  spark_dispatcher_set_rate_limit (f->s.dispatcher, 20);
+  spark_dispatcher_set_rate_burst (f->s.dispatcher, 1);
+
+  spark_dispatcher_request_full (f->s.dispatcher, "r0", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &outcomes[0], NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "r1", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &outcomes[1], NULL);
+  /* r1's slot is 50 ms away; this context does not run meanwhile. */
+  g_usleep (250 * 1000);
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "c", NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+  spark_dispatcher_request_full (f->s.dispatcher, "r2", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &outcomes[2], NULL);
+
+  for (guint i = 0; i < 3; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      g_assert_no_error (outcomes[i].error);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+  log = spark_test_log_dup (&f->m.log);
+  g_assert_cmpstr (log, ==, "r0 r1 r2");
+  g_free (log);
+}
+
+typedef struct
+{
+  SparkDispatcher *dispatcher;
+  GError          *error;
+  gint             started;   /* atomic */
+} SyncCall;
+
+static gpointer
+sync_call_thread (gpointer data)
+{
+  SyncCall *call = data;
+  GVariant *reply;
+
+  g_atomic_int_set (&call->started, TRUE);
+  reply = spark_dispatcher_request_sync (call->dispatcher, "blocked", NULL, NULL, NULL, &call->error);
+  g_assert_null (reply);
+  return NULL;
+}
+
+/* cancel_all() fails the requests still waiting for their slot, on a
+ * context or in a blocking call: they are never sent. */
+static void
+test_rate_cancel_all_waiting (Fixture       *f,
+                              gconstpointer  data)
+{
+  SparkTestOutcome first = { 0, }, waiting = { 0, };
+  SyncCall call = { f->s.dispatcher, NULL, 0 };
+  g_autoptr(SparkDispatcher) other = spark_module_server_create_dispatcher (f->s.server);
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+  GThread *thread;
+  char *log;
+
+  /* One message a second: the second waits long. */
+  spark_dispatcher_set_rate_limit (f->s.dispatcher, 1);
+  spark_dispatcher_set_rate_burst (f->s.dispatcher, 1);
+  spark_dispatcher_request_full (f->s.dispatcher, "first", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &first, NULL);
+  spark_dispatcher_request_full (f->s.dispatcher, "waiting", NULL, NULL, NULL,
+                                 spark_test_outcome_cb, &waiting, NULL);
+  thread = g_thread_new ("blocked", sync_call_thread, &call);
+  while (!g_atomic_int_get (&call.started))
+    g_usleep (1000);
+  g_usleep (200 * 1000);   /* well into its wait for the slot a second away */
+
+  spark_dispatcher_cancel_all (f->s.dispatcher);
+  g_thread_join (thread);
+  g_assert_error (call.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  g_clear_error (&call.error);
+  spark_test_wait_flag (NULL, &waiting.done);
+  g_assert_error (waiting.error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+  spark_test_wait_flag (NULL, &first.done);
+  g_assert_no_error (first.error);
+
+  /* Another dispatcher's request goes; the cancelled ones never did. */
+  reply = spark_dispatcher_request_sync (other, "other", NULL, NULL, NULL, &error);
+  g_assert_no_error (error);
+  log = spark_test_log_dup (&f->m.log);
+  g_assert_cmpstr (log, ==, "first other");
+  g_free (log);
+  spark_test_outcome_clear (&first);
+  spark_test_outcome_clear (&waiting);
+}
+
 static void
 test_rate_properties (void)
 {
@@ -270,6 +376,8 @@ main (int argc, char *argv[])
   ADD ("/spark/rate-limit/try", test_rate_try);
   ADD ("/spark/rate-limit/async", test_rate_async);
   ADD ("/spark/rate-limit/command-async", test_rate_command_async);
+  ADD ("/spark/rate-limit/order", test_rate_order);
+  ADD ("/spark/rate-limit/cancel-all-waiting", test_rate_cancel_all_waiting);
   g_test_add_func ("/spark/rate-limit/properties", test_rate_properties);
 
 #undef ADD
