@@ -1241,8 +1241,15 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
   /**
    * SparkModuleServer:pending:
    *
-   * How many messages are queued now: not the one being handled, not
-   * senders waiting for room. Not notified; read it when you need it.
+   * How many messages count against [property@Spark.ModuleServer:capacity]
+   * now: those queued, and those the server has taken but not begun (its
+   * current batch; a pool's messages deferred to the worker that holds
+   * their key, and each worker's copy of a broadcast), including requests
+   * that ended there (cancelled, timed out, cancel_all()) until the server
+   * reaches and skips them. Not the messages being handled, invocations
+   * the handler holds, senders waiting for room or for a rate-limit token,
+   * or control messages (a shutdown, a cancel_all()). Not notified; read
+   * it when you need it.
    *
    * Since: 1.0
    */
@@ -1682,8 +1689,8 @@ spark_module_server_get_running (SparkModuleServer *self)
  * spark_module_server_get_pending:
  * @self: a [class@Spark.ModuleServer]
  *
- * How many messages are queued now: not the one being handled, not senders
- * waiting for room, not a shutdown message. May be called from any thread.
+ * How many messages count against the capacity now: see
+ * [property@Spark.ModuleServer:pending]. May be called from any thread.
  *
  * Returns: the number of queued messages
  *
