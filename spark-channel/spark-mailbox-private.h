@@ -82,6 +82,7 @@ struct _SparkMailbox
   GCancellable      *token;              /* mutex: the send_shutdown() token */
 
   gint               n_queued;           /* mutex; read atomically: counted messages in the lanes */
+  gint               pending_high;       /* mutex: the most pending seen at a send */
   gint               n_waiters;          /* atomic mirror of waiters.length */
 
   GCancellable      *abort_cancellable;  /* immutable: cancelled by an ABORT shutdown */
@@ -103,6 +104,7 @@ struct _SparkMailbox
   gint               n_taken;            /* atomic: taken by the server, not handled yet */
   gint               aborting;           /* atomic */
   gint               n_dropped;          /* atomic: commands dropped, not reported yet */
+  gint               total_dropped;      /* atomic: messages dropped, requests too, ever */
   SparkBlockReturn   command_blocks;     /* handed back by the server, taken by senders */
 };
 
@@ -122,6 +124,7 @@ gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
                                               SparkOrdering  ordering,
                                               GError       **error);
 guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
+guint         spark_mailbox_get_pending_high (SparkMailbox  *mailbox);
 
 gboolean      spark_mailbox_post_request     (SparkMailbox  *mailbox,
                                               SparkRequest  *req,

@@ -237,6 +237,19 @@ pending (SparkMailbox *mailbox)
   return g_atomic_int_get (&mailbox->n_queued) + g_atomic_int_get (&mailbox->n_taken);
 }
 
+/* The most messages pending at once, seen when one was queued. */
+guint
+spark_mailbox_get_pending_high (SparkMailbox *mailbox)
+{
+  gint n;
+
+  g_mutex_lock (&mailbox->mutex);
+  n = mailbox->pending_high;
+  g_mutex_unlock (&mailbox->mutex);
+
+  return (guint) MAX (0, n);
+}
+
 /* Under the lock: a take moves its batch from one count to the other,
  * which a reader between the two would see twice. */
 guint
@@ -367,7 +380,14 @@ enqueue_locked (SparkMailbox *mailbox,
   l->length++;
 
   if (is_counted (msg))
-    g_atomic_int_inc (&mailbox->n_queued);
+    {
+      gint now_pending;
+
+      g_atomic_int_inc (&mailbox->n_queued);
+      now_pending = pending (mailbox);
+      if (now_pending > mailbox->pending_high)
+        mailbox->pending_high = now_pending;
+    }
 
   /* One idle consumer is enough for one message. */
   if (mailbox->idle != 0)
@@ -924,6 +944,7 @@ drop_victim (SparkMailbox *mailbox,
     }
   else
     g_atomic_int_inc (&mailbox->n_dropped);
+  g_atomic_int_inc (&mailbox->total_dropped);
 
   spark_message_free (victim);
 }

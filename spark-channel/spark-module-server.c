@@ -48,6 +48,8 @@
 
 #include "config.h"
 
+#include <string.h>
+
 #include "spark-dispatcher-private.h"
 #include "spark-enum-types.h"
 #include "spark-error.h"
@@ -60,6 +62,26 @@
 #include "spark-wake-source-private.h"
 
 typedef struct _SparkServerWorker SparkServerWorker;
+
+/* What a server counts and times (see spark_module_server_get_metrics()).
+ * Times in µs; those of handlers are sampled, one message in
+ * METRICS_TIME_EVERY, and queue times are those of the requests their
+ * senders stamped (one in SPARK_REQUEST_SAMPLE_EVERY). */
+typedef struct
+{
+  guint64 handled;
+  guint64 failed;
+  guint64 cancelled;
+  guint64 timed_out;
+  guint64 queue_n;
+  guint64 queue_sum;
+  guint64 queue_max;
+  guint64 handler_n;
+  guint64 handler_sum;
+  guint64 handler_max;
+} SparkServerCounts;
+
+#define METRICS_TIME_EVERY 8
 
 typedef struct
 {
@@ -86,6 +108,9 @@ struct _SparkServerWorker
   SparkSpin      spin;         /* how long its own thread polls before it sleeps */
   SparkRouteCache route_cache; /* the router's last routes */
   gboolean       stopped;
+  gboolean       metrics;      /* metrics are on, for this dispatch */
+  guint          n_untimed;    /* messages since the last one timed */
+  SparkServerCounts counts;    /* since the worker last published them */
 };
 
 typedef struct
@@ -130,6 +155,15 @@ struct _SparkModuleServer
   gint           n_serving;        /* atomic: workers that have not stopped */
   gint           n_alive;          /* atomic: worker threads that have not ended */
   gpointer       shutdown;         /* atomic: the shutdown marker, taken; the workers drain and stop */
+
+  /* Metrics. */
+  guint          metrics_interval; /* atomic: ms between notifications; 0: metrics off */
+  gint           metrics_due;      /* atomic: a notification is on its way */
+  GMutex         metrics_mutex;
+  SparkServerCounts counts;        /* metrics_mutex: what the workers published */
+  SparkServerCounts notified;      /* owner context: the values last notified */
+  guint64        notified_dropped; /* owner context */
+  guint          notified_high;    /* owner context */
 };
 
 G_DEFINE_FINAL_TYPE (SparkModuleServer, spark_module_server, G_TYPE_OBJECT)
@@ -145,6 +179,18 @@ enum {
   PROP_ORDERING,
   PROP_RUNNING,
   PROP_PENDING,
+  PROP_METRICS_INTERVAL,
+  PROP_METRICS,
+  PROP_HANDLED,
+  PROP_FAILED,
+  PROP_CANCELLED,
+  PROP_TIMED_OUT,
+  PROP_DROPPED,
+  PROP_PENDING_HIGH_WATER,
+  PROP_QUEUE_TIME_MEAN,
+  PROP_QUEUE_TIME_MAX,
+  PROP_HANDLER_TIME_MEAN,
+  PROP_HANDLER_TIME_MAX,
   N_PROPS
 };
 
@@ -272,6 +318,157 @@ spark_module_server_check_drops (SparkModuleServer *self)
       g_atomic_int_set (&self->drop_report_due, TRUE);
       spark_module_server_invoke_owner_later (self, DROP_REPORT_MSEC, emit_messages_dropped, NULL, NULL);
     }
+}
+
+/* Metrics ------------------------------------------------------------------- */
+
+static void
+counts_add (SparkServerCounts       *into,
+            const SparkServerCounts *from)
+{
+  into->handled += from->handled;
+  into->failed += from->failed;
+  into->cancelled += from->cancelled;
+  into->timed_out += from->timed_out;
+  into->queue_n += from->queue_n;
+  into->queue_sum += from->queue_sum;
+  into->queue_max = MAX (into->queue_max, from->queue_max);
+  into->handler_n += from->handler_n;
+  into->handler_sum += from->handler_sum;
+  into->handler_max = MAX (into->handler_max, from->handler_max);
+}
+
+static void
+spark_module_server_get_counts (SparkModuleServer *self,
+                                SparkServerCounts *counts)
+{
+  g_mutex_lock (&self->metrics_mutex);
+  *counts = self->counts;
+  g_mutex_unlock (&self->metrics_mutex);
+}
+
+static inline guint64
+mean_of (guint64 sum,
+         guint64 n)
+{
+  return n > 0 ? (sum + n / 2) / n : 0;
+}
+
+static guint64
+spark_module_server_get_dropped (SparkModuleServer *self)
+{
+  return (guint64) (guint) g_atomic_int_get (&self->mailbox->total_dropped);
+}
+
+/* On the owner context, at most once per metrics-interval: the metrics
+ * properties that changed since the last time. */
+static void
+emit_metrics_notify (SparkModuleServer *self,
+                     gpointer           data)
+{
+  SparkServerCounts now;
+  guint64 dropped = spark_module_server_get_dropped (self);
+  guint high = spark_mailbox_get_pending_high (self->mailbox);
+  SparkServerCounts *was = &self->notified;
+  gboolean changed = FALSE;
+
+  g_atomic_int_set (&self->metrics_due, FALSE);
+  spark_module_server_get_counts (self, &now);
+
+  g_object_freeze_notify (G_OBJECT (self));
+#define NOTIFY_IF(cond, prop) \
+  G_STMT_START { if (cond) { g_object_notify_by_pspec (G_OBJECT (self), properties[prop]); changed = TRUE; } } G_STMT_END
+  NOTIFY_IF (now.handled != was->handled, PROP_HANDLED);
+  NOTIFY_IF (now.failed != was->failed, PROP_FAILED);
+  NOTIFY_IF (now.cancelled != was->cancelled, PROP_CANCELLED);
+  NOTIFY_IF (now.timed_out != was->timed_out, PROP_TIMED_OUT);
+  NOTIFY_IF (dropped != self->notified_dropped, PROP_DROPPED);
+  NOTIFY_IF (high != self->notified_high, PROP_PENDING_HIGH_WATER);
+  NOTIFY_IF (mean_of (now.queue_sum, now.queue_n) != mean_of (was->queue_sum, was->queue_n),
+             PROP_QUEUE_TIME_MEAN);
+  NOTIFY_IF (now.queue_max != was->queue_max, PROP_QUEUE_TIME_MAX);
+  NOTIFY_IF (mean_of (now.handler_sum, now.handler_n) != mean_of (was->handler_sum, was->handler_n),
+             PROP_HANDLER_TIME_MEAN);
+  NOTIFY_IF (now.handler_max != was->handler_max, PROP_HANDLER_TIME_MAX);
+#undef NOTIFY_IF
+  if (changed)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_METRICS]);
+  g_object_thaw_notify (G_OBJECT (self));
+
+  *was = now;
+  self->notified_dropped = dropped;
+  self->notified_high = high;
+}
+
+/* Something changed: one notification, metrics-interval from now. */
+static void
+spark_module_server_metrics_changed (SparkModuleServer *self)
+{
+  guint interval = g_atomic_int_get (&self->metrics_interval);
+
+  if (interval > 0 && !g_atomic_int_get (&self->metrics_due) &&
+      !g_atomic_int_exchange (&self->metrics_due, TRUE))
+    spark_module_server_invoke_owner_later (self, interval, emit_metrics_notify, NULL, NULL);
+}
+
+/* On the worker's context, at the end of a dispatch: its counts since
+ * the last time, for everybody to read. */
+static void
+spark_server_worker_publish (SparkServerWorker *worker)
+{
+  SparkModuleServer *self = worker->server;
+  static const SparkServerCounts zero = { 0, };
+
+  if (memcmp (&worker->counts, &zero, sizeof zero) == 0)
+    return;
+
+  g_mutex_lock (&self->metrics_mutex);
+  counts_add (&self->counts, &worker->counts);
+  g_mutex_unlock (&self->metrics_mutex);
+  worker->counts = zero;
+
+  spark_module_server_metrics_changed (self);
+}
+
+/* How @req ended, once the server is done with it. */
+static inline void
+spark_server_worker_count_end (SparkServerWorker *worker,
+                               SparkRequest      *req)
+{
+  if (!worker->metrics)
+    return;
+
+  switch (spark_request_get_end (req))
+    {
+    case SPARK_REQUEST_END_FAILED:
+      worker->counts.failed++;
+      break;
+    case SPARK_REQUEST_END_CANCELLED:
+      worker->counts.cancelled++;
+      break;
+    case SPARK_REQUEST_END_TIMED_OUT:
+      worker->counts.timed_out++;
+      break;
+    case SPARK_REQUEST_END_NONE:
+    case SPARK_REQUEST_END_REPLY:
+    case SPARK_REQUEST_END_OTHER:
+    default:
+      break;
+    }
+}
+
+static inline void
+record_time (guint64 *n,
+             guint64 *sum,
+             guint64 *max,
+             gint64   usec)
+{
+  guint64 t = (guint64) MAX (usec, 0);
+
+  (*n)++;
+  *sum += t;
+  if (t > *max)
+    *max = t;
 }
 
 static void
@@ -533,6 +730,13 @@ spark_module_server_handle_command (SparkModuleServer *self,
       ok = FALSE;
     }
 
+  if (worker->metrics)
+    {
+      worker->counts.handled++;
+      if (!ok)
+        worker->counts.failed++;
+    }
+
   if (ok && error != NULL)
     {
       /* As for requests: a contract breach, said loudly, not leaked. */
@@ -566,9 +770,13 @@ spark_module_server_handle_request (SparkModuleServer *self,
   /* Cancelled or timed out while queued: the requester already knows. */
   if (spark_request_is_claimed (req))
     {
+      spark_server_worker_count_end (worker, req);
       spark_request_unref (req);
       return FALSE;
     }
+
+  if (worker->metrics)
+    worker->counts.handled++;
 
   /* A router's request to a plain handler is answered by a call. */
   if (self->router != NULL)
@@ -603,6 +811,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
           return worker->held->len >= self->max_invocations;
         }
 
+      spark_server_worker_count_end (worker, req);
       release_held (self, req);
       return FALSE;
     }
@@ -642,6 +851,7 @@ spark_module_server_handle_request (SparkModuleServer *self,
 
       if (own_cancellable)
         spark_mailbox_set_current (mailbox, worker->index, NULL);
+      spark_server_worker_count_end (worker, req);
     }
 
   spark_request_unref (req);
@@ -667,10 +877,43 @@ spark_module_server_cancel_taken (SparkServerWorker *worker,
     }
 }
 
+/* Whether to time the next message's handler: one in METRICS_TIME_EVERY,
+ * and those with a queue time to measure. Returns its start, or 0. */
+static inline gint64
+spark_server_worker_time_start (SparkServerWorker *worker,
+                                guint32            queued_us)
+{
+  gint64 now;
+
+  if (!worker->metrics)
+    return 0;
+  if (++worker->n_untimed < METRICS_TIME_EVERY && queued_us == 0)
+    return 0;
+
+  worker->n_untimed = 0;
+  now = g_get_monotonic_time ();
+  /* The sender's clock, in 32 bits: the difference wraps, as it should. */
+  if (queued_us != 0)
+    record_time (&worker->counts.queue_n, &worker->counts.queue_sum, &worker->counts.queue_max,
+                 (gint64) (guint32) ((guint32) now - queued_us));
+  return now;
+}
+
+static inline void
+spark_server_worker_time_end (SparkServerWorker *worker,
+                              gint64             start,
+                              guint64            handled_before)
+{
+  /* Only a handler that ran: a request that ended while queued is skipped. */
+  if (start != 0 && worker->counts.handled != handled_before)
+    record_time (&worker->counts.handler_n, &worker->counts.handler_sum, &worker->counts.handler_max,
+                 g_get_monotonic_time () - start);
+}
+
 /* A worker's source: handles what is queued, a budget at a time so that
  * other sources on a shared context get their turn. */
 static gboolean
-spark_server_worker_dispatch (SparkServerWorker *worker)
+spark_server_worker_dispatch_some (SparkServerWorker *worker)
 {
   SparkModuleServer *self = worker->server;
   SparkMailbox *mailbox = self->mailbox;
@@ -679,6 +922,7 @@ spark_server_worker_dispatch (SparkServerWorker *worker)
 
   spark_wake_source_set_ready ((SparkWakeSource *) worker->source, FALSE);
   spark_module_server_check_drops (self);
+  worker->metrics = g_atomic_int_get (&self->metrics_interval) != 0;
 
   if (worker->held->len > 0)
     {
@@ -690,6 +934,7 @@ spark_server_worker_dispatch (SparkServerWorker *worker)
           if (spark_request_is_claimed (req))
             {
               g_ptr_array_remove_index (worker->held, i);
+              spark_server_worker_count_end (worker, req);
               release_held (self, req);
             }
         }
@@ -789,7 +1034,13 @@ spark_server_worker_dispatch (SparkServerWorker *worker)
 
         case SPARK_MESSAGE_COMMAND:
           spark_mailbox_release_one (mailbox);
-          spark_module_server_handle_command (self, worker, msg);
+          {
+            guint64 before = worker->counts.handled;
+            gint64 start = spark_server_worker_time_start (worker, 0);
+
+            spark_module_server_handle_command (self, worker, msg);
+            spark_server_worker_time_end (worker, start, before);
+          }
           /* Blocks go back to senders from one thread only. */
           if (self->pool)
             spark_message_free (msg);
@@ -799,8 +1050,16 @@ spark_server_worker_dispatch (SparkServerWorker *worker)
 
         case SPARK_MESSAGE_REQUEST:
           spark_mailbox_release_one (mailbox);
-          if (spark_module_server_handle_request (self, worker, spark_request_from_message (msg)))
-            return G_SOURCE_CONTINUE;
+          {
+            SparkRequest *req = spark_request_from_message (msg);
+            guint64 before = worker->counts.handled;
+            gint64 start = spark_server_worker_time_start (worker, spark_request_get_queued_us (req));
+            gboolean wait = spark_module_server_handle_request (self, worker, req);
+
+            spark_server_worker_time_end (worker, start, before);
+            if (wait)
+              return G_SOURCE_CONTINUE;
+          }
           break;
 
         default:
@@ -811,6 +1070,18 @@ spark_server_worker_dispatch (SparkServerWorker *worker)
   /* More to do, after the context's other sources had their turn. */
   spark_wake_source_set_ready ((SparkWakeSource *) worker->source, TRUE);
   return G_SOURCE_CONTINUE;
+}
+
+static gboolean
+spark_server_worker_dispatch (SparkServerWorker *worker)
+{
+  gboolean again = spark_server_worker_dispatch_some (worker);
+
+  /* Once per dispatch, not per message. */
+  if (worker->metrics)
+    spark_server_worker_publish (worker);
+
+  return again;
 }
 
 static gboolean
@@ -957,6 +1228,7 @@ spark_module_server_finalize (GObject *object)
   g_clear_pointer (&self->owner_context, g_main_context_unref);
   g_clear_pointer (&self->name, g_free);
   g_mutex_clear (&self->state_mutex);
+  g_mutex_clear (&self->metrics_mutex);
 
   G_OBJECT_CLASS (spark_module_server_parent_class)->finalize (object);
 }
@@ -1007,6 +1279,51 @@ spark_module_server_get_property (GObject    *object,
       g_value_set_uint (value, spark_module_server_get_pending (self));
       break;
 
+    case PROP_METRICS_INTERVAL:
+      g_value_set_uint (value, spark_module_server_get_metrics_interval (self));
+      break;
+
+    case PROP_METRICS:
+      g_value_take_variant (value, spark_module_server_get_metrics (self));
+      break;
+
+    case PROP_DROPPED:
+      g_value_set_uint64 (value, spark_module_server_get_dropped (self));
+      break;
+
+    case PROP_PENDING_HIGH_WATER:
+      g_value_set_uint (value, spark_mailbox_get_pending_high (self->mailbox));
+      break;
+
+    case PROP_HANDLED:
+    case PROP_FAILED:
+    case PROP_CANCELLED:
+    case PROP_TIMED_OUT:
+    case PROP_QUEUE_TIME_MEAN:
+    case PROP_QUEUE_TIME_MAX:
+    case PROP_HANDLER_TIME_MEAN:
+    case PROP_HANDLER_TIME_MAX:
+      {
+        SparkServerCounts counts;
+        guint64 v;
+
+        spark_module_server_get_counts (self, &counts);
+        switch (prop_id)
+          {
+          case PROP_HANDLED: v = counts.handled; break;
+          case PROP_FAILED: v = counts.failed; break;
+          case PROP_CANCELLED: v = counts.cancelled; break;
+          case PROP_TIMED_OUT: v = counts.timed_out; break;
+          case PROP_QUEUE_TIME_MEAN: v = mean_of (counts.queue_sum, counts.queue_n); break;
+          case PROP_QUEUE_TIME_MAX: v = counts.queue_max; break;
+          case PROP_HANDLER_TIME_MEAN: v = mean_of (counts.handler_sum, counts.handler_n); break;
+          case PROP_HANDLER_TIME_MAX:
+          default: v = counts.handler_max; break;
+          }
+        g_value_set_uint64 (value, v);
+      }
+      break;
+
     default:
       G_OBJECT_WARN_INVALID_PROPERTY_ID (object, prop_id, pspec);
     }
@@ -1048,6 +1365,10 @@ spark_module_server_set_property (GObject      *object,
 
     case PROP_ORDERING:
       spark_module_server_set_ordering (self, g_value_get_enum (value));
+      break;
+
+    case PROP_METRICS_INTERVAL:
+      spark_module_server_set_metrics_interval (self, g_value_get_uint (value));
       break;
 
     default:
@@ -1260,6 +1581,166 @@ spark_module_server_class_init (SparkModuleServerClass *klass)
                         G_PARAM_EXPLICIT_NOTIFY |
                         G_PARAM_STATIC_STRINGS));
 
+  /**
+   * SparkModuleServer:metrics-interval:
+   *
+   * How often, at most, the metrics properties are notified, in
+   * milliseconds: 100 (ten times a second) by default. A notification
+   * comes only when something changed, on the owner context, so that
+   * g_object_bind_property() to a widget works whatever thread the traffic
+   * comes from. 0 turns metrics off: nothing is counted or timed (the
+   * counters keep their values), for the last percent of throughput. May
+   * be set at any time, from the thread that owns the server; it takes
+   * effect from the server's next batch.
+   *
+   * Since: 1.0
+   */
+  properties[PROP_METRICS_INTERVAL] =
+    g_param_spec_uint ("metrics-interval", NULL, NULL,
+                       0, G_MAXINT, 100,
+                       (G_PARAM_READWRITE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:metrics:
+   *
+   * A snapshot of every metric, as [method@Spark.ModuleServer.get_metrics]
+   * returns it. Notified (with the metrics that changed) at most once per
+   * [property@Spark.ModuleServer:metrics-interval].
+   *
+   * Since: 1.0
+   */
+  properties[PROP_METRICS] =
+    g_param_spec_variant ("metrics", NULL, NULL,
+                          G_VARIANT_TYPE_VARDICT, NULL,
+                          (G_PARAM_READABLE |
+                           G_PARAM_EXPLICIT_NOTIFY |
+                           G_PARAM_STATIC_STRINGS));
+
+#define METRIC_UINT64(prop, name, doc) \
+  properties[prop] = g_param_spec_uint64 (name, NULL, NULL, 0, G_MAXUINT64, 0, \
+                                          (G_PARAM_READABLE | G_PARAM_EXPLICIT_NOTIFY | \
+                                           G_PARAM_STATIC_STRINGS))
+
+  /**
+   * SparkModuleServer:handled:
+   *
+   * How many messages the handler was given: requests and commands,
+   * including those that failed; not those that ended while queued. A
+   * metric: notified at most once per
+   * [property@Spark.ModuleServer:metrics-interval], on the owner context.
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_HANDLED, "handled", NULL);
+
+  /**
+   * SparkModuleServer:failed:
+   *
+   * How many handled messages failed: requests whose handler returned an
+   * error (or a reply of the wrong type, or none), and commands whose
+   * handler failed. A metric, notified like
+   * [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_FAILED, "failed", NULL);
+
+  /**
+   * SparkModuleServer:cancelled:
+   *
+   * How many requests were cancelled (their cancellable, or
+   * [method@Spark.Dispatcher.cancel_all]) before their handler replied,
+   * while queued or while handled. A metric, notified like
+   * [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_CANCELLED, "cancelled", NULL);
+
+  /**
+   * SparkModuleServer:timed-out:
+   *
+   * How many requests timed out before their handler replied. A metric,
+   * notified like [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_TIMED_OUT, "timed-out", NULL);
+
+  /**
+   * SparkModuleServer:dropped:
+   *
+   * How many messages the [property@Spark.ModuleServer:overflow] policy
+   * dropped: commands and requests. A metric, notified like
+   * [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_DROPPED, "dropped", NULL);
+
+  /**
+   * SparkModuleServer:pending-high-water:
+   *
+   * The most messages [property@Spark.ModuleServer:pending] has counted at
+   * once. A metric, notified like [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  properties[PROP_PENDING_HIGH_WATER] =
+    g_param_spec_uint ("pending-high-water", NULL, NULL,
+                       0, G_MAXUINT, 0,
+                       (G_PARAM_READABLE |
+                        G_PARAM_EXPLICIT_NOTIFY |
+                        G_PARAM_STATIC_STRINGS));
+
+  /**
+   * SparkModuleServer:queue-time-mean:
+   *
+   * How long requests waited in the mailbox before their handler started,
+   * on average, in microseconds. Sampled: one request in 8 of each sending
+   * thread carries the time it was sent. A metric, notified like
+   * [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_QUEUE_TIME_MEAN, "queue-time-mean", NULL);
+
+  /**
+   * SparkModuleServer:queue-time-max:
+   *
+   * The longest a sampled request waited in the mailbox, in microseconds
+   * (see [property@Spark.ModuleServer:queue-time-mean]).
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_QUEUE_TIME_MAX, "queue-time-max", NULL);
+
+  /**
+   * SparkModuleServer:handler-time-mean:
+   *
+   * How long the handler took per message, on average, in microseconds:
+   * from the call to its return (an invocation completed later counts
+   * until handle_invocation() returned). Sampled: one message in 8, and
+   * every request whose queue time is measured. A metric, notified like
+   * [property@Spark.ModuleServer:handled].
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_HANDLER_TIME_MEAN, "handler-time-mean", NULL);
+
+  /**
+   * SparkModuleServer:handler-time-max:
+   *
+   * The longest a sampled handler call took, in microseconds (see
+   * [property@Spark.ModuleServer:handler-time-mean]).
+   *
+   * Since: 1.0
+   */
+  METRIC_UINT64 (PROP_HANDLER_TIME_MAX, "handler-time-max", NULL);
+#undef METRIC_UINT64
+
   g_object_class_install_properties (object_class, N_PROPS, properties);
 
   /**
@@ -1320,6 +1801,8 @@ spark_module_server_init (SparkModuleServer *self)
   self->mailbox = spark_mailbox_new ();
   self->max_invocations = 1;
   self->n_workers_set = 1;
+  self->metrics_interval = 100;
+  g_mutex_init (&self->metrics_mutex);
 }
 
 /* API ------------------------------------------------------------------------ */
@@ -1702,6 +2185,113 @@ spark_module_server_get_pending (SparkModuleServer *self)
   g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 0);
 
   return spark_mailbox_get_pending (self->mailbox);
+}
+
+/**
+ * spark_module_server_get_metrics_interval:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * Gets [property@Spark.ModuleServer:metrics-interval]. May be called from
+ * any thread.
+ *
+ * Returns: milliseconds, 0 when metrics are off
+ *
+ * Since: 1.0
+ */
+guint
+spark_module_server_get_metrics_interval (SparkModuleServer *self)
+{
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), 0);
+
+  return (guint) g_atomic_int_get (&self->metrics_interval);
+}
+
+/**
+ * spark_module_server_set_metrics_interval:
+ * @self: a [class@Spark.ModuleServer]
+ * @interval_msec: the least time between two notifications of the metrics,
+ *   in milliseconds; 0 turns metrics off
+ *
+ * Sets [property@Spark.ModuleServer:metrics-interval]. Call it from the
+ * thread that owns the server.
+ *
+ * Since: 1.0
+ */
+void
+spark_module_server_set_metrics_interval (SparkModuleServer *self,
+                                          guint              interval_msec)
+{
+  g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
+  g_return_if_fail (interval_msec <= G_MAXINT);
+
+  if ((guint) g_atomic_int_exchange (&self->metrics_interval, (gint) interval_msec) != interval_msec)
+    g_object_notify_by_pspec (G_OBJECT (self), properties[PROP_METRICS_INTERVAL]);
+}
+
+/**
+ * spark_module_server_get_metrics:
+ * @self: a [class@Spark.ModuleServer]
+ *
+ * A snapshot of what the server has done, as a dictionary (`a{sv}`):
+ *
+ * - `handled`, `failed`, `cancelled`, `timed-out`, `dropped` (uint64): the
+ *   counters of the properties of those names;
+ * - `pending` (uint32): [property@Spark.ModuleServer:pending] now, and
+ *   `pending-high-water` (uint32), the most it has been;
+ * - `queue-time-mean`, `queue-time-max`, `handler-time-mean`,
+ *   `handler-time-max` (uint64, µs), and `queue-time-samples`,
+ *   `handler-time-samples` (uint64): how many measures they are made of
+ *   (see [property@Spark.ModuleServer:queue-time-mean]);
+ * - `workers` (uint32);
+ * - `routes` (`a{sa{sv}}`), for a server whose handler is a
+ *   [class@Spark.Router]: [method@Spark.Router.get_metrics].
+ *
+ * Each worker publishes its counts once per batch it handles, so a
+ * snapshot taken while messages are handled may lag by a batch.
+ *
+ * May be called from any thread.
+ *
+ * Returns: (transfer full): the metrics, a new non-floating dictionary
+ *
+ * Since: 1.0
+ */
+GVariant *
+spark_module_server_get_metrics (SparkModuleServer *self)
+{
+  SparkServerCounts counts;
+  GVariantBuilder builder;
+
+  g_return_val_if_fail (SPARK_IS_MODULE_SERVER (self), NULL);
+
+  spark_module_server_get_counts (self, &counts);
+
+  g_variant_builder_init (&builder, G_VARIANT_TYPE_VARDICT);
+#define ADD_U64(key, v) g_variant_builder_add (&builder, "{sv}", key, g_variant_new_uint64 (v))
+  ADD_U64 ("handled", counts.handled);
+  ADD_U64 ("failed", counts.failed);
+  ADD_U64 ("cancelled", counts.cancelled);
+  ADD_U64 ("timed-out", counts.timed_out);
+  ADD_U64 ("dropped", spark_module_server_get_dropped (self));
+  ADD_U64 ("queue-time-mean", mean_of (counts.queue_sum, counts.queue_n));
+  ADD_U64 ("queue-time-max", counts.queue_max);
+  ADD_U64 ("queue-time-samples", counts.queue_n);
+  ADD_U64 ("handler-time-mean", mean_of (counts.handler_sum, counts.handler_n));
+  ADD_U64 ("handler-time-max", counts.handler_max);
+  ADD_U64 ("handler-time-samples", counts.handler_n);
+#undef ADD_U64
+  g_variant_builder_add (&builder, "{sv}", "pending",
+                         g_variant_new_uint32 (spark_module_server_get_pending (self)));
+  g_variant_builder_add (&builder, "{sv}", "pending-high-water",
+                         g_variant_new_uint32 (spark_mailbox_get_pending_high (self->mailbox)));
+  g_variant_builder_add (&builder, "{sv}", "workers", g_variant_new_uint32 (self->n_workers_set));
+  if (SPARK_IS_ROUTER (self->handler))
+    {
+      g_autoptr(GVariant) routes = spark_router_get_metrics (SPARK_ROUTER (self->handler));
+
+      g_variant_builder_add (&builder, "{sv}", "routes", routes);
+    }
+
+  return g_variant_ref_sink (g_variant_builder_end (&builder));
 }
 
 /* Linux refuses thread names longer than 15 bytes (and GLib then leaves

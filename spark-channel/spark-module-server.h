@@ -147,6 +147,13 @@ SPARK_AVAILABLE_IN_1_0
 void               spark_module_server_set_ordering      (SparkModuleServer   *self,
                                                           SparkOrdering        ordering);
 SPARK_AVAILABLE_IN_1_0
+guint              spark_module_server_get_metrics_interval (SparkModuleServer *self);
+SPARK_AVAILABLE_IN_1_0
+void               spark_module_server_set_metrics_interval (SparkModuleServer *self,
+                                                             guint              interval_msec);
+SPARK_AVAILABLE_IN_1_0
+GVariant          *spark_module_server_get_metrics       (SparkModuleServer   *self);
+SPARK_AVAILABLE_IN_1_0
 gboolean           spark_module_server_get_running       (SparkModuleServer   *self);
 SPARK_AVAILABLE_IN_1_0
 guint              spark_module_server_get_pending       (SparkModuleServer   *self);

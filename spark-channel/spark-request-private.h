@@ -20,6 +20,20 @@ G_BEGIN_DECLS
 
 typedef struct _SparkRequest SparkRequest;
 
+/* How a request ended, fixed by its claim. */
+typedef enum {
+  SPARK_REQUEST_END_NONE,        /* not yet */
+  SPARK_REQUEST_END_REPLY,       /* the handler's reply */
+  SPARK_REQUEST_END_FAILED,      /* the handler's error (or a bad reply) */
+  SPARK_REQUEST_END_CANCELLED,   /* the requester's cancellable, cancel_all() */
+  SPARK_REQUEST_END_TIMED_OUT,
+  SPARK_REQUEST_END_OTHER,       /* closed, dropped, refused */
+} SparkRequestEnd;
+
+/* One request in this many, per sending thread, carries the time it was
+ * sent (for the server's queue-time metrics). */
+#define SPARK_REQUEST_SAMPLE_EVERY 8
+
 /* Called once, by whoever completes the request, while the handler still
  * holds its invocation: the server waiting for it moves on (see
  * spark_request_watch()). */
@@ -112,6 +126,8 @@ void          spark_request_unwatch             (SparkRequest *req);
 
 /* Outcomes. */
 gboolean      spark_request_is_claimed          (SparkRequest *req);
+SparkRequestEnd spark_request_get_end           (SparkRequest *req);
+guint32       spark_request_get_queued_us       (SparkRequest *req);
 gboolean      spark_request_complete            (SparkRequest *req,
                                                  GVariant     *reply,
                                                  GError       *error);

@@ -49,10 +49,13 @@ struct _SparkRequest
 {
   SparkMessage     msg;               /* first: a request is queued as a message */
   const char      *name;              /* immutable: inline after the struct */
-  gsize            size;              /* immutable: of the allocation */
+  guint32          size;              /* immutable: of the allocation */
+  guint32          queued_us;         /* immutable after send: the low 32 bits of the
+                                       * monotonic time it was sent, for the server's
+                                       * metrics; 0: not sampled */
 
   gint             ref_count;         /* atomic */
-  gint             claimed;           /* atomic: 0 -> 1 once */
+  gint             claimed;           /* atomic: 0 -> a SparkRequestEnd once */
   gint             cancel_armed;      /* atomic: the cancel handler may claim */
   guint8           reply_kind;        /* immutable: a ReplyKind */
 
@@ -156,7 +159,7 @@ request_new (const char         *name,
 
   req->msg.kind = SPARK_MESSAGE_REQUEST;
   req->name = inline_name;
-  req->size = sizeof *req + len + type_len;
+  req->size = (guint32) (sizeof *req + len + type_len);
   req->msg.parameters = parameters;   /* ours now: sunk by the dispatcher */
   req->ref_count = 2;   /* the sender's side and the completion side */
   req->reply_kind = (guint8) reply_kind;
@@ -320,6 +323,22 @@ spark_request_is_claimed (SparkRequest *req)
   return g_atomic_int_get (&req->claimed) != 0;
 }
 
+/* How @req ended, SPARK_REQUEST_END_NONE while it has not. */
+SparkRequestEnd
+spark_request_get_end (SparkRequest *req)
+{
+  return (SparkRequestEnd) g_atomic_int_get (&req->claimed);
+}
+
+/* When the sender sent it (the low 32 bits of the monotonic time, in µs),
+ * for one request in SPARK_REQUEST_SAMPLE_EVERY of each sending thread;
+ * 0 for the others. */
+guint32
+spark_request_get_queued_us (SparkRequest *req)
+{
+  return req->queued_us;
+}
+
 GCancellable *
 spark_request_get_handler_cancellable (SparkRequest *req)
 {
@@ -364,9 +383,23 @@ spark_request_complete_internal (SparkRequest *req,
 {
   gpointer watch_data;
 
+  SparkRequestEnd end;
+
   g_assert (reply == NULL || !g_variant_is_floating (reply));
 
-  if (!g_atomic_int_compare_and_exchange (&req->claimed, 0, 1))
+  /* How it ended is the claim itself: whoever sees it claimed can read it. */
+  if (error == NULL)
+    end = SPARK_REQUEST_END_REPLY;
+  else if (from_handler)
+    end = SPARK_REQUEST_END_FAILED;
+  else if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+    end = SPARK_REQUEST_END_CANCELLED;
+  else if (g_error_matches (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT))
+    end = SPARK_REQUEST_END_TIMED_OUT;
+  else
+    end = SPARK_REQUEST_END_OTHER;
+
+  if (!g_atomic_int_compare_and_exchange (&req->claimed, 0, (gint) end))
     {
       /* Somebody else ended this request first: drop ours quietly. */
       g_clear_pointer (&reply, g_variant_unref);
@@ -533,6 +566,12 @@ spark_request_on_timeout (SparkTimeout *timeout)
 void
 spark_request_arm (SparkRequest *req)
 {
+  /* Per sending thread: no shared counter to bounce between senders. */
+  static _Thread_local guint n_armed;
+
+  if G_UNLIKELY (++n_armed % SPARK_REQUEST_SAMPLE_EVERY == 0)
+    req->queued_us = (guint32) g_get_monotonic_time () | 1;
+
   /* The cancellable first: its handler id must be stored before anybody
    * else (the timer, the server) can end the request and deliver it. */
   if (req->cancellable != NULL)

@@ -68,6 +68,11 @@ struct _SparkRoute
   gboolean         main_only;
   gboolean         direct;           /* a call answers: no invocation needed */
   gboolean         concurrent;       /* a dispatcher, or a handler that declares itself concurrent */
+
+  /* Metrics, from any server thread. */
+  gsize            n_handled;        /* atomic: messages given to the route */
+  gsize            n_failed;         /* atomic: those that failed at once, or whose forwarded
+                                      * request failed */
 };
 
 typedef SparkRoute Route;
@@ -277,6 +282,7 @@ spark_route_handle_request (SparkRoute    *route,
       return NULL;
     }
 
+  g_atomic_pointer_add (&route->n_handled, 1);
   reply = route->iface->handle_request (route->handler, name, parameters, cancellable, error);
 
   if (reply != NULL && route->reply_type != NULL && !g_variant_is_of_type (reply, route->reply_type))
@@ -287,8 +293,11 @@ spark_route_handle_request (SparkRoute    *route,
                    (int) g_variant_type_get_string_length (route->reply_type),
                    g_variant_type_peek_string (route->reply_type));
       g_variant_unref (g_variant_ref_sink (reply));
-      return NULL;
+      reply = NULL;
     }
+
+  if (reply == NULL)
+    g_atomic_pointer_add (&route->n_failed, 1);
 
   return reply;
 }
@@ -316,6 +325,9 @@ on_forwarded_reply (GVariant     *reply,
                     gpointer      data)
 {
   Forward *forward = data;
+
+  if (error != NULL)
+    g_atomic_pointer_add (&forward->route->n_failed, 1);
 
   if (error != NULL)
     spark_invocation_return_gerror (forward->invocation, error);
@@ -352,6 +364,7 @@ spark_router_handle_invocation (SparkHandler    *handler,
   if (route->reply_type != NULL)
     spark_invocation_check_reply (invocation, route->pattern, route->reply_type);
 
+  g_atomic_pointer_add (&route->n_handled, 1);
   if (route->handler != NULL)
     {
       spark_handler_handle_invocation (route->handler, invocation);
@@ -375,6 +388,8 @@ spark_route_handle_command (SparkRoute    *route,
                             GCancellable  *cancellable,
                             GError       **error)
 {
+  gboolean ok;
+
   if (route == NULL)
     {
       set_no_route ("command", name, error);
@@ -385,20 +400,25 @@ spark_route_handle_command (SparkRoute    *route,
       !check_thread (route, "command", name, error))
     return FALSE;
 
+  g_atomic_pointer_add (&route->n_handled, 1);
+
   if (route->dispatcher != NULL)
-    return spark_dispatcher_try_send_command (route->dispatcher, name, parameters, error);
-
+    ok = spark_dispatcher_try_send_command (route->dispatcher, name, parameters, error);
   /* The wrapper guards against a Python interpreter that exits. */
-  if (route->is_python)
-    return spark_handler_handle_command (route->handler, name, parameters, cancellable, error);
-
-  if (route->iface->handle_command == NULL)
+  else if (route->is_python)
+    ok = spark_handler_handle_command (route->handler, name, parameters, cancellable, error);
+  else if (route->iface->handle_command == NULL)
     {
       spark_handler_set_not_supported (route->handler, SPARK_MESSAGE_COMMAND, name, error);
-      return FALSE;
+      ok = FALSE;
     }
+  else
+    ok = route->iface->handle_command (route->handler, name, parameters, cancellable, error);
 
-  return route->iface->handle_command (route->handler, name, parameters, cancellable, error);
+  if (!ok)
+    g_atomic_pointer_add (&route->n_failed, 1);
+
+  return ok;
 }
 
 static gboolean
@@ -859,4 +879,58 @@ spark_router_set_concurrent (SparkRouter *self,
                 "SPARK_HANDLER_FLAGS_CONCURRENT; the router stays as it was",
                 G_STRFUNC, refused);
   g_mutex_unlock (&self->mutex);
+}
+
+static void
+add_route_metrics (GVariantBuilder *builder,
+                   Route           *route)
+{
+  GVariantBuilder counts;
+
+  g_variant_builder_init (&counts, G_VARIANT_TYPE_VARDICT);
+  g_variant_builder_add (&counts, "{sv}", "handled",
+                         g_variant_new_uint64 (g_atomic_pointer_get (&route->n_handled)));
+  g_variant_builder_add (&counts, "{sv}", "failed",
+                         g_variant_new_uint64 (g_atomic_pointer_get (&route->n_failed)));
+  g_variant_builder_add (builder, "{s@a{sv}}", route->pattern, g_variant_builder_end (&counts));
+}
+
+/**
+ * spark_router_get_metrics:
+ * @self: a [class@Spark.Router]
+ *
+ * What each route has done: for each pattern, a dictionary of `handled`
+ * (uint64: the messages given to the route, including those that failed)
+ * and `failed` (uint64: those refused by the route's parameter type, those
+ * whose handler failed at once, and forwarded requests whose reply was an
+ * error). A request whose handler completes its invocation later counts
+ * in `handled` only. A route removed is forgotten; one added again starts
+ * from zero. [method@Spark.ModuleServer.get_metrics] includes this, as
+ * `routes`, for a server whose handler is a router.
+ *
+ * May be called from any thread.
+ *
+ * Returns: (transfer full): an `a{sa{sv}}` dictionary
+ *
+ * Since: 1.0
+ */
+GVariant *
+spark_router_get_metrics (SparkRouter *self)
+{
+  GVariantBuilder builder;
+  GHashTableIter iter;
+  gpointer value;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), NULL);
+
+  g_variant_builder_init (&builder, G_VARIANT_TYPE ("a{sa{sv}}"));
+  g_mutex_lock (&self->mutex);
+  g_hash_table_iter_init (&iter, self->exact);
+  while (g_hash_table_iter_next (&iter, NULL, &value))
+    add_route_metrics (&builder, value);
+  for (guint i = 0; i < self->prefixes->len; i++)
+    add_route_metrics (&builder, g_ptr_array_index (self->prefixes, i));
+  g_mutex_unlock (&self->mutex);
+
+  return g_variant_ref_sink (g_variant_builder_end (&builder));
 }

@@ -45,6 +45,8 @@ SPARK_AVAILABLE_IN_1_0
 char        **spark_router_list_patterns  (SparkRouter        *self);
 
 SPARK_AVAILABLE_IN_1_0
+GVariant     *spark_router_get_metrics    (SparkRouter        *self);
+SPARK_AVAILABLE_IN_1_0
 gboolean      spark_router_get_concurrent (SparkRouter        *self);
 SPARK_AVAILABLE_IN_1_0
 void          spark_router_set_concurrent (SparkRouter        *self,
