@@ -575,6 +575,7 @@ typedef struct
   gpointer    next;       /* requests forwarded to this server of the same
                            * transport, answered with its reply */
   gboolean    routed;     /* spark: the module behind a SparkRouter */
+  gboolean    no_metrics; /* spark: metrics-interval 0, nothing counted or timed */
   guint       capacity;   /* spark: the mailbox's capacity, 0 for unbounded */
   SparkOverflowPolicy overflow;   /* spark: its policy, with @capacity */
   guint       work_us;    /* spark: each command busy-waits this long (the
@@ -780,6 +781,8 @@ spark_start (BenchState        *state,
   spark_module_server_set_name (side->server, setup->name != NULL ? setup->name : "bench-spark");
   spark_module_server_set_capacity (side->server, setup->capacity);
   spark_module_server_set_overflow (side->server, setup->overflow);
+  if (setup->no_metrics)
+    spark_module_server_set_metrics_interval (side->server, 0);
   if (setup->here)
     started = spark_module_server_start (side->server, NULL, &error);
   else
@@ -888,16 +891,19 @@ spark_request_full (gpointer    server,
                                  completion->func, completion, NULL);
 }
 
-static const Transport spark_transport = {
-  .start = spark_start,
-  .stop = spark_stop,
-  .send_command = spark_send_command,
-  .request = {
-    [STYLE_SYNC] = spark_request_sync,
-    [STYLE_ASYNC] = spark_request_async,
-    [STYLE_FULL] = spark_request_full,
-  },
-};
+/* The spark transport, started by @start_func. */
+#define SPARK_TRANSPORT_STARTED_BY(start_func) {   \
+  .start = start_func,                             \
+  .stop = spark_stop,                              \
+  .send_command = spark_send_command,              \
+  .request = {                                     \
+    [STYLE_SYNC] = spark_request_sync,             \
+    [STYLE_ASYNC] = spark_request_async,           \
+    [STYLE_FULL] = spark_request_full,             \
+  },                                               \
+}
+
+static const Transport spark_transport = SPARK_TRANSPORT_STARTED_BY (spark_start);
 
 /* The same, behind a SparkRouter. */
 static gpointer
@@ -910,16 +916,20 @@ spark_start_routed (BenchState        *state,
   return spark_start (state, &routed);
 }
 
-static const Transport spark_routed_transport = {
-  .start = spark_start_routed,
-  .stop = spark_stop,
-  .send_command = spark_send_command,
-  .request = {
-    [STYLE_SYNC] = spark_request_sync,
-    [STYLE_ASYNC] = spark_request_async,
-    [STYLE_FULL] = spark_request_full,
-  },
-};
+static const Transport spark_routed_transport = SPARK_TRANSPORT_STARTED_BY (spark_start_routed);
+
+/* spark without metrics: what they cost (issue 14). */
+static gpointer
+spark_start_no_metrics (BenchState        *state,
+                        const ServerSetup *setup)
+{
+  ServerSetup quiet = *setup;
+
+  quiet.no_metrics = TRUE;
+  return spark_start (state, &quiet);
+}
+
+static const Transport spark_no_metrics_transport = SPARK_TRANSPORT_STARTED_BY (spark_start_no_metrics);
 
 /* floor: two GAsyncQueues ---------------------------------------------------------- */
 
@@ -1332,6 +1342,7 @@ static const Impl impls[] = {
   { "spark",       &spark_transport, STYLE_COMMAND },
   { "spark_full_routed", &spark_routed_transport, STYLE_FULL },
   { "spark_routed", &spark_routed_transport, STYLE_COMMAND },
+  { "spark_full_nometrics", &spark_no_metrics_transport, STYLE_FULL },
   { "spark_sync_high", &spark_transport, STYLE_SYNC },
   /* cpu_bound: its own servers (a pool of 1 or 2 workers) and GTask's thread pool */
   { "spark_pool1", &spark_transport, STYLE_FULL },
@@ -2543,7 +2554,7 @@ typedef void (*RunFunc) (const Impl *impl,
                          guint64     n,
                          Result     *result);
 
-#define MAX_WORKLOAD_IMPLS 5
+#define MAX_WORKLOAD_IMPLS 6
 
 typedef struct
 {
@@ -2558,7 +2569,7 @@ static const Workload workloads[] = {
   { "request_seq", 200000, 2000, run_request_seq,
     { "spark_sync", "spark_async", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "request_pipelined", 1000000, 20000, run_request_pipelined,
-    { "spark_async", "spark_full", "spark_full_routed", IMPL_FLOOR, IMPL_IDIOM, NULL } },
+    { "spark_async", "spark_full", "spark_full_routed", "spark_full_nometrics", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_throughput", 2000000, 20000, run_command_throughput,
     { "spark", "spark_routed", IMPL_FLOOR, IMPL_IDIOM, NULL } },
   { "command_mpsc", 2000000, 20000, run_command_mpsc,
