@@ -26,6 +26,11 @@
 //   fails what it routes to a JS handler with NOT_SUPPORTED (the JS would
 //   have to run off the main thread): serve the router on the main
 //   context, or route to a dispatcher of a server there.
+// - A pool of workers (SparkModuleServer:workers > 1) runs its handler on
+//   other threads: a JS handler's pool fails to start with NOT_SUPPORTED,
+//   whatever its vfunc_get_flags declares, and so does a JS handler route
+//   on a concurrent router. A concurrent router whose routes are
+//   dispatchers may be served by a pool.
 // - spark_func_handler_new() and spark_invocation_take_error() are C only.
 //
 // Run with `gjs -m test-gjs.js`, with GI_TYPELIB_PATH and LD_LIBRARY_PATH
@@ -1266,6 +1271,106 @@ test('router/js-handler-refused-in-thread', async () => {
 
     await shutdown(server);
     await shutdown(jsServer);
+});
+
+// Worker pools -----------------------------------------------------------------
+
+// Declares itself concurrent: GJS still cannot run it off the main thread.
+const DeclaredConcurrent = GObject.registerClass({
+    Implements: [Spark.Handler],
+}, class DeclaredConcurrent extends Recorder {
+    vfunc_get_flags() {
+        return Spark.HandlerFlags.CONCURRENT;
+    }
+});
+
+test('pool/properties', () => {
+    const server = new Spark.ModuleServer({handler: new Recorder()});
+    assertEqual([server.workers, server.get_workers()], [1, 1], 'default workers');
+    assertEqual(server.ordering, Spark.Ordering.NONE, 'default ordering');
+    const notified = [];
+    server.connect('notify', (_srv, pspec) => notified.push(pspec.name));
+    server.workers = 4;
+    server.set_workers(4);   // no change: no notify
+    server.ordering = Spark.Ordering.KEY;
+    server.set_ordering(Spark.Ordering.NAME);
+    assertEqual(notified, ['workers', 'ordering', 'ordering'], 'notifications');
+    assertEqual([server.get_workers(), server.get_ordering()], [4, Spark.Ordering.NAME]);
+    const built = new Spark.ModuleServer({handler: new Recorder(), workers: 2, ordering: Spark.Ordering.KEY});
+    assertEqual([built.workers, built.ordering], [2, Spark.Ordering.KEY]);
+    assertEqual([Spark.Ordering.NONE, Spark.Ordering.NAME, Spark.Ordering.KEY], [0, 1, 2]);
+    assertEqual([Spark.HandlerFlags.NONE, Spark.HandlerFlags.CONCURRENT], [0, 1]);
+    // The vfunc is reachable from JavaScript, and the default declares nothing.
+    assertEqual(new DeclaredConcurrent().get_flags(), Spark.HandlerFlags.CONCURRENT);
+    assertEqual(new Recorder().get_flags(), Spark.HandlerFlags.NONE);
+    const router = new Spark.Router();
+    assert(!router.get_concurrent(), 'a router is not concurrent by default');
+    assertEqual(router.get_flags(), Spark.HandlerFlags.NONE);
+    router.set_concurrent(true);
+    assert(router.get_concurrent(), 'set_concurrent(true)');
+    assertEqual(router.get_flags(), Spark.HandlerFlags.CONCURRENT);
+});
+
+test('pool/js-handler-refused', async () => {
+    // Whatever a JavaScript handler declares, a pool cannot call it: both
+    // ways of starting fail with NOT_SUPPORTED, saying why, and do not
+    // count as starts.
+    for (const handler of [new Recorder(), new DeclaredConcurrent()]) {
+        const server = new Spark.ModuleServer({handler, name: 'js-pool', workers: 2});
+        let error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start_in_thread());
+        assert(error.message.includes('JavaScript'), error.message);
+        error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start(null));
+        for (const part of ['“js-pool”', '2 workers', 'start_in_thread'])
+            assert(error.message.includes(part), error.message);
+        assert(!server.running, 'a refused start is not a start');
+
+        // One worker on the main context works.
+        server.workers = 1;
+        assert(server.start(null));
+        const reply = await server.create_dispatcher().request_async('Int', null, null, null);
+        assertEqual(reply.unpack(), 42);
+        await shutdown(server);
+    }
+});
+
+test('pool/concurrent-router-with-dispatcher-routes', async () => {
+    // A concurrent router (C) on a pool of two workers, ordered by key, in
+    // front of a JavaScript module on the main context: routes to JS
+    // handlers are refused, dispatcher routes work; each key's commands
+    // reach the module in order; a broadcast reaches it once per worker.
+    const module = new Recorder();
+    const moduleServer = new Spark.ModuleServer({handler: module, name: 'module'});
+    moduleServer.start(null);
+    const router = new Spark.Router();
+    router.set_concurrent(true);
+    const error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED,
+        () => router.add_handler('js.*', new DeclaredConcurrent(), null, null));
+    assert(error.message.includes('“js.*”'), error.message);
+    assertEqual(router.list_patterns(), []);
+    assert(router.add_dispatcher('*', moduleServer.create_dispatcher(), null, null));
+    const server = new Spark.ModuleServer({
+        handler: router, name: 'router-pool', workers: 2, ordering: Spark.Ordering.KEY, max_invocations: 4,
+    });
+    server.start_in_thread();
+    const dispatcher = server.create_dispatcher();
+
+    const replies = await Promise.all([0, 1, 2, 3].map(i =>
+        dispatcher.request_async('Echo', new GLib.Variant('(su)', [`user${i % 2}`, i]), null, null)));
+    assertEqual(replies.map(r => r.deepUnpack()), [['user0', 0], ['user1', 1], ['user0', 2], ['user1', 3]]);
+    for (let seq = 0; seq < 10; seq++) {
+        for (const key of ['alice', 'bob'])
+            assert(dispatcher.send_command('Append', new GLib.Variant('(su)', [key, seq]), null));
+    }
+    assert(dispatcher.broadcast_command('Reload', null));
+    await shutdown(server);   // DRAIN: every message has been forwarded
+    await shutdown(moduleServer);
+
+    const commands = module.seen.filter(([kind]) => kind === 'command');
+    for (const key of ['alice', 'bob']) {
+        assertEqual(commands.filter(([, name, p]) => name === 'Append' && p[0] === key).map(([, , p]) => p[1]),
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], `${key}'s commands`);
+    }
+    assertEqual(commands.filter(([, name]) => name === 'Reload').length, 2, 'a copy from each worker');
 });
 
 test('introspection', () => {

@@ -9,8 +9,9 @@
 # command-failed signal, shutdown with a token, message priorities, the
 # overflow policies of a bounded mailbox and the messages-dropped signal,
 # rate limits and cancel_all(), a Spark.Router in front of Python handlers
-# and other servers, and every error arriving as a GLib.Error with the
-# right domain and code.
+# and other servers, Python handlers declared concurrent on a pool of
+# workers (ordering, broadcast), and every error arriving as a GLib.Error
+# with the right domain and code.
 #
 # PyGObject 3.42 has no awaitables: async calls take callbacks and the
 # tests drive the main context until a result has arrived. An exception
@@ -24,6 +25,7 @@ import contextlib
 import io
 import sys
 import threading
+import time
 import traceback
 
 import gi
@@ -1742,6 +1744,185 @@ def router_add_remove_list_patterns():
     expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, dispatcher.request_sync, 'held', None, None, None)
     assert failures == []
 
+    shutdown(server)
+
+
+# Worker pools ------------------------------------------------------------------
+
+class PoolHandler(GObject.Object, Spark.Handler):
+    """Declares itself concurrent. Requests: "meet" waits (up to 10 s) on a
+    barrier of two, which only passes when two calls are inside at once;
+    "self" makes a blocking call to its own server. Commands (s key, u seq)
+    are recorded per key, with a check that no two of one key overlap;
+    "reload" records the worker thread. Everything shared is under a lock."""
+
+    def __init__(self, concurrent=True):
+        super().__init__()
+        self.concurrent = concurrent
+        self.barrier = threading.Barrier(2)
+        self.lock = threading.Lock()
+        self.threads = set()        # lock
+        self.by_key = {}            # lock: key -> seqs in the order handled
+        self.busy = set()           # lock: keys being handled now
+        self.overlaps = 0           # lock
+        self.reloads = []           # lock: thread of each reload
+        self.dispatcher = None
+
+    def do_get_flags(self):
+        return Spark.HandlerFlags.CONCURRENT if self.concurrent else Spark.HandlerFlags.NONE
+
+    def do_handle_request(self, name, parameters, cancellable):
+        with self.lock:
+            self.threads.add(threading.get_ident())
+        if name == 'meet':
+            try:
+                self.barrier.wait(timeout=TIMEOUT_MS / 1000)
+            except threading.BrokenBarrierError:
+                raise GLib.Error.new_literal(IO_ERROR, 'only one call was inside', Gio.IOErrorEnum.TIMED_OUT)
+            return GLib.Variant('t', threading.get_ident())
+        if name == 'self':
+            try:
+                self.dispatcher.request_sync('meet', None, None, None)
+            except GLib.Error as error:
+                return GLib.Variant('(sis)', (error.domain, error.code, error.message))
+            return GLib.Variant('(sis)', ('', -1, 'a reply'))
+        return GLib.Variant('s', name)
+
+    def do_handle_command(self, name, parameters, cancellable):
+        if name == 'reload':
+            with self.lock:
+                self.reloads.append(threading.get_ident())
+            return True
+        key, seq = parameters.unpack()
+        with self.lock:
+            self.threads.add(threading.get_ident())
+            if key in self.busy:
+                self.overlaps += 1
+            self.busy.add(key)
+        time.sleep(0.001)   # releases the GIL: the other worker may run
+        with self.lock:
+            self.by_key.setdefault(key, []).append(seq)
+            self.busy.discard(key)
+        return True
+
+
+def start_pool(handler, workers=2, ordering=Spark.Ordering.NONE):
+    server = Spark.ModuleServer(handler=handler, name='pool', workers=workers, ordering=ordering)
+    server.start_in_thread()
+    handler.dispatcher = server.create_dispatcher()
+    return server, handler.dispatcher
+
+
+@test
+def pool_properties():
+    """workers (default 1) and ordering (default NONE) are properties,
+    notified on change only; get_flags() reaches the Python vfunc."""
+    server = Spark.ModuleServer.new(PoolHandler())
+    assert server.props.workers == 1 and server.get_workers() == 1
+    assert server.props.ordering == Spark.Ordering.NONE
+    notified = []
+    server.connect('notify', lambda s, pspec: notified.append(pspec.name))
+    server.props.workers = 3
+    server.set_workers(3)          # no change: no notify
+    server.set_ordering(Spark.Ordering.NAME)
+    server.props.ordering = Spark.Ordering.KEY
+    assert notified == ['workers', 'ordering', 'ordering'], notified
+    assert server.get_workers() == 3 and server.get_ordering() == Spark.Ordering.KEY
+    server = Spark.ModuleServer(handler=PoolHandler(), workers=2, ordering=Spark.Ordering.KEY)
+    assert server.props.workers == 2 and server.props.ordering == Spark.Ordering.KEY
+    assert PoolHandler().get_flags() == Spark.HandlerFlags.CONCURRENT
+    assert PoolHandler(concurrent=False).get_flags() == Spark.HandlerFlags.NONE
+    assert Recorder().get_flags() == Spark.HandlerFlags.NONE   # no do_get_flags: the default
+    assert [Spark.Ordering(i).value_nick for i in range(3)] == ['none', 'name', 'key']
+
+
+@test
+def pool_refuses_handler_not_concurrent():
+    """A pool of a handler that does not declare CONCURRENT fails to start
+    with NOT_SUPPORTED saying so; so does a pool started with start(); a
+    refused start is not a start."""
+    handler = PoolHandler(concurrent=False)
+    server = Spark.ModuleServer(handler=handler, name='strict', workers=2)
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, server.start_in_thread)
+    for part in ('“strict”', '2 workers', 'SPARK_HANDLER_FLAGS_CONCURRENT'):
+        assert part in error.message, error.message
+    assert not server.props.running
+
+    concurrent = Spark.ModuleServer(handler=PoolHandler(), workers=2)
+    error = expect_error(SPARK_ERROR, Spark.ChannelError.NOT_SUPPORTED, concurrent.start, None)
+    assert 'start_in_thread' in error.message, error.message
+    assert not concurrent.props.running
+
+    # One worker serves any handler; the refused start did not count.
+    server.props.workers = 1
+    server.start_in_thread()
+    assert server.create_dispatcher().request_sync('hello', None, None, None).unpack() == 'hello'
+    shutdown(server)
+
+
+@test
+def pool_runs_two_python_calls_at_once():
+    """Two requests meet at a barrier of two: they pass only if both calls
+    are inside at once, on two worker threads (neither the main one)."""
+    handler = PoolHandler()
+    server, dispatcher = start_pool(handler)
+    first = request_async(dispatcher, 'meet', None, variant_type('t'))
+    second = request_async(dispatcher, 'meet', None, variant_type('t'))
+    (reply1, error1), (reply2, error2) = finish_request(first), finish_request(second)
+    assert error1 is None and error2 is None, (error1, error2)
+    assert reply1.unpack() != reply2.unpack()
+    assert handler.threads == {reply1.unpack(), reply2.unpack()}
+    assert MAIN_THREAD not in handler.threads
+    shutdown(server)
+
+
+@test
+def pool_ordering_key_keeps_each_key_in_order():
+    """With ordering KEY, commands of one key (the first string of the
+    parameters) are handled in the order sent, never two at once, from
+    several sending threads."""
+    handler = PoolHandler()
+    server, dispatcher = start_pool(handler, ordering=Spark.Ordering.KEY)
+    keys = ['user%d' % i for i in range(3)]
+
+    def send(key):
+        for seq in range(30):
+            dispatcher.send_command('append', GLib.Variant('(su)', (key, seq)), None)
+
+    senders = [threading.Thread(target=send, args=(key,)) for key in keys]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    shutdown(server)   # DRAIN: every command has been handled
+    assert handler.by_key == {key: list(range(30)) for key in keys}, handler.by_key
+    assert handler.overlaps == 0
+
+
+@test
+def pool_broadcast_reaches_each_worker_once():
+    """A broadcast command is handled once by each worker, on its thread;
+    on a server that is not running it fails with CLOSED."""
+    handler = PoolHandler()
+    server = Spark.ModuleServer(handler=handler, workers=3)
+    dispatcher = server.create_dispatcher()
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.broadcast_command, 'reload', None)
+    server.start_in_thread()
+    assert dispatcher.broadcast_command('reload', GLib.Variant('s', 'now'))
+    shutdown(server)
+    assert len(handler.reloads) == 3 and len(set(handler.reloads)) == 3, handler.reloads
+    assert MAIN_THREAD not in handler.reloads
+    expect_error(SPARK_ERROR, Spark.ChannelError.CLOSED, dispatcher.broadcast_command, 'reload', None)
+
+
+@test
+def pool_blocking_call_to_own_server_would_deadlock():
+    """A worker's blocking call to its own server fails with
+    WOULD_DEADLOCK (every worker serves the mailbox)."""
+    handler = PoolHandler()
+    server, dispatcher = start_pool(handler)
+    domain, code, message = dispatcher.request_sync('self', None, None, None).unpack()
+    assert (domain, code) == (GLib.quark_to_string(SPARK_ERROR), Spark.ChannelError.WOULD_DEADLOCK), message
     shutdown(server)
 
 
