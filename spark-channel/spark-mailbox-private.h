@@ -55,6 +55,27 @@ typedef struct
   SparkKeyEntry    *active;       /* mutex: the key of the message it is handling */
 } SparkMailboxConsumer;
 
+/* A router's per-route flow control, for the mailbox of the server that
+ * serves it: the server implements these (the mailbox knows no router).
+ * Called under the mailbox lock; they may take the router's. */
+typedef struct
+{
+  gpointer      data;
+  /* The route @name takes, as an identity to compare, never followed
+   * (NULL: none); and its overflow policy in *@overflow if it has one of
+   * its own (*@has_overflow). From any thread. */
+  gconstpointer (*route_of)    (gpointer             data,
+                                const char          *name,
+                                SparkOverflowPolicy *overflow,
+                                gboolean            *has_overflow);
+  /* The ordering of the route @name takes, if it has one of its own. On
+   * @consumer's thread. */
+  gboolean      (*ordering_of) (gpointer             data,
+                                guint                consumer,
+                                const char          *name,
+                                SparkOrdering       *ordering);
+} SparkMailboxRoutes;
+
 typedef enum {
   SPARK_MAILBOX_NEW,      /* not started: sends fail with CLOSED */
   SPARK_MAILBOX_OPEN,
@@ -91,6 +112,7 @@ struct _SparkMailbox
   guint              capacity;           /* 0: unbounded */
   SparkOverflowPolicy overflow;          /* what a full mailbox does */
   SparkOrdering      ordering;           /* how a pool keeps messages in order */
+  const SparkMailboxRoutes *routes;      /* nullable: the server's router's, per route */
   SparkMailboxConsumer *consumers;       /* n_consumers of them */
   guint              n_consumers;
   GMainContext      *context;            /* the first consumer's context (not a reference) */
@@ -122,6 +144,7 @@ gboolean      spark_mailbox_open             (SparkMailbox  *mailbox,
                                               guint          capacity,
                                               SparkOverflowPolicy overflow,
                                               SparkOrdering  ordering,
+                                              const SparkMailboxRoutes *routes,
                                               GError       **error);
 guint         spark_mailbox_get_pending      (SparkMailbox  *mailbox);
 guint         spark_mailbox_get_pending_high (SparkMailbox  *mailbox);

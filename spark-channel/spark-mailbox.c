@@ -187,6 +187,7 @@ spark_mailbox_open (SparkMailbox  *mailbox,
                     guint          capacity,
                     SparkOverflowPolicy overflow,
                     SparkOrdering  ordering,
+                    const SparkMailboxRoutes *routes,
                     GError       **error)
 {
   gboolean ret = FALSE;
@@ -215,8 +216,9 @@ spark_mailbox_open (SparkMailbox  *mailbox,
         }
       /* Each consumer is idle until a message comes. */
       mailbox->idle = n_consumers == 64 ? G_MAXUINT64 : (G_GUINT64_CONSTANT (1) << n_consumers) - 1;
-      if (n_consumers > 1 && ordering != SPARK_ORDERING_NONE)
+      if (n_consumers > 1 && (ordering != SPARK_ORDERING_NONE || routes != NULL))
         mailbox->keys = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, key_entry_free);
+      mailbox->routes = routes;
       /* Read unlocked by senders: see spark_mailbox_get_context(). */
       g_atomic_pointer_set (&mailbox->context, contexts[0]);
       mailbox->start_thread = start_thread;
@@ -808,6 +810,8 @@ overflow_policy_name (SparkOverflowPolicy policy)
       return "drop-oldest";
     case SPARK_OVERFLOW_COALESCE:
       return "coalesce";
+    case SPARK_OVERFLOW_COALESCE_KEY:
+      return "coalesce-key";
     case SPARK_OVERFLOW_FAIL:
       return "fail";
     case SPARK_OVERFLOW_WAIT:
@@ -816,80 +820,118 @@ overflow_policy_name (SparkOverflowPolicy policy)
     }
 }
 
+static const char *message_key (SparkMessage *msg);
+
+/* Takes @msg, whose predecessor in @lane is @prev (NULL: the head), out
+ * of the queue. */
+static void
+unlink_locked (SparkMailbox *mailbox,
+               SparkLane     lane,
+               SparkMessage *prev,
+               SparkMessage *msg)
+{
+  SparkMailboxLane *l = &mailbox->lanes[lane];
+
+  if (prev != NULL)
+    prev->next = msg->next;
+  else
+    l->head = msg->next;
+  if (l->tail == msg)
+    l->tail = prev;
+  if (l->head == NULL)
+    g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << lane));
+  l->length--;
+  msg->next = NULL;
+  g_atomic_int_add (&mailbox->n_queued, -1);
+}
+
+static inline gconstpointer
+route_of_locked (SparkMailbox *mailbox,
+                 SparkMessage *msg)
+{
+  SparkOverflowPolicy unused;
+  gboolean has;
+
+  return mailbox->routes->route_of (mailbox->routes->data, spark_message_get_name (msg), &unused, &has);
+}
+
 /* The oldest queued work message of the lowest priority, no higher than
- * @lane's, taken out of the queue; NULL if every queued one is more urgent. */
+ * @lane's, taken out of the queue; NULL if every queued one is more
+ * urgent. With @route_only, only a message of @route counts. */
 static SparkMessage *
-take_oldest_locked (SparkMailbox *mailbox,
-                    SparkLane     lane)
+take_oldest_locked (SparkMailbox  *mailbox,
+                    SparkLane      lane,
+                    gboolean       route_only,
+                    gconstpointer  route)
 {
   for (gint i = SPARK_N_LANES - 1; i >= (gint) lane && i > SPARK_LANE_CONTROL; i--)
     {
-      SparkMailboxLane *l = &mailbox->lanes[i];
-      SparkMessage *msg = l->head;
+      SparkMessage *prev = NULL;
 
-      if (msg == NULL)
-        continue;
-
-      l->head = msg->next;
-      if (l->head == NULL)
-        {
-          l->tail = NULL;
-          g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << i));
-        }
-      l->length--;
-      msg->next = NULL;
-      g_atomic_int_add (&mailbox->n_queued, -1);
-      return msg;
+      for (SparkMessage *msg = mailbox->lanes[i].head; msg != NULL; prev = msg, msg = msg->next)
+        if (!route_only || route_of_locked (mailbox, msg) == route)
+          {
+            unlink_locked (mailbox, (SparkLane) i, prev, msg);
+            return msg;
+          }
     }
 
   return NULL;
 }
 
-/* The newest queued command of @name in @lane, taken out of the queue;
- * NULL if there is none. */
+/* The newest queued command of @like's name in @lane (and of its key,
+ * with @by_key), taken out of the queue; NULL if there is none. */
 static SparkMessage *
 take_newest_command_locked (SparkMailbox *mailbox,
                             SparkLane     lane,
-                            const char   *name)
+                            SparkMessage *like,
+                            gboolean      by_key)
 {
   SparkMailboxLane *l = &mailbox->lanes[lane];
   SparkMessage *found = NULL, *found_prev = NULL, *prev = NULL;
+  const char *key = by_key ? message_key (like) : NULL;
 
   for (SparkMessage *msg = l->head; msg != NULL; prev = msg, msg = msg->next)
-    if (msg->kind == SPARK_MESSAGE_COMMAND && strcmp (msg->inline_name, name) == 0)
+    if (msg->kind == SPARK_MESSAGE_COMMAND && strcmp (msg->inline_name, like->inline_name) == 0 &&
+        (!by_key || g_strcmp0 (message_key (msg), key) == 0))
       {
         found = msg;
         found_prev = prev;
       }
 
-  if (found == NULL)
-    return NULL;
-
-  if (found_prev != NULL)
-    found_prev->next = found->next;
-  else
-    l->head = found->next;
-  if (l->tail == found)
-    l->tail = found_prev;
-  if (l->head == NULL)
-    g_atomic_int_set (&mailbox->nonempty, mailbox->nonempty & ~(1 << lane));
-  l->length--;
-  found->next = NULL;
-  g_atomic_int_add (&mailbox->n_queued, -1);
+  if (found != NULL)
+    unlink_locked (mailbox, lane, found_prev, found);
 
   return found;
 }
 
 static OverflowAction
-overflow_locked (SparkMailbox  *mailbox,
-                 SparkMessage  *msg,
-                 SparkLane      lane,
-                 guint64       *wake,
-                 SparkMessage **victim)
+overflow_locked (SparkMailbox        *mailbox,
+                 SparkMessage        *msg,
+                 SparkLane            lane,
+                 guint64             *wake,
+                 SparkMessage       **victim,
+                 SparkOverflowPolicy *used)
 {
+  SparkOverflowPolicy policy = mailbox->overflow;
+  gconstpointer route = NULL;
+  gboolean route_only = FALSE;
   SparkMessage *old;
 
-  switch (mailbox->overflow)
+  /* A router's route may have a policy of its own: then what it drops is
+   * the route's own. */
+  if (mailbox->routes != NULL)
+    {
+      SparkOverflowPolicy route_policy;
+
+      route = mailbox->routes->route_of (mailbox->routes->data, spark_message_get_name (msg),
+                                         &route_policy, &route_only);
+      if (route_only)
+        policy = route_policy;
+    }
+  *used = policy;
+
+  switch (policy)
     {
     case SPARK_OVERFLOW_FAIL:
       return OVERFLOW_FULL;
@@ -900,7 +942,7 @@ overflow_locked (SparkMailbox  *mailbox,
 
     case SPARK_OVERFLOW_DROP_OLDEST:
       /* The waiters' queue is empty under this policy: nobody waits. */
-      old = take_oldest_locked (mailbox, lane);
+      old = take_oldest_locked (mailbox, lane, route_only, route);
       if (old == NULL)
         {
           *victim = msg;
@@ -911,10 +953,12 @@ overflow_locked (SparkMailbox  *mailbox,
       return OVERFLOW_TAKEN;
 
     case SPARK_OVERFLOW_COALESCE:
+    case SPARK_OVERFLOW_COALESCE_KEY:
       /* The queued one goes, the new one joins the end of the queue: no
-       * sender's messages change order. */
+       * sender's messages change order. (A command's name says its route.) */
       if (msg->kind != SPARK_MESSAGE_COMMAND ||
-          (old = take_newest_command_locked (mailbox, lane, msg->inline_name)) == NULL)
+          (old = take_newest_command_locked (mailbox, lane, msg,
+                                             policy == SPARK_OVERFLOW_COALESCE_KEY)) == NULL)
         return OVERFLOW_WAIT;
       enqueue_locked (mailbox, msg, lane, wake);
       *victim = old;
@@ -929,15 +973,16 @@ overflow_locked (SparkMailbox  *mailbox,
 /* After the lock: a dropped request completes with DROPPED, a dropped
  * command is counted for the server's messages-dropped. */
 static void
-drop_victim (SparkMailbox *mailbox,
-             SparkMessage *victim)
+drop_victim (SparkMailbox        *mailbox,
+             SparkMessage        *victim,
+             SparkOverflowPolicy  policy)
 {
   if (victim->kind == SPARK_MESSAGE_REQUEST)
     {
       g_autofree char *message = g_strdup_printf ("The mailbox was full (capacity %u): the request "
                                                   "was dropped (overflow policy %s)",
                                                   mailbox->capacity,
-                                                  overflow_policy_name (mailbox->overflow));
+                                                  overflow_policy_name (policy));
 
       spark_request_complete_literal (spark_request_from_message (victim),
                                       SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_DROPPED, message);
@@ -977,6 +1022,7 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
   GSList *dead = NULL;
   guint64 wake = 0;
   SparkMessage *victim = NULL;
+  SparkOverflowPolicy policy = mailbox->overflow;
   OverflowAction action;
 
   spark_mutex_lock (&mailbox->mutex);
@@ -998,9 +1044,9 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
     {
       enqueue_locked (mailbox, spark_request_get_message (req), lane, &wake);
     }
-  else if (mailbox->overflow != SPARK_OVERFLOW_WAIT &&
+  else if ((mailbox->overflow != SPARK_OVERFLOW_WAIT || mailbox->routes != NULL) &&
            (action = overflow_locked (mailbox, spark_request_get_message (req), lane,
-                                      &wake, &victim)) != OVERFLOW_WAIT)
+                                      &wake, &victim, &policy)) != OVERFLOW_WAIT)
     {
       if (action == OVERFLOW_FULL)
         {
@@ -1023,7 +1069,7 @@ spark_mailbox_post_request (SparkMailbox  *mailbox,
 
   free_dead_waiters (dead);
   if (victim != NULL)
-    drop_victim (mailbox, victim);
+    drop_victim (mailbox, victim, policy);
   spark_mailbox_wake (mailbox, wake);
 
   return TRUE;
@@ -1050,6 +1096,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
   guint64 wake = 0;
   gboolean queued = FALSE;
   SparkMessage *victim = NULL;
+  SparkOverflowPolicy policy = mailbox->overflow;
   OverflowAction action;
 
   spark_mutex_lock (&mailbox->mutex);
@@ -1067,8 +1114,8 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
       enqueue_locked (mailbox, msg, lane, &wake);
       queued = TRUE;
     }
-  else if (mailbox->overflow != SPARK_OVERFLOW_WAIT &&
-           (action = overflow_locked (mailbox, msg, lane, &wake, &victim)) != OVERFLOW_WAIT)
+  else if ((mailbox->overflow != SPARK_OVERFLOW_WAIT || mailbox->routes != NULL) &&
+           (action = overflow_locked (mailbox, msg, lane, &wake, &victim, &policy)) != OVERFLOW_WAIT)
     {
       if (action == OVERFLOW_FULL)
         {
@@ -1091,7 +1138,7 @@ spark_mailbox_post_command (SparkMailbox  *mailbox,
 
   free_dead_waiters (dead);
   if (victim != NULL)
-    drop_victim (mailbox, victim);
+    drop_victim (mailbox, victim, policy);
   spark_mailbox_wake (mailbox, wake);
 
   if (queued)
@@ -1411,40 +1458,54 @@ lane_pop (SparkMailboxLane *l)
   return msg;
 }
 
-/* The message's ordering key, NULL if it has none: valid while the message
- * lives (it points into its name or parameters). */
+/* The message's key (see SPARK_ORDERING_KEY), NULL if it has none: valid
+ * while the message lives (it points into its parameters). */
 static const char *
-ordering_key (SparkMailbox *mailbox,
-              SparkMessage *msg)
+message_key (SparkMessage *msg)
 {
   GVariant *parameters = msg->parameters;
   const char *key = NULL;
 
-  switch (mailbox->ordering)
+  if (parameters == NULL)
+    return NULL;
+  if (g_variant_is_of_type (parameters, G_VARIANT_TYPE_STRING) ||
+      g_variant_is_of_type (parameters, G_VARIANT_TYPE_OBJECT_PATH) ||
+      g_variant_is_of_type (parameters, G_VARIANT_TYPE_SIGNATURE))
+    return g_variant_get_string (parameters, NULL);
+  if (g_variant_is_container (parameters) &&
+      g_variant_type_is_tuple (g_variant_get_type (parameters)) &&
+      g_variant_get_type_string (parameters)[1] != '\0' &&
+      strchr ("sog", g_variant_get_type_string (parameters)[1]) != NULL)
+    {
+      /* The child's string lives in the parameters' data (or is the child
+       * the parameters keep): it outlives this reference. */
+      GVariant *child = g_variant_get_child_value (parameters, 0);
+
+      key = g_variant_get_string (child, NULL);
+      g_variant_unref (child);
+    }
+  return key;
+}
+
+/* The message's ordering key for @consumer's take, NULL if it is in no
+ * order: by its route's ordering, if it has one, or the server's. */
+static const char *
+ordering_key (SparkMailbox *mailbox,
+              guint         consumer,
+              SparkMessage *msg)
+{
+  SparkOrdering ordering = mailbox->ordering;
+
+  if (mailbox->routes != NULL)
+    mailbox->routes->ordering_of (mailbox->routes->data, consumer, spark_message_get_name (msg), &ordering);
+
+  switch (ordering)
     {
     case SPARK_ORDERING_NAME:
       return spark_message_get_name (msg);
 
     case SPARK_ORDERING_KEY:
-      if (parameters == NULL)
-        return NULL;
-      if (g_variant_is_of_type (parameters, G_VARIANT_TYPE_STRING) ||
-          g_variant_is_of_type (parameters, G_VARIANT_TYPE_OBJECT_PATH) ||
-          g_variant_is_of_type (parameters, G_VARIANT_TYPE_SIGNATURE))
-        return g_variant_get_string (parameters, NULL);
-      if (g_variant_is_container (parameters) &&
-          g_variant_type_is_tuple (g_variant_get_type (parameters)) &&
-          g_variant_get_type_string (parameters)[1] != '\0' &&
-          strchr ("sog", g_variant_get_type_string (parameters)[1]) != NULL)
-        {
-          /* The child's string lives in the parameters' data (or is the
-           * child the parameters keep): it outlives this reference. */
-          GVariant *child = g_variant_get_child_value (parameters, 0);
-
-          key = g_variant_get_string (child, NULL);
-          g_variant_unref (child);
-        }
-      return key;
+      return message_key (msg);
 
     case SPARK_ORDERING_NONE:
     default:
@@ -1483,7 +1544,7 @@ spark_mailbox_take_one (SparkMailbox *mailbox,
         break;
       if ((msg = lane_pop (&c->deferred)) != NULL)
         {
-          c->active = g_hash_table_lookup (mailbox->keys, ordering_key (mailbox, msg));
+          c->active = g_hash_table_lookup (mailbox->keys, ordering_key (mailbox, consumer, msg));
           g_assert (c->active != NULL && c->active->owner == consumer);
           break;
         }
@@ -1501,7 +1562,7 @@ spark_mailbox_take_one (SparkMailbox *mailbox,
         }
 
       if (mailbox->keys == NULL || spark_message_is_control (msg) ||
-          (key = ordering_key (mailbox, msg)) == NULL)
+          (key = ordering_key (mailbox, consumer, msg)) == NULL)
         break;
 
       entry = g_hash_table_lookup (mailbox->keys, key);

@@ -150,6 +150,7 @@ struct _SparkModuleServer
   gboolean       uses_invocation;
   gboolean       guard_python;     /* commands go through the wrapper, which checks the interpreter */
   SparkRouter   *router;           /* the handler, if it is a router: not a reference */
+  SparkMailboxRoutes routes;       /* the router's flow control, for the mailbox */
 
   gint           running;          /* atomic, for the getter */
   gint           n_serving;        /* atomic: workers that have not stopped */
@@ -1996,7 +1997,7 @@ spark_module_server_set_overflow (SparkModuleServer   *self,
                                   SparkOverflowPolicy  overflow)
 {
   g_return_if_fail (SPARK_IS_MODULE_SERVER (self));
-  g_return_if_fail (overflow >= SPARK_OVERFLOW_WAIT && overflow <= SPARK_OVERFLOW_COALESCE);
+  g_return_if_fail (overflow >= SPARK_OVERFLOW_WAIT && overflow <= SPARK_OVERFLOW_COALESCE_KEY);
 
   if (refuse_after_start (self, "overflow"))
     return;
@@ -2294,6 +2295,38 @@ spark_module_server_get_metrics (SparkModuleServer *self)
   return g_variant_ref_sink (g_variant_builder_end (&builder));
 }
 
+/* The router's per-route flow control, for the mailbox (under its lock). */
+static gconstpointer
+server_route_of (gpointer             data,
+                 const char          *name,
+                 SparkOverflowPolicy *overflow,
+                 gboolean            *has_overflow)
+{
+  SparkModuleServer *self = data;
+  SparkRoute *route = spark_router_find (self->router, name);
+
+  *has_overflow = spark_route_get_overflow (route, overflow);
+  if (route != NULL)
+    spark_route_unref (route);
+
+  /* An identity: the router keeps its routes while they route. */
+  return route;
+}
+
+static gboolean
+server_ordering_of (gpointer       data,
+                    guint          consumer,
+                    const char    *name,
+                    SparkOrdering *ordering)
+{
+  SparkModuleServer *self = data;
+
+  /* On the consumer's thread: its own route cache. */
+  return spark_route_get_ordering (spark_router_find_cached (self->router,
+                                                             &self->workers[consumer].route_cache, name),
+                                   ordering);
+}
+
 /* Linux refuses thread names longer than 15 bytes (and GLib then leaves
  * the process's name): keep as much of the server's name as fits, whole
  * UTF-8 characters only, with a pool worker's number after it. */
@@ -2403,6 +2436,9 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->uses_invocation = spark_handler_uses_invocation (self->handler);
   self->guard_python = spark_handler_is_python (self->handler);
   self->router = SPARK_IS_ROUTER (self->handler) ? SPARK_ROUTER (self->handler) : NULL;
+  self->routes.data = self;
+  self->routes.route_of = server_route_of;
+  self->routes.ordering_of = server_ordering_of;
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->n_serving, (gint) n_workers);
   g_atomic_int_set (&self->n_alive, (gint) n_workers);
@@ -2417,7 +2453,8 @@ spark_module_server_start_internal (SparkModuleServer  *self,
 
   if (!spark_mailbox_open (self->mailbox, n_workers, sources, contexts,
                            own_thread ? NULL : g_thread_self (),
-                           self->capacity, self->overflow, self->ordering, error))
+                           self->capacity, self->overflow, self->ordering,
+                           self->router != NULL ? &self->routes : NULL, error))
     {
       spark_module_server_clear_workers (self);
       g_clear_pointer (&self->owner_context, g_main_context_unref);
@@ -2453,11 +2490,18 @@ static gboolean
 spark_module_server_refuse_main_only (SparkModuleServer  *self,
                                       GError            **error)
 {
-  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
-               "The handler %s is written in JavaScript, which GJS runs only on its main "
-               "thread: start its server with spark_module_server_start() on the global "
-               "default main context",
-               G_OBJECT_TYPE_NAME (self->handler));
+  if (self->n_workers_set > 1)
+    g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                 "The handler %s is written in JavaScript, which GJS runs only on its main "
+                 "thread: it cannot be served by %u workers (set workers to 1, and start "
+                 "its server with spark_module_server_start() on the global default main context)",
+                 G_OBJECT_TYPE_NAME (self->handler), self->n_workers_set);
+  else
+    g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                 "The handler %s is written in JavaScript, which GJS runs only on its main "
+                 "thread: start its server with spark_module_server_start() on the global "
+                 "default main context",
+                 G_OBJECT_TYPE_NAME (self->handler));
   return FALSE;
 }
 
@@ -2503,7 +2547,9 @@ spark_module_server_start (SparkModuleServer  *self,
 
   target = context ? g_main_context_ref (context) : g_main_context_ref_thread_default ();
 
-  if (spark_handler_is_main_only (self->handler) && target != g_main_context_default ())
+  /* A pool of JavaScript is refused as JavaScript: no start can serve it. */
+  if (spark_handler_is_main_only (self->handler) &&
+      (target != g_main_context_default () || self->n_workers_set > 1))
     return spark_module_server_refuse_main_only (self, error);
 
   return spark_module_server_start_internal (self, target, FALSE, error);

@@ -50,6 +50,12 @@ typedef enum {
  *   one joins the end of the queue (so no sender's messages change order);
  *   requests, and commands with no such one queued, wait for room as with
  *   %SPARK_OVERFLOW_WAIT
+ * @SPARK_OVERFLOW_COALESCE_KEY: as %SPARK_OVERFLOW_COALESCE, for a queued
+ *   command of the same name, priority and key (the key of
+ *   %SPARK_ORDERING_KEY: the parameters if they are a string, or the first
+ *   member of a tuple of parameters if it is one; commands without a key
+ *   match each other): progress reports of several jobs, each its own
+ *   key, each keep their newest
  *
  * What a bounded mailbox does with a message that finds it full (see
  * [property@Spark.ModuleServer:overflow]). Nothing is dropped silently:
@@ -75,6 +81,7 @@ typedef enum {
   SPARK_OVERFLOW_DROP_NEWEST,
   SPARK_OVERFLOW_DROP_OLDEST,
   SPARK_OVERFLOW_COALESCE,
+  SPARK_OVERFLOW_COALESCE_KEY,
 } SparkOverflowPolicy;
 
 /**

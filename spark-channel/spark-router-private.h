@@ -51,6 +51,10 @@ gboolean    spark_route_handle_command (SparkRoute    *route,
                                         GError       **error);
 void        spark_route_unref          (SparkRoute    *route);
 gboolean    spark_route_is_direct      (SparkRoute    *route);
+gboolean    spark_route_get_overflow   (SparkRoute          *route,
+                                        SparkOverflowPolicy *overflow);
+gboolean    spark_route_get_ordering   (SparkRoute          *route,
+                                        SparkOrdering       *ordering);
 GVariant   *spark_route_handle_request (SparkRoute    *route,
                                         const char    *name,
                                         GVariant      *parameters,

@@ -69,6 +69,11 @@ struct _SparkRoute
   gboolean         direct;           /* a call answers: no invocation needed */
   gboolean         concurrent;       /* a dispatcher, or a handler that declares itself concurrent */
 
+  /* Flow control of the route's messages, in its server's mailbox: -1
+   * for the server's own. Atomic. */
+  gint             overflow;         /* a SparkOverflowPolicy */
+  gint             ordering;         /* a SparkOrdering */
+
   /* Metrics, from any server thread. */
   gsize            n_handled;        /* atomic: messages given to the route */
   gsize            n_failed;         /* atomic: those that failed at once, or whose forwarded
@@ -574,10 +579,16 @@ spark_router_add (SparkRouter  *self,
   if (self->concurrent && !route->concurrent)
     {
       g_mutex_unlock (&self->mutex);
-      g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
-                   "The router is concurrent, and the handler %s of route “%s” does not "
-                   "declare SPARK_HANDLER_FLAGS_CONCURRENT",
-                   G_OBJECT_TYPE_NAME (route->handler), route->pattern);
+      if (route->main_only)
+        g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                     "The router is concurrent, and the handler %s of route “%s” is written in "
+                     "JavaScript, which GJS runs only on its main thread",
+                     G_OBJECT_TYPE_NAME (route->handler), route->pattern);
+      else
+        g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
+                     "The router is concurrent, and the handler %s of route “%s” does not "
+                     "declare SPARK_HANDLER_FLAGS_CONCURRENT",
+                     G_OBJECT_TYPE_NAME (route->handler), route->pattern);
       route_unref (route);
       return FALSE;
     }
@@ -626,6 +637,8 @@ route_new (const char         *pattern,
   route->prefix_len = route->is_prefix ? len - 1 : len;
   route->parameter_type = parameter_type ? g_variant_type_copy (parameter_type) : NULL;
   route->reply_type = reply_type ? g_variant_type_copy (reply_type) : NULL;
+  route->overflow = -1;
+  route->ordering = -1;
 
   return route;
 }
@@ -933,4 +946,141 @@ spark_router_get_metrics (SparkRouter *self)
   g_mutex_unlock (&self->mutex);
 
   return g_variant_ref_sink (g_variant_builder_end (&builder));
+}
+
+/* The route of @pattern exactly (not the one a name would take), a
+ * reference; NULL with @error set if there is none. */
+static Route *
+find_pattern (SparkRouter  *self,
+              const char   *pattern,
+              GError      **error)
+{
+  Route *route;
+
+  g_mutex_lock (&self->mutex);
+  route = g_hash_table_lookup (self->exact, pattern);
+  for (guint i = 0; route == NULL && i < self->prefixes->len; i++)
+    if (strcmp (((Route *) g_ptr_array_index (self->prefixes, i))->pattern, pattern) == 0)
+      route = g_ptr_array_index (self->prefixes, i);
+  if (route != NULL)
+    route_ref (route);
+  g_mutex_unlock (&self->mutex);
+
+  if (route == NULL)
+    g_set_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND,
+                 "The router has no route “%s”", pattern);
+  return route;
+}
+
+/**
+ * spark_router_set_overflow:
+ * @self: a [class@Spark.Router]
+ * @pattern: the pattern of a route, as it was added
+ * @overflow: what a full mailbox does with the route's messages
+ * @error: return location for an error
+ *
+ * Gives a route its own [property@Spark.ModuleServer:overflow] policy: a
+ * message this route takes that finds the bounded mailbox of the router's
+ * server full is dealt with by @overflow instead of the server's policy.
+ * What it drops is the route's own: %SPARK_OVERFLOW_DROP_OLDEST drops the
+ * oldest queued message of this route (or the new one if none is queued),
+ * and the coalescing policies only replace commands of this route (a
+ * command's name says its route). So a flood of progress commands can be
+ * coalesced while requests to the same module wait for room.
+ *
+ * Fails with %G_IO_ERROR_NOT_FOUND if the router has no route @pattern.
+ * Removing the route forgets its policy. May be called from any thread,
+ * while the router serves; it applies to the messages sent afterwards.
+ *
+ * Returns: %TRUE if the route has the policy now
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_set_overflow (SparkRouter          *self,
+                           const char           *pattern,
+                           SparkOverflowPolicy   overflow,
+                           GError              **error)
+{
+  g_autoptr(Route) route = NULL;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+  g_return_val_if_fail (pattern != NULL, FALSE);
+  g_return_val_if_fail (overflow >= SPARK_OVERFLOW_WAIT && overflow <= SPARK_OVERFLOW_COALESCE_KEY, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  route = find_pattern (self, pattern, error);
+  if (route == NULL)
+    return FALSE;
+
+  g_atomic_int_set (&route->overflow, (gint) overflow);
+  return TRUE;
+}
+
+/**
+ * spark_router_set_ordering:
+ * @self: a [class@Spark.Router]
+ * @pattern: the pattern of a route, as it was added
+ * @ordering: how a pool keeps the route's messages in order
+ * @error: return location for an error
+ *
+ * Gives a route its own [property@Spark.ModuleServer:ordering], for a
+ * router served by a pool of [property@Spark.ModuleServer:workers]: the
+ * route's messages are kept in order by @ordering instead of the server's
+ * ordering. For example, a key-value module's `kv.*` route ordered by key
+ * (each key's writes in order) next to a `render` route in no order.
+ *
+ * Fails with %G_IO_ERROR_NOT_FOUND if the router has no route @pattern.
+ * May be called from any thread, while the router serves; it applies to
+ * the messages taken afterwards.
+ *
+ * Returns: %TRUE if the route has the ordering now
+ *
+ * Since: 1.0
+ */
+gboolean
+spark_router_set_ordering (SparkRouter    *self,
+                           const char     *pattern,
+                           SparkOrdering   ordering,
+                           GError        **error)
+{
+  g_autoptr(Route) route = NULL;
+
+  g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
+  g_return_val_if_fail (pattern != NULL, FALSE);
+  g_return_val_if_fail (ordering >= SPARK_ORDERING_NONE && ordering <= SPARK_ORDERING_KEY, FALSE);
+  g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
+
+  route = find_pattern (self, pattern, error);
+  if (route == NULL)
+    return FALSE;
+
+  g_atomic_int_set (&route->ordering, (gint) ordering);
+  return TRUE;
+}
+
+/* The overflow policy of @route, if it has one of its own. */
+gboolean
+spark_route_get_overflow (SparkRoute          *route,
+                          SparkOverflowPolicy *overflow)
+{
+  gint value = route != NULL ? g_atomic_int_get (&route->overflow) : -1;
+
+  if (value < 0)
+    return FALSE;
+  *overflow = (SparkOverflowPolicy) value;
+  return TRUE;
+}
+
+/* The ordering of @route, if it has one of its own. */
+gboolean
+spark_route_get_ordering (SparkRoute    *route,
+                          SparkOrdering *ordering)
+{
+  gint value = route != NULL ? g_atomic_int_get (&route->ordering) : -1;
+
+  if (value < 0)
+    return FALSE;
+  *ordering = (SparkOrdering) value;
+  return TRUE;
 }

@@ -13,6 +13,7 @@
 
 #include "spark-dispatcher.h"
 #include "spark-handler.h"
+#include "spark-module-server.h"
 #include "spark-version-macros.h"
 
 G_BEGIN_DECLS
@@ -44,6 +45,16 @@ gboolean      spark_router_remove         (SparkRouter        *self,
 SPARK_AVAILABLE_IN_1_0
 char        **spark_router_list_patterns  (SparkRouter        *self);
 
+SPARK_AVAILABLE_IN_1_0
+gboolean      spark_router_set_overflow   (SparkRouter        *self,
+                                           const char         *pattern,
+                                           SparkOverflowPolicy overflow,
+                                           GError            **error);
+SPARK_AVAILABLE_IN_1_0
+gboolean      spark_router_set_ordering   (SparkRouter        *self,
+                                           const char         *pattern,
+                                           SparkOrdering       ordering,
+                                           GError            **error);
 SPARK_AVAILABLE_IN_1_0
 GVariant     *spark_router_get_metrics    (SparkRouter        *self);
 SPARK_AVAILABLE_IN_1_0

@@ -55,6 +55,7 @@ typedef struct
   gboolean     use_invocation;
   guint        max_invocations;
   gboolean     routed;         /* the handler behind a SparkRouter */
+  gboolean     route_policy;   /* routed: the policy is the commands' route's, the server's is WAIT */
   guint        workers;        /* > 1: a pool, ordered by key (each sender's commands are one key) */
   SparkOverflowPolicy overflow;  /* with a capacity */
   guint        dropped;        /* main context: messages-dropped counts, summed */
@@ -184,7 +185,7 @@ static gboolean
 policy_drops (SparkOverflowPolicy policy)
 {
   return policy == SPARK_OVERFLOW_DROP_NEWEST || policy == SPARK_OVERFLOW_DROP_OLDEST ||
-         policy == SPARK_OVERFLOW_COALESCE;
+         policy == SPARK_OVERFLOW_COALESCE || policy == SPARK_OVERFLOW_COALESCE_KEY;
 }
 
 static void
@@ -602,8 +603,9 @@ run_round (guint32 seed)
   round->routed = g_rand_int_range (rand, 0, 3) == 0;
   round->workers = round->in_thread && g_rand_int_range (rand, 0, 3) == 0 ? (guint) g_rand_int_range (rand, 2, 5) : 1;
   round->overflow = round->capacity > 0 && g_rand_boolean (rand)
-                    ? (SparkOverflowPolicy) g_rand_int_range (rand, SPARK_OVERFLOW_FAIL, SPARK_OVERFLOW_COALESCE + 1)
+                    ? (SparkOverflowPolicy) g_rand_int_range (rand, SPARK_OVERFLOW_FAIL, SPARK_OVERFLOW_COALESCE_KEY + 1)
                     : SPARK_OVERFLOW_WAIT;
+  round->route_policy = round->routed && round->overflow != SPARK_OVERFLOW_WAIT && g_rand_boolean (rand);
   round->timeout_msec = g_rand_int_range (rand, 0, 3) == 0 ? g_rand_int_range (rand, 1, 20) : -1;
   round->shutdown = (ShutdownKind) g_rand_int_range (rand, 0, 3);
   /* A pool's rounds have the most senders: its per-key order is checked
@@ -615,9 +617,10 @@ run_round (guint32 seed)
   round->shutdown_progress = g_rand_int_range (rand, 1, (gint) (round->n_threads * round->ops_per_thread) + 1);
 
   g_test_message ("round seed=%u capacity=%u overflow=%d thread=%d workers=%u invocation=%d "
-                  "max-invocations=%u routed=%d timeout=%d shutdown=%d threads=%u",
+                  "max-invocations=%u routed=%d route-policy=%d timeout=%d shutdown=%d threads=%u",
                   seed, round->capacity, round->overflow, round->in_thread, round->workers,
-                  round->use_invocation, round->max_invocations, round->routed, round->timeout_msec,
+                  round->use_invocation, round->max_invocations, round->routed, round->route_policy,
+                  round->timeout_msec,
                   round->shutdown, round->n_threads);
 
   if (round->use_invocation)
@@ -641,6 +644,8 @@ run_round (guint32 seed)
       g_assert_true (spark_router_add_handler (router, "c*", handler, NULL, NULL, &error));
       g_assert_no_error (error);
       spark_router_set_concurrent (router, TRUE);
+      if (round->route_policy)
+        g_assert_true (spark_router_set_overflow (router, "c*", round->overflow, NULL));
       g_object_unref (handler);
       handler = SPARK_HANDLER (router);
     }
@@ -648,7 +653,7 @@ run_round (guint32 seed)
   round->server = spark_module_server_new (handler);
   spark_module_server_set_name (round->server, "stress");
   spark_module_server_set_capacity (round->server, round->capacity);
-  spark_module_server_set_overflow (round->server, round->overflow);
+  spark_module_server_set_overflow (round->server, round->route_policy ? SPARK_OVERFLOW_WAIT : round->overflow);
   g_signal_connect (round->server, "messages-dropped", G_CALLBACK (on_messages_dropped), round);
   spark_module_server_set_max_invocations (round->server, round->max_invocations);
   /* A pool: each sender's commands are one key, so they stay in order. */

@@ -510,7 +510,7 @@ lane_mailbox_new (GMainContext **context,
   *source = spark_wake_source_new (sizeof (SparkWakeSource), never_dispatched, NULL, "test-lanes");
   spark_wake_source_attach ((SparkWakeSource *) *source, *context);
   g_assert_true (spark_mailbox_open (mailbox, 1, source, context, NULL, 0, SPARK_OVERFLOW_WAIT,
-                                     SPARK_ORDERING_NONE, &error));
+                                     SPARK_ORDERING_NONE, NULL, &error));
   g_assert_no_error (error);
   return mailbox;
 }

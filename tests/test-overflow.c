@@ -42,6 +42,19 @@ module_command (const char    *name,
     g_atomic_int_set (&m->last, g_variant_get_int32 (parameters));
   else if (g_str_equal (name, "done"))
     g_atomic_int_set (&m->done, TRUE);
+  else if (parameters != NULL && g_variant_is_of_type (parameters, G_VARIANT_TYPE ("(si)")))
+    {
+      /* A keyed one: "name:key:N". */
+      const char *key;
+      gint32 value;
+      g_autofree char *entry = NULL;
+      g_autoptr(GVariant) number = NULL;
+
+      g_variant_get (parameters, "(&si)", &key, &value);
+      entry = g_strdup_printf ("%s:%s", name, key);
+      number = g_variant_ref_sink (g_variant_new_int32 (value));
+      spark_test_log_append (&m->log, entry, number);
+    }
   else
     spark_test_log_append (&m->log, name, parameters);
 
@@ -67,6 +80,7 @@ typedef struct
 {
   SparkTestServer s;
   Module          m;
+  SparkRouter    *router;        /* the router fixture's: the server's handler */
   guint           dropped;       /* messages-dropped counts, summed */
   guint           emissions;
 } Fixture;
@@ -102,10 +116,35 @@ fixture_setup (Fixture       *f,
   g_assert_no_error (error);
 }
 
+/* The module behind a router (routes "wait", "job", "x", "y", "r"), on a
+ * server whose own policy is WAIT: the tests give routes their own. */
+static void
+router_fixture_setup (Fixture       *f,
+                      gconstpointer  data)
+{
+  static const SparkTestServerOptions not_started = { .start = SPARK_TEST_START_NONE };
+  g_autoptr(SparkHandler) module = spark_func_handler_new (module_request, module_command, &f->m, NULL);
+  GError *error = NULL;
+
+  spark_test_log_init (&f->m.log);
+  spark_test_gate_init (&f->m.gate);
+  f->router = spark_router_new ();
+  for (guint i = 0; i < 5; i++)
+    g_assert_true (spark_router_add_handler (f->router, (const char *[]) { "wait", "job", "x", "y", "r" }[i],
+                                             module, NULL, NULL, &error));
+  g_assert_no_error (error);
+  spark_test_server_setup (&f->s, SPARK_HANDLER (g_object_ref (f->router)), &not_started);
+  spark_module_server_set_capacity (f->s.server, CAPACITY);
+  g_signal_connect (f->s.server, "messages-dropped", G_CALLBACK (on_messages_dropped), f);
+  g_assert_true (spark_module_server_start_in_thread (f->s.server, &error));
+  g_assert_no_error (error);
+}
+
 static void
 fixture_teardown (Fixture       *f,
                   gconstpointer  data)
 {
+  g_clear_object (&f->router);
   spark_test_gate_open (&f->m.gate);
   g_signal_handlers_disconnect_by_data (f->s.server, f);
   spark_test_server_teardown (&f->s);
@@ -269,6 +308,96 @@ test_overflow_coalesce (Fixture       *f,
   wait_dropped (f, 3);
 }
 
+static void
+send_keyed (Fixture    *f,
+            const char *name,
+            const char *key,
+            gint        value)
+{
+  GError *error = NULL;
+
+  g_assert_true (spark_dispatcher_send_command (f->s.dispatcher, name, g_variant_new ("(si)", key, value),
+                                                NULL, &error));
+  g_assert_no_error (error);
+}
+
+/* COALESCE_KEY: a command replaces the newest queued one of its name and
+ * key; other keys keep theirs. */
+static void
+test_overflow_coalesce_key (Fixture       *f,
+                            gconstpointer  data)
+{
+  GError *error = NULL;
+  char *log;
+
+  block_server (f);
+  send_keyed (f, "job", "a", 1);
+  send_keyed (f, "job", "b", 1);   /* full: [a:1 b:1] */
+  send_keyed (f, "job", "a", 2);   /* [b:1 a:2] */
+  send_keyed (f, "job", "b", 2);   /* [a:2 b:2] */
+  send_keyed (f, "job", "a", 3);   /* [b:2 a:3] */
+
+  /* A key with nothing queued waits (a try fails). */
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "job",
+                                                     g_variant_new ("(si)", "c", 1), &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+
+  log = finish (f, 3);
+  g_assert_cmpstr (log, ==, "job:b:2 job:a:3");
+  g_free (log);
+  wait_dropped (f, 3);
+}
+
+/* Per route: "job" coalesces by key and "y" drops its own oldest, while
+ * the server's WAIT holds for the rest. */
+static void
+test_overflow_per_route (Fixture       *f,
+                         gconstpointer  data)
+{
+  GError *error = NULL;
+  char *log;
+
+  g_assert_false (spark_router_set_overflow (f->router, "nope", SPARK_OVERFLOW_FAIL, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+  g_assert_true (spark_router_set_overflow (f->router, "job", SPARK_OVERFLOW_COALESCE_KEY, &error));
+  g_assert_true (spark_router_set_overflow (f->router, "y", SPARK_OVERFLOW_DROP_OLDEST, &error));
+  g_assert_no_error (error);
+
+  block_server (f);
+  send (f, "x", 1);
+  send (f, "y", 1);                /* full: [x:1 y:1] */
+  send (f, "y", 2);                /* y's oldest goes, not x's: [x:1 y:2] */
+
+  /* x's own policy is the server's: it waits. */
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "x", g_variant_new_int32 (2), &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+
+  log = finish (f, 3);
+  g_assert_cmpstr (log, ==, "x:1 y:2");
+  g_free (log);
+  wait_dropped (f, 1);
+
+  /* Then the same with "job": a request to "r" waits for room meanwhile. */
+  spark_test_log_reset (&f->m.log);
+  g_atomic_int_set (&f->m.handled, 0);
+  spark_test_gate_clear (&f->m.gate);
+  spark_test_gate_init (&f->m.gate);
+  block_server (f);
+  send_keyed (f, "job", "a", 1);
+  send_keyed (f, "job", "b", 1);
+  send_keyed (f, "job", "a", 2);   /* [b:1 a:2] */
+  g_assert_false (spark_dispatcher_try_send_command (f->s.dispatcher, "r", NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+  log = finish (f, 3);
+  g_assert_cmpstr (log, ==, "job:b:1 job:a:2");
+  g_free (log);
+  wait_dropped (f, 2);
+}
+
 #define FLOOD 100000
 
 /* The UI flood: progress commands far faster than the module handles
@@ -309,6 +438,9 @@ main (int argc, char *argv[])
   ADD ("/spark/overflow/drop-oldest", SPARK_OVERFLOW_DROP_OLDEST, test_overflow_drop_oldest);
   ADD ("/spark/overflow/coalesce", SPARK_OVERFLOW_COALESCE, test_overflow_coalesce);
   ADD ("/spark/overflow/coalesce-flood", SPARK_OVERFLOW_COALESCE, test_overflow_coalesce_flood);
+  ADD ("/spark/overflow/coalesce-key", SPARK_OVERFLOW_COALESCE_KEY, test_overflow_coalesce_key);
+  g_test_add ("/spark/overflow/per-route", Fixture, NULL, router_fixture_setup, test_overflow_per_route,
+              fixture_teardown);
 
 #undef ADD
 

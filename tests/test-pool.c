@@ -789,6 +789,115 @@ test_pool_router (void)
   pool_clear (&pool);
 }
 
+/* A route's own ordering: "ordered" keeps a key's messages one at a time
+ * while "free", on the same pool in no order, runs them at once. */
+static void
+test_pool_route_ordering (void)
+{
+  Pool pool = { 0, };
+  g_autoptr(SparkHandler) concurrent = NULL;
+  g_autoptr(SparkRouter) router = spark_router_new ();
+  g_autoptr(SparkModuleServer) server = NULL;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GError) error = NULL;
+  Tally tally = { 0, };
+
+  pool_init (&pool);
+  pool.block = TRUE;
+  concurrent = spark_func_handler_new_full (SPARK_HANDLER_FLAGS_CONCURRENT, pool_request, pool_command,
+                                            &pool, NULL);
+  g_assert_true (spark_router_add_handler (router, "ordered", concurrent, NULL, NULL, &error));
+  g_assert_true (spark_router_add_handler (router, "free", concurrent, NULL, NULL, &error));
+  g_assert_true (spark_router_set_ordering (router, "ordered", SPARK_ORDERING_KEY, &error));
+  g_assert_no_error (error);
+  g_assert_false (spark_router_set_ordering (router, "nope", SPARK_ORDERING_KEY, &error));
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_clear_error (&error);
+  spark_router_set_concurrent (router, TRUE);
+
+  server = spark_module_server_new (SPARK_HANDLER (router));
+  spark_module_server_set_workers (server, 2);
+  pool_server_start (server);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  /* "ordered" a:0 runs; a:1 waits for it (deferred, pending), while the
+   * other worker takes "free". */
+  spark_dispatcher_request_full (dispatcher, "ordered", g_variant_new ("(su)", "a", 0), NULL, NULL,
+                                 tally_reply_cb, &tally, NULL);
+  spark_dispatcher_request_full (dispatcher, "ordered", g_variant_new ("(su)", "a", 1), NULL, NULL,
+                                 tally_reply_cb, &tally, NULL);
+  spark_dispatcher_request_full (dispatcher, "free", g_variant_new ("(su)", "z", 0), NULL, NULL,
+                                 tally_reply_cb, &tally, NULL);
+  while (g_atomic_int_get (&pool.inside) < 2)
+    g_usleep (1000);
+  g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
+  spark_test_gate_open (&pool.gate);
+  spark_test_wait_count (NULL, &tally.done, 3);
+  g_assert_cmpint (pool.overlaps, ==, 0);
+
+  /* "free": two of one key do run at once. */
+  g_mutex_lock (&pool.gate.mutex);
+  pool.gate.open = FALSE;
+  g_mutex_unlock (&pool.gate.mutex);
+  for (guint32 seq = 0; seq < 2; seq++)
+    spark_dispatcher_request_full (dispatcher, "free", g_variant_new ("(su)", "y", seq), NULL, NULL,
+                                   tally_reply_cb, &tally, NULL);
+  while (g_atomic_int_get (&pool.inside) < 2)
+    g_usleep (1000);
+  spark_test_gate_open (&pool.gate);
+  spark_test_wait_count (NULL, &tally.done, 5);
+  g_assert_cmpint (pool.overlaps, ==, 1);
+  g_assert_cmpint (tally.failed, ==, 0);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  pool_clear (&pool);
+}
+
+/* A blocking call from a worker to its own pool would wait for itself
+ * (every worker could be making one): WOULD_DEADLOCK, as for one server. */
+typedef struct
+{
+  SparkDispatcher *to_self;   /* set before the first request */
+} SelfCaller;
+
+static GVariant *
+self_request (const char    *name,
+              GVariant      *parameters,
+              GCancellable  *cancellable,
+              gpointer       user_data,
+              GError       **error)
+{
+  SelfCaller *caller = user_data;
+
+  if (g_str_equal (name, "outer"))
+    return spark_dispatcher_request_sync (caller->to_self, "inner", NULL, NULL, NULL, error);
+  return g_variant_new_boolean (TRUE);
+}
+
+static void
+test_pool_would_deadlock (void)
+{
+  SelfCaller caller = { NULL };
+  g_autoptr(SparkHandler) handler = spark_func_handler_new_full (SPARK_HANDLER_FLAGS_CONCURRENT,
+                                                                 self_request, NULL, &caller, NULL);
+  g_autoptr(SparkModuleServer) server = spark_module_server_new (handler);
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(GVariant) reply = NULL;
+  GError *error = NULL;
+
+  spark_module_server_set_workers (server, 2);
+  caller.to_self = spark_module_server_create_dispatcher (server);
+  pool_server_start (server);
+  dispatcher = spark_module_server_create_dispatcher (server);
+
+  reply = spark_dispatcher_request_sync (dispatcher, "outer", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_clear_error (&error);
+
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+  g_clear_object (&caller.to_self);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -812,6 +921,8 @@ main (int   argc,
   g_test_add_func ("/spark/pool/pending", test_pool_pending);
   g_test_add_func ("/spark/pool/cancel-all-deferred", test_pool_cancel_all_deferred);
   g_test_add_func ("/spark/pool/router", test_pool_router);
+  g_test_add_func ("/spark/pool/route-ordering", test_pool_route_ordering);
+  g_test_add_func ("/spark/pool/would-deadlock", test_pool_would_deadlock);
 
   return g_test_run ();
 }

@@ -1320,7 +1320,8 @@ test('pool/js-handler-refused', async () => {
         let error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start_in_thread());
         assert(error.message.includes('JavaScript'), error.message);
         error = assertThrows(ChannelError, ChannelError.NOT_SUPPORTED, () => server.start(null));
-        for (const part of ['“js-pool”', '2 workers', 'start_in_thread'])
+        // Refused as JavaScript, not pointed at start_in_thread().
+        for (const part of ['JavaScript', '2 workers', 'set workers to 1'])
             assert(error.message.includes(part), error.message);
         assert(!server.running, 'a refused start is not a start');
 
