@@ -279,6 +279,18 @@ tally_reply_cb (GVariant     *reply,
   g_atomic_int_inc (&tally->done);
 }
 
+/* A request of parameters (su) whose reply @tally counts. */
+static void
+request_keyed (SparkDispatcher *dispatcher,
+               const char      *name,
+               const char      *key,
+               guint32          seq,
+               Tally           *tally)
+{
+  spark_dispatcher_request_full (dispatcher, name, g_variant_new ("(su)", key, seq), NULL, NULL,
+                                 tally_reply_cb, tally, NULL);
+}
+
 static void
 test_pool_parallel (void)
 {
@@ -468,8 +480,7 @@ test_pool_unordered_overlaps (void)
   dispatcher = spark_module_server_create_dispatcher (server);
 
   for (guint32 seq = 0; seq < 2; seq++)
-    spark_dispatcher_request_full (dispatcher, "req", g_variant_new ("(su)", "same", seq), NULL, NULL,
-                                   tally_reply_cb, &tally, NULL);
+    request_keyed (dispatcher, "req", "same", seq, &tally);
   spark_test_wait_count (NULL, &tally.done, 2);
   g_assert_cmpint (pool.overlaps, ==, 1);
 
@@ -495,12 +506,9 @@ test_pool_key_serializes (void)
 
   /* Two of key "a" and one of "b": with the first "a" blocked, the second
    * waits for its worker; "b" runs on the other one. */
-  spark_dispatcher_request_full (dispatcher, "req", g_variant_new ("(su)", "a", 0), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
-  spark_dispatcher_request_full (dispatcher, "req", g_variant_new ("(su)", "a", 1), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
-  spark_dispatcher_request_full (dispatcher, "req", g_variant_new ("(su)", "b", 0), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
+  request_keyed (dispatcher, "req", "a", 0, &tally);
+  request_keyed (dispatcher, "req", "a", 1, &tally);
+  request_keyed (dispatcher, "req", "b", 0, &tally);
 
   /* "a" 0 and "b" 0 run at once; "a" 1 is deferred, still pending. */
   while (g_atomic_int_get (&pool.inside) < 2)
@@ -822,12 +830,9 @@ test_pool_route_ordering (void)
 
   /* "ordered" a:0 runs; a:1 waits for it (deferred, pending), while the
    * other worker takes "free". */
-  spark_dispatcher_request_full (dispatcher, "ordered", g_variant_new ("(su)", "a", 0), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
-  spark_dispatcher_request_full (dispatcher, "ordered", g_variant_new ("(su)", "a", 1), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
-  spark_dispatcher_request_full (dispatcher, "free", g_variant_new ("(su)", "z", 0), NULL, NULL,
-                                 tally_reply_cb, &tally, NULL);
+  request_keyed (dispatcher, "ordered", "a", 0, &tally);
+  request_keyed (dispatcher, "ordered", "a", 1, &tally);
+  request_keyed (dispatcher, "free", "z", 0, &tally);
   while (g_atomic_int_get (&pool.inside) < 2)
     g_usleep (1000);
   g_assert_cmpuint (spark_module_server_get_pending (server), ==, 1);
@@ -840,8 +845,7 @@ test_pool_route_ordering (void)
   pool.gate.open = FALSE;
   g_mutex_unlock (&pool.gate.mutex);
   for (guint32 seq = 0; seq < 2; seq++)
-    spark_dispatcher_request_full (dispatcher, "free", g_variant_new ("(su)", "y", seq), NULL, NULL,
-                                   tally_reply_cb, &tally, NULL);
+    request_keyed (dispatcher, "free", "y", seq, &tally);
   while (g_atomic_int_get (&pool.inside) < 2)
     g_usleep (1000);
   spark_test_gate_open (&pool.gate);
