@@ -19,10 +19,12 @@ fi
 demo=$1
 screenshot=${2:-}
 
-# A display of our own (-a picks a free one), X11 only. The cairo renderer
-# draws on the CPU like any software GL would, without its threads; no
-# accessibility bus and no dconf are needed to show a window.
+# A display of our own (-a picks a free one), X11 only. Without a GPU, GL
+# would be Mesa's llvmpipe, whose threads compete for the cores: the cairo
+# renderer draws on the main thread instead, GL left off. No accessibility
+# bus and no dconf are needed to show a window.
 export GDK_BACKEND=x11
+export GDK_DEBUG="${GDK_DEBUG:-gl-disable}"
 export GSK_RENDERER="${GSK_RENDERER:-cairo}"
 export GTK_A11Y=none
 export GSETTINGS_BACKEND=memory
