@@ -20,12 +20,15 @@
  *     and cancels the run's GCancellable, which the tile being rendered
  *     checks after each row;
  *   - queue depth and throughput are shown live (polled every 100 ms,
- *     see poll_stats()), and so is the worst stall of the main loop,
+ *     see demo_poll_stats()), and so is the worst stall of the main loop,
  *     measured by a 5 ms timeout (see on_tick()): the responsiveness the
  *     demo is about;
- *   - the module's first message, "background", moves its thread to the
- *     idle scheduling class (Linux), so that on a machine with fewer free
- *     cores than busy threads the rendering yields to the main thread.
+ *   - the module's first message, "background", lowers its thread's
+ *     priority (nice 10, Linux), so that on a machine with fewer free
+ *     cores than busy threads the rendering yields to the main thread;
+ *   - everything the window shows changes at most ten times a second
+ *     (refresh_ui()), and only by redrawing: no update lays the window out
+ *     again.
  *
  *   gtk-demo                     the window
  *   gtk-demo --normal-priority   the same, the module at normal priority
@@ -40,13 +43,12 @@
  *                                under Xvfb)
  */
 
-/* getrusage (RUSAGE_THREAD) and SCHED_IDLE */
+/* getrusage (RUSAGE_THREAD), gettid () */
 #define _GNU_SOURCE
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -77,9 +79,11 @@
 #define FIRST_SCALE (3.0 / IMAGE_WIDTH)
 #define ZOOM 0.93
 
-/* How often replies are shown: a new texture is a copy of the picture
- * for the main thread and an upload for the renderer. */
+/* How often the window shows what changed (see refresh_ui()). */
 #define REFRESH_MS 100
+
+/* The module's thread's nice value (see module_command()). */
+#define MODULE_NICE 10
 
 #define TICK_MS 5
 #define STALL_LIMIT_MS 20.0
@@ -217,10 +221,13 @@ module_request (const char    *name,
   return NULL;
 }
 
-/* "background": moves the server's thread (this one: handlers run there)
- * to the idle scheduling class, so that the rendering only takes CPU time
- * that nothing else wants, the main thread first. A module on a thread of
- * its own can do this for itself; the library does not touch priorities. */
+/* "background": lowers the priority of the server's thread (this one:
+ * handlers run there) to nice MODULE_NICE, so that the main thread, at 0,
+ * gets a CPU as soon as it wakes up, even when every core is busy. A
+ * module on a thread of its own can do this for itself; the library does
+ * not touch priorities. Not lower: a thread that hardly ever runs (nice
+ * 19, SCHED_IDLE) may be preempted while it holds a lock that the main
+ * thread then waits for. */
 static gboolean
 module_command (const char    *name,
                 GVariant      *parameters,
@@ -230,23 +237,21 @@ module_command (const char    *name,
 {
   if (g_str_equal (name, "background"))
     {
-#if defined(__linux__) && defined(SCHED_IDLE)
-      struct sched_param param = { 0 };
-
-      /* On Linux, 0 is the calling thread, not the process. */
-      if (sched_setscheduler (0, SCHED_IDLE, &param) != 0)
+#ifdef __linux__
+      /* Linux keeps a nice value per thread: this one only. */
+      if (setpriority (PRIO_PROCESS, (id_t) gettid (), MODULE_NICE) != 0)
         {
           int saved_errno = errno;
 
           g_set_error (error, G_IO_ERROR, g_io_error_from_errno (saved_errno),
-                       "Could not move the module's thread to SCHED_IDLE: %s",
+                       "Could not lower the module's thread's priority: %s",
                        g_strerror (saved_errno));
           return FALSE;
         }
       return TRUE;
 #else
       g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
-                           "This system has no per-thread idle scheduling class");
+                           "Only Linux has a nice value per thread");
       return FALSE;
 #endif
     }
@@ -287,6 +292,7 @@ typedef struct
   GtkWidget *progress_bar;
   GtkWidget *render_button;
   GtkWidget *cancel_button;
+  GtkWidget *frame_label;
   GtkWidget *depth_label;
   GtkWidget *throughput_label;
   GtkWidget *tiles_label;
@@ -304,6 +310,8 @@ typedef struct
   GCancellable *cancellable;    /* NULL when no run is going */
   gboolean cancelling;
   guint next_tile;              /* of TILES_PER_RUN */
+  guint progress_frame;         /* the newest progress report */
+  guint progress_tiles;
   guint shown_frame;            /* what the progress bar shows */
   double shown_fraction;
   guint in_flight;
@@ -445,10 +453,13 @@ demo_run_ended (Demo *demo)
 
   gtk_widget_set_sensitive (demo->render_button, TRUE);
   gtk_widget_set_sensitive (demo->cancel_button, FALSE);
-  gtk_label_set_text (GTK_LABEL (demo->status_label),
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->status_label),
                       was_cancelled ? "Cancelled." : "Done.");
   if (!was_cancelled)
-    gtk_progress_bar_set_fraction (GTK_PROGRESS_BAR (demo->progress_bar), 1.0);
+    {
+      demo->shown_fraction = 1.0;
+      gtk_widget_queue_draw (demo->progress_bar);
+    }
 }
 
 static void
@@ -475,10 +486,12 @@ on_render_clicked (GtkButton *button,
 
   gtk_widget_set_sensitive (demo->render_button, FALSE);
   gtk_widget_set_sensitive (demo->cancel_button, TRUE);
-  gtk_progress_bar_set_fraction (GTK_PROGRESS_BAR (demo->progress_bar), 0.0);
   demo->shown_frame = G_MAXUINT;
   demo->shown_fraction = 0.0;
-  gtk_label_set_text (GTK_LABEL (demo->status_label), "Rendering on the module's thread…");
+  gtk_widget_queue_draw (demo->progress_bar);
+  demo->progress_frame = 0;
+  demo->progress_tiles = 0;
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->status_label), "Rendering on the module's thread…");
 
   demo_fill (demo);
 }
@@ -504,7 +517,7 @@ on_cancel_clicked (GtkButton *button,
    * the one being rendered sees its cancellable after its current row. */
   spark_dispatcher_cancel_all (demo->dispatcher);
   g_cancellable_cancel (demo->cancellable);
-  gtk_label_set_text (GTK_LABEL (demo->status_label), "Cancelling…");
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->status_label), "Cancelling…");
 
   if (demo->in_flight == 0)
     demo_run_ended (demo);
@@ -521,8 +534,6 @@ progress_command (const char    *name,
 {
   Demo *demo = user_data;
   guint run, frame, tiles_done;
-  double fraction;
-  char text[64];
 
   if (!g_str_equal (name, "progress") || !g_variant_is_of_type (parameters, G_VARIANT_TYPE ("(uuu)")))
     {
@@ -535,21 +546,33 @@ progress_command (const char    *name,
   if (run != demo->run || demo->cancellable == NULL || demo->cancelling)
     return TRUE;   /* a late report of a run that has ended */
 
+  /* Shown with the rest, at the next refresh_ui(). */
+  demo->progress_frame = frame;
+  demo->progress_tiles = tiles_done;
+  return TRUE;
+}
+
+static void
+demo_show_progress (Demo *demo)
+{
+  double fraction = (double) demo->progress_tiles / TILES_PER_RUN;
+  char text[64];
+
+  if (demo->cancellable == NULL)
+    return;
   /* Redraw only what shows: a new frame number, or a bar one pixel (of
    * about 450) longer. */
-  fraction = (double) tiles_done / TILES_PER_RUN;
-  if (frame != demo->shown_frame)
+  if (demo->progress_frame != demo->shown_frame)
     {
-      demo->shown_frame = frame;
-      g_snprintf (text, sizeof text, "Frame %u of %u", frame + 1, N_FRAMES);
-      gtk_progress_bar_set_text (GTK_PROGRESS_BAR (demo->progress_bar), text);
+      demo->shown_frame = demo->progress_frame;
+      g_snprintf (text, sizeof text, "%u of %u", demo->progress_frame + 1, N_FRAMES);
+      gtk_inscription_set_text (GTK_INSCRIPTION (demo->frame_label), text);
     }
   if (fraction - demo->shown_fraction >= 1.0 / 512)
     {
       demo->shown_fraction = fraction;
-      gtk_progress_bar_set_fraction (GTK_PROGRESS_BAR (demo->progress_bar), fraction);
+      gtk_widget_queue_draw (demo->progress_bar);
     }
-  return TRUE;
 }
 
 /* The time the calling thread has spent runnable but waiting for a CPU,
@@ -578,9 +601,9 @@ read_run_delay (int fd)
  * a thread that is ready to run waits for a CPU. The kernel counts that
  * wait (schedstat's run delay); the stall the program is answerable for
  * is the gap less that wait: time the main loop spent in its own work, or
- * blocked. The module's thread is in the idle class (see "background"),
- * so the main thread never waits for it: what is left of the wait is the
- * other programs' doing. Both figures are reported. */
+ * blocked. The module's thread runs at a lower priority (see
+ * "background"), so the main thread hardly waits for it: the wait is
+ * mostly the other programs' doing. Both figures are reported. */
 static gboolean
 on_tick (gpointer user_data)
 {
@@ -617,24 +640,64 @@ on_tick (gpointer user_data)
   return G_SOURCE_CONTINUE;
 }
 
-/* Copies the pixels into a new texture when replies changed them: at most
- * every REFRESH_MS, whatever the reply rate. */
-static gboolean
-refresh_picture (gpointer user_data)
+/* Draws the pixels replies were copied into (0xAARRGGBB words are
+ * CAIRO_FORMAT_ARGB32). The drawing is copied into the frame: replies may
+ * change the pixels right after. */
+static void
+draw_picture (GtkDrawingArea *area,
+              cairo_t        *cr,
+              int             width,
+              int             height,
+              gpointer        user_data)
 {
   Demo *demo = user_data;
-  g_autoptr(GBytes) bytes = NULL;
-  g_autoptr(GdkTexture) texture = NULL;
+  cairo_surface_t *surface;
 
+  surface = cairo_image_surface_create_for_data ((unsigned char *) demo->pixels, CAIRO_FORMAT_ARGB32,
+                                                 IMAGE_WIDTH, IMAGE_HEIGHT,
+                                                 IMAGE_WIDTH * sizeof (guint32));
+  cairo_set_source_surface (cr, surface, 0, 0);
+  cairo_paint (cr);
+  cairo_surface_destroy (surface);
+}
+
+/* The progress bar, drawn here rather than by a GtkProgressBar, which
+ * lays the window out again at each new fraction. */
+static void
+draw_progress (GtkDrawingArea *area,
+               cairo_t        *cr,
+               int             width,
+               int             height,
+               gpointer        user_data)
+{
+  Demo *demo = user_data;
+  double radius = height / 2.0;
+  double filled = MAX (demo->shown_fraction * width, 0.0);
+
+  /* The trough, then the part done: GNOME's light grey and blue. */
+  cairo_set_source_rgb (cr, 0.87, 0.87, 0.85);
+  cairo_new_sub_path (cr);
+  cairo_arc (cr, width - radius, radius, radius, -G_PI / 2, G_PI / 2);
+  cairo_arc (cr, radius, radius, radius, G_PI / 2, 3 * G_PI / 2);
+  cairo_close_path (cr);
+  cairo_fill_preserve (cr);
+  cairo_clip (cr);
+  cairo_set_source_rgb (cr, 0.21, 0.52, 0.89);
+  cairo_rectangle (cr, 0, 0, filled, height);
+  cairo_fill (cr);
+}
+
+/* Redraws the picture when replies changed it: a redraw, never a new
+ * layout (a GtkPicture given a new texture would lay the window out
+ * again). */
+static void
+demo_show_picture (Demo *demo)
+{
   if (!demo->pixels_dirty)
-    return G_SOURCE_CONTINUE;
+    return;
 
   demo->pixels_dirty = FALSE;
-  bytes = g_bytes_new (demo->pixels, IMAGE_WIDTH * IMAGE_HEIGHT * sizeof (guint32));
-  texture = gdk_memory_texture_new (IMAGE_WIDTH, IMAGE_HEIGHT, GDK_MEMORY_DEFAULT, bytes,
-                                    IMAGE_WIDTH * sizeof (guint32));
-  gtk_picture_set_paintable (GTK_PICTURE (demo->picture), GDK_PAINTABLE (texture));
-  return G_SOURCE_CONTINUE;
+  gtk_widget_queue_draw (demo->picture);
 }
 
 static void
@@ -644,7 +707,7 @@ demo_show_queue_depth (Demo  *demo,
   char text[64];
 
   g_snprintf (text, sizeof text, "%u queued, %u in flight", depth, demo->in_flight);
-  gtk_label_set_text (GTK_LABEL (demo->depth_label), text);
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->depth_label), text);
 }
 
 static void
@@ -654,7 +717,7 @@ demo_show_throughput (Demo   *demo,
   char text[64];
 
   g_snprintf (text, sizeof text, "%.0f tiles/s", tiles_per_second);
-  gtk_label_set_text (GTK_LABEL (demo->throughput_label), text);
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->throughput_label), text);
 }
 
 static void
@@ -664,13 +727,13 @@ demo_show_counts (Demo *demo)
 
   g_snprintf (text, sizeof text, "%u sent, %u rendered, %u cancelled",
               demo->sent, demo->replied, demo->cancelled);
-  gtk_label_set_text (GTK_LABEL (demo->tiles_label), text);
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->tiles_label), text);
   g_snprintf (text, sizeof text, "%.1f ms (%.1f ms between ticks)",
               demo->worst_stall / 1000.0, demo->worst_gap / 1000.0);
-  gtk_label_set_text (GTK_LABEL (demo->stall_label), text);
+  gtk_inscription_set_text (GTK_INSCRIPTION (demo->stall_label), text);
 }
 
-/* Queue depth and throughput, every 100 ms.
+/* Queue depth and throughput, polled at every refresh_ui().
  *
  * TODO(issue 14, part 1): once SparkModuleServer has its metrics
  * (notified on the owner context at a settable rate), replace this poll
@@ -683,10 +746,9 @@ demo_show_counts (Demo *demo)
  *   - "cancelled" next to the tile counts.
  * demo_show_queue_depth() and demo_show_throughput() are the transforms'
  * bodies. */
-static gboolean
-poll_stats (gpointer user_data)
+static void
+demo_poll_stats (Demo *demo)
 {
-  Demo *demo = user_data;
   guint oldest = (demo->history_pos + 1) % G_N_ELEMENTS (demo->replied_history);
 
   demo->replied_history[demo->history_pos] = demo->replied;
@@ -695,6 +757,20 @@ poll_stats (gpointer user_data)
                               * 10.0 / (G_N_ELEMENTS (demo->replied_history) - 1));
   demo->history_pos = oldest;
   demo_show_counts (demo);
+}
+
+/* Everything the window shows changes here, every REFRESH_MS: at most ten
+ * frames a second to draw, whatever the rates of replies and progress
+ * reports. Each frame costs the main thread its drawing, and on X11 may
+ * wait for the X server. */
+static gboolean
+refresh_ui (gpointer user_data)
+{
+  Demo *demo = user_data;
+
+  demo_show_picture (demo);
+  demo_show_progress (demo);
+  demo_poll_stats (demo);
   return G_SOURCE_CONTINUE;
 }
 
@@ -834,7 +910,7 @@ self_test_step (gpointer user_data)
       if (demo->cancellable != NULL || now - test->stage_started < 200 * 1000)
         return G_SOURCE_CONTINUE;
       g_print ("gtk-demo: rendering %u tiles of %d×%d on the module's thread (%s priority)\n",
-               TILES_PER_RUN, TILE, TILE, demo->normal_priority ? "normal" : "idle");
+               TILES_PER_RUN, TILE, TILE, demo->normal_priority ? "normal" : "lowered");
       g_signal_emit_by_name (demo->render_button, "clicked");
       test->stage = SELF_TEST_RENDERING;
       test->stage_started = now;
@@ -881,7 +957,7 @@ self_test_step (gpointer user_data)
           {
             g_autoptr(GError) error = NULL;
 
-            poll_stats (demo);
+            refresh_ui (demo);
             if (!save_screenshot (demo, demo->screenshot_path, &error))
               self_test_fail (demo, error->message);
             else
@@ -967,19 +1043,33 @@ on_window_realize (GtkWidget *window,
 
 /* --- main ---------------------------------------------------------------- */
 
+/* Text that changes while work runs: a GtkInscription, whose size does not
+ * depend on its text, so that a new value redraws it without laying out
+ * the window again (on X11, each layout of the window asks the X server
+ * for the monitor's work area: round trips that wait for it). */
+static GtkWidget *
+value_new (const char *text,
+           guint       n_chars)
+{
+  GtkWidget *value = gtk_inscription_new (text);
+
+  gtk_inscription_set_min_chars (GTK_INSCRIPTION (value), n_chars);
+  gtk_inscription_set_nat_chars (GTK_INSCRIPTION (value), n_chars);
+  gtk_inscription_set_xalign (GTK_INSCRIPTION (value), 0.0);
+  gtk_widget_set_hexpand (value, TRUE);
+  return value;
+}
+
 static GtkWidget *
 add_row (GtkGrid    *grid,
          int         row,
          const char *title)
 {
   GtkWidget *name = gtk_label_new (title);
-  GtkWidget *value = gtk_label_new ("–");
+  GtkWidget *value = value_new ("–", 32);
 
   gtk_widget_set_halign (name, GTK_ALIGN_END);
   gtk_widget_add_css_class (name, "dim-label");
-  gtk_widget_set_halign (value, GTK_ALIGN_START);
-  gtk_label_set_width_chars (GTK_LABEL (value), 32);
-  gtk_label_set_xalign (GTK_LABEL (value), 0.0);
   gtk_widget_add_css_class (value, "numeric");
   gtk_grid_attach (grid, name, 0, row, 1, 1);
   gtk_grid_attach (grid, value, 1, row, 1, 1);
@@ -1008,28 +1098,29 @@ demo_build_window (Demo *demo)
   gtk_widget_add_css_class (title, "heading");
   gtk_box_append (GTK_BOX (box), title);
 
-  demo->picture = gtk_picture_new ();
-  gtk_widget_set_size_request (demo->picture, IMAGE_WIDTH, IMAGE_HEIGHT);
-  gtk_picture_set_can_shrink (GTK_PICTURE (demo->picture), FALSE);
+  demo->picture = gtk_drawing_area_new ();
+  gtk_drawing_area_set_content_width (GTK_DRAWING_AREA (demo->picture), IMAGE_WIDTH);
+  gtk_drawing_area_set_content_height (GTK_DRAWING_AREA (demo->picture), IMAGE_HEIGHT);
+  gtk_drawing_area_set_draw_func (GTK_DRAWING_AREA (demo->picture), draw_picture, demo, NULL);
   gtk_widget_set_halign (demo->picture, GTK_ALIGN_CENTER);
   gtk_box_append (GTK_BOX (box), demo->picture);
 
-  demo->progress_bar = gtk_progress_bar_new ();
-  gtk_progress_bar_set_show_text (GTK_PROGRESS_BAR (demo->progress_bar), TRUE);
-  gtk_progress_bar_set_text (GTK_PROGRESS_BAR (demo->progress_bar), "Not started");
+  demo->progress_bar = gtk_drawing_area_new ();
+  gtk_drawing_area_set_content_height (GTK_DRAWING_AREA (demo->progress_bar), 6);
+  gtk_drawing_area_set_draw_func (GTK_DRAWING_AREA (demo->progress_bar), draw_progress, demo, NULL);
   gtk_box_append (GTK_BOX (box), demo->progress_bar);
 
   grid = gtk_grid_new ();
   gtk_grid_set_row_spacing (GTK_GRID (grid), 4);
   gtk_grid_set_column_spacing (GTK_GRID (grid), 12);
-  demo->depth_label = add_row (GTK_GRID (grid), 0, "Queue depth");
-  demo->throughput_label = add_row (GTK_GRID (grid), 1, "Throughput");
-  demo->tiles_label = add_row (GTK_GRID (grid), 2, "Tiles");
-  demo->stall_label = add_row (GTK_GRID (grid), 3, "Worst main-loop stall");
+  demo->frame_label = add_row (GTK_GRID (grid), 0, "Frame");
+  demo->depth_label = add_row (GTK_GRID (grid), 1, "Queue depth");
+  demo->throughput_label = add_row (GTK_GRID (grid), 2, "Throughput");
+  demo->tiles_label = add_row (GTK_GRID (grid), 3, "Tiles");
+  demo->stall_label = add_row (GTK_GRID (grid), 4, "Worst main-loop stall");
   gtk_box_append (GTK_BOX (box), grid);
 
-  demo->status_label = gtk_label_new ("Press Render.");
-  gtk_widget_set_halign (demo->status_label, GTK_ALIGN_START);
+  demo->status_label = value_new ("Press Render.", 40);
   gtk_box_append (GTK_BOX (box), demo->status_label);
 
   buttons = gtk_box_new (GTK_ORIENTATION_HORIZONTAL, 6);
@@ -1102,14 +1193,14 @@ main (int   argc,
     { "self-test", 0, 0, G_OPTION_ARG_NONE, &self_test,
       "Render, press Cancel, check the outcome and the main loop's worst stall", NULL },
     { "normal-priority", 0, 0, G_OPTION_ARG_NONE, &normal_priority,
-      "Leave the module's thread at normal priority (not SCHED_IDLE)", NULL },
+      "Leave the module's thread at normal priority (not nice 10)", NULL },
     { "screenshot", 0, 0, G_OPTION_ARG_FILENAME, &screenshot,
       "With --self-test: save the window as a PNG while it renders", "FILE" },
     { NULL }
   };
   Demo demo = { 0 };
   SelfTest test = { 0 };
-  guint tick_id, poll_id, refresh_id, self_test_id = 0;
+  guint tick_id, refresh_id, self_test_id = 0;
 
   /* Progress lines as they happen, also into a pipe. */
   setvbuf (stdout, NULL, _IOLBF, 0);
@@ -1142,8 +1233,7 @@ main (int   argc,
   demo_build_window (&demo);
 
   tick_id = g_timeout_add (TICK_MS, on_tick, &demo);
-  poll_id = g_timeout_add (100, poll_stats, &demo);
-  refresh_id = g_timeout_add (REFRESH_MS, refresh_picture, &demo);
+  refresh_id = g_timeout_add (REFRESH_MS, refresh_ui, &demo);
 
   if (self_test)
     {
@@ -1170,7 +1260,6 @@ main (int   argc,
   if (self_test_id != 0 && test.stage != SELF_TEST_DONE)
     g_source_remove (self_test_id);
   g_source_remove (tick_id);
-  g_source_remove (poll_id);
   g_source_remove (refresh_id);
   g_clear_object (&demo.window_paintable);
   gtk_window_destroy (GTK_WINDOW (demo.window));
