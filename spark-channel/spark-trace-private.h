@@ -19,9 +19,9 @@
  *
  *   - spark_trace_message_handled(), once per request or command whose
  *     handler ran, after it returned (for an invocation: when the server
- *     moves on), with the server's name, the message's name, when the
- *     message was queued, when its handler began and when it ended, all
- *     g_get_monotonic_time() µs;
+ *     moves on), with the server's name, the message's name, how long it
+ *     waited in the mailbox (µs; negative when not measured), and when
+ *     its handler began and ended (g_get_monotonic_time() µs);
  *   - spark_trace_queue_depth(), with the new `pending` each time the
  *     server takes a message (or a batch) off its mailbox, and once with 0
  *     when it stops. The server keeps the SparkTraceCounter (zeroed) for
@@ -29,6 +29,31 @@
  *
  * Guard work done only for these hooks (reading the clock) with
  * spark_trace_is_active(), which is a constant FALSE without the option.
+ *
+ * In the server with metrics and pools (spark_server_worker_dispatch_some()
+ * on main at e84974c), that is:
+ *
+ *   - after spark_mailbox_take() or spark_mailbox_take_one() returned a
+ *     batch, and in spark_server_worker_stop() with 0:
+ *
+ *       spark_trace_queue_depth (&self->trace_depth, self->name,
+ *                                spark_module_server_get_pending (self));
+ *
+ *     with a `SparkTraceCounter trace_depth;` in the server's struct;
+ *   - in the COMMAND and REQUEST cases, around the handler's call, next to
+ *     spark_server_worker_time_start() and _time_end():
+ *
+ *       gint64 t0 = spark_trace_is_active () ? g_get_monotonic_time () : 0;
+ *       const char *name = spark_request_get_name (req);   (or the command's)
+ *       ... the handler ...
+ *       if (G_UNLIKELY (t0 != 0))
+ *         spark_trace_message_handled (self->name, name, queue_us, t0,
+ *                                      g_get_monotonic_time ());
+ *
+ *     where queue_us is (guint32) t0 - spark_request_get_queued_us (req)
+ *     when that stamp is not 0, and -1 otherwise (commands: -1); the name
+ *     must still be valid after the call (the request kept alive until
+ *     then, or the name read from the message the worker still holds).
  */
 
 #pragma once
@@ -52,7 +77,7 @@ struct _SysprofCaptureWriter;
 gboolean spark_trace_is_active       (void);
 void     spark_trace_message_handled (const char                   *server_name,
                                       const char                   *message_name,
-                                      gint64                        queued_usec,
+                                      gint64                        queue_usec,
                                       gint64                        started_usec,
                                       gint64                        ended_usec);
 void     spark_trace_queue_depth     (SparkTraceCounter            *counter,
@@ -75,7 +100,7 @@ spark_trace_is_active (void)
 static inline void
 spark_trace_message_handled (const char *server_name,
                              const char *message_name,
-                             gint64      queued_usec,
+                             gint64      queue_usec,
                              gint64      started_usec,
                              gint64      ended_usec)
 {

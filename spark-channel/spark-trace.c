@@ -46,7 +46,7 @@ spark_trace_set_writer (SysprofCaptureWriter *writer)
 void
 spark_trace_message_handled (const char *server_name,
                              const char *message_name,
-                             gint64      queued_usec,
+                             gint64      queue_usec,
                              gint64      started_usec,
                              gint64      ended_usec)
 {
@@ -55,11 +55,15 @@ spark_trace_message_handled (const char *server_name,
   if (!spark_trace_is_active ())
     return;
 
-  g_snprintf (message, sizeof message,
-              "server “%s”: queued %" G_GINT64_FORMAT " µs, handled %" G_GINT64_FORMAT " µs",
-              server_name ? server_name : "",
-              MAX (started_usec - queued_usec, 0),
-              MAX (ended_usec - started_usec, 0));
+  if (queue_usec >= 0)
+    g_snprintf (message, sizeof message,
+                "server “%s”: queued %" G_GINT64_FORMAT " µs, handled %" G_GINT64_FORMAT " µs",
+                server_name ? server_name : "", queue_usec,
+                MAX (ended_usec - started_usec, 0));
+  else
+    g_snprintf (message, sizeof message,
+                "server “%s”: handled %" G_GINT64_FORMAT " µs",
+                server_name ? server_name : "", MAX (ended_usec - started_usec, 0));
 
   if (g_atomic_int_get (&trace_writer_set))
     {
