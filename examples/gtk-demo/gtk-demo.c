@@ -735,15 +735,21 @@ demo_show_counts (Demo *demo)
 
 /* Queue depth and throughput, polled at every refresh_ui().
  *
- * TODO(issue 14, part 1): once SparkModuleServer has its metrics
- * (notified on the owner context at a settable rate), replace this poll
- * with bindings, set up once in main():
- *   - g_object_bind_property (demo->worker, "pending", demo->depth_label,
- *     "label", ...) with a transform to text (today "pending" is not
- *     notified, so it has to be polled);
- *   - the handled-messages counter ("handled") bound through a transform
- *     that turns its rate of change into demo_show_throughput()'s text;
- *   - "cancelled" next to the tile counts.
+ * TODO(issue 14, part 1): with the server's metrics (on main since
+ * 719cdf3; notified on the owner context, at most once per
+ * SparkModuleServer:metrics-interval, 100 ms by default), bind instead of
+ * polling, once, in demo_start_servers():
+ *   - throughput: g_object_bind_property_full (demo->worker, "handled",
+ *     demo->throughput_label, "text", G_BINDING_DEFAULT, transform, ...)
+ *     where the transform turns the change of the uint64 "handled" since
+ *     its last call into tiles per second (demo_show_throughput()'s text);
+ *   - the tile counts: "handled" and "cancelled" (uint64) the same way;
+ *   - queue depth: "pending-high-water" (uint) is notified, "pending" is
+ *     not (it says so): keep polling "pending" here, or show the high
+ *     water mark next to it;
+ *   - queue and handler times: "queue-time-mean" and "handler-time-max"
+ *     (uint64 µs) in the "metrics" GVariant dictionary, bound through a
+ *     transform that looks them up.
  * demo_show_queue_depth() and demo_show_throughput() are the transforms'
  * bodies. */
 static void
@@ -1159,9 +1165,12 @@ demo_start_servers (Demo    *demo,
   demo->servers_running++;
 
   /* The worker, on a thread of its own.
-   * TODO(issue 14): once worker pools exist, set the server's "workers"
-   * (g_get_num_processors () - 1, at least 1) and keep more tiles in
-   * flight. */
+   * TODO(issue 14): with worker pools (on main since 7f13deb), call
+   * spark_module_server_set_workers (demo->worker, MAX (g_get_num_processors () - 1, 1))
+   * before starting it and keep 16 tiles in flight per worker. The
+   * handler must then say it may be called concurrently, and Module's
+   * run/tiles_done (touched by every call) need an atomic or a lock;
+   * "background" would have to reach every worker's thread (a broadcast). */
   demo->module = g_new0 (Module, 1);
   demo->module->progress = spark_module_server_create_dispatcher (demo->progress_server);
   worker_handler = spark_func_handler_new (module_request, module_command, demo->module, module_free);
