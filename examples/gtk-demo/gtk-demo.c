@@ -131,8 +131,8 @@ palette (guint iterations,
   g = (guint) (127.5 * (1.0 + cos (6.2832 * (t + 0.15))));
   b = (guint) (127.5 * (1.0 + cos (6.2832 * (t + 0.30))));
 
-  /* GDK_MEMORY_DEFAULT: B, G, R, A bytes, that is 0xAARRGGBB in a native
-   * little-endian word. */
+  /* CAIRO_FORMAT_ARGB32: 0xAARRGGBB in a native word (premultiplied;
+   * every pixel is opaque). */
   return 0xff000000 | (r << 16) | (g << 8) | b;
 }
 
