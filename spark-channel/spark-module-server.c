@@ -59,6 +59,7 @@
 #include "spark-module-server.h"
 #include "spark-reply-port-private.h"
 #include "spark-router-private.h"
+#include "spark-trace-private.h"
 #include "spark-wake-source-private.h"
 
 typedef struct _SparkServerWorker SparkServerWorker;
@@ -156,6 +157,7 @@ struct _SparkModuleServer
   gint           n_serving;        /* atomic: workers that have not stopped */
   gint           n_alive;          /* atomic: worker threads that have not ended */
   gpointer       shutdown;         /* atomic: the shutdown marker, taken; the workers drain and stop */
+  SparkTraceCounter trace_depth;   /* Sysprof's queue-depth counter, made on first use */
 
   /* Metrics. */
   guint          metrics_interval; /* atomic: ms between notifications; 0: metrics off */
@@ -695,6 +697,8 @@ spark_server_worker_stop (SparkServerWorker *worker)
 
   spark_mailbox_drop_messages (self->mailbox, g_steal_pointer (&worker->batch), TRUE);
   g_source_destroy (worker->source);
+  if (G_UNLIKELY (spark_trace_is_active ()))
+    spark_trace_queue_depth (&self->trace_depth, self->name, 0);
 
   if (g_atomic_int_dec_and_test (&self->n_serving))
     spark_module_server_stop (self);
@@ -878,37 +882,71 @@ spark_module_server_cancel_taken (SparkServerWorker *worker,
     }
 }
 
-/* Whether to time the next message's handler: one in METRICS_TIME_EVERY,
- * and those with a queue time to measure. Returns its start, or 0. */
-static inline gint64
+/* A message's handler call, measured: for the metrics (one in
+ * METRICS_TIME_EVERY, and those with a queue time to measure) and, while
+ * Sysprof records (-Dsysprof=true), every one. */
+typedef struct
+{
+  gint64      start;       /* 0: not measured */
+  guint32     queued_us;   /* the sender's stamp, 0 for none */
+  guint64     handled;     /* the worker's count before the call */
+  gboolean    trace;
+} HandlerTime;
+
+static inline void
 spark_server_worker_time_start (SparkServerWorker *worker,
+                                HandlerTime       *t,
                                 guint32            queued_us)
 {
-  gint64 now;
+  t->start = 0;
+  t->trace = spark_trace_is_active ();
+  t->queued_us = queued_us;
+  t->handled = worker->counts.handled;
 
-  if (!worker->metrics)
-    return 0;
-  if (++worker->n_untimed < METRICS_TIME_EVERY && queued_us == 0)
-    return 0;
+  if (!t->trace)
+    {
+      if (!worker->metrics)
+        return;
+      if (++worker->n_untimed < METRICS_TIME_EVERY && queued_us == 0)
+        return;
+    }
 
   worker->n_untimed = 0;
-  now = g_get_monotonic_time ();
+  t->start = g_get_monotonic_time ();
   /* The sender's clock, in 32 bits: the difference wraps, as it should. */
-  if (queued_us != 0)
+  if (queued_us != 0 && worker->metrics)
     record_time (&worker->counts.queue_n, &worker->counts.queue_sum, &worker->counts.queue_max,
-                 (gint64) (guint32) ((guint32) now - queued_us));
-  return now;
+                 (gint64) (guint32) ((guint32) t->start - queued_us));
 }
 
 static inline void
 spark_server_worker_time_end (SparkServerWorker *worker,
-                              gint64             start,
-                              guint64            handled_before)
+                              HandlerTime       *t,
+                              const char        *name)
 {
+  gint64 end;
+
+  if (t->start == 0)
+    return;
+
+  end = g_get_monotonic_time ();
   /* Only a handler that ran: a request that ended while queued is skipped. */
-  if (start != 0 && worker->counts.handled != handled_before)
+  if (worker->counts.handled != t->handled)
     record_time (&worker->counts.handler_n, &worker->counts.handler_sum, &worker->counts.handler_max,
-                 g_get_monotonic_time () - start);
+                 end - t->start);
+  if (t->trace)
+    spark_trace_message_handled (worker->server->name, name,
+                                 t->queued_us != 0 ? (gint64) (guint32) ((guint32) t->start - t->queued_us) : -1,
+                                 t->start, end);
+}
+
+/* While Sysprof records: the queue depth, once per batch. */
+static inline void
+spark_server_worker_trace_depth (SparkServerWorker *worker)
+{
+  if (G_UNLIKELY (spark_trace_is_active ()))
+    spark_trace_queue_depth (&worker->server->trace_depth, worker->server->name,
+                             spark_mailbox_get_pending (worker->server->mailbox));
 }
 
 /* A worker's source: handles what is queued, a budget at a time so that
@@ -977,6 +1015,8 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
                                                   &worker->batch_urgent);
             }
           spark_module_server_check_drops (self);
+          if (worker->batch != NULL)
+            spark_server_worker_trace_depth (worker);
           if (worker->batch == NULL)
             {
               /* DRAIN: everything queued before the shutdown has been
@@ -1036,11 +1076,11 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
         case SPARK_MESSAGE_COMMAND:
           spark_mailbox_release_one (mailbox);
           {
-            guint64 before = worker->counts.handled;
-            gint64 start = spark_server_worker_time_start (worker, 0);
+            HandlerTime t;
 
+            spark_server_worker_time_start (worker, &t, 0);
             spark_module_server_handle_command (self, worker, msg);
-            spark_server_worker_time_end (worker, start, before);
+            spark_server_worker_time_end (worker, &t, spark_message_get_name (msg));
           }
           /* Blocks go back to senders from one thread only. */
           if (self->pool)
@@ -1053,11 +1093,22 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
           spark_mailbox_release_one (mailbox);
           {
             SparkRequest *req = spark_request_from_message (msg);
-            guint64 before = worker->counts.handled;
-            gint64 start = spark_server_worker_time_start (worker, spark_request_get_queued_us (req));
-            gboolean wait = spark_module_server_handle_request (self, worker, req);
+            /* Tracing needs the name after the call, which may free it. */
+            SparkRequest *kept = NULL;
+            HandlerTime t;
+            gboolean wait;
 
-            spark_server_worker_time_end (worker, start, before);
+            spark_server_worker_time_start (worker, &t, spark_request_get_queued_us (req));
+            if (G_UNLIKELY (t.trace))
+              kept = spark_request_ref (req);
+            wait = spark_module_server_handle_request (self, worker, req);
+            if (G_UNLIKELY (kept != NULL))
+              {
+                spark_server_worker_time_end (worker, &t, spark_request_get_name (kept));
+                spark_request_unref (kept);
+              }
+            else
+              spark_server_worker_time_end (worker, &t, NULL);
             if (wait)
               return G_SOURCE_CONTINUE;
           }
