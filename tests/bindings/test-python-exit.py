@@ -30,6 +30,9 @@ UNCLEAN_ENOUGH = 5   # runs that took the finalization path
 def run(program, *args):
     env = dict(os.environ)
     env['G_MESSAGES_DEBUG'] = 'SparkChannel'
+    # Should a run die of a signal, its threads' Python stacks are in its
+    # stderr, which the failure shows.
+    env['PYTHONFAULTHANDLER'] = '1'
     return subprocess.run([sys.executable, os.path.join(HERE, program)] + list(args),
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=60)
