@@ -1284,6 +1284,31 @@ const DeclaredConcurrent = GObject.registerClass({
     }
 });
 
+test('metrics/notify-and-snapshot', async () => {
+    // A JS module on the main context: its metrics are notified here, at
+    // most once per metrics-interval, and the snapshot agrees.
+    const server = new Spark.ModuleServer({handler: new Recorder(), name: 'js-metrics', metrics_interval: 20});
+    const seen = [];
+    server.connect('notify::handled', () => seen.push(server.handled));
+    let label = '';
+    server.bind_property_full('handled', server, 'name', GObject.BindingFlags.DEFAULT,
+        (binding, value) => [true, `${value} handled`], null);
+    server.connect('notify::name', () => (label = server.name));
+    assert(server.start(null));
+    const dispatcher = server.create_dispatcher();
+    for (let i = 0; i < 10; i++)
+        assertEqual((await dispatcher.request_async('Int', null, null, null)).unpack(), 42);
+    await assertRejects(Gio.IOErrorEnum, Gio.IOErrorEnum.NOT_FOUND, dispatcher.request_async('Fail', null, null, null));
+    // Notified, here, with the final value.
+    await waitFor(() => seen[seen.length - 1] === 11, 'notify::handled with 11');
+    assertEqual([server.handled, server.failed], [11, 1], 'the counters');
+    await waitFor(() => label === '11 handled', 'the bound name');
+    const metrics = server.metrics.recursiveUnpack();
+    assertEqual([metrics.handled, metrics.failed, metrics.workers], [11, 1, 1], 'snapshot');
+    assertEqual(server.get_metrics().recursiveUnpack().handled, 11);
+    await shutdown(server);
+});
+
 test('pool/properties', () => {
     const server = new Spark.ModuleServer({handler: new Recorder()});
     assertEqual([server.workers, server.get_workers()], [1, 1], 'default workers');

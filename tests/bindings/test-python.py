@@ -1935,11 +1935,58 @@ def error_enum_is_registered():
                      'would-deadlock', 'not-supported', 'already-started', 'dropped'], names
     assert Spark.ShutdownMode.DRAIN == 0 and Spark.ShutdownMode.ABORT == 1
     assert [Spark.Priority(i).value_nick for i in range(3)] == ['default', 'high', 'low']
-    names = [Spark.OverflowPolicy(i).value_nick for i in range(5)]
-    assert names == ['wait', 'fail', 'drop-newest', 'drop-oldest', 'coalesce'], names
+    names = [Spark.OverflowPolicy(i).value_nick for i in range(6)]
+    assert names == ['wait', 'fail', 'drop-newest', 'drop-oldest', 'coalesce', 'coalesce-key'], names
     # C only, skipped for introspection.
     assert not hasattr(Spark, 'func_handler_new')
     assert not hasattr(Spark.Invocation, 'take_error')
+
+
+@test
+def metrics_bind_and_snapshot():
+    """A label bound to a server's metrics follows its traffic from another
+    thread, notified on this (the owner) context; the snapshot agrees."""
+    server = Spark.ModuleServer(handler=Recorder(), name='metrics')
+    server.props.metrics_interval = 20
+    label = Gio.SimpleAction.new_stateful('label', None, GLib.Variant('s', ''))
+    server.bind_property('handled', label, 'state', GObject.BindingFlags.SYNC_CREATE,
+                         lambda binding, value: GLib.Variant('s', '%d handled' % value))
+    notified_threads = set()
+    server.connect('notify::failed', lambda s, pspec: notified_threads.add(threading.get_ident()))
+    assert label.get_state().unpack() == '0 handled'
+    server.start_in_thread()
+    dispatcher = server.create_dispatcher()
+
+    def traffic():
+        for i in range(20):
+            dispatcher.request_sync('Int', None, None, None)
+        for i in range(3):
+            try:
+                dispatcher.request_sync('Fail', None, None, None)
+            except GLib.Error:
+                pass
+        wake_main()
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    wait_for(lambda: label.get_state().unpack() == '23 handled')
+    thread.join()
+    wait_for(lambda: server.props.failed == 3)
+    assert notified_threads == {threading.get_ident()}, notified_threads
+
+    metrics = server.props.metrics.unpack()
+    assert metrics['handled'] == 23 and metrics['failed'] == 3, metrics
+    assert metrics['workers'] == 1 and metrics['pending'] == 0, metrics
+    assert server.get_metrics().unpack()['handled'] == 23
+    assert server.props.handler_time_max >= server.props.handler_time_mean
+    shutdown(server)
+
+    # 0 turns metrics off.
+    quiet = Spark.ModuleServer(handler=Recorder(), metrics_interval=0)
+    quiet.start_in_thread()
+    quiet.create_dispatcher().request_sync('Int', None, None, None)
+    shutdown(quiet)
+    assert quiet.props.handled == 0
 
 
 def main():
