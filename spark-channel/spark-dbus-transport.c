@@ -1,0 +1,895 @@
+/* spark-dbus-transport.c: a transport to a module on D-Bus
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The other end of spark-dbus-export.c, behind the SparkTransport seam: a
+ * dispatcher made by spark_dispatcher_new_for_dbus() keeps its API and its
+ * guarantees, its requests travel as method calls.
+ *
+ * Threads. Every call is made, and its reply taken, on one thread of the
+ * library's own ("spark-dbus", its own GMainContext, made on first use and
+ * kept for the life of the process, like GDBus's worker): a requester
+ * blocked in request_sync(), or on a context nobody iterates yet, still
+ * gets its outcome, which then travels to it the usual way (its request's
+ * outcome). Senders queue a call and wake that thread once per batch.
+ *
+ * Flow control. A message bus refuses more pending replies per connection
+ * than its limit; so each connection has a link (its qdata) that keeps at
+ * most SPARK_DBUS_MAX_IN_FLIGHT calls expecting a reply in flight, for
+ * every transport on it, and queues the rest in order. Nothing blocks:
+ * requests wait in the queue with their clocks running (a request
+ * cancelled or timed out there is never sent).
+ *
+ * Cancellation and deadlines. A request sends what is left of its timeout
+ * as the "timeout" option (the export enforces it too). When it ends on
+ * this side before its reply (cancelled, timed out: its handler
+ * cancellable is cancelled), a Cancel (serial) goes to the export, which
+ * cancels the remote handler's cancellable. The reply still comes back
+ * and frees its slot.
+ *
+ * The peer vanishing. Calls in flight to a peer that goes away fail by
+ * themselves (the bus answers NoReply, a closed connection fails them
+ * with CLOSED), and each such error is reported as
+ * SPARK_CHANNEL_ERROR_CLOSED; the owner of @bus_name vanishing (after it
+ * was seen) also fails every request in flight at once. Either way the
+ * transport is then gone: queued and later calls fail with CLOSED. Every
+ * request completes exactly once because its own claim decides (see
+ * spark-request.c).
+ */
+
+#include "config.h"
+
+#include "spark-dbus-transport-private.h"
+#include "spark-dispatcher-private.h"
+#include "spark-dbus-wire-private.h"
+#include "spark-dbus.h"
+#include "spark-error.h"
+
+/* The worker --------------------------------------------------------- */
+
+static gpointer
+worker_main (gpointer data)
+{
+  GMainContext *context = data;
+  GMainLoop *loop;
+
+  g_main_context_push_thread_default (context);
+  loop = g_main_loop_new (context, FALSE);
+  g_main_loop_run (loop);   /* never quits, like GDBus's worker */
+  g_assert_not_reached ();
+  return NULL;
+}
+
+static GMainContext *
+worker_get_context (void)
+{
+  static GMainContext *context;
+
+  if (g_once_init_enter (&context))
+    {
+      GMainContext *ctx = g_main_context_new ();
+
+      g_thread_unref (g_thread_new ("spark-dbus", worker_main, ctx));
+      g_once_init_leave (&context, ctx);
+    }
+
+  return context;
+}
+
+/* Calls ---------------------------------------------------------------- */
+
+typedef struct _SparkDBusTransport SparkDBusTransport;
+typedef struct _Link               Link;
+
+typedef enum {
+  CALL_REQUEST,
+  CALL_COMMAND,
+  CALL_SHUTDOWN,
+} CallKind;
+
+/* A blocked command sender. */
+typedef struct
+{
+  GMutex    mutex;
+  GCond     cond;
+  gboolean  done;     /* mutex */
+  GError   *error;    /* mutex */
+} CommandWaiter;
+
+typedef struct
+{
+  CallKind            kind;
+  SparkDBusTransport *transport;      /* a reference */
+  guint32             serial;         /* transport mutex: set once sent */
+  gboolean            cancel_sent;    /* transport mutex */
+  GCancellable       *cancellable;    /* nullable, a reference: its cancel sends Cancel */
+  gulong              cancel_id;      /* worker */
+
+  SparkRequest       *req;            /* REQUEST: the sender's reference */
+
+  char               *name;           /* COMMAND */
+  GVariant           *parameters;     /* COMMAND: nullable */
+  gboolean            wait;           /* COMMAND: wait for room */
+  CommandWaiter      *waiter;         /* COMMAND: a blocked sender, or */
+  GTask              *task;           /* COMMAND: an async one */
+
+  GCancellable       *token;          /* SHUTDOWN: nullable */
+} Call;
+
+struct _Link
+{
+  GMutex    mutex;
+  guint     in_flight;    /* mutex */
+  GQueue    queue;        /* mutex: Call, not yet sent */
+  gboolean  scheduled;    /* mutex: a pump is attached to the worker */
+};
+
+struct _SparkDBusTransport
+{
+  SparkTransport   transport;
+  gint             ref_count;     /* atomic */
+  GDBusConnection *connection;    /* immutable */
+  char            *bus_name;      /* immutable, nullable */
+  char            *object_path;   /* immutable */
+  Link            *link;          /* immutable: the connection's */
+
+  GMutex           mutex;
+  gboolean         closed;        /* mutex: after send_shutdown(): nothing new */
+  gboolean         gone;          /* mutex: the peer went away: nothing at all */
+  gboolean         appeared;      /* worker: @bus_name had an owner */
+  GHashTable      *in_flight;     /* mutex: Call (requests), sent, not yet answered */
+  guint            watch_id;      /* worker */
+};
+
+static void link_pump (Link *link);
+static void transport_unref (SparkTransport *transport);
+
+static void
+call_free (Call *call)
+{
+  g_clear_pointer (&call->req, spark_request_unref);
+  g_free (call->name);
+  g_clear_pointer (&call->parameters, g_variant_unref);
+  g_clear_object (&call->task);
+  g_clear_object (&call->token);
+  g_clear_object (&call->cancellable);
+  transport_unref (&call->transport->transport);
+  g_free (call);
+}
+
+static GError *
+closed_error (SparkDBusTransport *self)
+{
+  return g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                      "The module at %s on %s is gone or shut down",
+                      self->object_path, self->bus_name != NULL ? self->bus_name : "the peer");
+}
+
+/* What a call's error says on this side: the remote prefix stripped; the
+ * peer or the object being gone is CLOSED. */
+static GError *
+map_error (SparkDBusTransport *self,
+           GError             *error)
+{
+  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NO_REPLY) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_SERVICE_UNKNOWN) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NAME_HAS_NO_OWNER) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_DISCONNECTED) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_OBJECT) ||
+      /* What GDBus answers for a path with no object. */
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_METHOD) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_INTERFACE))
+    {
+      GError *closed = closed_error (self);
+
+      g_prefix_error (&closed, "%s: ", error->message);
+      g_error_free (error);
+      return closed;
+    }
+
+  g_dbus_error_strip_remote_error (error);
+  return error;
+}
+
+static void
+command_waiter_signal (CommandWaiter *waiter,
+                       GError        *error)
+{
+  g_mutex_lock (&waiter->mutex);
+  waiter->error = error;
+  waiter->done = TRUE;
+  g_cond_signal (&waiter->cond);
+  g_mutex_unlock (&waiter->mutex);
+}
+
+/* Ends @call without an answer from the peer (takes @error). */
+static void
+call_fail (Call   *call,
+           GError *error)
+{
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      spark_request_complete (call->req, NULL, error);
+      break;
+    case CALL_COMMAND:
+      if (call->waiter != NULL)
+        command_waiter_signal (call->waiter, error);
+      else
+        g_task_return_error (call->task, error);
+      break;
+    case CALL_SHUTDOWN:
+      g_error_free (error);
+      /* However the server stops, or is lost, the token is cancelled. */
+      if (call->token != NULL)
+        g_cancellable_cancel (call->token);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+}
+
+/* Any thread, from the cancellable's ::cancelled. */
+static void
+on_call_cancelled (GCancellable *cancellable,
+                   gpointer      data)
+{
+  Call *call = data;
+  SparkDBusTransport *self = call->transport;
+  GDBusMessage *message;
+  guint32 serial;
+
+  (void) cancellable;
+
+  g_mutex_lock (&self->mutex);
+  serial = call->cancel_sent ? 0 : call->serial;
+  if (serial != 0)
+    call->cancel_sent = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  /* Not sent yet: it never will be (see call_start()). */
+  if (serial == 0)
+    return;
+
+  message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                            SPARK_DBUS_INTERFACE, "Cancel");
+  g_dbus_message_set_body (message, g_variant_new ("(u)", serial));
+  g_dbus_message_set_flags (message, G_DBUS_MESSAGE_FLAGS_NO_REPLY_EXPECTED);
+  /* Thread-safe and never blocks; a closed connection is no news. */
+  (void) g_dbus_connection_send_message (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
+                                         NULL, NULL);
+  g_object_unref (message);
+}
+
+static void
+on_call_reply (GObject      *source,
+               GAsyncResult *result,
+               gpointer      data)
+{
+  Call *call = data;
+  SparkDBusTransport *self = call->transport;
+  Link *link = self->link;
+  GDBusMessage *reply;
+  GError *error = NULL;
+
+  reply = g_dbus_connection_send_message_with_reply_finish (G_DBUS_CONNECTION (source), result, &error);
+  if (reply != NULL)
+    g_dbus_message_to_gerror (reply, &error);
+
+  if (call->cancel_id != 0)
+    g_cancellable_disconnect (call->cancellable, call->cancel_id);
+
+  g_mutex_lock (&self->mutex);
+  if (call->kind == CALL_REQUEST)
+    g_hash_table_remove (self->in_flight, call);
+  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
+    self->gone = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  if (error != NULL)
+    error = map_error (self, error);
+
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      if (error != NULL)
+        spark_request_return_reply (call->req, NULL, error);
+      else
+        {
+          GVariant *body = g_dbus_message_get_body (reply);
+          GVariant *value = NULL;
+
+          if (body != NULL && g_variant_is_of_type (body, G_VARIANT_TYPE ("(av)")))
+            {
+              g_autoptr(GVariant) wrapped = g_variant_get_child_value (body, 0);
+
+              if (spark_dbus_unwrap_value (wrapped, &value, &error) && value == NULL)
+                error = g_error_new (G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
+                                     "The reply from %s is empty", self->object_path);
+            }
+          else
+            error = g_error_new (G_DBUS_ERROR, G_DBUS_ERROR_INVALID_SIGNATURE,
+                                 "The reply from %s is of type “%s”, expected “(av)”",
+                                 self->object_path, body != NULL ? g_variant_get_type_string (body) : "()");
+
+          if (error != NULL)
+            spark_request_complete (call->req, NULL, error);
+          else
+            spark_request_return_reply (call->req, value, NULL);
+        }
+      break;
+    case CALL_COMMAND:
+      if (call->waiter != NULL)
+        command_waiter_signal (call->waiter, error);
+      else if (error != NULL)
+        g_task_return_error (call->task, error);
+      else
+        g_task_return_boolean (call->task, TRUE);
+      break;
+    case CALL_SHUTDOWN:
+      g_clear_error (&error);
+      if (call->token != NULL)
+        g_cancellable_cancel (call->token);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  g_clear_object (&reply);
+  call_free (call);
+
+  g_mutex_lock (&link->mutex);
+  link->in_flight--;
+  g_mutex_unlock (&link->mutex);
+  link_pump (link);
+}
+
+/* On the worker, with a slot taken for @call. Returns FALSE if it was
+ * not sent (the slot is free again). */
+static gboolean
+call_start (Call *call)
+{
+  SparkDBusTransport *self = call->transport;
+  g_autoptr(GDBusMessage) message = NULL;
+  GError *error = NULL;
+  guint32 serial = 0;
+  gboolean gone;
+
+  g_mutex_lock (&self->mutex);
+  gone = self->gone;
+  g_mutex_unlock (&self->mutex);
+
+  if (gone)
+    {
+      call_fail (call, closed_error (self));
+      call_free (call);
+      return FALSE;
+    }
+
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      {
+        SparkRequest *req = call->req;
+        GVariantBuilder options;
+        gint64 deadline = spark_request_get_deadline (req);
+
+        /* Ended while it waited for a slot (cancelled, timed out). */
+        if (spark_request_is_claimed (req))
+          {
+            call_free (call);
+            return FALSE;
+          }
+
+        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+        if (deadline != 0)
+          {
+            gint64 left = (deadline - g_get_monotonic_time () + 999) / 1000;
+
+            g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
+                                   g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
+          }
+
+        message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Request");
+        g_dbus_message_set_body (message,
+                                 g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
+                                                spark_dbus_wrap_value (spark_request_get_parameters (req)),
+                                                &options));
+        /* The message holds them now. */
+        spark_request_clear_parameters (req);
+        if (spark_request_get_handler_cancellable (req) != NULL)
+          call->cancellable = g_object_ref (spark_request_get_handler_cancellable (req));
+      }
+      break;
+    case CALL_COMMAND:
+      {
+        GVariantBuilder options;
+
+        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+        if (call->wait)
+          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
+        message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Command");
+        g_dbus_message_set_body (message,
+                                 g_variant_new ("(s@ava{sv})", call->name,
+                                                spark_dbus_wrap_value (call->parameters),
+                                                &options));
+      }
+      break;
+    case CALL_SHUTDOWN:
+      message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                SPARK_DBUS_INTERFACE, "Shutdown");
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  /* The serial is stored before a cancel can look for it; the reply,
+   * which comes on this thread, cannot overtake it. */
+  g_mutex_lock (&self->mutex);
+  g_dbus_connection_send_message_with_reply (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
+                                             G_MAXINT, &serial, NULL, on_call_reply, call);
+  call->serial = serial;
+  if (call->kind == CALL_REQUEST)
+    g_hash_table_add (self->in_flight, call);
+  g_mutex_unlock (&self->mutex);
+
+  /* Connected outside the lock: an already-cancelled one runs the handler
+   * now, which sends the Cancel. */
+  if (call->cancellable != NULL)
+    call->cancel_id = g_cancellable_connect (call->cancellable, G_CALLBACK (on_call_cancelled), call, NULL);
+
+  g_clear_error (&error);
+  return TRUE;
+}
+
+/* The link -------------------------------------------------------------- */
+
+static void
+link_free (gpointer data)
+{
+  Link *link = data;
+
+  g_assert (g_queue_is_empty (&link->queue) && link->in_flight == 0);
+  g_mutex_clear (&link->mutex);
+  g_free (link);
+}
+
+static Link *
+link_get (GDBusConnection *connection)
+{
+  static GMutex lock;
+  Link *link;
+
+  g_mutex_lock (&lock);
+  link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
+  if (link == NULL)
+    {
+      link = g_new0 (Link, 1);
+      g_mutex_init (&link->mutex);
+      g_queue_init (&link->queue);
+      g_object_set_data_full (G_OBJECT (connection), "spark-dbus-link", link, link_free);
+    }
+  g_mutex_unlock (&lock);
+
+  return link;
+}
+
+/* On the worker: sends what the slots allow. */
+static void
+link_pump (Link *link)
+{
+  g_mutex_lock (&link->mutex);
+  while (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && !g_queue_is_empty (&link->queue))
+    {
+      Call *call = g_queue_pop_head (&link->queue);
+
+      link->in_flight++;
+      g_mutex_unlock (&link->mutex);
+
+      if (!call_start (call))
+        {
+          g_mutex_lock (&link->mutex);
+          link->in_flight--;
+          continue;
+        }
+
+      g_mutex_lock (&link->mutex);
+    }
+  g_mutex_unlock (&link->mutex);
+}
+
+static gboolean
+on_link_scheduled (gpointer data)
+{
+  Link *link = data;
+
+  g_mutex_lock (&link->mutex);
+  link->scheduled = FALSE;
+  g_mutex_unlock (&link->mutex);
+  link_pump (link);
+  return G_SOURCE_REMOVE;
+}
+
+/* Any thread: queues @call (taken) and wakes the worker once per batch. */
+static void
+link_submit (Link *link,
+             Call *call)
+{
+  gboolean wake;
+
+  g_mutex_lock (&link->mutex);
+  g_queue_push_tail (&link->queue, call);
+  wake = !link->scheduled;
+  link->scheduled = TRUE;
+  g_mutex_unlock (&link->mutex);
+
+  /* The call holds the transport, which holds the connection, which
+   * holds the link: it lives until the pump has run. */
+  if (wake)
+    {
+      GSource *source = g_idle_source_new ();
+
+      g_source_set_priority (source, G_PRIORITY_DEFAULT);
+      g_source_set_callback (source, on_link_scheduled, link, NULL);
+      g_source_set_static_name (source, "[spark-channel] D-Bus send");
+      g_source_attach (source, worker_get_context ());
+      g_source_unref (source);
+    }
+}
+
+/* The transport ------------------------------------------------------- */
+
+static Call *
+call_new (SparkDBusTransport *self,
+          CallKind            kind)
+{
+  Call *call = g_new0 (Call, 1);
+
+  call->kind = kind;
+  call->transport = (SparkDBusTransport *) spark_transport_ref (&self->transport);
+  return call;
+}
+
+static void
+transport_ref (SparkTransport *transport)
+{
+  g_atomic_int_inc (&((SparkDBusTransport *) transport)->ref_count);
+}
+
+static void
+transport_free (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  g_assert (g_hash_table_size (self->in_flight) == 0);
+  g_hash_table_unref (self->in_flight);
+  g_mutex_clear (&self->mutex);
+  g_object_unref (self->connection);
+  g_free (self->bus_name);
+  g_free (self->object_path);
+  g_free (self);
+}
+
+static gboolean
+transport_dispose_on_worker (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  /* The watch's destroy notify frees the transport, after its last callback. */
+  if (self->watch_id != 0)
+    g_bus_unwatch_name (self->watch_id);
+  else
+    transport_free (self);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+transport_unref (SparkTransport *transport)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+
+  /* Calls hold references: the last one goes with the last call and the
+   * last dispatcher. The name watch lives on the worker. */
+  if (g_atomic_int_dec_and_test (&self->ref_count))
+    g_main_context_invoke (worker_get_context (), transport_dispose_on_worker, self);
+}
+
+static GMainContext *
+transport_get_context (SparkTransport *transport)
+{
+  (void) transport;
+  return NULL;   /* the module is not in this process: nobody spins for it */
+}
+
+/* New calls: FALSE with CLOSED once shut down or gone. */
+static gboolean
+transport_check_open (SparkDBusTransport *self,
+                      GError            **error)
+{
+  gboolean open;
+
+  g_mutex_lock (&self->mutex);
+  open = !self->closed && !self->gone;
+  g_mutex_unlock (&self->mutex);
+
+  if (!open)
+    g_propagate_error (error, closed_error (self));
+  return open;
+}
+
+static gboolean
+transport_post_request (SparkTransport *transport,
+                        SparkRequest   *req,
+                        SparkPriority   priority,
+                        gboolean        blocking,
+                        GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  Call *call;
+
+  /* Priorities order a mailbox; the remote one applies its own. Nothing
+   * here waits for room: requests queue for a slot without blocking. */
+  (void) priority;
+  (void) blocking;
+
+  if (!transport_check_open (self, error))
+    return FALSE;
+
+  call = call_new (self, CALL_REQUEST);
+  call->req = req;
+  link_submit (self->link, call);
+  return TRUE;
+}
+
+static gboolean
+transport_post_command (SparkTransport *transport,
+                        const char     *name,
+                        GVariant       *parameters,
+                        SparkPriority   priority,
+                        SparkPostMode   mode,
+                        GCancellable   *cancellable,
+                        GTask          *task,
+                        GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  CommandWaiter waiter;
+  Call *call;
+  GError *local_error = NULL;
+
+  (void) priority;
+
+  if (!transport_check_open (self, error))
+    {
+      g_clear_pointer (&parameters, g_variant_unref);
+      return FALSE;
+    }
+
+  call = call_new (self, CALL_COMMAND);
+  call->name = g_strdup (name);
+  call->parameters = parameters;
+  /* A try-send is answered FULL by a full mailbox; the others wait for
+   * room there, and a cancel of @cancellable ends that wait (the answer,
+   * CANCELLED or queued, is the export's). */
+  call->wait = mode != SPARK_POST_TRY;
+  if (call->wait && cancellable != NULL)
+    call->cancellable = g_object_ref (cancellable);
+
+  if (mode == SPARK_POST_ASYNC)
+    {
+      call->task = g_object_ref (task);
+      link_submit (self->link, call);
+      return TRUE;
+    }
+
+  /* Blocking: the answer is one round trip away (never a wait for room,
+   * for a try-send). */
+  g_mutex_init (&waiter.mutex);
+  g_cond_init (&waiter.cond);
+  waiter.done = FALSE;
+  waiter.error = NULL;
+  call->waiter = &waiter;
+  link_submit (self->link, call);
+
+  g_mutex_lock (&waiter.mutex);
+  while (!waiter.done)
+    g_cond_wait (&waiter.cond, &waiter.mutex);
+  local_error = waiter.error;
+  g_mutex_unlock (&waiter.mutex);
+  g_mutex_clear (&waiter.mutex);
+  g_cond_clear (&waiter.cond);
+
+  if (local_error != NULL)
+    {
+      g_propagate_error (error, local_error);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+transport_send_shutdown (SparkTransport *transport,
+                         GCancellable   *token,
+                         GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  Call *call;
+
+  /* Closes this side at once; what was queued before goes first. */
+  g_mutex_lock (&self->mutex);
+  if (self->closed || self->gone)
+    {
+      g_mutex_unlock (&self->mutex);
+      g_propagate_error (error, closed_error (self));
+      return FALSE;
+    }
+  self->closed = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  call = call_new (self, CALL_SHUTDOWN);
+  call->token = token != NULL ? g_object_ref (token) : NULL;
+  link_submit (self->link, call);
+  return TRUE;
+}
+
+static const SparkTransportVTable dbus_transport_vtable = {
+  .ref = transport_ref,
+  .unref = transport_unref,
+  .get_context = transport_get_context,
+  .post_request = transport_post_request,
+  .post_command = transport_post_command,
+  .send_shutdown = transport_send_shutdown,
+};
+
+/* The name watch (worker) ----------------------------------------------- */
+
+static void
+on_name_appeared (GDBusConnection *connection,
+                  const char      *name,
+                  const char      *owner,
+                  gpointer         data)
+{
+  SparkDBusTransport *self = data;
+
+  (void) connection;
+  (void) name;
+  (void) owner;
+
+  self->appeared = TRUE;
+}
+
+static void
+on_name_vanished (GDBusConnection *connection,
+                  const char      *name,
+                  gpointer         data)
+{
+  SparkDBusTransport *self = data;
+  GPtrArray *reqs;
+  GHashTableIter iter;
+  gpointer key;
+
+  (void) connection;
+  (void) name;
+
+  /* The first answer may say "no owner" about a name that is just being
+   * taken: only an owner we saw going away counts. */
+  if (!self->appeared)
+    return;
+
+  reqs = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
+  g_mutex_lock (&self->mutex);
+  self->gone = TRUE;
+  g_hash_table_iter_init (&iter, self->in_flight);
+  while (g_hash_table_iter_next (&iter, &key, NULL))
+    g_ptr_array_add (reqs, spark_request_ref (((Call *) key)->req));
+  g_mutex_unlock (&self->mutex);
+
+  /* Their replies (NoReply) still come and free the slots. */
+  for (guint i = 0; i < reqs->len; i++)
+    spark_request_complete (g_ptr_array_index (reqs, i), NULL, closed_error (self));
+  g_ptr_array_unref (reqs);
+}
+
+static gboolean
+transport_watch_on_worker (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  self->watch_id = g_bus_watch_name_on_connection (self->connection, self->bus_name,
+                                                   G_BUS_NAME_WATCHER_FLAGS_NONE,
+                                                   on_name_appeared, on_name_vanished,
+                                                   self, transport_free);
+  return G_SOURCE_REMOVE;
+}
+
+SparkTransport *
+spark_dbus_transport_new (GDBusConnection *connection,
+                          const char      *bus_name,
+                          const char      *object_path)
+{
+  SparkDBusTransport *self = g_new0 (SparkDBusTransport, 1);
+
+  spark_dbus_ensure_error_domain ();
+
+  self->transport.vtable = &dbus_transport_vtable;
+  self->ref_count = 1;
+  self->connection = g_object_ref (connection);
+  self->bus_name = g_strdup (bus_name);
+  self->object_path = g_strdup (object_path);
+  self->link = link_get (connection);
+  g_mutex_init (&self->mutex);
+  self->in_flight = g_hash_table_new (NULL, NULL);
+
+  /* Before any call can be made: the watch is set up on the worker, in
+   * order with the first sends. */
+  if (bus_name != NULL)
+    g_main_context_invoke (worker_get_context (), transport_watch_on_worker, self);
+
+  return &self->transport;
+}
+
+/**
+ * spark_dispatcher_new_for_dbus:
+ * @connection: a [class@Gio.DBusConnection]: a message bus or a peer
+ * @bus_name: (nullable): the unique or well-known name of the process
+ *   that exported the module, or %NULL on a peer-to-peer connection
+ * @object_path: where the module was exported with
+ *   [method@Spark.ModuleServer.export]
+ *
+ * A dispatcher for a module in another process, with the same API and
+ * the same guarantees as one made by
+ * [method@Spark.ModuleServer.create_dispatcher]. Every request completes
+ * exactly once; a handler's error arrives with its domain, code and
+ * message; cancelling a request cancels the remote handler's cancellable,
+ * and the dispatcher's [property@Spark.Dispatcher:timeout] is sent along
+ * as a deadline the exporting side enforces too.
+ *
+ * What differs, because the module is elsewhere:
+ *
+ * - when the owner of @bus_name goes away or @connection closes, every
+ *   request in flight, and every later call, fails with
+ *   %SPARK_CHANNEL_ERROR_CLOSED: a dispatcher is bound to the process it
+ *   first reached; make a new one for a new process;
+ * - at most %SPARK_DBUS_MAX_IN_FLIGHT calls expecting a reply are in
+ *   flight on one connection; later ones wait their turn in order,
+ *   without blocking (their timeout and cancellable still count);
+ * - [method@Spark.Dispatcher.try_send_command] never waits for room, but
+ *   it does wait for the module's answer (one round trip): it fails with
+ *   %SPARK_CHANNEL_ERROR_FULL if the remote mailbox is full. The blocking
+ *   calls wait for the remote module: do not make them on the thread that
+ *   serves an export of the same module in this process;
+ * - [method@Spark.Dispatcher.send_shutdown] returns once the shutdown is
+ *   on its way; its token is cancelled when the remote server has
+ *   stopped, or when it is lost;
+ * - priorities are not sent: the remote module orders its mailbox by the
+ *   priority of the dispatcher its export uses.
+ *
+ * Replies are taken on a thread of the library's own, then delivered the
+ * usual way (on the caller's context for `_async` and `_full`).
+ *
+ * May be called from any thread.
+ *
+ * Returns: (transfer full): a new dispatcher
+ *
+ * Since: 1.0
+ */
+SparkDispatcher *
+spark_dispatcher_new_for_dbus (GDBusConnection *connection,
+                               const char      *bus_name,
+                               const char      *object_path)
+{
+  SparkTransport *transport;
+  SparkDispatcher *dispatcher;
+
+  g_return_val_if_fail (G_IS_DBUS_CONNECTION (connection), NULL);
+  g_return_val_if_fail (bus_name == NULL || g_dbus_is_name (bus_name), NULL);
+  g_return_val_if_fail (object_path != NULL && g_variant_is_object_path (object_path), NULL);
+
+  transport = spark_dbus_transport_new (connection, bus_name, object_path);
+  dispatcher = spark_dispatcher_new (transport);
+  spark_transport_unref (transport);
+
+  return dispatcher;
+}
