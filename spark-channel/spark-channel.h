@@ -22,6 +22,7 @@ G_BEGIN_DECLS
 # include "spark-module-server.h"
 # include "spark-router.h"
 # include "spark-dbus.h"
+# include "spark-subprocess.h"
 #undef SPARK_INSIDE
 
 G_END_DECLS

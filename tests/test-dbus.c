@@ -13,7 +13,9 @@
  */
 
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "spark-test-util.h"
 
@@ -1145,6 +1147,229 @@ test_gjs_server (void)
   g_dbus_connection_close_sync (conn, NULL, NULL);
 }
 
+/* Modules in a subprocess ----------------------------------------------------- */
+
+static SparkSubprocess *
+helper_new (void)
+{
+  const char *argv[] = { g_getenv ("SPARK_TEST_HELPER"), NULL };
+
+  g_assert_nonnull (argv[0]);
+  return spark_subprocess_new (argv);
+}
+
+static gint64
+helper_pid (SparkDispatcher *remote)
+{
+  GError *error = NULL;
+  GVariant *reply = spark_dispatcher_request_sync (remote, "pid", NULL, G_VARIANT_TYPE_INT64, NULL, &error);
+  gint64 pid;
+
+  g_assert_no_error (error);
+  pid = g_variant_get_int64 (reply);
+  g_variant_unref (reply);
+  return pid;
+}
+
+/* The same API to a module in a helper process, and its shutdown. */
+static void
+test_subprocess_basic (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  g_autoptr(SparkDispatcher) remote = spark_subprocess_create_dispatcher (sub);
+  g_autoptr(GCancellable) token = g_cancellable_new ();
+  g_autofree char *id = NULL;
+  GError *error = NULL;
+  GVariant *reply;
+
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+  id = spark_subprocess_dup_identifier (sub);
+  g_assert_nonnull (id);
+  g_assert_cmpint (helper_pid (remote), ==, g_ascii_strtoll (id, NULL, 10));
+  g_assert_cmpint (helper_pid (remote), !=, (gint64) getpid ());
+
+  reply = spark_dispatcher_request_sync (remote, "echo", g_variant_new_parsed ("@ms 'x'"), NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_assert_cmpstr (g_variant_get_type_string (reply), ==, "ms");
+  g_variant_unref (reply);
+  reply = spark_dispatcher_request_sync (remote, "nope", NULL, NULL, NULL, &error);
+  g_assert_error (error, G_IO_ERROR, G_IO_ERROR_NOT_FOUND);
+  g_assert_cmpstr (error->message, ==, "No request “nope” in the helper");
+  g_assert_null (reply);
+  g_clear_error (&error);
+  g_assert_true (spark_dispatcher_send_command (remote, "log", NULL, NULL, &error));
+
+  g_assert_true (spark_dispatcher_send_shutdown (remote, token, &error));
+  g_assert_no_error (error);
+  wait_cancelled (token);
+  reply = spark_dispatcher_request_sync (remote, "pid", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_null (reply);
+  g_clear_error (&error);
+}
+
+/* Not started by a SparkSubprocess: a clear error. */
+static void
+test_subprocess_serve_alone (void)
+{
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (NULL, NULL, NULL, NULL);
+  GError *error = NULL;
+
+  g_assert_false (spark_subprocess_serve (handler, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED);
+  g_clear_error (&error);
+}
+
+typedef struct
+{
+  SparkDispatcher *remote;
+  guint            n;
+  guint            sent;
+  guint            done;
+  guint            ok;
+  guint            closed;
+  guint            kill_at;
+  gint64           killed_pid;
+  guint            restarted;
+  gint             gave_up;
+  GError          *gave_up_error;
+} Flood;
+
+static void flood_send (Flood *flood);
+
+static void
+on_flood_reply (GVariant     *reply,
+                const GError *error,
+                gpointer      user_data)
+{
+  Flood *flood = user_data;
+
+  g_assert_true ((reply == NULL) != (error == NULL));
+  if (error != NULL)
+    {
+      /* In flight when the helper died: a clear error, never another. */
+      g_assert_error ((GError *) error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+      flood->closed++;
+    }
+  else
+    flood->ok++;
+  flood->done++;
+
+  if (flood->done == flood->kill_at)
+    {
+      g_assert_cmpint (kill ((pid_t) flood->killed_pid, SIGKILL), ==, 0);
+      g_test_message ("killed the helper %" G_GINT64_FORMAT " after %u replies", flood->killed_pid, flood->done);
+    }
+  if (flood->sent < flood->n)
+    flood_send (flood);
+  g_main_context_wakeup (NULL);
+}
+
+static void
+flood_send (Flood *flood)
+{
+  spark_dispatcher_request_full (flood->remote, "echo", g_variant_new_uint32 (flood->sent++),
+                                 G_VARIANT_TYPE_UINT32, NULL, on_flood_reply, flood, NULL);
+}
+
+static void
+on_restarted (SparkSubprocess *sub,
+              guint            restarts,
+              gpointer         user_data)
+{
+  Flood *flood = user_data;
+
+  (void) sub;
+  g_assert_cmpuint (restarts, ==, flood->restarted + 1);
+  flood->restarted = restarts;
+}
+
+static void
+on_gave_up (SparkSubprocess *sub,
+            GError          *error,
+            gpointer         user_data)
+{
+  Flood *flood = user_data;
+
+  (void) sub;
+  g_assert_false (flood->gave_up);
+  flood->gave_up = TRUE;
+  flood->gave_up_error = g_error_copy (error);
+}
+
+/* A helper killed with SIGKILL in the middle of a flood: every request
+ * completes exactly once (a reply, or CLOSED for those in flight), the
+ * helper restarts, and the flood goes on in the new process. */
+static void
+test_subprocess_restart (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  Flood flood = { 0 };
+  GError *error = NULL;
+  gint64 new_pid;
+
+  g_object_set (sub, "max-restarts", 3, "restart-delay", 10, NULL);
+  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
+  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+
+  flood.remote = spark_subprocess_create_dispatcher (sub);
+  flood.killed_pid = helper_pid (flood.remote);
+  flood.n = 4000;
+  flood.kill_at = 500;
+  for (guint i = 0; i < 64; i++)
+    flood_send (&flood);
+  while (flood.done < flood.n)
+    g_main_context_iteration (NULL, TRUE);
+
+  g_assert_cmpuint (flood.ok + flood.closed, ==, flood.n);
+  g_test_message ("%u replies, %u CLOSED", flood.ok, flood.closed);
+  /* Only what was in flight (a window of 64) can have failed: what was
+   * sent after the death waited for the new process. */
+  g_assert_cmpuint (flood.closed, <=, 64);
+  while (flood.restarted < 1)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_cmpuint (flood.restarted, ==, 1);
+  g_assert_false (flood.gave_up);
+
+  /* Work goes on, in another process. */
+  new_pid = helper_pid (flood.remote);
+  g_assert_cmpint (new_pid, !=, flood.killed_pid);
+  g_assert_cmpuint (flood.ok, >, flood.kill_at);
+  g_object_unref (flood.remote);
+}
+
+/* No restarts allowed: the first death ends the module, with a reason. */
+static void
+test_subprocess_give_up (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  g_autoptr(SparkDispatcher) remote = spark_subprocess_create_dispatcher (sub);
+  Flood flood = { 0 };
+  GError *error = NULL;
+  GVariant *reply;
+
+  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_cmpint (kill ((pid_t) helper_pid (remote), SIGKILL), ==, 0);
+  while (!flood.gave_up)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_error (flood.gave_up_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_nonnull (strstr (flood.gave_up_error->message, "signal 9"));
+  g_clear_error (&flood.gave_up_error);
+
+  reply = spark_dispatcher_request_sync (remote, "pid", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_nonnull (strstr (error->message, "signal 9"));
+  g_assert_null (reply);
+  g_clear_error (&error);
+  g_assert_false (spark_dispatcher_try_send_command (remote, "log", NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_clear_error (&error);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -1181,6 +1406,10 @@ main (int   argc,
   ADD ("bus/gdbus-call", &on_bus, test_gdbus_call);
   ADD ("bus/python-client", &on_bus, test_python_client);
   g_test_add_func ("/spark/dbus/bus/gjs-server", test_gjs_server);
+  g_test_add_func ("/spark/dbus/subprocess/basic", test_subprocess_basic);
+  g_test_add_func ("/spark/dbus/subprocess/serve-alone", test_subprocess_serve_alone);
+  g_test_add_func ("/spark/dbus/subprocess/restart", test_subprocess_restart);
+  g_test_add_func ("/spark/dbus/subprocess/give-up", test_subprocess_give_up);
 
   ret = g_test_run ();
 
