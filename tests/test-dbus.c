@@ -704,6 +704,136 @@ test_request_in_flight (Fixture       *fixture,
   g_free (outcomes);
 }
 
+/* Why the cap: the bus itself refuses a connection's 129th pending reply.
+ * Raw GDBus calls to an object that holds every call. */
+typedef struct
+{
+  Fixture   *fixture;
+  GPtrArray *held;        /* export thread */
+  guint      id;
+  gint       n_held;      /* atomic */
+  gint       done;
+} Holder;
+
+static void
+holder_method (GDBusConnection       *connection,
+               const char            *sender,
+               const char            *object_path,
+               const char            *interface_name,
+               const char            *method_name,
+               GVariant              *parameters,
+               GDBusMethodInvocation *invocation,
+               gpointer               user_data)
+{
+  Holder *holder = user_data;
+
+  (void) connection;
+  (void) sender;
+  (void) object_path;
+  (void) interface_name;
+  (void) method_name;
+  (void) parameters;
+
+  g_ptr_array_add (holder->held, g_object_ref (invocation));
+  g_atomic_int_inc (&holder->n_held);
+}
+
+static const GDBusInterfaceVTable holder_vtable = { holder_method, NULL, NULL, { 0 } };
+
+static gboolean
+holder_register (gpointer data)
+{
+  Holder *holder = data;
+  GDBusNodeInfo *node = g_dbus_node_info_new_for_xml ("<node><interface name='org.example.Hold'>"
+                                                      "<method name='Hold'/></interface></node>", NULL);
+  GError *error = NULL;
+
+  holder->id = g_dbus_connection_register_object (holder->fixture->server_conn, "/hold", node->interfaces[0],
+                                                  &holder_vtable, holder, NULL, &error);
+  g_assert_no_error (error);
+  g_dbus_node_info_unref (node);
+  g_atomic_int_set (&holder->done, TRUE);
+  g_main_context_wakeup (NULL);   /* the test's thread waits on the global default context */
+  return G_SOURCE_REMOVE;
+}
+
+static gboolean
+holder_release (gpointer data)
+{
+  Holder *holder = data;
+
+  for (guint i = 0; i < holder->held->len; i++)
+    g_dbus_method_invocation_return_value (g_ptr_array_index (holder->held, i), NULL);
+  g_ptr_array_set_size (holder->held, 0);
+  g_dbus_connection_unregister_object (holder->fixture->server_conn, holder->id);
+  g_atomic_int_set (&holder->done, TRUE);
+  g_main_context_wakeup (NULL);   /* the test's thread waits on the global default context */
+  return G_SOURCE_REMOVE;
+}
+
+typedef struct
+{
+  guint   n;
+  guint   refused;
+  guint   answered;
+} HoldCalls;
+
+static void
+on_hold_reply (GObject      *source,
+               GAsyncResult *result,
+               gpointer      user_data)
+{
+  HoldCalls *calls = user_data;
+  GError *error = NULL;
+  GVariant *ret = g_dbus_connection_call_finish (G_DBUS_CONNECTION (source), result, &error);
+
+  if (ret != NULL)
+    {
+      calls->answered++;
+      g_variant_unref (ret);
+    }
+  else
+    {
+      g_assert_error (error, G_DBUS_ERROR, G_DBUS_ERROR_LIMITS_EXCEEDED);
+      calls->refused++;
+      g_error_free (error);
+    }
+  calls->n++;
+}
+
+static void
+test_bus_reply_limit (Fixture       *fixture,
+                      gconstpointer  data)
+{
+  Holder holder = { fixture, g_ptr_array_new_with_free_func (g_object_unref), 0, 0, 0 };
+  HoldCalls calls = { 0 };
+  enum { N = SPARK_DBUS_MAX_IN_FLIGHT + 1 };
+
+  (void) data;
+
+  g_main_context_invoke (fixture->context, holder_register, &holder);
+  spark_test_wait_flag (NULL, &holder.done);
+
+  for (guint i = 0; i < N; i++)
+    g_dbus_connection_call (fixture->client_conn, fixture->bus_name, "/hold", "org.example.Hold", "Hold",
+                            NULL, NULL, G_DBUS_CALL_FLAGS_NONE, G_MAXINT, NULL, on_hold_reply, &calls);
+
+  /* The bus refuses one at once; the others reach the holder. */
+  while (calls.refused < 1)
+    g_main_context_iteration (NULL, TRUE);
+  while (g_atomic_int_get (&holder.n_held) < SPARK_DBUS_MAX_IN_FLIGHT)
+    g_thread_yield ();
+  g_assert_cmpuint (calls.refused, ==, 1);
+
+  holder.done = FALSE;
+  g_main_context_invoke (fixture->context, holder_release, &holder);
+  while (calls.n < N)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_cmpuint (calls.answered, ==, SPARK_DBUS_MAX_IN_FLIGHT);
+  spark_test_wait_flag (NULL, &holder.done);
+  g_ptr_array_unref (holder.held);
+}
+
 /* Commands and backpressure --------------------------------------------------- */
 
 static GVariant *
@@ -1395,6 +1525,7 @@ main (int   argc,
   ADD ("bus/request/timeout", &on_bus, test_request_timeout);
   ADD ("bus/request/deadline", &on_bus, test_request_deadline);
   ADD ("bus/request/in-flight", &on_bus, test_request_in_flight);
+  ADD ("bus/reply-limit", &on_bus, test_bus_reply_limit);
   ADD ("bus/command/full", &on_bus_bounded, test_command_full);
   ADD ("bus/command/cancel-wait", &on_bus_bounded, test_command_cancel_wait);
   ADD ("bus/shutdown", &on_bus, test_shutdown);
