@@ -6,12 +6,19 @@
  * dispatcher made by spark_dispatcher_new_for_dbus() keeps its API and its
  * guarantees, its requests travel as method calls.
  *
- * Threads. Every call is made, and its reply taken, on one thread of the
- * library's own ("spark-dbus", its own GMainContext, made on first use and
- * kept for the life of the process, like GDBus's worker): a requester
- * blocked in request_sync(), or on a context nobody iterates yet, still
- * gets its outcome, which then travels to it the usual way (its request's
- * outcome). Senders queue a call and wake that thread once per batch.
+ * Threads. A call is sent from the sender's own thread when a slot is
+ * free (g_dbus_connection_send_message() only queues it), and its reply
+ * is taken by a filter on the connection, on GDBus's worker thread, which
+ * completes the request there: its outcome then travels to the requester
+ * the usual way (its reply port, or the blocked caller). No thread hop of
+ * our own on the way out or back, as with a raw g_dbus_connection_call().
+ * A thread of the library's own ("spark-dbus", its own GMainContext, made
+ * on first use and kept for the life of the process, like GDBus's worker)
+ * sends what had to wait for a slot, watches the bus name, and looks every
+ * second for a closed connection while calls are pending (GDBus's
+ * ::closed comes on the connection's own context, which a requester may
+ * be blocking). Nothing in the filter blocks or runs user code: a shutdown
+ * token is cancelled on the library's thread.
  *
  * Flow control. A message bus refuses more pending replies per connection
  * than its limit; so each connection has a link (its qdata) that keeps at
@@ -27,9 +34,9 @@
  * cancels the remote handler's cancellable. The reply still comes back
  * and frees its slot.
  *
- * The peer vanishing. Calls in flight to a peer that goes away fail by
- * themselves (the bus answers NoReply, a closed connection fails them
- * with CLOSED), and each such error is reported as
+ * The peer vanishing. Calls in flight to a peer that goes away fail (the
+ * bus answers NoReply; a closed connection fails them all, from its
+ * ::closed or the worker's check), and each such error is reported as
  * SPARK_CHANNEL_ERROR_CLOSED; the owner of @bus_name vanishing (after it
  * was seen) also fails every request in flight at once. Either way the
  * transport is then gone: queued and later calls fail with CLOSED. Every
@@ -98,17 +105,17 @@ typedef struct
 
 typedef struct
 {
+  gint                ref_count;      /* atomic: the call's owner, a connected cancel handler */
   CallKind            kind;
   SparkDBusTransport *transport;      /* a reference */
-  guint32             serial;         /* transport mutex: set once sent */
-  gboolean            cancel_sent;    /* transport mutex */
+  GDBusMessage       *message;        /* built by the sender, sent once */
+  guint32             serial;         /* link mutex: set once sent */
+  gboolean            cancel_sent;    /* link mutex */
   GCancellable       *cancellable;    /* nullable, a reference: its cancel sends Cancel */
-  gulong              cancel_id;      /* worker */
+  gulong              cancel_id;      /* set before the call is sent */
 
   SparkRequest       *req;            /* REQUEST: the sender's reference */
 
-  char               *name;           /* COMMAND */
-  GVariant           *parameters;     /* COMMAND: nullable */
   gboolean            wait;           /* COMMAND: wait for room */
   CommandWaiter      *waiter;         /* COMMAND: a blocked sender, or */
   GTask              *task;           /* COMMAND: an async one */
@@ -118,10 +125,11 @@ typedef struct
 
 struct _Link
 {
-  GMutex    mutex;
-  guint     in_flight;    /* mutex */
-  GQueue    queue;        /* mutex: Call, not yet sent */
-  gboolean  scheduled;    /* mutex: a pump is attached to the worker */
+  GMutex      mutex;
+  GHashTable *pending;      /* mutex: serial -> Call, sent and not yet answered */
+  guint       in_flight;    /* mutex: calls with a slot (sending or pending) */
+  GQueue      queue;        /* mutex: Call, waiting for a slot */
+  gboolean    scheduled;    /* mutex: a pump is attached to the worker */
 };
 
 struct _SparkDBusTransport
@@ -141,20 +149,37 @@ struct _SparkDBusTransport
   guint            watch_id;      /* worker */
 };
 
-static void link_pump (Link *link);
 static void transport_unref (SparkTransport *transport);
+static void link_release (Link *link);
+
+static Call *
+call_ref (Call *call)
+{
+  g_atomic_int_inc (&call->ref_count);
+  return call;
+}
 
 static void
-call_free (Call *call)
+call_unref (Call *call)
 {
+  if (!g_atomic_int_dec_and_test (&call->ref_count))
+    return;
+
   g_clear_pointer (&call->req, spark_request_unref);
-  g_free (call->name);
-  g_clear_pointer (&call->parameters, g_variant_unref);
+  g_clear_object (&call->message);
   g_clear_object (&call->task);
   g_clear_object (&call->token);
   g_clear_object (&call->cancellable);
   transport_unref (&call->transport->transport);
   g_free (call);
+}
+
+static void
+call_closure_unref (gpointer  data,
+                    GClosure *closure)
+{
+  (void) closure;
+  call_unref (data);
 }
 
 static GError *
@@ -203,52 +228,36 @@ command_waiter_signal (CommandWaiter *waiter,
   g_mutex_unlock (&waiter->mutex);
 }
 
-/* Ends @call without an answer from the peer (takes @error). */
-static void
-call_fail (Call   *call,
-           GError *error)
+static gboolean
+cancel_token_on_worker (gpointer data)
 {
-  switch (call->kind)
-    {
-    case CALL_REQUEST:
-      spark_request_complete (call->req, NULL, error);
-      break;
-    case CALL_COMMAND:
-      if (call->waiter != NULL)
-        command_waiter_signal (call->waiter, error);
-      else
-        g_task_return_error (call->task, error);
-      break;
-    case CALL_SHUTDOWN:
-      g_error_free (error);
-      /* However the server stops, or is lost, the token is cancelled. */
-      if (call->token != NULL)
-        g_cancellable_cancel (call->token);
-      break;
-    default:
-      g_assert_not_reached ();
-    }
+  g_cancellable_cancel (data);
+  return G_SOURCE_REMOVE;
 }
 
-/* Any thread, from the cancellable's ::cancelled. */
+/* Any thread, from the cancellable's ::cancelled: a sent call gets a
+ * Cancel; one not sent yet never will be (see link_send_locked()). */
 static void
 on_call_cancelled (GCancellable *cancellable,
                    gpointer      data)
 {
   Call *call = data;
   SparkDBusTransport *self = call->transport;
+  Link *link = self->link;
   GDBusMessage *message;
-  guint32 serial;
+  guint32 serial = 0;
 
   (void) cancellable;
 
-  g_mutex_lock (&self->mutex);
-  serial = call->cancel_sent ? 0 : call->serial;
-  if (serial != 0)
-    call->cancel_sent = TRUE;
-  g_mutex_unlock (&self->mutex);
+  g_mutex_lock (&link->mutex);
+  if (call->serial != 0 && !call->cancel_sent &&
+      g_hash_table_lookup (link->pending, GUINT_TO_POINTER (call->serial)) == call)
+    {
+      serial = call->serial;
+      call->cancel_sent = TRUE;
+    }
+  g_mutex_unlock (&link->mutex);
 
-  /* Not sent yet: it never will be (see call_start()). */
   if (serial == 0)
     return;
 
@@ -262,23 +271,29 @@ on_call_cancelled (GCancellable *cancellable,
   g_object_unref (message);
 }
 
+/*
+ * Ends @call (its slot taken) with the peer's @reply, or @error (taken)
+ * when there is none. Runs on GDBus's worker thread (the reply, through
+ * the link's filter), or wherever a send failed or the connection was
+ * found closed: it never blocks and runs no user code there (outcomes go
+ * to their requesters the usual way; a shutdown token is cancelled on
+ * the library's own thread).
+ */
 static void
-on_call_reply (GObject      *source,
-               GAsyncResult *result,
-               gpointer      data)
+call_finish (Call         *call,
+             GDBusMessage *reply,
+             GError       *error)
 {
-  Call *call = data;
   SparkDBusTransport *self = call->transport;
   Link *link = self->link;
-  GDBusMessage *reply;
-  GError *error = NULL;
 
-  reply = g_dbus_connection_send_message_with_reply_finish (G_DBUS_CONNECTION (source), result, &error);
   if (reply != NULL)
     g_dbus_message_to_gerror (reply, &error);
 
+  /* Not g_cancellable_disconnect(): it would wait for a handler running
+   * on another thread. The handler holds its own reference. */
   if (call->cancel_id != 0)
-    g_cancellable_disconnect (call->cancellable, call->cancel_id);
+    g_signal_handler_disconnect (call->cancellable, call->cancel_id);
 
   g_mutex_lock (&self->mutex);
   if (call->kind == CALL_REQUEST)
@@ -329,30 +344,29 @@ on_call_reply (GObject      *source,
       break;
     case CALL_SHUTDOWN:
       g_clear_error (&error);
+      /* However the server stops, or is lost, the token is cancelled;
+       * its handlers are the user's: not on GDBus's thread. */
       if (call->token != NULL)
-        g_cancellable_cancel (call->token);
+        g_main_context_invoke_full (worker_get_context (), G_PRIORITY_DEFAULT, cancel_token_on_worker,
+                                    g_object_ref (call->token), g_object_unref);
       break;
     default:
       g_assert_not_reached ();
     }
 
-  g_clear_object (&reply);
-  call_free (call);
-
-  g_mutex_lock (&link->mutex);
-  link->in_flight--;
-  g_mutex_unlock (&link->mutex);
-  link_pump (link);
+  call_unref (call);
+  link_release (link);
 }
 
-/* On the worker, with a slot taken for @call. Returns FALSE if it was
- * not sent (the slot is free again). */
+/* With the link's lock and a slot for @call: sends it. Returns FALSE if it
+ * was not sent; then *@error (maybe NULL: nothing to report) is its
+ * outcome, for call_finish() or to drop once the lock is released. */
 static gboolean
-call_start (Call *call)
+link_send_locked (Link    *link,
+                  Call    *call,
+                  GError **error)
 {
   SparkDBusTransport *self = call->transport;
-  g_autoptr(GDBusMessage) message = NULL;
-  GError *error = NULL;
   guint32 serial = 0;
   gboolean gone;
 
@@ -362,143 +376,78 @@ call_start (Call *call)
 
   if (gone)
     {
-      call_fail (call, closed_error (self));
-      call_free (call);
+      *error = closed_error (self);
       return FALSE;
     }
 
-  switch (call->kind)
-    {
-    case CALL_REQUEST:
-      {
-        SparkRequest *req = call->req;
-        GVariantBuilder options;
-        gint64 deadline = spark_request_get_deadline (req);
+  /* Ended while it waited (cancelled, timed out): never sent. */
+  if (call->kind == CALL_REQUEST && spark_request_is_claimed (call->req))
+    return FALSE;
+  if (call->kind == CALL_COMMAND && g_cancellable_set_error_if_cancelled (call->cancellable, error))
+    return FALSE;
 
-        /* Ended while it waited for a slot (cancelled, timed out). */
-        if (spark_request_is_claimed (req))
-          {
-            call_free (call);
-            return FALSE;
-          }
+  /* The serial is stored before the reply can be looked for: the filter
+   * takes this lock. Sending only queues the message. */
+  if (!g_dbus_connection_send_message (self->connection, call->message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
+                                       &serial, error))
+    return FALSE;
 
-        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
-        if (deadline != 0)
-          {
-            gint64 left = (deadline - g_get_monotonic_time () + 999) / 1000;
-
-            g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
-                                   g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
-          }
-
-        message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
-                                                  SPARK_DBUS_INTERFACE, "Request");
-        g_dbus_message_set_body (message,
-                                 g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
-                                                spark_dbus_wrap_value (spark_request_get_parameters (req)),
-                                                &options));
-        /* The message holds them now. */
-        spark_request_clear_parameters (req);
-        if (spark_request_get_handler_cancellable (req) != NULL)
-          call->cancellable = g_object_ref (spark_request_get_handler_cancellable (req));
-      }
-      break;
-    case CALL_COMMAND:
-      {
-        GVariantBuilder options;
-
-        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
-        if (call->wait)
-          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
-        message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
-                                                  SPARK_DBUS_INTERFACE, "Command");
-        g_dbus_message_set_body (message,
-                                 g_variant_new ("(s@ava{sv})", call->name,
-                                                spark_dbus_wrap_value (call->parameters),
-                                                &options));
-      }
-      break;
-    case CALL_SHUTDOWN:
-      message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
-                                                SPARK_DBUS_INTERFACE, "Shutdown");
-      break;
-    default:
-      g_assert_not_reached ();
-    }
-
-  /* The serial is stored before a cancel can look for it; the reply,
-   * which comes on this thread, cannot overtake it. */
-  g_mutex_lock (&self->mutex);
-  g_dbus_connection_send_message_with_reply (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
-                                             G_MAXINT, &serial, NULL, on_call_reply, call);
   call->serial = serial;
+  g_hash_table_insert (link->pending, GUINT_TO_POINTER (serial), call);
   if (call->kind == CALL_REQUEST)
-    g_hash_table_add (self->in_flight, call);
-  g_mutex_unlock (&self->mutex);
-
-  /* Connected outside the lock: an already-cancelled one runs the handler
-   * now, which sends the Cancel. */
-  if (call->cancellable != NULL)
-    call->cancel_id = g_cancellable_connect (call->cancellable, G_CALLBACK (on_call_cancelled), call, NULL);
-
-  g_clear_error (&error);
+    {
+      g_mutex_lock (&self->mutex);
+      g_hash_table_add (self->in_flight, call);
+      g_mutex_unlock (&self->mutex);
+    }
   return TRUE;
 }
 
-/* The link -------------------------------------------------------------- */
-
+/* Without the lock: what link_send_locked() refused. */
 static void
-link_free (gpointer data)
+call_not_sent (Call   *call,
+               GError *error)
 {
-  Link *link = data;
-
-  g_assert (g_queue_is_empty (&link->queue) && link->in_flight == 0);
-  g_mutex_clear (&link->mutex);
-  g_free (link);
-}
-
-static Link *
-link_get (GDBusConnection *connection)
-{
-  static GMutex lock;
-  Link *link;
-
-  g_mutex_lock (&lock);
-  link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
-  if (link == NULL)
+  if (error != NULL)
+    call_finish (call, NULL, error);
+  else
     {
-      link = g_new0 (Link, 1);
-      g_mutex_init (&link->mutex);
-      g_queue_init (&link->queue);
-      g_object_set_data_full (G_OBJECT (connection), "spark-dbus-link", link, link_free);
-    }
-  g_mutex_unlock (&lock);
+      Link *link = call->transport->link;
 
-  return link;
+      /* A request that ended already: its outcome is decided. */
+      if (call->cancel_id != 0)
+        g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+      call_unref (call);
+      link_release (link);
+    }
 }
 
-/* On the worker: sends what the slots allow. */
+/* On the worker: sends what the slots allow, in order. */
 static void
 link_pump (Link *link)
 {
+  GPtrArray *refused = NULL;
+
   g_mutex_lock (&link->mutex);
   while (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && !g_queue_is_empty (&link->queue))
     {
       Call *call = g_queue_pop_head (&link->queue);
+      GError *error = NULL;
 
       link->in_flight++;
-      g_mutex_unlock (&link->mutex);
-
-      if (!call_start (call))
+      if (!link_send_locked (link, call, &error))
         {
-          g_mutex_lock (&link->mutex);
-          link->in_flight--;
-          continue;
+          if (refused == NULL)
+            refused = g_ptr_array_new ();
+          g_ptr_array_add (refused, call);
+          g_ptr_array_add (refused, error);
         }
-
-      g_mutex_lock (&link->mutex);
     }
   g_mutex_unlock (&link->mutex);
+
+  for (guint i = 0; refused != NULL && i < refused->len; i += 2)
+    call_not_sent (g_ptr_array_index (refused, i), g_ptr_array_index (refused, i + 1));
+  g_clear_pointer (&refused, g_ptr_array_unref);
 }
 
 static gboolean
@@ -513,31 +462,243 @@ on_link_scheduled (gpointer data)
   return G_SOURCE_REMOVE;
 }
 
-/* Any thread: queues @call (taken) and wakes the worker once per batch. */
+/* With the lock: has the worker pump the queue, once per batch. */
+static void
+link_schedule_locked (Link *link)
+{
+  GSource *source;
+
+  if (link->scheduled || g_queue_is_empty (&link->queue))
+    return;
+
+  link->scheduled = TRUE;
+  /* Queued calls hold their transport, which holds the connection, which
+   * holds the link: it lives until the pump has run. */
+  source = g_idle_source_new ();
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_callback (source, on_link_scheduled, link, NULL);
+  g_source_set_static_name (source, "[spark-channel] D-Bus send");
+  g_source_attach (source, worker_get_context ());
+  g_source_unref (source);
+}
+
+/* A slot is free again. */
+static void
+link_release (Link *link)
+{
+  g_mutex_lock (&link->mutex);
+  link->in_flight--;
+  link_schedule_locked (link);
+  g_mutex_unlock (&link->mutex);
+}
+
+/* Fails every call in flight with G_IO_ERROR_CLOSED (reported CLOSED). */
+static void
+link_fail_pending (Link *link)
+{
+  GList *calls;
+
+  g_mutex_lock (&link->mutex);
+  calls = g_hash_table_get_values (link->pending);
+  g_hash_table_remove_all (link->pending);
+  g_mutex_unlock (&link->mutex);
+
+  for (GList *l = calls; l != NULL; l = l->next)
+    call_finish (l->data, NULL, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CLOSED, "The connection is closed"));
+  g_list_free (calls);
+}
+
+/* GDBus's worker thread: every incoming message passes here first. A
+ * reply to one of our calls ends it right here, without a thread hop. */
+static GDBusMessage *
+link_filter (GDBusConnection *connection,
+             GDBusMessage    *message,
+             gboolean         incoming,
+             gpointer         data)
+{
+  Link *link = data;
+  GDBusMessageType type;
+  Call *call;
+
+  (void) connection;
+
+  if (!incoming)
+    return message;
+  type = g_dbus_message_get_message_type (message);
+  if (type != G_DBUS_MESSAGE_TYPE_METHOD_RETURN && type != G_DBUS_MESSAGE_TYPE_ERROR)
+    return message;
+
+  g_mutex_lock (&link->mutex);
+  call = g_hash_table_lookup (link->pending, GUINT_TO_POINTER (g_dbus_message_get_reply_serial (message)));
+  if (call != NULL)
+    g_hash_table_remove (link->pending, GUINT_TO_POINTER (call->serial));
+  g_mutex_unlock (&link->mutex);
+
+  if (call == NULL)
+    return message;   /* somebody else's */
+
+  call_finish (call, message, NULL);
+  g_object_unref (message);
+  return NULL;
+}
+
+/* The link -------------------------------------------------------------- */
+
+static GMutex links_lock;
+
+static void
+link_free (gpointer data)
+{
+  Link *link = data;
+
+  g_assert (g_queue_is_empty (&link->queue) && link->in_flight == 0);
+  g_hash_table_unref (link->pending);
+  g_mutex_clear (&link->mutex);
+  g_free (link);
+}
+
+/* A connection closed: GDBus forgets our calls (it never knew them). Its
+ * ::closed comes on the connection's own context; so that a requester
+ * blocked on that context still hears of it, the worker also looks every
+ * second while calls are pending. */
+static void
+on_connection_closed (GDBusConnection *connection,
+                      gboolean         remote_peer_vanished,
+                      GError          *error,
+                      gpointer         data)
+{
+  (void) connection;
+  (void) remote_peer_vanished;
+  (void) error;
+  link_fail_pending (data);
+}
+
+static gboolean
+link_check_closed (gpointer data)
+{
+  GWeakRef *ref = data;
+  GDBusConnection *connection = g_weak_ref_get (ref);
+  Link *link;
+
+  if (connection == NULL)
+    return G_SOURCE_REMOVE;
+
+  if (g_dbus_connection_is_closed (connection))
+    {
+      link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
+      link_fail_pending (link);
+    }
+  g_object_unref (connection);
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+weak_ref_free (gpointer data)
+{
+  g_weak_ref_clear (data);
+  g_free (data);
+}
+
+static Link *
+link_get (GDBusConnection *connection)
+{
+  Link *link;
+
+  g_mutex_lock (&links_lock);
+  link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
+  if (link == NULL)
+    {
+      GWeakRef *ref = g_new0 (GWeakRef, 1);
+      GSource *check;
+
+      link = g_new0 (Link, 1);
+      g_mutex_init (&link->mutex);
+      g_queue_init (&link->queue);
+      link->pending = g_hash_table_new (NULL, NULL);
+      g_object_set_data_full (G_OBJECT (connection), "spark-dbus-link", link, link_free);
+      /* Both end with the connection: the filter and the handler go
+       * before its data. */
+      g_dbus_connection_add_filter (connection, link_filter, link, NULL);
+      g_signal_connect (connection, "closed", G_CALLBACK (on_connection_closed), link);
+
+      g_weak_ref_init (ref, connection);
+      check = g_timeout_source_new_seconds (1);
+      g_source_set_callback (check, link_check_closed, ref, weak_ref_free);
+      g_source_set_static_name (check, "[spark-channel] D-Bus closed check");
+      g_source_attach (check, worker_get_context ());
+      g_source_unref (check);
+    }
+  g_mutex_unlock (&links_lock);
+
+  return link;
+}
+
+/* Any thread: builds @call's message (taken), then sends it now if a slot
+ * is free and nothing waits before it, else queues it for the worker. */
 static void
 link_submit (Link *link,
              Call *call)
 {
-  gboolean wake;
+  SparkDBusTransport *self = call->transport;
+  GError *error = NULL;
+  gboolean sent;
+
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      {
+        SparkRequest *req = call->req;
+        GVariantBuilder options;
+        gint64 deadline = spark_request_get_deadline (req);
+
+        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+        if (deadline != 0)
+          {
+            gint64 left = (deadline - g_get_monotonic_time () + 999) / 1000;
+
+            g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
+                                   g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
+          }
+        call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                        SPARK_DBUS_INTERFACE, "Request");
+        g_dbus_message_set_body (call->message,
+                                 g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
+                                                spark_dbus_wrap_value (spark_request_get_parameters (req)),
+                                                &options));
+        /* The message holds them now. */
+        spark_request_clear_parameters (req);
+        if (spark_request_get_handler_cancellable (req) != NULL)
+          call->cancellable = g_object_ref (spark_request_get_handler_cancellable (req));
+      }
+      break;
+    case CALL_COMMAND:
+    case CALL_SHUTDOWN:
+      g_assert (call->message != NULL);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  /* Connected before it can be sent (an already-cancelled one runs the
+   * handler now, which finds nothing sent), outside the link's lock. */
+  if (call->cancellable != NULL)
+    call->cancel_id = g_signal_connect_data (call->cancellable, "cancelled", G_CALLBACK (on_call_cancelled),
+                                             call_ref (call), call_closure_unref, 0);
 
   g_mutex_lock (&link->mutex);
-  g_queue_push_tail (&link->queue, call);
-  wake = !link->scheduled;
-  link->scheduled = TRUE;
-  g_mutex_unlock (&link->mutex);
-
-  /* The call holds the transport, which holds the connection, which
-   * holds the link: it lives until the pump has run. */
-  if (wake)
+  if (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && g_queue_is_empty (&link->queue))
     {
-      GSource *source = g_idle_source_new ();
-
-      g_source_set_priority (source, G_PRIORITY_DEFAULT);
-      g_source_set_callback (source, on_link_scheduled, link, NULL);
-      g_source_set_static_name (source, "[spark-channel] D-Bus send");
-      g_source_attach (source, worker_get_context ());
-      g_source_unref (source);
+      /* The fast path: sent from the caller's thread. */
+      link->in_flight++;
+      sent = link_send_locked (link, call, &error);
+      g_mutex_unlock (&link->mutex);
+      if (!sent)
+        call_not_sent (call, error);
+      return;
     }
+  g_queue_push_tail (&link->queue, call);
+  link_schedule_locked (link);
+  g_mutex_unlock (&link->mutex);
 }
 
 /* The transport ------------------------------------------------------- */
@@ -548,6 +709,7 @@ call_new (SparkDBusTransport *self,
 {
   Call *call = g_new0 (Call, 1);
 
+  call->ref_count = 1;
   call->kind = kind;
   call->transport = (SparkDBusTransport *) spark_transport_ref (&self->transport);
   return call;
@@ -656,6 +818,7 @@ transport_post_command (SparkTransport *transport,
 {
   SparkDBusTransport *self = (SparkDBusTransport *) transport;
   CommandWaiter waiter;
+  GVariantBuilder options;
   Call *call;
   GError *local_error = NULL;
 
@@ -668,14 +831,20 @@ transport_post_command (SparkTransport *transport,
     }
 
   call = call_new (self, CALL_COMMAND);
-  call->name = g_strdup (name);
-  call->parameters = parameters;
   /* A try-send is answered FULL by a full mailbox; the others wait for
    * room there, and a cancel of @cancellable ends that wait (the answer,
    * CANCELLED or queued, is the export's). */
   call->wait = mode != SPARK_POST_TRY;
   if (call->wait && cancellable != NULL)
     call->cancellable = g_object_ref (cancellable);
+  g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+  if (call->wait)
+    g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
+  call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Command");
+  g_dbus_message_set_body (call->message,
+                           g_variant_new ("(s@ava{sv})", name, spark_dbus_wrap_value (parameters), &options));
+  g_clear_pointer (&parameters, g_variant_unref);
 
   if (mode == SPARK_POST_ASYNC)
     {
@@ -730,6 +899,8 @@ transport_send_shutdown (SparkTransport *transport,
 
   call = call_new (self, CALL_SHUTDOWN);
   call->token = token != NULL ? g_object_ref (token) : NULL;
+  call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Shutdown");
   link_submit (self->link, call);
   return TRUE;
 }
@@ -796,6 +967,16 @@ static gboolean
 transport_watch_on_worker (gpointer data)
 {
   SparkDBusTransport *self = data;
+
+  /* Closed already (the transport may be made and used before the worker
+   * gets here): nothing to watch, and GDBus would complain. */
+  if (g_dbus_connection_is_closed (self->connection))
+    {
+      g_mutex_lock (&self->mutex);
+      self->gone = TRUE;
+      g_mutex_unlock (&self->mutex);
+      return G_SOURCE_REMOVE;
+    }
 
   self->watch_id = g_bus_watch_name_on_connection (self->connection, self->bus_name,
                                                    G_BUS_NAME_WATCHER_FLAGS_NONE,

@@ -1024,6 +1024,36 @@ test_peer_vanished (Fixture       *fixture,
   g_clear_error (&error);
 }
 
+/* A requester blocked in request_sync on the context the connection was
+ * made on: GDBus's ::closed cannot reach it there, the request still
+ * fails with CLOSED. */
+static gpointer
+close_when_held (gpointer data)
+{
+  Fixture *fixture = data;
+
+  test_handler_wait_held (fixture->handler, 1);
+  g_dbus_connection_close_sync (fixture->server_conn, NULL, NULL);
+  return NULL;
+}
+
+static void
+test_peer_vanished_sync (Fixture       *fixture,
+                         gconstpointer  data)
+{
+  GThread *closer = g_thread_new ("closer", close_when_held, fixture);
+  GError *error = NULL;
+  GVariant *reply;
+
+  (void) data;
+
+  reply = spark_dispatcher_request_sync (fixture->remote, "hold", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED);
+  g_assert_null (reply);
+  g_clear_error (&error);
+  g_thread_join (closer);
+}
+
 /* Unexported: the object is gone, the dispatcher says CLOSED. */
 static void
 test_unexported (Fixture       *fixture,
@@ -1532,15 +1562,17 @@ main (int   argc,
   ADD ("peer/shutdown", &on_peer, test_shutdown);
   ADD ("bus/peer-vanished", &on_bus, test_peer_vanished);
   ADD ("peer/peer-vanished", &on_peer, test_peer_vanished);
+  ADD ("peer/peer-vanished-sync", &on_peer, test_peer_vanished_sync);
+  ADD ("bus/peer-vanished-sync", &on_bus, test_peer_vanished_sync);
   ADD ("bus/unexported", &on_bus, test_unexported);
   ADD ("bus/introspect", &on_bus, test_introspect);
   ADD ("bus/gdbus-call", &on_bus, test_gdbus_call);
   ADD ("bus/python-client", &on_bus, test_python_client);
   g_test_add_func ("/spark/dbus/bus/gjs-server", test_gjs_server);
-  g_test_add_func ("/spark/dbus/subprocess/basic", test_subprocess_basic);
-  g_test_add_func ("/spark/dbus/subprocess/serve-alone", test_subprocess_serve_alone);
-  g_test_add_func ("/spark/dbus/subprocess/restart", test_subprocess_restart);
-  g_test_add_func ("/spark/dbus/subprocess/give-up", test_subprocess_give_up);
+  g_test_add_func ("/spark/dbus/helper-process/basic", test_subprocess_basic);
+  g_test_add_func ("/spark/dbus/helper-process/serve-alone", test_subprocess_serve_alone);
+  g_test_add_func ("/spark/dbus/helper-process/restart", test_subprocess_restart);
+  g_test_add_func ("/spark/dbus/helper-process/give-up", test_subprocess_give_up);
 
   ret = g_test_run ();
 
