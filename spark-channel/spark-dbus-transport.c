@@ -14,8 +14,9 @@
  * our own on the way out or back, as with a raw g_dbus_connection_call().
  * A thread of the library's own ("spark-dbus", its own GMainContext, made
  * on first use and kept for the life of the process, like GDBus's worker)
- * sends what had to wait for a slot, watches the bus name, and looks every
- * second for a closed connection while calls are pending (GDBus's
+ * sends what had to wait for a slot, watches the bus name, and looks once
+ * a second, for as long as the connection lives, whether it has closed
+ * with calls pending (GDBus's
  * ::closed comes on the connection's own context, which a requester may
  * be blocking). Nothing in the filter blocks or runs user code: a shutdown
  * token is cancelled on the library's thread.
@@ -559,8 +560,8 @@ link_free (gpointer data)
 
 /* A connection closed: GDBus forgets our calls (it never knew them). Its
  * ::closed comes on the connection's own context; so that a requester
- * blocked on that context still hears of it, the worker also looks every
- * second while calls are pending. */
+ * blocked on that context still hears of it, the worker also looks once a
+ * second (one wakeup a second per connection used, while it lives). */
 static void
 on_connection_closed (GDBusConnection *connection,
                       gboolean         remote_peer_vanished,

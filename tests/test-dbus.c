@@ -492,7 +492,7 @@ test_request_round_trip (Fixture       *fixture,
       g_autoptr(GVariant) got = NULL;
 
       g_assert_no_error (error);
-      reply = echo_sync (fixture, g_variant_ref (sent));
+      reply = echo_sync (fixture, sent);
       g_variant_get (reply, "(bv)", &had, &got);
       g_assert_true (had);
       g_assert_cmpstr (g_variant_get_type_string (got), ==, g_variant_get_type_string (sent));
