@@ -112,6 +112,7 @@ typedef struct
   GDBusMessage       *message;        /* built by the sender, sent once */
   guint32             serial;         /* link mutex: set once sent */
   gboolean            cancel_sent;    /* link mutex */
+  gboolean            never_sent;     /* link mutex: refused, the peer being gone */
   GCancellable       *cancellable;    /* nullable, a reference: its cancel sends Cancel */
   gulong              cancel_id;      /* set before the call is sent */
 
@@ -148,6 +149,10 @@ struct _SparkDBusTransport
   gboolean         appeared;      /* worker: @bus_name had an owner */
   GHashTable      *in_flight;     /* mutex: Call (requests), sent, not yet answered */
   guint            watch_id;      /* worker */
+
+  SparkDBusOrphanFunc orphan_func;    /* immutable once used */
+  gpointer            orphan_data;
+  GDestroyNotify      orphan_destroy;
 };
 
 static void transport_unref (SparkTransport *transport);
@@ -355,8 +360,10 @@ call_finish (Call         *call,
       g_assert_not_reached ();
     }
 
-  call_unref (call);
+  /* The slot first: the call's reference may be the last one on the
+   * transport, and with it on the connection that holds the link. */
   link_release (link);
+  call_unref (call);
 }
 
 /* With the link's lock and a slot for @call: sends it. Returns FALSE if it
@@ -377,6 +384,7 @@ link_send_locked (Link    *link,
 
   if (gone)
     {
+      call->never_sent = TRUE;
       *error = closed_error (self);
       return FALSE;
     }
@@ -391,7 +399,10 @@ link_send_locked (Link    *link,
    * takes this lock. Sending only queues the message. */
   if (!g_dbus_connection_send_message (self->connection, call->message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
                                        &serial, error))
-    return FALSE;
+    {
+      call->never_sent = g_error_matches (*error, G_IO_ERROR, G_IO_ERROR_CLOSED);
+      return FALSE;
+    }
 
   call->serial = serial;
   g_hash_table_insert (link->pending, GUINT_TO_POINTER (serial), call);
@@ -409,7 +420,23 @@ static void
 call_not_sent (Call   *call,
                GError *error)
 {
-  if (error != NULL)
+  SparkDBusTransport *self = call->transport;
+
+  if (error != NULL && call->never_sent && call->kind == CALL_REQUEST &&
+      self->orphan_func != NULL && !spark_request_is_claimed (call->req))
+    {
+      /* Never sent, its peer gone: somebody else may send it. */
+      Link *link = self->link;
+      SparkRequest *req = g_steal_pointer (&call->req);
+
+      g_error_free (error);
+      if (call->cancel_id != 0)
+        g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+      self->orphan_func (&self->transport, req, self->orphan_data);
+      link_release (link);
+      call_unref (call);
+    }
+  else if (error != NULL)
     call_finish (call, NULL, error);
   else
     {
@@ -418,8 +445,8 @@ call_not_sent (Call   *call,
       /* A request that ended already: its outcome is decided. */
       if (call->cancel_id != 0)
         g_signal_handler_disconnect (call->cancellable, call->cancel_id);
-      call_unref (call);
       link_release (link);
+      call_unref (call);
     }
 }
 
@@ -666,8 +693,8 @@ link_submit (Link *link,
                                  g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
                                                 spark_dbus_wrap_value (spark_request_get_parameters (req)),
                                                 &options));
-        /* The message holds them now. */
-        spark_request_clear_parameters (req);
+        /* The request keeps its parameters: a request never sent may be
+         * sent again elsewhere (see spark_dbus_transport_set_orphan_func()). */
         if (spark_request_get_handler_cancellable (req) != NULL)
           call->cancellable = g_object_ref (spark_request_get_handler_cancellable (req));
       }
@@ -729,6 +756,8 @@ transport_free (gpointer data)
 
   g_assert (g_hash_table_size (self->in_flight) == 0);
   g_hash_table_unref (self->in_flight);
+  if (self->orphan_destroy != NULL)
+    self->orphan_destroy (self->orphan_data);
   g_mutex_clear (&self->mutex);
   g_object_unref (self->connection);
   g_free (self->bus_name);
@@ -1074,4 +1103,20 @@ spark_dispatcher_new_for_dbus (GDBusConnection *connection,
   spark_transport_unref (transport);
 
   return dispatcher;
+}
+
+void
+spark_dbus_transport_set_orphan_func (SparkTransport      *transport,
+                                      SparkDBusOrphanFunc  func,
+                                      gpointer             data,
+                                      GDestroyNotify       destroy)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+
+  g_assert (transport->vtable == &dbus_transport_vtable);
+  g_assert (self->orphan_func == NULL);
+
+  self->orphan_func = func;
+  self->orphan_data = data;
+  self->orphan_destroy = destroy;
 }

@@ -316,12 +316,15 @@ supervised_post_command (SparkTransport *transport,
   return ret;
 }
 
-/* Ends supervision: what waits fails with CLOSED. */
+/* Ends supervision: what waits fails with CLOSED. The live transport is
+ * let go (calls in flight hold it), which also ends its reference on us
+ * (its orphan data). */
 static void
 supervised_close (Supervised *self,
                   const char *why)
 {
   GQueue waiting = G_QUEUE_INIT;
+  SparkTransport *current;
   Waiting *w;
 
   g_mutex_lock (&self->mutex);
@@ -332,11 +335,65 @@ supervised_close (Supervised *self,
     }
   waiting = self->waiting;
   g_queue_init (&self->waiting);
+  current = g_steal_pointer (&self->current);
   g_cond_broadcast (&self->cond);
   g_mutex_unlock (&self->mutex);
 
   while ((w = g_queue_pop_head (&waiting)) != NULL)
     waiting_fail (w, why);
+  g_clear_pointer (&current, spark_transport_unref);
+}
+
+/* A request the dead process's transport accepted but never sent (it
+ * waited there for an in-flight slot): it waits for the next process too. */
+static void
+supervised_orphan (SparkTransport *from,
+                   SparkRequest   *req,
+                   gpointer        data)
+{
+  Supervised *self = data;
+  SparkTransport *current = NULL, *dead = NULL;
+  GError *error = NULL;
+
+  g_mutex_lock (&self->mutex);
+  if (self->closed)
+    {
+      error = g_error_new_literal (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED, self->why_closed);
+      g_mutex_unlock (&self->mutex);
+      spark_request_complete (req, NULL, error);
+      spark_request_unref (req);
+      return;
+    }
+  if (self->current == from)
+    dead = g_steal_pointer (&self->current);
+  if (self->current == NULL)
+    {
+      Waiting *w = g_new0 (Waiting, 1);
+
+      w->req = req;
+      w->priority = SPARK_PRIORITY_DEFAULT;
+      g_queue_push_tail (&self->waiting, w);
+    }
+  else
+    current = spark_transport_ref (self->current);
+  g_mutex_unlock (&self->mutex);
+  g_clear_pointer (&dead, spark_transport_unref);
+
+  if (current != NULL)
+    {
+      if (!current->vtable->post_request (current, req, SPARK_PRIORITY_DEFAULT, FALSE, &error))
+        {
+          spark_request_complete (req, NULL, error);
+          spark_request_unref (req);
+        }
+      spark_transport_unref (current);
+    }
+}
+
+static void
+supervised_release (gpointer data)
+{
+  spark_transport_unref (data);
 }
 
 static gboolean
@@ -707,6 +764,9 @@ install (SparkSubprocess *self,
   SparkTransport *transport = spark_dbus_transport_new (connection, NULL, SUBPROCESS_PATH);
   GQueue waiting;
   Waiting *w;
+
+  spark_dbus_transport_set_orphan_func (transport, supervised_orphan,
+                                        spark_transport_ref (&sup->transport), supervised_release);
 
   g_mutex_lock (&self->mutex);
   g_clear_object (&self->proc);

@@ -1501,6 +1501,41 @@ test_subprocess_restart (void)
   g_object_unref (flood.remote);
 }
 
+/* The same with everything sent at once: most requests wait for an
+ * in-flight slot when the helper dies; those move to the new process, and
+ * only those in flight (at most SPARK_DBUS_MAX_IN_FLIGHT) fail. */
+static void
+test_subprocess_restart_queued (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  Flood flood = { 0 };
+  GError *error = NULL;
+
+  g_object_set (sub, "max-restarts", 3, "restart-delay", 10, NULL);
+  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
+  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+
+  flood.remote = spark_subprocess_create_dispatcher (sub);
+  flood.killed_pid = helper_pid (flood.remote);
+  flood.n = 2000;
+  flood.kill_at = 50;
+  while (flood.sent < flood.n)
+    flood_send (&flood);
+  while (flood.done < flood.n)
+    g_main_context_iteration (NULL, TRUE);
+
+  g_test_message ("%u replies, %u CLOSED", flood.ok, flood.closed);
+  g_assert_cmpuint (flood.ok + flood.closed, ==, flood.n);
+  g_assert_cmpuint (flood.closed, <=, SPARK_DBUS_MAX_IN_FLIGHT);
+  while (flood.restarted < 1)
+    g_main_context_iteration (NULL, TRUE);
+  g_assert_false (flood.gave_up);
+  g_assert_cmpint (helper_pid (flood.remote), !=, flood.killed_pid);
+  g_object_unref (flood.remote);
+}
+
 /* No restarts allowed: the first death ends the module, with a reason. */
 static void
 test_subprocess_give_up (void)
@@ -1572,6 +1607,7 @@ main (int   argc,
   g_test_add_func ("/spark/dbus/helper-process/basic", test_subprocess_basic);
   g_test_add_func ("/spark/dbus/helper-process/serve-alone", test_subprocess_serve_alone);
   g_test_add_func ("/spark/dbus/helper-process/restart", test_subprocess_restart);
+  g_test_add_func ("/spark/dbus/helper-process/restart-queued", test_subprocess_restart_queued);
   g_test_add_func ("/spark/dbus/helper-process/give-up", test_subprocess_give_up);
 
   ret = g_test_run ();
