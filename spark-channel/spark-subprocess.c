@@ -47,7 +47,9 @@
  *   every waiting and later message fails with CLOSED.
  *
  * [method@Spark.Dispatcher.send_shutdown] stops the helper's server (the
- * helper then exits) and ends supervision.
+ * helper then exits) and ends supervision. Finalizing the
+ * [class@Spark.Subprocess] kills a helper still running and fails what
+ * its dispatchers send later with %SPARK_CHANNEL_ERROR_CLOSED.
  *
  * Since: 1.0
  */
@@ -817,8 +819,8 @@ on_restart_due (gpointer data)
 
 typedef struct
 {
-  GWeakRef     self;
-  GSubprocess *proc;
+  GWeakRef  self;
+  char     *id;     /* the process id, gone from the GSubprocess once reaped */
 } Watch;
 
 static void
@@ -837,17 +839,23 @@ on_child_exited (GObject      *source,
 
   (void) g_subprocess_wait_finish (proc, result, NULL);
   g_weak_ref_clear (&watch->self);
-  g_free (watch);
 
   if (self == NULL)
-    return;
+    {
+      g_free (watch->id);
+      g_free (watch);
+      return;
+    }
   sup = self->supervised;
 
   if (g_subprocess_get_if_signaled (proc))
     why = g_strdup_printf ("The module's process %s was killed by signal %d",
-                           g_subprocess_get_identifier (proc) ?: "?", g_subprocess_get_term_sig (proc));
+                           watch->id, g_subprocess_get_term_sig (proc));
   else
-    why = g_strdup_printf ("The module's process exited with status %d", g_subprocess_get_exit_status (proc));
+    why = g_strdup_printf ("The module's process %s exited with status %d",
+                           watch->id, g_subprocess_get_exit_status (proc));
+  g_free (watch->id);
+  g_free (watch);
 
   /* Its transport is gone: what was in flight fails there (the
    * connection closed); what comes now waits for the next process. */
@@ -893,6 +901,7 @@ spark_subprocess_watch (SparkSubprocess *self,
   Watch *watch = g_new0 (Watch, 1);
 
   g_weak_ref_init (&watch->self, self);
+  watch->id = g_strdup (g_subprocess_get_identifier (proc));
   g_main_context_push_thread_default (self->context);
   g_subprocess_wait_async (proc, NULL, on_child_exited, watch);
   g_main_context_pop_thread_default (self->context);
