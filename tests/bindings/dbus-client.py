@@ -7,11 +7,12 @@
 # address, the exporting connection's unique name and the object path.
 # Prints "ok" after every check passed; any failure raises (exit 1).
 
+import os
 import sys
 
 import gi
 gi.require_version('Spark', '1.0')
-from gi.repository import GLib, Gio, Spark  # noqa: E402
+from gi.repository import GLib, GObject, Gio, Spark  # noqa: E402
 
 address, bus_name, path = sys.argv[1:4]
 conn = Gio.DBusConnection.new_for_address_sync(
@@ -70,4 +71,22 @@ held = [r for t, r in results if t == 'held'][0]
 assert isinstance(held, GLib.Error) and held.matches(Gio.io_error_quark(), Gio.IOErrorEnum.CANCELLED), held
 
 assert remote.send_command('count', None, None)
+
+# A module in a helper process, through the same API.
+helper = os.environ.get('SPARK_TEST_HELPER')
+if helper:
+    sub = Spark.Subprocess.new([helper])
+    sub.props.max_restarts = 1
+    sub.spawn()
+    module = sub.create_dispatcher()
+    assert module.request_sync('echo', GLib.Variant('ms', None), None, None).unpack() is None
+    pid = module.request_sync('pid', None, None, None).unpack()
+    assert str(pid) == sub.dup_identifier(), (pid, sub.dup_identifier())
+    token = Gio.Cancellable()
+    # Cancelled on a thread of the library's: wake the main context.
+    GObject.Object.connect(token, 'cancelled', lambda *args: GLib.MainContext.default().wakeup())
+    assert module.send_shutdown(token)
+    while not token.is_cancelled():
+        GLib.MainContext.default().iteration(True)
+    print('subprocess ok')
 print('ok')
