@@ -38,8 +38,8 @@
  * The peer vanishing. Calls in flight to a peer that goes away fail (the
  * bus answers NoReply; a closed connection fails them all, from its
  * ::closed or the worker's check), and each such error is reported as
- * SPARK_CHANNEL_ERROR_CLOSED; the owner of @bus_name vanishing (after it
- * was seen) also fails every request in flight at once. Either way the
+ * SPARK_CHANNEL_ERROR_CLOSED; the owner of @bus_name going away (its
+ * NameOwnerChanged) also fails every request in flight at once. Either way the
  * transport is then gone: queued and later calls fail with CLOSED. Every
  * request completes exactly once because its own claim decides (see
  * spark-request.c).
@@ -146,7 +146,6 @@ struct _SparkDBusTransport
   GMutex           mutex;
   gboolean         closed;        /* mutex: after send_shutdown(): nothing new */
   gboolean         gone;          /* mutex: the peer went away: nothing at all */
-  gboolean         appeared;      /* worker: @bus_name had an owner */
   GHashTable      *in_flight;     /* mutex: Call (requests), sent, not yet answered */
   guint            watch_id;      /* worker */
 
@@ -770,9 +769,10 @@ transport_dispose_on_worker (gpointer data)
 {
   SparkDBusTransport *self = data;
 
-  /* The watch's destroy notify frees the transport, after its last callback. */
+  /* The subscription's destroy notify frees the transport, after its last
+   * callback. */
   if (self->watch_id != 0)
-    g_bus_unwatch_name (self->watch_id);
+    g_dbus_connection_signal_unsubscribe (self->connection, self->watch_id);
   else
     transport_free (self);
   return G_SOURCE_REMOVE;
@@ -946,37 +946,36 @@ static const SparkTransportVTable dbus_transport_vtable = {
 
 /* The name watch (worker) ----------------------------------------------- */
 
+/* NameOwnerChanged for @bus_name: an owner going away (old owner set, new
+ * one empty) is the peer vanishing. Not g_bus_watch_name_on_connection():
+ * on GLib 2.74 its first GetNameOwner answer, arriving after the
+ * connection closed, makes it call g_dbus_connection_call_finish() on
+ * NULL; and nothing here needs the first answer. */
 static void
-on_name_appeared (GDBusConnection *connection,
-                  const char      *name,
-                  const char      *owner,
-                  gpointer         data)
+on_name_owner_changed (GDBusConnection *connection,
+                       const char      *sender_name,
+                       const char      *object_path,
+                       const char      *interface_name,
+                       const char      *signal_name,
+                       GVariant        *parameters,
+                       gpointer         data)
 {
   SparkDBusTransport *self = data;
-
-  (void) connection;
-  (void) name;
-  (void) owner;
-
-  self->appeared = TRUE;
-}
-
-static void
-on_name_vanished (GDBusConnection *connection,
-                  const char      *name,
-                  gpointer         data)
-{
-  SparkDBusTransport *self = data;
+  const char *name, *old_owner, *new_owner;
   GPtrArray *reqs;
   GHashTableIter iter;
   gpointer key;
 
   (void) connection;
-  (void) name;
+  (void) sender_name;
+  (void) object_path;
+  (void) interface_name;
+  (void) signal_name;
 
-  /* The first answer may say "no owner" about a name that is just being
-   * taken: only an owner we saw going away counts. */
-  if (!self->appeared)
+  if (!g_variant_is_of_type (parameters, G_VARIANT_TYPE ("(sss)")))
+    return;
+  g_variant_get (parameters, "(&s&s&s)", &name, &old_owner, &new_owner);
+  if (!g_str_equal (name, self->bus_name) || *old_owner == '\0' || *new_owner != '\0')
     return;
 
   reqs = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
@@ -1008,10 +1007,11 @@ transport_watch_on_worker (gpointer data)
       return G_SOURCE_REMOVE;
     }
 
-  self->watch_id = g_bus_watch_name_on_connection (self->connection, self->bus_name,
-                                                   G_BUS_NAME_WATCHER_FLAGS_NONE,
-                                                   on_name_appeared, on_name_vanished,
-                                                   self, transport_free);
+  self->watch_id = g_dbus_connection_signal_subscribe (self->connection, "org.freedesktop.DBus",
+                                                       "org.freedesktop.DBus", "NameOwnerChanged",
+                                                       "/org/freedesktop/DBus", self->bus_name,
+                                                       G_DBUS_SIGNAL_FLAGS_NONE,
+                                                       on_name_owner_changed, self, transport_free);
   return G_SOURCE_REMOVE;
 }
 
