@@ -1540,6 +1540,51 @@ test_subprocess_restart_queued (void)
   g_object_unref (flood.remote);
 }
 
+static gpointer
+send_command_blocking (gpointer data)
+{
+  GError *error = NULL;
+  gboolean sent = spark_dispatcher_send_command (data, "log", NULL, NULL, &error);
+
+  g_assert_no_error (error);
+  return GINT_TO_POINTER (sent);
+}
+
+/* Before the first process is up, as during a restart: messages wait for
+ * it (a blocking send blocks), a try-send finds no room. */
+static void
+test_subprocess_before_spawn (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  g_autoptr(SparkDispatcher) remote = spark_subprocess_create_dispatcher (sub);
+  SparkTestOutcome outcome = { 0 };
+  SparkTestOutcome command = { 0 };
+  GThread *blocked;
+  GError *error = NULL;
+
+  g_assert_false (spark_dispatcher_try_send_command (remote, "log", NULL, &error));
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_FULL);
+  g_clear_error (&error);
+
+  spark_dispatcher_request_full (remote, "echo", g_variant_new_int32 (7), G_VARIANT_TYPE_INT32, NULL,
+                                 spark_test_outcome_cb, &outcome, NULL);
+  spark_dispatcher_send_command_async (remote, "log", NULL, NULL, on_command_sent, &command);
+  blocked = g_thread_new ("blocked", send_command_blocking, remote);
+  g_assert_null (spark_subprocess_dup_identifier (sub));
+  g_assert_false (g_atomic_int_get (&outcome.done));
+  g_assert_false (g_atomic_int_get (&command.done));
+
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+  spark_test_wait_flag (NULL, &outcome.done);
+  g_assert_no_error (outcome.error);
+  g_assert_cmpint (g_variant_get_int32 (outcome.reply), ==, 7);
+  spark_test_outcome_clear (&outcome);
+  spark_test_wait_flag (NULL, &command.done);
+  g_assert_no_error (command.error);
+  g_assert_true (GPOINTER_TO_INT (g_thread_join (blocked)));
+}
+
 /* No restarts allowed: the first death ends the module, with a reason. */
 static void
 test_subprocess_give_up (void)
@@ -1613,6 +1658,7 @@ main (int   argc,
   g_test_add_func ("/spark/dbus/helper-process/restart", test_subprocess_restart);
   g_test_add_func ("/spark/dbus/helper-process/restart-queued", test_subprocess_restart_queued);
   g_test_add_func ("/spark/dbus/helper-process/give-up", test_subprocess_give_up);
+  g_test_add_func ("/spark/dbus/helper-process/before-spawn", test_subprocess_before_spawn);
 
   ret = g_test_run ();
 
