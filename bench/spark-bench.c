@@ -151,6 +151,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -175,6 +176,10 @@ static gboolean opt_contended;
 static char *opt_json_out;
 static char *opt_targets;
 
+static gboolean opt_dbus;
+
+static int bench_dbus (gboolean quick);
+
 static GOptionEntry entries[] = {
   { "quick", 'q', 0, G_OPTION_ARG_NONE, &opt_quick, "Small counts: a smoke test (the test suite runs this)", NULL },
   { "workload", 'w', 0, G_OPTION_ARG_STRING, &opt_workload, "Run only these workloads (comma-separated)", "NAME[,NAME]" },
@@ -187,6 +192,7 @@ static GOptionEntry entries[] = {
   { "window", 0, 0, G_OPTION_ARG_INT, &opt_window, "Requests in flight in request_pipelined (default 256)", "N" },
   { "targets", 't', 0, G_OPTION_ARG_FILENAME, &opt_targets, "Read the targets to report from FILE (default: " SPARK_BENCH_TARGETS ")", "FILE" },
   { "callgrind", 0, 0, G_OPTION_ARG_NONE, &opt_callgrind, "Run one workload and one impl silently (for bench/callgrind.sh)", NULL },
+  { "dbus", 0, 0, G_OPTION_ARG_NONE, &opt_dbus, "Run the D-Bus workloads only (a private bus and a socket pair; see bench_dbus())", NULL },
   { "queued-child", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING, &opt_queued_child, "One queued_bytes measurement in a fresh process", "IMPL" },
   { "flood-child", 0, G_OPTION_FLAG_HIDDEN, G_OPTION_ARG_STRING, &opt_flood_child, "One coalesce_flood measurement in a fresh process", "IMPL" },
   { NULL }
@@ -3339,6 +3345,391 @@ results_to_json (GArray *results)
   return g_string_free (out, FALSE);
 }
 
+/* Across processes ---------------------------------------------------------------- */
+
+/*
+ * bench_dbus(): spark-channel over D-Bus next to raw GDBus, in the same run
+ * (--dbus). Both links: a private message bus (GTestDBus: a dbus-daemon of
+ * its own, two connections to it) and a peer-to-peer connection over a
+ * socket pair. On each:
+ *
+ *   raw    g_dbus_connection_call() to a hand-written
+ *          g_dbus_connection_register_object() handler, method
+ *          Echo (i) -> (i), answered at once on the exporting thread;
+ *   spark  a dispatcher from spark_dispatcher_new_for_dbus() to a module
+ *          server (spark_func_handler_new()) started on the exporting
+ *          thread's context and exported there with
+ *          spark_module_server_export(), as a helper process hosting one
+ *          module would.
+ *
+ * The exported side runs on a thread with its own main context, the
+ * client on the main thread. "seq" is one request awaited before the next
+ * (raw: g_dbus_connection_call_sync; spark: request_sync): the round trip.
+ * "pipelined" keeps BENCH_DBUS_WINDOW requests in flight on the client's
+ * main loop (raw: g_dbus_connection_call; spark: request_full): the
+ * throughput. The window stays under a bus's 128 pending replies.
+ * Figures only: nothing is asserted but the replies.
+ */
+
+#define BENCH_DBUS_PATH   "/org/gnome/SparkChannel/Bench"
+#define BENCH_DBUS_WINDOW 100
+
+static const char bench_dbus_raw_xml[] =
+  "<node><interface name='org.gnome.SparkChannel.Bench1'>"
+  "<method name='Echo'><arg type='i' direction='in'/><arg type='i' direction='out'/></method>"
+  "</interface></node>";
+
+static void
+bench_dbus_raw_method (GDBusConnection       *connection,
+                       const char            *sender,
+                       const char            *object_path,
+                       const char            *interface_name,
+                       const char            *method_name,
+                       GVariant              *parameters,
+                       GDBusMethodInvocation *invocation,
+                       gpointer               user_data)
+{
+  gint32 v;
+
+  g_variant_get (parameters, "(i)", &v);
+  g_dbus_method_invocation_return_value (invocation, g_variant_new ("(i)", v + 1));
+}
+
+static const GDBusInterfaceVTable bench_dbus_raw_vtable = { bench_dbus_raw_method, NULL, NULL, { 0 } };
+
+static GVariant *
+bench_dbus_request (const char    *name,
+                    GVariant      *parameters,
+                    GCancellable  *cancellable,
+                    gpointer       user_data,
+                    GError       **error)
+{
+  return g_variant_new_int32 (g_variant_get_int32 (parameters) + 1);
+}
+
+typedef struct
+{
+  GDBusConnection   *server_conn;
+  GDBusConnection   *client_conn;
+  const char        *bus_name;
+  GMainContext      *context;
+  GMainLoop         *loop;
+  GThread           *thread;
+  SparkModuleServer *server;
+  guint              raw_id;
+  gint               ready;
+} BenchDBusSide;
+
+static gboolean
+bench_dbus_export (gpointer data)
+{
+  BenchDBusSide *side = data;
+  GDBusNodeInfo *node = g_dbus_node_info_new_for_xml (bench_dbus_raw_xml, NULL);
+  GError *error = NULL;
+
+  side->raw_id = g_dbus_connection_register_object (side->server_conn, BENCH_DBUS_PATH "/raw",
+                                                    node->interfaces[0], &bench_dbus_raw_vtable,
+                                                    NULL, NULL, &error);
+  g_assert_no_error (error);
+  g_dbus_node_info_unref (node);
+  /* On this same context, as the raw handler: what a helper process that
+   * hosts one module does. */
+  if (!spark_module_server_start (side->server, side->context, &error))
+    g_error ("start: %s", error->message);
+  if (!spark_module_server_export (side->server, side->server_conn, BENCH_DBUS_PATH "/spark", &error))
+    g_error ("export: %s", error->message);
+  g_atomic_int_set (&side->ready, 1);
+  return G_SOURCE_REMOVE;
+}
+
+static gpointer
+bench_dbus_thread (gpointer data)
+{
+  BenchDBusSide *side = data;
+
+  g_main_context_push_thread_default (side->context);
+  g_main_loop_run (side->loop);
+  g_main_context_pop_thread_default (side->context);
+  return NULL;
+}
+
+static void
+on_bench_peer_ready (GObject      *source,
+                     GAsyncResult *result,
+                     gpointer      user_data)
+{
+  BenchDBusSide *side = user_data;
+  GError *error = NULL;
+
+  side->server_conn = g_dbus_connection_new_finish (result, &error);
+  g_assert_no_error (error);
+}
+
+static void
+bench_dbus_side_start (BenchDBusSide *side,
+                       GTestDBus     *bus)
+{
+  GError *error = NULL;
+
+  if (bus != NULL)
+    {
+      GDBusConnectionFlags flags = G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT |
+                                   G_DBUS_CONNECTION_FLAGS_MESSAGE_BUS_CONNECTION;
+
+      side->server_conn = g_dbus_connection_new_for_address_sync (g_test_dbus_get_bus_address (bus), flags,
+                                                                  NULL, NULL, &error);
+      g_assert_no_error (error);
+      side->client_conn = g_dbus_connection_new_for_address_sync (g_test_dbus_get_bus_address (bus), flags,
+                                                                  NULL, NULL, &error);
+      g_assert_no_error (error);
+      side->bus_name = g_dbus_connection_get_unique_name (side->server_conn);
+    }
+  else
+    {
+      int fds[2];
+      char *guid = g_dbus_generate_guid ();
+      GSocket *s0, *s1;
+      GSocketConnection *c0, *c1;
+
+      if (socketpair (AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0)
+        g_error ("socketpair: %s", g_strerror (errno));
+      s0 = g_socket_new_from_fd (fds[0], &error);
+      g_assert_no_error (error);
+      s1 = g_socket_new_from_fd (fds[1], &error);
+      g_assert_no_error (error);
+      c0 = g_socket_connection_factory_create_connection (s0);
+      c1 = g_socket_connection_factory_create_connection (s1);
+      g_dbus_connection_new (G_IO_STREAM (c0), guid,
+                             G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_SERVER |
+                             G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_ALLOW_ANONYMOUS,
+                             NULL, NULL, on_bench_peer_ready, side);
+      side->client_conn = g_dbus_connection_new_sync (G_IO_STREAM (c1), NULL,
+                                                      G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_CLIENT,
+                                                      NULL, NULL, &error);
+      g_assert_no_error (error);
+      while (side->server_conn == NULL)
+        g_main_context_iteration (NULL, TRUE);
+      g_object_unref (c0);
+      g_object_unref (c1);
+      g_object_unref (s0);
+      g_object_unref (s1);
+      g_free (guid);
+    }
+
+  side->server = spark_module_server_new (spark_func_handler_new (bench_dbus_request, NULL, NULL, NULL));
+  g_object_unref (spark_module_server_get_handler (side->server));
+
+  side->context = g_main_context_new ();
+  side->loop = g_main_loop_new (side->context, FALSE);
+  side->thread = g_thread_new ("bench-export", bench_dbus_thread, side);
+  g_main_context_invoke (side->context, bench_dbus_export, side);
+  while (!g_atomic_int_get (&side->ready))
+    g_thread_yield ();
+}
+
+static void
+on_bench_dbus_shutdown (GObject      *source,
+                        GAsyncResult *result,
+                        gpointer      user_data)
+{
+  BenchDBusSide *side = user_data;
+
+  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, NULL));
+  g_main_loop_quit (side->loop);
+}
+
+static gboolean
+bench_dbus_quit (gpointer data)
+{
+  BenchDBusSide *side = data;
+
+  spark_module_server_unexport (side->server, side->server_conn, BENCH_DBUS_PATH "/spark");
+  g_dbus_connection_unregister_object (side->server_conn, side->raw_id);
+  spark_module_server_shutdown_async (side->server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_bench_dbus_shutdown, side);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+bench_dbus_side_stop (BenchDBusSide *side)
+{
+  g_main_context_invoke (side->context, bench_dbus_quit, side);
+  g_thread_join (side->thread);
+  g_clear_object (&side->server);
+  g_main_loop_unref (side->loop);
+  g_main_context_unref (side->context);
+  g_dbus_connection_close_sync (side->server_conn, NULL, NULL);
+  g_dbus_connection_close_sync (side->client_conn, NULL, NULL);
+  g_clear_object (&side->server_conn);
+  g_clear_object (&side->client_conn);
+}
+
+/* Sequential round trips: ns per request. */
+static double
+bench_dbus_seq_raw (BenchDBusSide *side,
+                    guint          n)
+{
+  gint64 t0 = now_ns ();
+
+  for (guint i = 0; i < n; i++)
+    {
+      GError *error = NULL;
+      GVariant *ret = g_dbus_connection_call_sync (side->client_conn, side->bus_name, BENCH_DBUS_PATH "/raw",
+                                                   "org.gnome.SparkChannel.Bench1", "Echo",
+                                                   g_variant_new ("(i)", (gint32) i), G_VARIANT_TYPE ("(i)"),
+                                                   G_DBUS_CALL_FLAGS_NONE, -1, NULL, &error);
+      gint32 v;
+
+      g_assert_no_error (error);
+      g_variant_get (ret, "(i)", &v);
+      g_assert_cmpint (v, ==, (gint32) i + 1);
+      g_variant_unref (ret);
+    }
+  return (double) (now_ns () - t0) / n;
+}
+
+static double
+bench_dbus_seq_spark (SparkDispatcher *remote,
+                      guint            n)
+{
+  gint64 t0 = now_ns ();
+
+  for (guint i = 0; i < n; i++)
+    {
+      GError *error = NULL;
+      GVariant *ret = spark_dispatcher_request_sync (remote, "get", g_variant_new_int32 ((gint32) i),
+                                                     G_VARIANT_TYPE_INT32, NULL, &error);
+
+      g_assert_no_error (error);
+      g_assert_cmpint (g_variant_get_int32 (ret), ==, (gint32) i + 1);
+      g_variant_unref (ret);
+    }
+  return (double) (now_ns () - t0) / n;
+}
+
+typedef struct
+{
+  BenchDBusSide   *side;
+  SparkDispatcher *remote;
+  guint            n;
+  guint            sent;
+  guint            done;
+} BenchDBusPipe;
+
+static void bench_dbus_pipe_send_raw (BenchDBusPipe *pipe);
+static void bench_dbus_pipe_send_spark (BenchDBusPipe *pipe);
+
+static void
+on_bench_raw_reply (GObject      *source,
+                    GAsyncResult *result,
+                    gpointer      user_data)
+{
+  BenchDBusPipe *pipe = user_data;
+  GError *error = NULL;
+  GVariant *ret = g_dbus_connection_call_finish (G_DBUS_CONNECTION (source), result, &error);
+
+  g_assert_no_error (error);
+  g_variant_unref (ret);
+  pipe->done++;
+  if (pipe->sent < pipe->n)
+    bench_dbus_pipe_send_raw (pipe);
+}
+
+static void
+bench_dbus_pipe_send_raw (BenchDBusPipe *pipe)
+{
+  g_dbus_connection_call (pipe->side->client_conn, pipe->side->bus_name, BENCH_DBUS_PATH "/raw",
+                          "org.gnome.SparkChannel.Bench1", "Echo", g_variant_new ("(i)", (gint32) pipe->sent++),
+                          G_VARIANT_TYPE ("(i)"), G_DBUS_CALL_FLAGS_NONE, -1, NULL, on_bench_raw_reply, pipe);
+}
+
+static void
+on_bench_spark_reply (GVariant     *reply,
+                      const GError *error,
+                      gpointer      user_data)
+{
+  BenchDBusPipe *pipe = user_data;
+
+  g_assert_no_error (error);
+  g_assert_nonnull (reply);
+  pipe->done++;
+  if (pipe->sent < pipe->n)
+    bench_dbus_pipe_send_spark (pipe);
+}
+
+static void
+bench_dbus_pipe_send_spark (BenchDBusPipe *pipe)
+{
+  spark_dispatcher_request_full (pipe->remote, "get", g_variant_new_int32 ((gint32) pipe->sent++),
+                                 G_VARIANT_TYPE_INT32, NULL, on_bench_spark_reply, pipe, NULL);
+}
+
+/* Pipelined: requests per second. */
+static double
+bench_dbus_pipelined (BenchDBusSide   *side,
+                      SparkDispatcher *remote,
+                      guint            n)
+{
+  BenchDBusPipe pipe = { side, remote, n, 0, 0 };
+  gint64 t0 = now_ns ();
+
+  for (guint i = 0; i < BENCH_DBUS_WINDOW && i < n; i++)
+    {
+      if (remote != NULL)
+        bench_dbus_pipe_send_spark (&pipe);
+      else
+        bench_dbus_pipe_send_raw (&pipe);
+    }
+  while (pipe.done < n)
+    g_main_context_iteration (NULL, TRUE);
+  return n / ((double) (now_ns () - t0) / 1e9);
+}
+
+static int
+bench_dbus (gboolean quick)
+{
+  guint n_seq = quick ? 200 : 5000;
+  guint n_pipe = quick ? 1000 : 50000;
+  GTestDBus *bus = g_test_dbus_new (G_TEST_DBUS_NONE);
+
+  g_test_dbus_up (bus);
+  printf ("# spark-channel over D-Bus, next to raw GDBus (same run); seq: %u, pipelined: %u, window %d\n",
+          n_seq, n_pipe, BENCH_DBUS_WINDOW);
+
+  for (guint link = 0; link < 2; link++)
+    {
+      BenchDBusSide side = { 0 };
+      SparkDispatcher *remote;
+      double raw_seq, spark_seq, raw_pipe, spark_pipe;
+      const char *name = link == 0 ? "bus" : "peer";
+
+      bench_dbus_side_start (&side, link == 0 ? bus : NULL);
+      remote = spark_dispatcher_new_for_dbus (side.client_conn, side.bus_name, BENCH_DBUS_PATH "/spark");
+
+      /* Warm both up, then interleave them. */
+      bench_dbus_seq_raw (&side, n_seq / 10 + 1);
+      bench_dbus_seq_spark (remote, n_seq / 10 + 1);
+      raw_seq = bench_dbus_seq_raw (&side, n_seq);
+      spark_seq = bench_dbus_seq_spark (remote, n_seq);
+      raw_pipe = bench_dbus_pipelined (&side, NULL, n_pipe);
+      spark_pipe = bench_dbus_pipelined (&side, remote, n_pipe);
+
+      printf ("workload=dbus_seq link=%s impl=raw ns_per_op=%.0f\n", name, raw_seq);
+      printf ("workload=dbus_seq link=%s impl=spark ns_per_op=%.0f ratio_vs_raw=%.3f\n", name, spark_seq,
+              spark_seq / raw_seq);
+      printf ("workload=dbus_pipelined link=%s impl=raw ops_per_s=%.0f\n", name, raw_pipe);
+      printf ("workload=dbus_pipelined link=%s impl=spark ops_per_s=%.0f ratio_vs_raw=%.3f\n", name, spark_pipe,
+              spark_pipe / raw_pipe);
+      fflush (stdout);
+
+      g_object_unref (remote);
+      bench_dbus_side_stop (&side);
+    }
+
+  g_test_dbus_down (bus);
+  g_object_unref (bus);
+  return 0;
+}
+
 #define MAX_REPEAT 64
 
 /* main ----------------------------------------------------------------------------- */
@@ -3375,6 +3766,9 @@ main (int   argc,
       return 2;
     }
   g_option_context_free (context);
+
+  if (opt_dbus)
+    return bench_dbus (opt_quick);
 
   for (guint w = 0; w < G_N_ELEMENTS (workloads); w++)
     workload_names[w] = workloads[w].name;

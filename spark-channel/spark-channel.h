@@ -21,6 +21,8 @@ G_BEGIN_DECLS
 # include "spark-dispatcher.h"
 # include "spark-module-server.h"
 # include "spark-router.h"
+# include "spark-dbus.h"
+# include "spark-subprocess.h"
 #undef SPARK_INSIDE
 
 G_END_DECLS

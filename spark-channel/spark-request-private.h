@@ -119,6 +119,7 @@ const char   *spark_request_get_name            (SparkRequest *req);
 GVariant     *spark_request_get_parameters      (SparkRequest *req);
 void          spark_request_clear_parameters    (SparkRequest *req);
 GCancellable *spark_request_get_handler_cancellable (SparkRequest *req);
+gint64        spark_request_get_deadline        (SparkRequest *req);
 void          spark_request_watch               (SparkRequest              *req,
                                                  const SparkRequestWatcher *watcher,
                                                  gpointer                   data);

@@ -345,6 +345,14 @@ spark_request_get_handler_cancellable (SparkRequest *req)
   return req->handler_cancellable;
 }
 
+/* Immutable: monotonic µs, 0 for none. A transport that sends the request
+ * elsewhere (D-Bus) passes what is left of it on. */
+gint64
+spark_request_get_deadline (SparkRequest *req)
+{
+  return req->timeout.deadline;
+}
+
 /*
  * spark_request_watch:
  * @data: (transfer full): released with @watcher's release

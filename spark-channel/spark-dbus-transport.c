@@ -1,0 +1,1122 @@
+/* spark-dbus-transport.c: a transport to a module on D-Bus
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The other end of spark-dbus-export.c, behind the SparkTransport seam: a
+ * dispatcher made by spark_dispatcher_new_for_dbus() keeps its API and its
+ * guarantees, its requests travel as method calls.
+ *
+ * Threads. A call is sent from the sender's own thread when a slot is
+ * free (g_dbus_connection_send_message() only queues it), and its reply
+ * is taken by a filter on the connection, on GDBus's worker thread, which
+ * completes the request there: its outcome then travels to the requester
+ * the usual way (its reply port, or the blocked caller). No thread hop of
+ * our own on the way out or back, as with a raw g_dbus_connection_call().
+ * A thread of the library's own ("spark-dbus", its own GMainContext, made
+ * on first use and kept for the life of the process, like GDBus's worker)
+ * sends what had to wait for a slot, watches the bus name, and looks once
+ * a second, for as long as the connection lives, whether it has closed
+ * with calls pending (GDBus's
+ * ::closed comes on the connection's own context, which a requester may
+ * be blocking). Nothing in the filter blocks or runs user code: a shutdown
+ * token is cancelled on the library's thread.
+ *
+ * Flow control. A message bus refuses more pending replies per connection
+ * than its limit; so each connection has a link (its qdata) that keeps at
+ * most SPARK_DBUS_MAX_IN_FLIGHT calls expecting a reply in flight, for
+ * every transport on it, and queues the rest in order. Nothing blocks:
+ * requests wait in the queue with their clocks running (a request
+ * cancelled or timed out there is never sent).
+ *
+ * Cancellation and deadlines. A request sends what is left of its timeout
+ * as the "timeout" option (the export enforces it too). When it ends on
+ * this side before its reply (cancelled, timed out: its handler
+ * cancellable is cancelled), a Cancel (serial) goes to the export, which
+ * cancels the remote handler's cancellable. The reply still comes back
+ * and frees its slot.
+ *
+ * The peer vanishing. Calls in flight to a peer that goes away fail (the
+ * bus answers NoReply; a closed connection fails them all, from its
+ * ::closed or the worker's check), and each such error is reported as
+ * SPARK_CHANNEL_ERROR_CLOSED; the owner of @bus_name going away (its
+ * NameOwnerChanged) also fails every request in flight at once. Either way the
+ * transport is then gone: queued and later calls fail with CLOSED. Every
+ * request completes exactly once because its own claim decides (see
+ * spark-request.c).
+ */
+
+#include "config.h"
+
+#include "spark-dbus-transport-private.h"
+#include "spark-dispatcher-private.h"
+#include "spark-dbus-wire-private.h"
+#include "spark-dbus.h"
+#include "spark-error.h"
+
+/* The worker --------------------------------------------------------- */
+
+static gpointer
+worker_main (gpointer data)
+{
+  GMainContext *context = data;
+  GMainLoop *loop;
+
+  g_main_context_push_thread_default (context);
+  loop = g_main_loop_new (context, FALSE);
+  g_main_loop_run (loop);   /* never quits, like GDBus's worker */
+  g_assert_not_reached ();
+  return NULL;
+}
+
+static GMainContext *
+worker_get_context (void)
+{
+  static GMainContext *context;
+
+  if (g_once_init_enter (&context))
+    {
+      GMainContext *ctx = g_main_context_new ();
+
+      g_thread_unref (g_thread_new ("spark-dbus", worker_main, ctx));
+      g_once_init_leave (&context, ctx);
+    }
+
+  return context;
+}
+
+/* Calls ---------------------------------------------------------------- */
+
+typedef struct _SparkDBusTransport SparkDBusTransport;
+typedef struct _Link               Link;
+
+typedef enum {
+  CALL_REQUEST,
+  CALL_COMMAND,
+  CALL_SHUTDOWN,
+} CallKind;
+
+/* A blocked command sender. */
+typedef struct
+{
+  GMutex    mutex;
+  GCond     cond;
+  gboolean  done;     /* mutex */
+  GError   *error;    /* mutex */
+} CommandWaiter;
+
+typedef struct
+{
+  gint                ref_count;      /* atomic: the call's owner, a connected cancel handler */
+  CallKind            kind;
+  SparkDBusTransport *transport;      /* a reference */
+  GDBusMessage       *message;        /* built by the sender, sent once */
+  guint32             serial;         /* link mutex: set once sent */
+  gboolean            cancel_sent;    /* link mutex */
+  gboolean            never_sent;     /* link mutex: refused, the peer being gone */
+  GCancellable       *cancellable;    /* nullable, a reference: its cancel sends Cancel */
+  gulong              cancel_id;      /* set before the call is sent */
+
+  SparkRequest       *req;            /* REQUEST: the sender's reference */
+
+  gboolean            wait;           /* COMMAND: wait for room */
+  CommandWaiter      *waiter;         /* COMMAND: a blocked sender, or */
+  GTask              *task;           /* COMMAND: an async one */
+
+  GCancellable       *token;          /* SHUTDOWN: nullable */
+} Call;
+
+struct _Link
+{
+  GMutex      mutex;
+  GHashTable *pending;      /* mutex: serial -> Call, sent and not yet answered */
+  guint       in_flight;    /* mutex: calls with a slot (sending or pending) */
+  GQueue      queue;        /* mutex: Call, waiting for a slot */
+  gboolean    scheduled;    /* mutex: a pump is attached to the worker */
+};
+
+struct _SparkDBusTransport
+{
+  SparkTransport   transport;
+  gint             ref_count;     /* atomic */
+  GDBusConnection *connection;    /* immutable */
+  char            *bus_name;      /* immutable, nullable */
+  char            *object_path;   /* immutable */
+  Link            *link;          /* immutable: the connection's */
+
+  GMutex           mutex;
+  gboolean         closed;        /* mutex: after send_shutdown(): nothing new */
+  gboolean         gone;          /* mutex: the peer went away: nothing at all */
+  GHashTable      *in_flight;     /* mutex: Call (requests), sent, not yet answered */
+  guint            watch_id;      /* worker */
+
+  SparkDBusOrphanFunc orphan_func;    /* immutable once used */
+  gpointer            orphan_data;
+  GDestroyNotify      orphan_destroy;
+};
+
+static void transport_unref (SparkTransport *transport);
+static void link_release (Link *link);
+
+static Call *
+call_ref (Call *call)
+{
+  g_atomic_int_inc (&call->ref_count);
+  return call;
+}
+
+static void
+call_unref (Call *call)
+{
+  if (!g_atomic_int_dec_and_test (&call->ref_count))
+    return;
+
+  g_clear_pointer (&call->req, spark_request_unref);
+  g_clear_object (&call->message);
+  g_clear_object (&call->task);
+  g_clear_object (&call->token);
+  g_clear_object (&call->cancellable);
+  transport_unref (&call->transport->transport);
+  g_free (call);
+}
+
+static void
+call_closure_unref (gpointer  data,
+                    GClosure *closure)
+{
+  (void) closure;
+  call_unref (data);
+}
+
+static GError *
+closed_error (SparkDBusTransport *self)
+{
+  return g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED,
+                      "The module at %s on %s is gone or shut down",
+                      self->object_path, self->bus_name != NULL ? self->bus_name : "the peer");
+}
+
+/* What a call's error says on this side: the remote prefix stripped; the
+ * peer or the object being gone is CLOSED. */
+static GError *
+map_error (SparkDBusTransport *self,
+           GError             *error)
+{
+  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NO_REPLY) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_SERVICE_UNKNOWN) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NAME_HAS_NO_OWNER) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_DISCONNECTED) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_OBJECT) ||
+      /* What GDBus answers for a path with no object. */
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_METHOD) ||
+      g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_UNKNOWN_INTERFACE))
+    {
+      GError *closed = closed_error (self);
+
+      g_prefix_error (&closed, "%s: ", error->message);
+      g_error_free (error);
+      return closed;
+    }
+
+  g_dbus_error_strip_remote_error (error);
+  return error;
+}
+
+static void
+command_waiter_signal (CommandWaiter *waiter,
+                       GError        *error)
+{
+  g_mutex_lock (&waiter->mutex);
+  waiter->error = error;
+  waiter->done = TRUE;
+  g_cond_signal (&waiter->cond);
+  g_mutex_unlock (&waiter->mutex);
+}
+
+static gboolean
+cancel_token_on_worker (gpointer data)
+{
+  g_cancellable_cancel (data);
+  return G_SOURCE_REMOVE;
+}
+
+/* Any thread, from the cancellable's ::cancelled: a sent call gets a
+ * Cancel; one not sent yet never will be (see link_send_locked()). */
+static void
+on_call_cancelled (GCancellable *cancellable,
+                   gpointer      data)
+{
+  Call *call = data;
+  SparkDBusTransport *self = call->transport;
+  Link *link = self->link;
+  GDBusMessage *message;
+  guint32 serial = 0;
+
+  (void) cancellable;
+
+  g_mutex_lock (&link->mutex);
+  if (call->serial != 0 && !call->cancel_sent &&
+      g_hash_table_lookup (link->pending, GUINT_TO_POINTER (call->serial)) == call)
+    {
+      serial = call->serial;
+      call->cancel_sent = TRUE;
+    }
+  g_mutex_unlock (&link->mutex);
+
+  if (serial == 0)
+    return;
+
+  message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                            SPARK_DBUS_INTERFACE, "Cancel");
+  g_dbus_message_set_body (message, g_variant_new ("(u)", serial));
+  g_dbus_message_set_flags (message, G_DBUS_MESSAGE_FLAGS_NO_REPLY_EXPECTED);
+  /* Thread-safe and never blocks; a closed connection is no news. */
+  (void) g_dbus_connection_send_message (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
+                                         NULL, NULL);
+  g_object_unref (message);
+}
+
+/*
+ * Ends @call (its slot taken) with the peer's @reply, or @error (taken)
+ * when there is none. Runs on GDBus's worker thread (the reply, through
+ * the link's filter), or wherever a send failed or the connection was
+ * found closed: it never blocks and runs no user code there (outcomes go
+ * to their requesters the usual way; a shutdown token is cancelled on
+ * the library's own thread).
+ */
+static void
+call_finish (Call         *call,
+             GDBusMessage *reply,
+             GError       *error)
+{
+  SparkDBusTransport *self = call->transport;
+  Link *link = self->link;
+
+  if (reply != NULL)
+    g_dbus_message_to_gerror (reply, &error);
+
+  /* Not g_cancellable_disconnect(): it would wait for a handler running
+   * on another thread. The handler holds its own reference. */
+  if (call->cancel_id != 0)
+    g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+
+  g_mutex_lock (&self->mutex);
+  if (call->kind == CALL_REQUEST)
+    g_hash_table_remove (self->in_flight, call);
+  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
+    self->gone = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  if (error != NULL)
+    error = map_error (self, error);
+
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      if (error != NULL)
+        spark_request_return_reply (call->req, NULL, error);
+      else
+        {
+          GVariant *body = g_dbus_message_get_body (reply);
+          GVariant *value = NULL;
+
+          if (body != NULL && g_variant_is_of_type (body, G_VARIANT_TYPE ("(av)")))
+            {
+              g_autoptr(GVariant) wrapped = g_variant_get_child_value (body, 0);
+
+              if (spark_dbus_unwrap_value (wrapped, &value, &error) && value == NULL)
+                error = g_error_new (G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
+                                     "The reply from %s is empty", self->object_path);
+            }
+          else
+            error = g_error_new (G_DBUS_ERROR, G_DBUS_ERROR_INVALID_SIGNATURE,
+                                 "The reply from %s is of type “%s”, expected “(av)”",
+                                 self->object_path, body != NULL ? g_variant_get_type_string (body) : "()");
+
+          if (error != NULL)
+            spark_request_complete (call->req, NULL, error);
+          else
+            spark_request_return_reply (call->req, value, NULL);
+        }
+      break;
+    case CALL_COMMAND:
+      if (call->waiter != NULL)
+        command_waiter_signal (call->waiter, error);
+      else if (error != NULL)
+        g_task_return_error (call->task, error);
+      else
+        g_task_return_boolean (call->task, TRUE);
+      break;
+    case CALL_SHUTDOWN:
+      g_clear_error (&error);
+      /* However the server stops, or is lost, the token is cancelled;
+       * its handlers are the user's: not on GDBus's thread. */
+      if (call->token != NULL)
+        g_main_context_invoke_full (worker_get_context (), G_PRIORITY_DEFAULT, cancel_token_on_worker,
+                                    g_object_ref (call->token), g_object_unref);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  /* The slot first: the call's reference may be the last one on the
+   * transport, and with it on the connection that holds the link. */
+  link_release (link);
+  call_unref (call);
+}
+
+/* With the link's lock and a slot for @call: sends it. Returns FALSE if it
+ * was not sent; then *@error (maybe NULL: nothing to report) is its
+ * outcome, for call_finish() or to drop once the lock is released. */
+static gboolean
+link_send_locked (Link    *link,
+                  Call    *call,
+                  GError **error)
+{
+  SparkDBusTransport *self = call->transport;
+  guint32 serial = 0;
+  gboolean gone;
+
+  g_mutex_lock (&self->mutex);
+  gone = self->gone;
+  g_mutex_unlock (&self->mutex);
+
+  if (gone)
+    {
+      call->never_sent = TRUE;
+      *error = closed_error (self);
+      return FALSE;
+    }
+
+  /* Ended while it waited (cancelled, timed out): never sent. */
+  if (call->kind == CALL_REQUEST && spark_request_is_claimed (call->req))
+    return FALSE;
+  if (call->kind == CALL_COMMAND && g_cancellable_set_error_if_cancelled (call->cancellable, error))
+    return FALSE;
+
+  /* The serial is stored before the reply can be looked for: the filter
+   * takes this lock. Sending only queues the message. */
+  if (!g_dbus_connection_send_message (self->connection, call->message, G_DBUS_SEND_MESSAGE_FLAGS_NONE,
+                                       &serial, error))
+    {
+      call->never_sent = g_error_matches (*error, G_IO_ERROR, G_IO_ERROR_CLOSED);
+      return FALSE;
+    }
+
+  call->serial = serial;
+  g_hash_table_insert (link->pending, GUINT_TO_POINTER (serial), call);
+  if (call->kind == CALL_REQUEST)
+    {
+      g_mutex_lock (&self->mutex);
+      g_hash_table_add (self->in_flight, call);
+      g_mutex_unlock (&self->mutex);
+    }
+  return TRUE;
+}
+
+/* Without the lock: what link_send_locked() refused. */
+static void
+call_not_sent (Call   *call,
+               GError *error)
+{
+  SparkDBusTransport *self = call->transport;
+
+  if (error != NULL && call->never_sent && call->kind == CALL_REQUEST &&
+      self->orphan_func != NULL && !spark_request_is_claimed (call->req))
+    {
+      /* Never sent, its peer gone: somebody else may send it. */
+      Link *link = self->link;
+      SparkRequest *req = g_steal_pointer (&call->req);
+
+      g_error_free (error);
+      if (call->cancel_id != 0)
+        g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+      self->orphan_func (&self->transport, req, self->orphan_data);
+      link_release (link);
+      call_unref (call);
+    }
+  else if (error != NULL)
+    call_finish (call, NULL, error);
+  else
+    {
+      Link *link = call->transport->link;
+
+      /* A request that ended already: its outcome is decided. */
+      if (call->cancel_id != 0)
+        g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+      link_release (link);
+      call_unref (call);
+    }
+}
+
+/* On the worker: sends what the slots allow, in order. */
+static void
+link_pump (Link *link)
+{
+  GPtrArray *refused = NULL;
+
+  g_mutex_lock (&link->mutex);
+  while (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && !g_queue_is_empty (&link->queue))
+    {
+      Call *call = g_queue_pop_head (&link->queue);
+      GError *error = NULL;
+
+      link->in_flight++;
+      if (!link_send_locked (link, call, &error))
+        {
+          if (refused == NULL)
+            refused = g_ptr_array_new ();
+          g_ptr_array_add (refused, call);
+          g_ptr_array_add (refused, error);
+        }
+    }
+  g_mutex_unlock (&link->mutex);
+
+  for (guint i = 0; refused != NULL && i < refused->len; i += 2)
+    call_not_sent (g_ptr_array_index (refused, i), g_ptr_array_index (refused, i + 1));
+  g_clear_pointer (&refused, g_ptr_array_unref);
+}
+
+static gboolean
+on_link_scheduled (gpointer data)
+{
+  Link *link = data;
+
+  g_mutex_lock (&link->mutex);
+  link->scheduled = FALSE;
+  g_mutex_unlock (&link->mutex);
+  link_pump (link);
+  return G_SOURCE_REMOVE;
+}
+
+/* With the lock: has the worker pump the queue, once per batch. */
+static void
+link_schedule_locked (Link *link)
+{
+  GSource *source;
+
+  if (link->scheduled || g_queue_is_empty (&link->queue))
+    return;
+
+  link->scheduled = TRUE;
+  /* Queued calls hold their transport, which holds the connection, which
+   * holds the link: it lives until the pump has run. */
+  source = g_idle_source_new ();
+  g_source_set_priority (source, G_PRIORITY_DEFAULT);
+  g_source_set_callback (source, on_link_scheduled, link, NULL);
+  g_source_set_static_name (source, "[spark-channel] D-Bus send");
+  g_source_attach (source, worker_get_context ());
+  g_source_unref (source);
+}
+
+/* A slot is free again. */
+static void
+link_release (Link *link)
+{
+  g_mutex_lock (&link->mutex);
+  link->in_flight--;
+  link_schedule_locked (link);
+  g_mutex_unlock (&link->mutex);
+}
+
+/* Fails every call in flight with G_IO_ERROR_CLOSED (reported CLOSED). */
+static void
+link_fail_pending (Link *link)
+{
+  GList *calls;
+
+  g_mutex_lock (&link->mutex);
+  calls = g_hash_table_get_values (link->pending);
+  g_hash_table_remove_all (link->pending);
+  g_mutex_unlock (&link->mutex);
+
+  for (GList *l = calls; l != NULL; l = l->next)
+    call_finish (l->data, NULL, g_error_new_literal (G_IO_ERROR, G_IO_ERROR_CLOSED, "The connection is closed"));
+  g_list_free (calls);
+}
+
+/* GDBus's worker thread: every incoming message passes here first. A
+ * reply to one of our calls ends it right here, without a thread hop. */
+static GDBusMessage *
+link_filter (GDBusConnection *connection,
+             GDBusMessage    *message,
+             gboolean         incoming,
+             gpointer         data)
+{
+  Link *link = data;
+  GDBusMessageType type;
+  Call *call;
+
+  (void) connection;
+
+  if (!incoming)
+    return message;
+  type = g_dbus_message_get_message_type (message);
+  if (type != G_DBUS_MESSAGE_TYPE_METHOD_RETURN && type != G_DBUS_MESSAGE_TYPE_ERROR)
+    return message;
+
+  g_mutex_lock (&link->mutex);
+  call = g_hash_table_lookup (link->pending, GUINT_TO_POINTER (g_dbus_message_get_reply_serial (message)));
+  if (call != NULL)
+    g_hash_table_remove (link->pending, GUINT_TO_POINTER (call->serial));
+  g_mutex_unlock (&link->mutex);
+
+  if (call == NULL)
+    return message;   /* somebody else's */
+
+  call_finish (call, message, NULL);
+  g_object_unref (message);
+  return NULL;
+}
+
+/* The link -------------------------------------------------------------- */
+
+static GMutex links_lock;
+
+static void
+link_free (gpointer data)
+{
+  Link *link = data;
+
+  g_assert (g_queue_is_empty (&link->queue) && link->in_flight == 0);
+  g_hash_table_unref (link->pending);
+  g_mutex_clear (&link->mutex);
+  g_free (link);
+}
+
+/* A connection closed: GDBus forgets our calls (it never knew them). Its
+ * ::closed comes on the connection's own context; so that a requester
+ * blocked on that context still hears of it, the worker also looks once a
+ * second (one wakeup a second per connection used, while it lives). */
+static void
+on_connection_closed (GDBusConnection *connection,
+                      gboolean         remote_peer_vanished,
+                      GError          *error,
+                      gpointer         data)
+{
+  (void) connection;
+  (void) remote_peer_vanished;
+  (void) error;
+  link_fail_pending (data);
+}
+
+static gboolean
+link_check_closed (gpointer data)
+{
+  GWeakRef *ref = data;
+  GDBusConnection *connection = g_weak_ref_get (ref);
+  Link *link;
+
+  if (connection == NULL)
+    return G_SOURCE_REMOVE;
+
+  if (g_dbus_connection_is_closed (connection))
+    {
+      link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
+      link_fail_pending (link);
+    }
+  g_object_unref (connection);
+  return G_SOURCE_CONTINUE;
+}
+
+static void
+weak_ref_free (gpointer data)
+{
+  g_weak_ref_clear (data);
+  g_free (data);
+}
+
+static Link *
+link_get (GDBusConnection *connection)
+{
+  Link *link;
+
+  g_mutex_lock (&links_lock);
+  link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
+  if (link == NULL)
+    {
+      GWeakRef *ref = g_new0 (GWeakRef, 1);
+      GSource *check;
+
+      link = g_new0 (Link, 1);
+      g_mutex_init (&link->mutex);
+      g_queue_init (&link->queue);
+      link->pending = g_hash_table_new (NULL, NULL);
+      g_object_set_data_full (G_OBJECT (connection), "spark-dbus-link", link, link_free);
+      /* Both end with the connection: the filter and the handler go
+       * before its data. */
+      g_dbus_connection_add_filter (connection, link_filter, link, NULL);
+      g_signal_connect (connection, "closed", G_CALLBACK (on_connection_closed), link);
+
+      g_weak_ref_init (ref, connection);
+      check = g_timeout_source_new_seconds (1);
+      g_source_set_callback (check, link_check_closed, ref, weak_ref_free);
+      g_source_set_static_name (check, "[spark-channel] D-Bus closed check");
+      g_source_attach (check, worker_get_context ());
+      g_source_unref (check);
+    }
+  g_mutex_unlock (&links_lock);
+
+  return link;
+}
+
+/* Any thread: builds @call's message (taken), then sends it now if a slot
+ * is free and nothing waits before it, else queues it for the worker. */
+static void
+link_submit (Link *link,
+             Call *call)
+{
+  SparkDBusTransport *self = call->transport;
+  GError *error = NULL;
+  gboolean sent;
+
+  switch (call->kind)
+    {
+    case CALL_REQUEST:
+      {
+        SparkRequest *req = call->req;
+        GVariantBuilder options;
+        gint64 deadline = spark_request_get_deadline (req);
+
+        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+        if (deadline != 0)
+          {
+            gint64 left = (deadline - g_get_monotonic_time () + 999) / 1000;
+
+            g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
+                                   g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
+          }
+        call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                        SPARK_DBUS_INTERFACE, "Request");
+        g_dbus_message_set_body (call->message,
+                                 g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
+                                                spark_dbus_wrap_value (spark_request_get_parameters (req)),
+                                                &options));
+        /* The request keeps its parameters: a request never sent may be
+         * sent again elsewhere (see spark_dbus_transport_set_orphan_func()). */
+        if (spark_request_get_handler_cancellable (req) != NULL)
+          call->cancellable = g_object_ref (spark_request_get_handler_cancellable (req));
+      }
+      break;
+    case CALL_COMMAND:
+    case CALL_SHUTDOWN:
+      g_assert (call->message != NULL);
+      break;
+    default:
+      g_assert_not_reached ();
+    }
+
+  /* Connected before it can be sent (an already-cancelled one runs the
+   * handler now, which finds nothing sent), outside the link's lock. */
+  if (call->cancellable != NULL)
+    call->cancel_id = g_signal_connect_data (call->cancellable, "cancelled", G_CALLBACK (on_call_cancelled),
+                                             call_ref (call), call_closure_unref, 0);
+
+  g_mutex_lock (&link->mutex);
+  if (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && g_queue_is_empty (&link->queue))
+    {
+      /* The fast path: sent from the caller's thread. */
+      link->in_flight++;
+      sent = link_send_locked (link, call, &error);
+      g_mutex_unlock (&link->mutex);
+      if (!sent)
+        call_not_sent (call, error);
+      return;
+    }
+  g_queue_push_tail (&link->queue, call);
+  link_schedule_locked (link);
+  g_mutex_unlock (&link->mutex);
+}
+
+/* The transport ------------------------------------------------------- */
+
+static Call *
+call_new (SparkDBusTransport *self,
+          CallKind            kind)
+{
+  Call *call = g_new0 (Call, 1);
+
+  call->ref_count = 1;
+  call->kind = kind;
+  call->transport = (SparkDBusTransport *) spark_transport_ref (&self->transport);
+  return call;
+}
+
+static void
+transport_ref (SparkTransport *transport)
+{
+  g_atomic_int_inc (&((SparkDBusTransport *) transport)->ref_count);
+}
+
+static void
+transport_free (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  g_assert (g_hash_table_size (self->in_flight) == 0);
+  g_hash_table_unref (self->in_flight);
+  if (self->orphan_destroy != NULL)
+    self->orphan_destroy (self->orphan_data);
+  g_mutex_clear (&self->mutex);
+  g_object_unref (self->connection);
+  g_free (self->bus_name);
+  g_free (self->object_path);
+  g_free (self);
+}
+
+static gboolean
+transport_dispose_on_worker (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  /* The subscription's destroy notify frees the transport, after its last
+   * callback. */
+  if (self->watch_id != 0)
+    g_dbus_connection_signal_unsubscribe (self->connection, self->watch_id);
+  else
+    transport_free (self);
+  return G_SOURCE_REMOVE;
+}
+
+static void
+transport_unref (SparkTransport *transport)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+
+  /* Calls hold references: the last one goes with the last call and the
+   * last dispatcher. The name watch lives on the worker. */
+  if (g_atomic_int_dec_and_test (&self->ref_count))
+    g_main_context_invoke (worker_get_context (), transport_dispose_on_worker, self);
+}
+
+static GMainContext *
+transport_get_context (SparkTransport *transport)
+{
+  (void) transport;
+  return NULL;   /* the module is not in this process: nobody spins for it */
+}
+
+/* New calls: FALSE with CLOSED once shut down or gone. */
+static gboolean
+transport_check_open (SparkDBusTransport *self,
+                      GError            **error)
+{
+  gboolean open;
+
+  g_mutex_lock (&self->mutex);
+  open = !self->closed && !self->gone;
+  g_mutex_unlock (&self->mutex);
+
+  if (!open)
+    g_propagate_error (error, closed_error (self));
+  return open;
+}
+
+static gboolean
+transport_post_request (SparkTransport *transport,
+                        SparkRequest   *req,
+                        SparkPriority   priority,
+                        gboolean        blocking,
+                        GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  Call *call;
+
+  /* Priorities order a mailbox; the remote one applies its own. Nothing
+   * here waits for room: requests queue for a slot without blocking. */
+  (void) priority;
+  (void) blocking;
+
+  if (!transport_check_open (self, error))
+    return FALSE;
+
+  call = call_new (self, CALL_REQUEST);
+  call->req = req;
+  link_submit (self->link, call);
+  return TRUE;
+}
+
+static gboolean
+transport_post_command (SparkTransport *transport,
+                        const char     *name,
+                        GVariant       *parameters,
+                        SparkPriority   priority,
+                        SparkPostMode   mode,
+                        GCancellable   *cancellable,
+                        GTask          *task,
+                        GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  CommandWaiter waiter;
+  GVariantBuilder options;
+  Call *call;
+  GError *local_error = NULL;
+
+  (void) priority;
+
+  if (!transport_check_open (self, error))
+    {
+      g_clear_pointer (&parameters, g_variant_unref);
+      return FALSE;
+    }
+
+  call = call_new (self, CALL_COMMAND);
+  /* A try-send is answered FULL by a full mailbox; the others wait for
+   * room there, and a cancel of @cancellable ends that wait (the answer,
+   * CANCELLED or queued, is the export's). */
+  call->wait = mode != SPARK_POST_TRY;
+  if (call->wait && cancellable != NULL)
+    call->cancellable = g_object_ref (cancellable);
+  g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
+  if (call->wait)
+    g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
+  call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Command");
+  g_dbus_message_set_body (call->message,
+                           g_variant_new ("(s@ava{sv})", name, spark_dbus_wrap_value (parameters), &options));
+  g_clear_pointer (&parameters, g_variant_unref);
+
+  if (mode == SPARK_POST_ASYNC)
+    {
+      call->task = g_object_ref (task);
+      link_submit (self->link, call);
+      return TRUE;
+    }
+
+  /* Blocking: the answer is one round trip away (never a wait for room,
+   * for a try-send). */
+  g_mutex_init (&waiter.mutex);
+  g_cond_init (&waiter.cond);
+  waiter.done = FALSE;
+  waiter.error = NULL;
+  call->waiter = &waiter;
+  link_submit (self->link, call);
+
+  g_mutex_lock (&waiter.mutex);
+  while (!waiter.done)
+    g_cond_wait (&waiter.cond, &waiter.mutex);
+  local_error = waiter.error;
+  g_mutex_unlock (&waiter.mutex);
+  g_mutex_clear (&waiter.mutex);
+  g_cond_clear (&waiter.cond);
+
+  if (local_error != NULL)
+    {
+      g_propagate_error (error, local_error);
+      return FALSE;
+    }
+  return TRUE;
+}
+
+static gboolean
+transport_send_shutdown (SparkTransport *transport,
+                         GCancellable   *token,
+                         GError        **error)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  Call *call;
+
+  /* Closes this side at once; what was queued before goes first. */
+  g_mutex_lock (&self->mutex);
+  if (self->closed || self->gone)
+    {
+      g_mutex_unlock (&self->mutex);
+      g_propagate_error (error, closed_error (self));
+      return FALSE;
+    }
+  self->closed = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  call = call_new (self, CALL_SHUTDOWN);
+  call->token = token != NULL ? g_object_ref (token) : NULL;
+  call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
+                                                  SPARK_DBUS_INTERFACE, "Shutdown");
+  link_submit (self->link, call);
+  return TRUE;
+}
+
+static const SparkTransportVTable dbus_transport_vtable = {
+  .ref = transport_ref,
+  .unref = transport_unref,
+  .get_context = transport_get_context,
+  .post_request = transport_post_request,
+  .post_command = transport_post_command,
+  .send_shutdown = transport_send_shutdown,
+};
+
+/* The name watch (worker) ----------------------------------------------- */
+
+/* NameOwnerChanged for @bus_name: an owner going away (old owner set, new
+ * one empty) is the peer vanishing. Not g_bus_watch_name_on_connection():
+ * on GLib 2.74 its first GetNameOwner answer, arriving after the
+ * connection closed, makes it call g_dbus_connection_call_finish() on
+ * NULL; and nothing here needs the first answer. */
+static void
+on_name_owner_changed (GDBusConnection *connection,
+                       const char      *sender_name,
+                       const char      *object_path,
+                       const char      *interface_name,
+                       const char      *signal_name,
+                       GVariant        *parameters,
+                       gpointer         data)
+{
+  SparkDBusTransport *self = data;
+  const char *name, *old_owner, *new_owner;
+  GPtrArray *reqs;
+  GHashTableIter iter;
+  gpointer key;
+
+  (void) connection;
+  (void) sender_name;
+  (void) object_path;
+  (void) interface_name;
+  (void) signal_name;
+
+  if (!g_variant_is_of_type (parameters, G_VARIANT_TYPE ("(sss)")))
+    return;
+  g_variant_get (parameters, "(&s&s&s)", &name, &old_owner, &new_owner);
+  if (!g_str_equal (name, self->bus_name) || *old_owner == '\0' || *new_owner != '\0')
+    return;
+
+  reqs = g_ptr_array_new_with_free_func ((GDestroyNotify) spark_request_unref);
+  g_mutex_lock (&self->mutex);
+  self->gone = TRUE;
+  g_hash_table_iter_init (&iter, self->in_flight);
+  while (g_hash_table_iter_next (&iter, &key, NULL))
+    g_ptr_array_add (reqs, spark_request_ref (((Call *) key)->req));
+  g_mutex_unlock (&self->mutex);
+
+  /* Their replies (NoReply) still come and free the slots. */
+  for (guint i = 0; i < reqs->len; i++)
+    spark_request_complete (g_ptr_array_index (reqs, i), NULL, closed_error (self));
+  g_ptr_array_unref (reqs);
+}
+
+static gboolean
+transport_watch_on_worker (gpointer data)
+{
+  SparkDBusTransport *self = data;
+
+  /* Closed already (the transport may be made and used before the worker
+   * gets here): nothing to watch, and GDBus would complain. */
+  if (g_dbus_connection_is_closed (self->connection))
+    {
+      g_mutex_lock (&self->mutex);
+      self->gone = TRUE;
+      g_mutex_unlock (&self->mutex);
+      return G_SOURCE_REMOVE;
+    }
+
+  self->watch_id = g_dbus_connection_signal_subscribe (self->connection, "org.freedesktop.DBus",
+                                                       "org.freedesktop.DBus", "NameOwnerChanged",
+                                                       "/org/freedesktop/DBus", self->bus_name,
+                                                       G_DBUS_SIGNAL_FLAGS_NONE,
+                                                       on_name_owner_changed, self, transport_free);
+  return G_SOURCE_REMOVE;
+}
+
+SparkTransport *
+spark_dbus_transport_new (GDBusConnection *connection,
+                          const char      *bus_name,
+                          const char      *object_path)
+{
+  SparkDBusTransport *self = g_new0 (SparkDBusTransport, 1);
+
+  spark_dbus_ensure_error_domain ();
+
+  self->transport.vtable = &dbus_transport_vtable;
+  self->ref_count = 1;
+  self->connection = g_object_ref (connection);
+  self->bus_name = g_strdup (bus_name);
+  self->object_path = g_strdup (object_path);
+  self->link = link_get (connection);
+  g_mutex_init (&self->mutex);
+  self->in_flight = g_hash_table_new (NULL, NULL);
+
+  /* Before any call can be made: the watch is set up on the worker, in
+   * order with the first sends. */
+  if (bus_name != NULL)
+    g_main_context_invoke (worker_get_context (), transport_watch_on_worker, self);
+
+  return &self->transport;
+}
+
+/**
+ * spark_dispatcher_new_for_dbus:
+ * @connection: a [class@Gio.DBusConnection]: a message bus or a peer
+ * @bus_name: (nullable): the unique or well-known name of the process
+ *   that exported the module, or %NULL on a peer-to-peer connection
+ * @object_path: where the module was exported with
+ *   [method@Spark.ModuleServer.export]
+ *
+ * A dispatcher for a module in another process, with the same API and
+ * the same guarantees as one made by
+ * [method@Spark.ModuleServer.create_dispatcher]. Every request completes
+ * exactly once; a handler's error arrives with its domain, code and
+ * message; cancelling a request cancels the remote handler's cancellable,
+ * and the dispatcher's [property@Spark.Dispatcher:timeout] is sent along
+ * as a deadline the exporting side enforces too.
+ *
+ * What differs, because the module is elsewhere:
+ *
+ * - when the owner of @bus_name goes away or @connection closes, every
+ *   request in flight, and every later call, fails with
+ *   %SPARK_CHANNEL_ERROR_CLOSED: a dispatcher is bound to the process it
+ *   first reached; make a new one for a new process;
+ * - at most %SPARK_DBUS_MAX_IN_FLIGHT calls expecting a reply are in
+ *   flight on one connection; later ones wait their turn in order,
+ *   without blocking (their timeout and cancellable still count);
+ * - [method@Spark.Dispatcher.try_send_command] never waits for room, but
+ *   it does wait for the module's answer (one round trip): it fails with
+ *   %SPARK_CHANNEL_ERROR_FULL if the remote mailbox is full. The blocking
+ *   calls wait for the remote module: do not make them on the thread that
+ *   serves an export of the same module in this process;
+ * - [method@Spark.Dispatcher.send_shutdown] returns once the shutdown is
+ *   on its way; its token is cancelled when the remote server has
+ *   stopped, or when it is lost;
+ * - priorities are not sent: the remote module orders its mailbox by the
+ *   priority of the dispatcher its export uses.
+ *
+ * Replies are taken on a thread of the library's own, then delivered the
+ * usual way (on the caller's context for `_async` and `_full`).
+ *
+ * May be called from any thread.
+ *
+ * Returns: (transfer full): a new dispatcher
+ *
+ * Since: 1.0
+ */
+SparkDispatcher *
+spark_dispatcher_new_for_dbus (GDBusConnection *connection,
+                               const char      *bus_name,
+                               const char      *object_path)
+{
+  SparkTransport *transport;
+  SparkDispatcher *dispatcher;
+
+  g_return_val_if_fail (G_IS_DBUS_CONNECTION (connection), NULL);
+  g_return_val_if_fail (bus_name == NULL || g_dbus_is_name (bus_name), NULL);
+  g_return_val_if_fail (object_path != NULL && g_variant_is_object_path (object_path), NULL);
+
+  transport = spark_dbus_transport_new (connection, bus_name, object_path);
+  dispatcher = spark_dispatcher_new (transport);
+  spark_transport_unref (transport);
+
+  return dispatcher;
+}
+
+void
+spark_dbus_transport_set_orphan_func (SparkTransport      *transport,
+                                      SparkDBusOrphanFunc  func,
+                                      gpointer             data,
+                                      GDestroyNotify       destroy)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+
+  g_assert (transport->vtable == &dbus_transport_vtable);
+  g_assert (self->orphan_func == NULL);
+
+  self->orphan_func = func;
+  self->orphan_data = data;
+  self->orphan_destroy = destroy;
+}

@@ -1,0 +1,42 @@
+/* spark-dbus-wire-private.h: what travels on the bus
+ *
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Shared by both ends (spark-dbus-export.c, spark-dbus-transport.c): the
+ * interface's introspection data, the error domain's D-Bus names, and the
+ * parameters' encoding. Depends on GIO only.
+ *
+ * Parameters and replies travel as an "av": no element is NULL (no
+ * parameters); one is the value itself, when D-Bus can carry its type;
+ * two are its type string and its serialized bytes (little-endian) when
+ * it cannot (D-Bus has no maybe types, no empty structures such as the
+ * unit tuple "()", and handles need file descriptors). So NULL and every
+ * GVariant round-trip exactly, and tools such as gdbus call still send
+ * and read plain values.
+ */
+
+#pragma once
+
+#include <gio/gio.h>
+
+G_BEGIN_DECLS
+
+#define SPARK_DBUS_OPTION_TIMEOUT "timeout"   /* u: milliseconds left, requests */
+#define SPARK_DBUS_OPTION_WAIT    "wait"      /* b: wait for room, commands */
+
+/* Parsed once; (transfer none). */
+GDBusInterfaceInfo *spark_dbus_get_interface_info (void);
+
+/* Registers SPARK_CHANNEL_ERROR with GDBus (idempotent, thread-safe):
+ * called before either end puts an error on the wire or reads one. */
+void                spark_dbus_ensure_error_domain (void);
+
+/* (transfer floating): an "av" for @value (nullable). */
+GVariant           *spark_dbus_wrap_value          (GVariant  *value);
+/* @wrapped: an "av". Returns FALSE with @error (INVALID_ARGS) if it is
+ * none of the three forms; else *@value: (transfer full) (nullable). */
+gboolean            spark_dbus_unwrap_value        (GVariant  *wrapped,
+                                                    GVariant **value,
+                                                    GError   **error);
+
+G_END_DECLS
