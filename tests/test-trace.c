@@ -11,9 +11,12 @@
 
 #include "config.h"
 
+#include <string.h>
+
 #include <glib/gstdio.h>
 #include <sysprof-capture.h>
 
+#include "spark-channel.h"
 #include "spark-trace-private.h"
 
 typedef struct
@@ -331,6 +334,95 @@ test_trace_threads (void)
   capture_clear (&capture);
 }
 
+static GVariant *
+server_request (const char    *name,
+                GVariant      *parameters,
+                GCancellable  *cancellable,
+                gpointer       user_data,
+                GError       **error)
+{
+  g_usleep (1000);
+  return g_variant_new_boolean (TRUE);
+}
+
+static gboolean
+server_command (const char    *name,
+                GVariant      *parameters,
+                GCancellable  *cancellable,
+                gpointer       user_data,
+                GError       **error)
+{
+  return TRUE;
+}
+
+static void
+on_stopped (GObject      *source,
+            GAsyncResult *result,
+            gpointer      data)
+{
+  g_assert_true (spark_module_server_shutdown_finish (SPARK_MODULE_SERVER (source), result, NULL));
+  *(gboolean *) data = TRUE;
+}
+
+/* A real server, while "Sysprof records": a mark for each message it
+ * handled, named after it, and its queue depth counted. */
+static void
+test_trace_server (void)
+{
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (server_request, server_command, NULL, NULL);
+  g_autoptr(SparkModuleServer) server = spark_module_server_new (handler);
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  Capture capture = { 0 };
+  GError *error = NULL;
+  guint requests = 0, commands = 0, queued = 0;
+  char *dir;
+  char *path = capture_start (&dir);
+  gboolean stopped = FALSE;
+
+  spark_module_server_set_name (server, "traced");
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  g_assert_no_error (error);
+  dispatcher = spark_module_server_create_dispatcher (server);
+  for (guint i = 0; i < 16; i++)
+    {
+      g_autoptr(GVariant) reply = spark_dispatcher_request_sync (dispatcher, "Render", NULL, NULL, NULL, &error);
+
+      g_assert_no_error (error);
+      g_assert_true (spark_dispatcher_send_command (dispatcher, "Progress", NULL, NULL, &error));
+    }
+  spark_module_server_shutdown_async (server, SPARK_SHUTDOWN_MODE_DRAIN, NULL, on_stopped, &stopped);
+  while (!stopped)
+    g_main_context_iteration (NULL, TRUE);
+  capture_finish (path, dir, &capture);
+
+  for (guint i = 0; i < capture.marks->len; i++)
+    {
+      const Mark *mark = &g_array_index (capture.marks, Mark, i);
+
+      g_assert_cmpstr (mark->group, ==, "spark-channel");
+      g_assert_true (g_str_has_prefix (mark->message, "server “traced”: "));
+      if (g_str_equal (mark->name, "Render"))
+        {
+          requests++;
+          /* The handler sleeps 1 ms. */
+          g_assert_cmpint (mark->duration, >=, 1000 * 1000);
+          if (strstr (mark->message, "queued") != NULL)
+            queued++;
+        }
+      else if (g_str_equal (mark->name, "Progress"))
+        commands++;
+    }
+  g_assert_cmpuint (requests, ==, 16);
+  g_assert_cmpuint (commands, ==, 16);
+  /* One request in 8 of this thread carried its send time. */
+  g_assert_cmpuint (queued, ==, 2);
+  /* A counter for the server's queue depth, set at least at the stop. */
+  g_assert_cmpuint (capture.defs->len, ==, 1);
+  g_assert_cmpuint (capture.set_values->len, >=, 1);
+  g_assert_cmpint (g_array_index (capture.set_values, gint64, capture.set_values->len - 1), ==, 0);
+  capture_clear (&capture);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -344,6 +436,7 @@ main (int   argc,
   g_test_add_func ("/spark/trace/marks", test_trace_marks);
   g_test_add_func ("/spark/trace/counter", test_trace_counter);
   g_test_add_func ("/spark/trace/threads", test_trace_threads);
+  g_test_add_func ("/spark/trace/server", test_trace_server);
 
   return g_test_run ();
 }
