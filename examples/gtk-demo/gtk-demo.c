@@ -42,13 +42,13 @@
  *   gtk-demo --normal-priority   the same, the module at normal priority
  *   gtk-demo --workers=N         the same, with N workers (default: one
  *                                per core but one, see default_workers())
- *   gtk-demo --self-test [--screenshot=FILE]
+ *   gtk-demo --self-test [--screenshot=FILE] [--stall-limit=MS]
  *                                runs itself: a short run and Cancel (to
  *                                warm GTK up), then a run of 2 s, a
  *                                screenshot, Cancel; checks that every
  *                                request completed once, that work
  *                                stopped, and that the main loop never
- *                                stalled for more than 20 ms, and that
+ *                                stalled for more than 20 ms (or MS), and that
  *                                the bound labels show the server's final
  *                                metrics; exits 0 only then
  *                                (tests/run-gtk-demo.sh runs it under Xvfb)
@@ -310,6 +310,7 @@ typedef struct
   gboolean normal_priority;     /* leave the workers' threads as they are */
   guint n_workers;              /* the module's pool */
   guint tiles_in_flight;        /* TILES_PER_WORKER per worker */
+  double stall_limit_ms;        /* the self-test's, STALL_LIMIT_MS by default */
   char *screenshot_path;
   int exit_status;
 
@@ -1186,7 +1187,7 @@ self_test_step (gpointer user_data)
         g_print ("gtk-demo: worst main-loop stall %.1f ms (%.2f s into the run) over %.2f s of work "
                  "(limit %.0f ms, a tick every %d ms)\n",
                  worst_stall / 1000.0, demo->worst_stall_at / (double) G_USEC_PER_SEC,
-                 work_time / (double) G_USEC_PER_SEC, STALL_LIMIT_MS, TICK_MS);
+                 work_time / (double) G_USEC_PER_SEC, demo->stall_limit_ms, TICK_MS);
         g_print ("gtk-demo: worst gap between ticks %.1f ms, run-queue wait included; %u gaps over 10 ms%s\n",
                  demo->worst_gap / 1000.0, demo->long_gaps,
                  demo->schedstat_fd < 0 ? " (no schedstat: the wait is not known)" : "");
@@ -1199,7 +1200,7 @@ self_test_step (gpointer user_data)
           g_print ("gtk-demo:   a gap of %.1f ms (%.1f ms of it waiting for a CPU) ended %.3f s into the run\n",
                    demo->long_gap_lengths[i] / 1000.0, demo->long_gap_waits[i] / 1000.0,
                    demo->long_gap_ends[i] / (double) G_USEC_PER_SEC);
-        if (worst_stall > STALL_LIMIT_MS * 1000)
+        if (worst_stall > demo->stall_limit_ms * 1000)
           self_test_fail (demo, "the main loop stalled for longer than the limit");
 
         if (demo->screenshot_path != NULL)
@@ -1486,6 +1487,7 @@ main (int   argc,
   gboolean self_test = FALSE;
   gboolean normal_priority = FALSE;
   int workers = 0;
+  double stall_limit = STALL_LIMIT_MS;
   char *screenshot = NULL;
   GOptionEntry entries[] = {
     { "self-test", 0, 0, G_OPTION_ARG_NONE, &self_test,
@@ -1494,6 +1496,8 @@ main (int   argc,
       "Leave the module's threads at normal priority (not nice 10)", NULL },
     { "workers", 0, 0, G_OPTION_ARG_INT, &workers,
       "The module's worker threads (default: one per core but one, at least one)", "N" },
+    { "stall-limit", 0, 0, G_OPTION_ARG_DOUBLE, &stall_limit,
+      "With --self-test: the worst main-loop stall allowed, in ms (default 20)", "MS" },
     { "screenshot", 0, 0, G_OPTION_ARG_FILENAME, &screenshot,
       "With --self-test: save the window as a PNG while it renders", "FILE" },
     { NULL }
@@ -1525,6 +1529,7 @@ main (int   argc,
   demo.normal_priority = normal_priority;
   demo.n_workers = workers > 0 ? (guint) workers : default_workers ();
   demo.tiles_in_flight = TILES_PER_WORKER * demo.n_workers;
+  demo.stall_limit_ms = stall_limit;
   demo.screenshot_path = screenshot;
   demo.exit_status = EXIT_SUCCESS;
   demo.pixels = g_new0 (guint32, IMAGE_WIDTH * IMAGE_HEIGHT);
