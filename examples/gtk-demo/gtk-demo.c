@@ -1465,13 +1465,12 @@ demo_start_servers (Demo    *demo,
 
 /* How many workers the module gets by default: one per core but one,
  * which stays the main thread's and the display server's. On this
- * project's 2-core test machine (shared, load average 1.6–3.4) that is
- * one: with two, at nice 10, the pool rendered more only while a core was
- * idle (2,222 tiles/s against 1,614 for one worker); otherwise each tile
- * took twice as long (handler time 1.2–1.8 ms against 0.6) for about as
- * many tiles a second (1,200–1,440 against 1,070–1,560), and one run in
- * four went over the 20 ms stall limit. docs/gtk-demo.md, "Workers", has
- * the figures; --workers=N overrides this. */
+ * project's 2-core test machine, shared with other sessions, that is
+ * one: two workers at nice 10 rendered 1.4–1.7 times as many tiles when
+ * a core happened to be free, and otherwise each tile took twice as long
+ * for about as many tiles a second, one such run going over the 20 ms
+ * stall limit (docs/gtk-demo.md, "Workers", has the figures). --workers=N
+ * overrides this. */
 static guint
 default_workers (void)
 {
