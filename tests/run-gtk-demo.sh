@@ -1,5 +1,6 @@
 #!/bin/sh
-# run-gtk-demo.sh DEMO SCREENSHOT: runs the GTK demo's self-test under Xvfb
+# run-gtk-demo.sh DEMO SCREENSHOT [ARG...]: runs the GTK demo's self-test
+# under Xvfb, with the demo's further ARGs (--workers=2)
 #
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
@@ -18,6 +19,8 @@ fi
 
 demo=$1
 screenshot=${2:-}
+shift
+[ $# -gt 0 ] && shift
 
 # A display of our own (-a picks a free one), X11 only. Without a GPU, GL
 # would be Mesa's llvmpipe, whose threads compete for the cores: the cairo
@@ -31,4 +34,4 @@ export GSETTINGS_BACKEND=memory
 export NO_AT_BRIDGE=1
 
 exec xvfb-run -a -s "-screen 0 1024x768x24 -nolisten tcp" \
-  "$demo" --self-test ${screenshot:+"--screenshot=$screenshot"}
+  "$demo" --self-test ${screenshot:+"--screenshot=$screenshot"} "$@"
