@@ -167,6 +167,7 @@ struct _SparkModuleServer
   SparkServerCounts notified;      /* owner context: the values last notified */
   guint64        notified_dropped; /* owner context */
   guint          notified_high;    /* owner context */
+  gint           published_dropped; /* atomic: the dropped count the workers last saw */
 };
 
 G_DEFINE_FINAL_TYPE (SparkModuleServer, spark_module_server, G_TYPE_OBJECT)
@@ -421,9 +422,20 @@ spark_server_worker_publish (SparkServerWorker *worker)
 {
   SparkModuleServer *self = worker->server;
   static const SparkServerCounts zero = { 0, };
+  gint dropped = g_atomic_int_get (&self->mailbox->total_dropped);
 
+  /* Drops happen on the senders' side: a batch that saw some has news
+   * even if it handled nothing. */
   if (memcmp (&worker->counts, &zero, sizeof zero) == 0)
-    return;
+    {
+      if (g_atomic_int_get (&self->published_dropped) != dropped)
+        {
+          g_atomic_int_set (&self->published_dropped, dropped);
+          spark_module_server_metrics_changed (self);
+        }
+      return;
+    }
+  g_atomic_int_set (&self->published_dropped, dropped);
 
   g_mutex_lock (&self->metrics_mutex);
   counts_add (&self->counts, &worker->counts);

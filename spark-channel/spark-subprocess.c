@@ -1057,9 +1057,12 @@ spark_subprocess_serve (SparkHandler  *handler,
     return FALSE;
   stream = g_socket_connection_factory_create_connection (socket);
   guid = g_dbus_generate_guid ();
+  /* Messages wait until the module is exported: a request the parent
+   * sent at once must not find no object there. */
   connection = g_dbus_connection_new_sync (G_IO_STREAM (stream), guid,
                                            G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_SERVER |
-                                           G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_ALLOW_ANONYMOUS,
+                                           G_DBUS_CONNECTION_FLAGS_AUTHENTICATION_ALLOW_ANONYMOUS |
+                                           G_DBUS_CONNECTION_FLAGS_DELAY_MESSAGE_PROCESSING,
                                            NULL, NULL, error);
   if (connection == NULL)
     return FALSE;
@@ -1070,6 +1073,7 @@ spark_subprocess_serve (SparkHandler  *handler,
   if (!spark_module_server_start (server, g_main_context_default (), error) ||
       !spark_module_server_export (server, connection, SUBPROCESS_PATH, error))
     return FALSE;
+  g_dbus_connection_start_message_processing (connection);
 
   loop = g_main_loop_new (NULL, FALSE);
   closed_id = g_signal_connect_swapped (connection, "closed", G_CALLBACK (on_serve_end), loop);
