@@ -74,6 +74,10 @@ typedef struct
                                 guint                consumer,
                                 const char          *name,
                                 SparkOrdering       *ordering);
+  /* The overflow policy dropped a message of @name: counted for its
+   * route. From any thread, not under the lock. */
+  void          (*dropped)     (gpointer             data,
+                                const char          *name);
 } SparkMailboxRoutes;
 
 typedef enum {

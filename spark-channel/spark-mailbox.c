@@ -990,6 +990,8 @@ drop_victim (SparkMailbox        *mailbox,
   else
     g_atomic_int_inc (&mailbox->n_dropped);
   g_atomic_int_inc (&mailbox->total_dropped);
+  if (mailbox->routes != NULL)
+    mailbox->routes->dropped (mailbox->routes->data, spark_message_get_name (victim));
 
   spark_message_free (victim);
 }

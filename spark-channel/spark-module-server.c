@@ -450,6 +450,8 @@ static inline void
 spark_server_worker_count_end (SparkServerWorker *worker,
                                SparkRequest      *req)
 {
+  SparkModuleServer *self = worker->server;
+
   if (!worker->metrics)
     return;
 
@@ -460,9 +462,17 @@ spark_server_worker_count_end (SparkServerWorker *worker,
       break;
     case SPARK_REQUEST_END_CANCELLED:
       worker->counts.cancelled++;
+      if (self->router != NULL)
+        spark_route_count (spark_router_find_cached (self->router, &worker->route_cache,
+                                                     spark_request_get_name (req)),
+                           SPARK_ROUTE_COUNT_CANCELLED);
       break;
     case SPARK_REQUEST_END_TIMED_OUT:
       worker->counts.timed_out++;
+      if (self->router != NULL)
+        spark_route_count (spark_router_find_cached (self->router, &worker->route_cache,
+                                                     spark_request_get_name (req)),
+                           SPARK_ROUTE_COUNT_TIMED_OUT);
       break;
     case SPARK_REQUEST_END_NONE:
     case SPARK_REQUEST_END_REPLY:
@@ -903,14 +913,17 @@ typedef struct
   guint32     queued_us;   /* the sender's stamp, 0 for none */
   guint64     handled;     /* the worker's count before the call */
   gboolean    trace;
+  SparkRoute *route;       /* a router's route of the message, when timed: its times too */
 } HandlerTime;
 
 static inline void
 spark_server_worker_time_start (SparkServerWorker *worker,
                                 HandlerTime       *t,
-                                guint32            queued_us)
+                                guint32            queued_us,
+                                const char        *name)
 {
   t->start = 0;
+  t->route = NULL;
   t->trace = spark_trace_is_active ();
   t->queued_us = queued_us;
   t->handled = worker->counts.handled;
@@ -925,10 +938,22 @@ spark_server_worker_time_start (SparkServerWorker *worker,
 
   worker->n_untimed = 0;
   t->start = g_get_monotonic_time ();
+  if (worker->metrics && worker->server->router != NULL)
+    {
+      /* Kept: the handling's own lookup may replace the cache's entry if
+       * the routes change meanwhile. */
+      t->route = spark_router_find_cached (worker->server->router, &worker->route_cache, name);
+      if (t->route != NULL)
+        spark_route_ref (t->route);
+    }
   /* The sender's clock, in 32 bits: the difference wraps, as it should. */
   if (queued_us != 0 && worker->metrics)
-    record_time (&worker->counts.queue_n, &worker->counts.queue_sum, &worker->counts.queue_max,
-                 (gint64) (guint32) ((guint32) t->start - queued_us));
+    {
+      gint64 queued = (gint64) (guint32) ((guint32) t->start - queued_us);
+
+      record_time (&worker->counts.queue_n, &worker->counts.queue_sum, &worker->counts.queue_max, queued);
+      spark_route_add_times (t->route, queued, -1);
+    }
 }
 
 static inline void
@@ -944,8 +969,12 @@ spark_server_worker_time_end (SparkServerWorker *worker,
   end = g_get_monotonic_time ();
   /* Only a handler that ran: a request that ended while queued is skipped. */
   if (worker->counts.handled != t->handled)
-    record_time (&worker->counts.handler_n, &worker->counts.handler_sum, &worker->counts.handler_max,
-                 end - t->start);
+    {
+      record_time (&worker->counts.handler_n, &worker->counts.handler_sum, &worker->counts.handler_max,
+                   end - t->start);
+      spark_route_add_times (t->route, -1, end - t->start);
+    }
+  g_clear_pointer (&t->route, spark_route_unref);
   if (t->trace)
     spark_trace_message_handled (worker->server->name, name,
                                  t->queued_us != 0 ? (gint64) (guint32) ((guint32) t->start - t->queued_us) : -1,
@@ -1090,7 +1119,7 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
           {
             HandlerTime t;
 
-            spark_server_worker_time_start (worker, &t, 0);
+            spark_server_worker_time_start (worker, &t, 0, spark_message_get_name (msg));
             spark_module_server_handle_command (self, worker, msg);
             spark_server_worker_time_end (worker, &t, spark_message_get_name (msg));
           }
@@ -1110,7 +1139,8 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
             HandlerTime t;
             gboolean wait;
 
-            spark_server_worker_time_start (worker, &t, spark_request_get_queued_us (req));
+            spark_server_worker_time_start (worker, &t, spark_request_get_queued_us (req),
+                                            spark_request_get_name (req));
             if (G_UNLIKELY (t.trace))
               kept = spark_request_ref (req);
             wait = spark_module_server_handle_request (self, worker, req);
@@ -2376,6 +2406,18 @@ server_route_of (gpointer             data,
   return route;
 }
 
+static void
+server_dropped (gpointer    data,
+                const char *name)
+{
+  SparkModuleServer *self = data;
+  SparkRoute *route = spark_router_find (self->router, name);
+
+  spark_route_count (route, SPARK_ROUTE_COUNT_DROPPED);
+  if (route != NULL)
+    spark_route_unref (route);
+}
+
 static gboolean
 server_ordering_of (gpointer       data,
                     guint          consumer,
@@ -2502,6 +2544,7 @@ spark_module_server_start_internal (SparkModuleServer  *self,
   self->routes.data = self;
   self->routes.route_of = server_route_of;
   self->routes.ordering_of = server_ordering_of;
+  self->routes.dropped = server_dropped;
   self->iface = SPARK_HANDLER_GET_IFACE (self->handler);
   g_atomic_int_set (&self->n_serving, (gint) n_workers);
   g_atomic_int_set (&self->n_alive, (gint) n_workers);

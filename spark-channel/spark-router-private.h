@@ -49,8 +49,21 @@ gboolean    spark_route_handle_command (SparkRoute    *route,
                                         GVariant      *parameters,
                                         GCancellable  *cancellable,
                                         GError       **error);
+SparkRoute *spark_route_ref            (SparkRoute    *route);
 void        spark_route_unref          (SparkRoute    *route);
 gboolean    spark_route_is_direct      (SparkRoute    *route);
+typedef enum {
+  SPARK_ROUTE_COUNT_CANCELLED,
+  SPARK_ROUTE_COUNT_TIMED_OUT,
+  SPARK_ROUTE_COUNT_DROPPED,
+} SparkRouteCount;
+
+/* The serving server's metrics of a route (nullable: no route). */
+void        spark_route_count          (SparkRoute          *route,
+                                        SparkRouteCount      what);
+void        spark_route_add_times      (SparkRoute          *route,
+                                        gint64               queue_usec,
+                                        gint64               handler_usec);
 gboolean    spark_route_get_overflow   (SparkRoute          *route,
                                         SparkOverflowPolicy *overflow);
 gboolean    spark_route_get_ordering   (SparkRoute          *route,

@@ -78,6 +78,13 @@ struct _SparkRoute
   gsize            n_handled;        /* atomic: messages given to the route */
   gsize            n_failed;         /* atomic: those that failed at once, or whose forwarded
                                       * request failed */
+  /* Counted by the server that serves the router (it sees how requests
+   * end, what its mailbox dropped, and the times). */
+  gsize            n_cancelled;      /* atomic */
+  gsize            n_timed_out;      /* atomic */
+  gsize            n_dropped;        /* atomic */
+  gsize            queue_n, queue_sum, queue_max;       /* atomic, µs */
+  gsize            handler_n, handler_sum, handler_max; /* atomic, µs */
 };
 
 typedef SparkRoute Route;
@@ -125,6 +132,12 @@ void
 spark_route_unref (SparkRoute *route)
 {
   route_unref (route);
+}
+
+SparkRoute *
+spark_route_ref (SparkRoute *route)
+{
+  return route_ref (route);
 }
 
 SparkRoute *
@@ -905,6 +918,24 @@ add_route_metrics (GVariantBuilder *builder,
                          g_variant_new_uint64 (g_atomic_pointer_get (&route->n_handled)));
   g_variant_builder_add (&counts, "{sv}", "failed",
                          g_variant_new_uint64 (g_atomic_pointer_get (&route->n_failed)));
+#define ADD(key, field) \
+  g_variant_builder_add (&counts, "{sv}", key, g_variant_new_uint64 (g_atomic_pointer_get (&route->field)))
+  ADD ("cancelled", n_cancelled);
+  ADD ("timed-out", n_timed_out);
+  ADD ("dropped", n_dropped);
+  ADD ("queue-time-max", queue_max);
+  ADD ("queue-time-samples", queue_n);
+  ADD ("handler-time-max", handler_max);
+  ADD ("handler-time-samples", handler_n);
+#undef ADD
+  {
+    gsize qn = g_atomic_pointer_get (&route->queue_n), hn = g_atomic_pointer_get (&route->handler_n);
+
+    g_variant_builder_add (&counts, "{sv}", "queue-time-mean",
+                           g_variant_new_uint64 (qn ? (gsize) g_atomic_pointer_get (&route->queue_sum) / qn : 0));
+    g_variant_builder_add (&counts, "{sv}", "handler-time-mean",
+                           g_variant_new_uint64 (hn ? (gsize) g_atomic_pointer_get (&route->handler_sum) / hn : 0));
+  }
   g_variant_builder_add (builder, "{s@a{sv}}", route->pattern, g_variant_builder_end (&counts));
 }
 
@@ -912,14 +943,22 @@ add_route_metrics (GVariantBuilder *builder,
  * spark_router_get_metrics:
  * @self: a [class@Spark.Router]
  *
- * What each route has done: for each pattern, a dictionary of `handled`
- * (uint64: the messages given to the route, including those that failed)
- * and `failed` (uint64: those refused by the route's parameter type, those
+ * What each route has done: for each pattern, a dictionary (uint64 values)
+ * of `handled` (the messages given to the route, including those that
+ * failed) and `failed` (those refused by the route's parameter type, those
  * whose handler failed at once, and forwarded requests whose reply was an
- * error). A request whose handler completes its invocation later counts
- * in `handled` only. A route removed is forgotten; one added again starts
- * from zero. [method@Spark.ModuleServer.get_metrics] includes this, as
- * `routes`, for a server whose handler is a router.
+ * error; a request whose handler completes its invocation later with an
+ * error counts in `handled` only); and, counted by the
+ * [class@Spark.ModuleServer] that serves the router (zero for a router
+ * that no server serves directly), `cancelled` and `timed-out` (requests
+ * that ended so before their reply), `dropped` (by the overflow policy),
+ * and `queue-time-mean`, `queue-time-max`, `handler-time-mean`,
+ * `handler-time-max` (µs) with their `queue-time-samples` and
+ * `handler-time-samples`, sampled as the server's own (see
+ * [property@Spark.ModuleServer:queue-time-mean]). A route removed is
+ * forgotten; one added again starts from zero.
+ * [method@Spark.ModuleServer.get_metrics] includes this, as `routes`, for a
+ * server whose handler is a router.
  *
  * May be called from any thread.
  *
@@ -1083,4 +1122,57 @@ spark_route_get_ordering (SparkRoute    *route,
     return FALSE;
   *ordering = (SparkOrdering) value;
   return TRUE;
+}
+
+/* The server's counts for @route (NULL: none). From any thread. */
+void
+spark_route_count (SparkRoute      *route,
+                   SparkRouteCount  what)
+{
+  if (route == NULL)
+    return;
+
+  switch (what)
+    {
+    case SPARK_ROUTE_COUNT_CANCELLED:
+      g_atomic_pointer_add (&route->n_cancelled, 1);
+      break;
+    case SPARK_ROUTE_COUNT_TIMED_OUT:
+      g_atomic_pointer_add (&route->n_timed_out, 1);
+      break;
+    case SPARK_ROUTE_COUNT_DROPPED:
+    default:
+      g_atomic_pointer_add (&route->n_dropped, 1);
+      break;
+    }
+}
+
+static void
+add_time (gsize  *n,
+          gsize  *sum,
+          gsize  *max,
+          gint64  usec)
+{
+  gsize t = (gsize) MAX (usec, 0);
+  gsize old;
+
+  g_atomic_pointer_add (n, 1);
+  g_atomic_pointer_add (sum, t);
+  while ((old = (gsize) g_atomic_pointer_get (max)) < t &&
+         !g_atomic_pointer_compare_and_exchange ((gpointer *) max, (gpointer) old, (gpointer) t))
+    ;
+}
+
+/* A sampled message's times, in µs; a negative one was not measured. */
+void
+spark_route_add_times (SparkRoute *route,
+                       gint64      queue_usec,
+                       gint64      handler_usec)
+{
+  if (route == NULL)
+    return;
+  if (queue_usec >= 0)
+    add_time (&route->queue_n, &route->queue_sum, &route->queue_max, queue_usec);
+  if (handler_usec >= 0)
+    add_time (&route->handler_n, &route->handler_sum, &route->handler_max, handler_usec);
 }

@@ -443,6 +443,83 @@ test_metrics_routes (void)
   spark_test_gate_clear (&m.gate);
 }
 
+/* What the serving server counts per route: ends, drops and times. */
+static void
+test_metrics_routes_server (void)
+{
+  Module m = { 0, };
+  g_autoptr(SparkHandler) handler = spark_func_handler_new (module_request, module_command, &m, NULL);
+  g_autoptr(SparkRouter) router = spark_router_new ();
+  g_autoptr(SparkModuleServer) server = NULL;
+  g_autoptr(SparkDispatcher) dispatcher = NULL;
+  g_autoptr(SparkDispatcher) timed = NULL;
+  g_autoptr(GCancellable) cancellable = g_cancellable_new ();
+  g_autoptr(GVariant) metrics = NULL;
+  g_autoptr(GVariant) routes = NULL;
+  g_autoptr(GVariant) slow = NULL;
+  g_autoptr(GVariant) ok = NULL;
+  SparkTestOutcome block = { 0, }, cancelled = { 0, }, timed_out = { 0, };
+  GError *error = NULL;
+  gint done = 0;
+
+  module_init (&m);
+  m.sleep_us = 2000;
+  g_assert_true (spark_router_add_handler (router, "slow", handler, NULL, NULL, &error));
+  g_assert_true (spark_router_add_handler (router, "block", handler, NULL, NULL, &error));
+  g_assert_true (spark_router_add_handler (router, "ok", handler, NULL, NULL, &error));
+  g_assert_true (spark_router_set_overflow (router, "ok", SPARK_OVERFLOW_DROP_NEWEST, &error));
+  g_assert_no_error (error);
+  server = spark_module_server_new (SPARK_HANDLER (router));
+  spark_module_server_set_capacity (server, 3);
+  g_assert_true (spark_module_server_start_in_thread (server, &error));
+  dispatcher = spark_module_server_create_dispatcher (server);
+  timed = spark_module_server_create_dispatcher (server);
+  spark_dispatcher_set_timeout (timed, 20);
+
+  /* 16 slow ones from this thread: 8 timed at least, 2 with a queue time. */
+  for (guint i = 0; i < 16; i++)
+    spark_dispatcher_request_full (dispatcher, "slow", NULL, NULL, NULL, count_cb, &done, NULL);
+  spark_test_wait_count (NULL, &done, 16);
+
+  /* Behind a blocked handler: an "ok" cancelled and one timed out while
+   * queued, then the mailbox full (3): the next "ok" commands dropped. */
+  spark_dispatcher_request_full (dispatcher, "block", NULL, NULL, NULL, spark_test_outcome_cb, &block, NULL);
+  while (!g_atomic_int_get (&m.blocked))
+    g_usleep (1000);
+  spark_dispatcher_request_full (dispatcher, "ok", NULL, NULL, cancellable, spark_test_outcome_cb, &cancelled, NULL);
+  spark_dispatcher_request_full (timed, "ok", NULL, NULL, NULL, spark_test_outcome_cb, &timed_out, NULL);
+  g_assert_true (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error));   /* full now */
+  for (guint i = 0; i < 4; i++)
+    g_assert_true (spark_dispatcher_try_send_command (dispatcher, "ok", NULL, &error)); /* dropped */
+  g_assert_no_error (error);
+  g_cancellable_cancel (cancellable);
+  spark_test_wait_flag (NULL, &cancelled.done);
+  spark_test_wait_flag (NULL, &timed_out.done);
+  spark_test_gate_open (&m.gate);
+  spark_test_wait_flag (NULL, &block.done);
+  spark_test_shutdown (server, SPARK_SHUTDOWN_MODE_DRAIN);
+
+  metrics = spark_module_server_get_metrics (server);
+  g_assert_true (g_variant_lookup (metrics, "routes", "@a{sa{sv}}", &routes));
+  g_assert_true (g_variant_lookup (routes, "slow", "@a{sv}", &slow));
+  g_assert_cmpuint (metric_u64 (slow, "handled"), ==, 16);
+  g_assert_cmpuint (metric_u64 (slow, "handler-time-samples"), >=, 2);
+  g_assert_cmpuint (metric_u64 (slow, "handler-time-mean"), >=, 2000);
+  g_assert_cmpuint (metric_u64 (slow, "queue-time-samples"), ==, 2);
+  g_assert_cmpuint (metric_u64 (slow, "cancelled"), ==, 0);
+  g_assert_true (g_variant_lookup (routes, "ok", "@a{sv}", &ok));
+  g_assert_cmpuint (metric_u64 (ok, "cancelled"), ==, 1);
+  g_assert_cmpuint (metric_u64 (ok, "timed-out"), ==, 1);
+  g_assert_cmpuint (metric_u64 (ok, "dropped"), ==, 4);
+  g_assert_cmpuint (metric_u64 (ok, "handled"), ==, 1);
+  g_assert_cmpuint (metric_u64 (metrics, "dropped"), ==, 4);
+
+  spark_test_outcome_clear (&block);
+  spark_test_outcome_clear (&cancelled);
+  spark_test_outcome_clear (&timed_out);
+  spark_test_gate_clear (&m.gate);
+}
+
 int
 main (int   argc,
       char *argv[])
@@ -455,6 +532,7 @@ main (int   argc,
   g_test_add_func ("/spark/metrics/off", test_metrics_off);
   g_test_add_func ("/spark/metrics/pool-and-drops", test_metrics_pool_and_drops);
   g_test_add_func ("/spark/metrics/routes", test_metrics_routes);
+  g_test_add_func ("/spark/metrics/routes-server", test_metrics_routes_server);
 
   return g_test_run ();
 }
