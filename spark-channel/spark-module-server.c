@@ -110,6 +110,7 @@ struct _SparkServerWorker
   SparkRouteCache route_cache; /* the router's last routes */
   gboolean       stopped;
   gboolean       metrics;      /* metrics are on, for this dispatch */
+  gboolean       trace;        /* Sysprof records, for this dispatch */
   guint          n_untimed;    /* messages since the last one timed */
   SparkServerCounts counts;    /* since the worker last published them */
 };
@@ -924,7 +925,7 @@ spark_server_worker_time_start (SparkServerWorker *worker,
 {
   t->start = 0;
   t->route = NULL;
-  t->trace = spark_trace_is_active ();
+  t->trace = worker->trace;
   t->queued_us = queued_us;
   t->handled = worker->counts.handled;
 
@@ -985,7 +986,7 @@ spark_server_worker_time_end (SparkServerWorker *worker,
 static inline void
 spark_server_worker_trace_depth (SparkServerWorker *worker)
 {
-  if (G_UNLIKELY (spark_trace_is_active ()))
+  if (G_UNLIKELY (worker->trace))
     spark_trace_queue_depth (&worker->server->trace_depth, worker->server->name,
                              spark_mailbox_get_pending (worker->server->mailbox));
 }
@@ -1003,6 +1004,8 @@ spark_server_worker_dispatch_some (SparkServerWorker *worker)
   spark_wake_source_set_ready ((SparkWakeSource *) worker->source, FALSE);
   spark_module_server_check_drops (self);
   worker->metrics = g_atomic_int_get (&self->metrics_interval) != 0;
+  /* Once per dispatch: a recording that starts meanwhile misses a batch. */
+  worker->trace = spark_trace_is_active ();
 
   if (worker->held->len > 0)
     {
