@@ -1011,6 +1011,33 @@ find_pattern (SparkRouter  *self,
   return route;
 }
 
+/* Sets one of a route's flow settings (an atomic gint at @offset in the
+ * route); fails if the router has no route @pattern. */
+static gboolean
+set_route_setting (SparkRouter  *self,
+                   const char   *pattern,
+                   glong         offset,
+                   gint          value,
+                   GError      **error)
+{
+  g_autoptr(Route) route = find_pattern (self, pattern, error);
+
+  if (route == NULL)
+    return FALSE;
+
+  g_atomic_int_set ((gint *) G_STRUCT_MEMBER_P (route, offset), value);
+  return TRUE;
+}
+
+/* A route's flow setting at @offset, -1 if it has none of its own (or
+ * there is no route). */
+static gint
+get_route_setting (SparkRoute *route,
+                   glong       offset)
+{
+  return route != NULL ? g_atomic_int_get ((gint *) G_STRUCT_MEMBER_P (route, offset)) : -1;
+}
+
 /**
  * spark_router_set_overflow:
  * @self: a [class@Spark.Router]
@@ -1041,19 +1068,12 @@ spark_router_set_overflow (SparkRouter          *self,
                            SparkOverflowPolicy   overflow,
                            GError              **error)
 {
-  g_autoptr(Route) route = NULL;
-
   g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
   g_return_val_if_fail (pattern != NULL, FALSE);
   g_return_val_if_fail (overflow >= SPARK_OVERFLOW_WAIT && overflow <= SPARK_OVERFLOW_COALESCE_KEY, FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
-  route = find_pattern (self, pattern, error);
-  if (route == NULL)
-    return FALSE;
-
-  g_atomic_int_set (&route->overflow, (gint) overflow);
-  return TRUE;
+  return set_route_setting (self, pattern, G_STRUCT_OFFSET (Route, overflow), (gint) overflow, error);
 }
 
 /**
@@ -1083,19 +1103,12 @@ spark_router_set_ordering (SparkRouter    *self,
                            SparkOrdering   ordering,
                            GError        **error)
 {
-  g_autoptr(Route) route = NULL;
-
   g_return_val_if_fail (SPARK_IS_ROUTER (self), FALSE);
   g_return_val_if_fail (pattern != NULL, FALSE);
   g_return_val_if_fail (ordering >= SPARK_ORDERING_NONE && ordering <= SPARK_ORDERING_KEY, FALSE);
   g_return_val_if_fail (error == NULL || *error == NULL, FALSE);
 
-  route = find_pattern (self, pattern, error);
-  if (route == NULL)
-    return FALSE;
-
-  g_atomic_int_set (&route->ordering, (gint) ordering);
-  return TRUE;
+  return set_route_setting (self, pattern, G_STRUCT_OFFSET (Route, ordering), (gint) ordering, error);
 }
 
 /* The overflow policy of @route, if it has one of its own. */
@@ -1103,7 +1116,7 @@ gboolean
 spark_route_get_overflow (SparkRoute          *route,
                           SparkOverflowPolicy *overflow)
 {
-  gint value = route != NULL ? g_atomic_int_get (&route->overflow) : -1;
+  gint value = get_route_setting (route, G_STRUCT_OFFSET (Route, overflow));
 
   if (value < 0)
     return FALSE;
@@ -1116,7 +1129,7 @@ gboolean
 spark_route_get_ordering (SparkRoute    *route,
                           SparkOrdering *ordering)
 {
-  gint value = route != NULL ? g_atomic_int_get (&route->ordering) : -1;
+  gint value = get_route_setting (route, G_STRUCT_OFFSET (Route, ordering));
 
   if (value < 0)
     return FALSE;
