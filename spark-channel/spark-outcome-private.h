@@ -28,6 +28,7 @@ typedef struct
   gint               done;     /* atomic, to a thread: set once delivered */
   guint8             sync;     /* immutable: to a thread */
   guint8             soon;     /* immutable, to a context: the hold expects it soon */
+  guint8             now;      /* immutable: item.deliver runs at once, on the thread that delivers */
 } SparkOutcome;
 
 /* To the calling thread, which will wait for it with spark_outcome_wait(). */
@@ -39,11 +40,18 @@ void     spark_outcome_init_port    (SparkOutcome         *outcome,
                                      GMainContext         *producer,
                                      SparkPortDeliverFunc  deliver);
 
+/* Nowhere to travel: @deliver runs at once on whichever thread delivers
+ * the outcome (it must not block, and must be thread-safe). */
+void     spark_outcome_init_now     (SparkOutcome         *outcome,
+                                     SparkPortDeliverFunc  deliver);
+
 /* From any thread, once. */
 static inline void
 spark_outcome_deliver (SparkOutcome *outcome)
 {
-  if (outcome->sync)
+  if (outcome->now)
+    outcome->item.deliver (&outcome->item);
+  else if (outcome->sync)
     spark_sync_waiter_signal (outcome->to.waiter, &outcome->done);
   else
     spark_reply_port_push (outcome->to.port, &outcome->item);

@@ -11,7 +11,18 @@ void
 spark_outcome_init_sync (SparkOutcome *outcome)
 {
   outcome->sync = TRUE;
+  outcome->now = FALSE;
   outcome->to.waiter = spark_sync_waiter_get ();
+}
+
+void
+spark_outcome_init_now (SparkOutcome         *outcome,
+                        SparkPortDeliverFunc  deliver)
+{
+  outcome->sync = FALSE;
+  outcome->now = TRUE;
+  outcome->item.deliver = deliver;
+  outcome->to.port = NULL;
 }
 
 void
@@ -20,6 +31,7 @@ spark_outcome_init_port (SparkOutcome         *outcome,
                          SparkPortDeliverFunc  deliver)
 {
   outcome->sync = FALSE;
+  outcome->now = FALSE;
   outcome->item.deliver = deliver;
   outcome->to.port = spark_reply_port_hold (producer);
   outcome->soon = spark_reply_port_expects_soon (outcome->to.port, producer);

@@ -75,6 +75,19 @@ SparkRequest *spark_request_new_func   (const char          *name,
                                         SparkReplyFunc       reply_func,
                                         gpointer             user_data,
                                         GDestroyNotify       destroy);
+/* No requester context: @reply_func runs once, at once, on whichever
+ * thread decides the outcome (the server's, the timer's, a canceller's),
+ * so it must not block and must be thread-safe. No reply type, no
+ * requester's cancellable: it is ended from outside with
+ * spark_request_complete_cancelled(). @cancellable: give the handler a
+ * cancellable of its own even without a timeout, cancelled if the
+ * request ends early. */
+SparkRequest *spark_request_new_inline (const char          *name,
+                                        GVariant            *parameters,
+                                        gint                 timeout_msec,
+                                        gboolean             cancellable,
+                                        SparkReplyFunc       reply_func,
+                                        gpointer             user_data);
 /* Async requests only, before they are sent. */
 void          spark_request_set_progress (SparkRequest      *req,
                                           SparkProgressFunc  func,

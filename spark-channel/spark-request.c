@@ -233,6 +233,26 @@ spark_request_new_func (const char         *name,
 }
 
 SparkRequest *
+spark_request_new_inline (const char     *name,
+                          GVariant       *parameters,
+                          gint            timeout_msec,
+                          gboolean        cancellable,
+                          SparkReplyFunc  reply_func,
+                          gpointer        user_data)
+{
+  SparkRequest *req = request_new (name, parameters, NULL, NULL, timeout_msec, REPLY_FUNC);
+
+  /* Without a requester's cancellable, the handler's own is made only
+   * when the request can end early from outside. */
+  if (cancellable && req->handler_cancellable == NULL)
+    req->handler_cancellable = g_cancellable_new ();
+  req->to.func.reply_func = reply_func;
+  req->user_data = user_data;
+  spark_outcome_init_now (&req->outcome, spark_request_deliver_on_port);
+  return req;
+}
+
+SparkRequest *
 spark_request_ref (SparkRequest *req)
 {
   g_atomic_int_inc (&req->ref_count);
@@ -697,7 +717,8 @@ spark_request_wait_sync (SparkRequest  *req,
   return reply;
 }
 
-/* Runs on the requester's context, from the reply port's batch. */
+/* Runs on the requester's context, from the reply port's batch; for an
+ * inline request, on the thread that decided the outcome. */
 static void
 spark_request_deliver_on_port (SparkPortItem *item)
 {
