@@ -869,21 +869,65 @@ spark_dispatcher_send_request (SparkDispatcher *self,
 
 /* Hands @req (armed, the sender's reference) to the transport. */
 static void
-spark_dispatcher_post_request (SparkDispatcher *self,
-                               SparkRequest    *req,
-                               gboolean         blocking)
+spark_dispatcher_post_request_at (SparkDispatcher *self,
+                                  SparkRequest    *req,
+                                  SparkPriority    priority,
+                                  gboolean         blocking)
 {
   GError *error = NULL;
 
   if (self->transport == NULL)
     set_closed_error (&error);
-  else if (self->transport->vtable->post_request (self->transport, req,
-                                                  (SparkPriority) g_atomic_int_get (&self->priority),
-                                                  blocking, &error))
+  else if (self->transport->vtable->post_request (self->transport, req, priority, blocking, &error))
     return;
 
   spark_request_complete (req, NULL, error);
   spark_request_unref (req);
+}
+
+static void
+spark_dispatcher_post_request (SparkDispatcher *self,
+                               SparkRequest    *req,
+                               gboolean         blocking)
+{
+  spark_dispatcher_post_request_at (self, req, (SparkPriority) g_atomic_int_get (&self->priority), blocking);
+}
+
+SparkTransport *
+spark_dispatcher_get_transport (SparkDispatcher *self)
+{
+  return self->transport;
+}
+
+guint64
+spark_dispatcher_new_sender_id (void)
+{
+  guint64 id;
+
+  G_LOCK (ids);
+  id = next_id++;
+  G_UNLOCK (ids);
+  return id;
+}
+
+void
+spark_dispatcher_relay_request (SparkDispatcher *self,
+                                SparkRequest    *req,
+                                guint64          sender,
+                                SparkPriority    priority)
+{
+  /* No rate limit, no cancellable of the requester's: a relay's own. */
+  spark_request_set_sender (req, sender);
+  spark_request_arm (req);
+  spark_dispatcher_post_request_at (self, req, priority, FALSE);
+}
+
+void
+spark_dispatcher_relay_cancel_all (SparkDispatcher *self,
+                                   guint64          sender)
+{
+  if (self->transport != NULL && self->transport->vtable->cancel_all != NULL)
+    self->transport->vtable->cancel_all (self->transport, sender);
 }
 
 /* request_async() and request_with_progress_async() once their arguments

@@ -1898,6 +1898,18 @@ mailbox_transport_broadcast_command (SparkTransport *transport,
   return ret;
 }
 
+static gboolean
+mailbox_transport_would_deadlock (SparkTransport *transport)
+{
+  SparkMailbox *mailbox = mailbox_of (transport);
+  gboolean ret;
+
+  g_mutex_lock (&mailbox->mutex);
+  ret = would_deadlock_locked (mailbox);
+  g_mutex_unlock (&mailbox->mutex);
+  return ret;
+}
+
 static const SparkTransportVTable mailbox_transport_vtable = {
   .ref = mailbox_transport_ref,
   .unref = mailbox_transport_unref,
@@ -1907,6 +1919,7 @@ static const SparkTransportVTable mailbox_transport_vtable = {
   .send_shutdown = mailbox_transport_send_shutdown,
   .cancel_all = mailbox_transport_cancel_all,
   .broadcast_command = mailbox_transport_broadcast_command,
+  .would_deadlock = mailbox_transport_would_deadlock,
 };
 
 /* The mailbox as a dispatcher's transport: the in-process one. */

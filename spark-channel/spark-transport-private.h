@@ -74,6 +74,11 @@ struct _SparkTransportVTable
                                       GVariant       *parameters,
                                       SparkPriority   priority,
                                       GError        **error);
+
+  /* Optional (NULL: never): whether the calling thread is one that must
+   * serve the receiving side, so that a blocking call would wait for
+   * itself. */
+  gboolean      (*would_deadlock) (SparkTransport *self);
 };
 
 /* Embedded first in a transport's own struct. */
