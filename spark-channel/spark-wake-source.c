@@ -98,10 +98,14 @@ spark_wake_source_will_spin (SparkWakeSource *self)
   return g_atomic_int_get (&self->expecting) > 0 && spark_spin_will_spin (&self->spin);
 }
 
-/* From any thread; the caller keeps the context alive. */
+/* From any thread; the caller keeps the context alive. The thread that
+ * owns the context is in an iteration of it, whose next prepare sees the
+ * source ready: it needs no wakeup (GLib's own rule for a source attached
+ * from the owner), and that saves the eventfd's write and read, e.g. for
+ * a module served on the context that receives its D-Bus calls. */
 void
 spark_wake_source_wake (SparkWakeSource *self)
 {
-  if (!g_atomic_int_exchange (&self->ready, TRUE))
+  if (!g_atomic_int_exchange (&self->ready, TRUE) && !g_main_context_is_owner (self->context))
     g_main_context_wakeup (self->context);
 }
