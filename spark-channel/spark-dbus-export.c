@@ -3,23 +3,34 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * An export is an object registered on one connection at one path, with
- * a dispatcher of its own to the server. Every method call arrives on the
+ * a dispatcher of its own to the server. Method calls arrive on the
  * context that was thread-default when the server was exported (GDBus's
- * rule) and never blocks it: requests go through
- * spark_dispatcher_request_full(), whose reply function runs on that same
- * context; commands through try_send_command() or send_command_async().
- * So the calls table, keyed by the caller's (sender, serial), is touched
- * on that context only and needs no lock.
+ * rule) and never block it.
  *
- * Each call the export still has to answer holds a cancellable: Cancel
- * (sender, serial) cancels it, and so does the deadline the caller sent,
- * which the export enforces with a timeout source of its own (the reply
- * is then TIMED_OUT, whatever the local request said).
+ * Requests are relayed as inline requests (spark_request_new_inline()):
+ * the server's thread that decides the outcome (or the timer's, or the
+ * one that handled a Cancel) answers the method call itself, with no hop
+ * back to the export's context: GDBus's replies are thread-safe. So the
+ * calls table is under the export's lock.
+ *
+ * A caller is a peer (its unique name; "" on a peer-to-peer connection).
+ * Its calls are found by serial (Cancel), and its requests are relayed in
+ * the name of a local sender id per remote dispatcher id (the "sender"
+ * option), so that CancelAll (id) is that dispatcher's cancel_all(). A
+ * peer's and a sender's entries live while they have calls: cancel_all()
+ * only ever concerns requests still queued, which are calls.
+ *
+ * The caller's deadline (the "timeout" option) is the relayed request's
+ * own timeout; "cancellable" gives its handler a cancellable of its own
+ * (Cancel then cancels it); "priority" is the mailbox lane.
  */
 
 #include "config.h"
 
+#include "spark-dbus-export-private.h"
 #include "spark-dbus-wire-private.h"
+#include "spark-dispatcher-private.h"
+#include "spark-request-private.h"
 #include "spark-dbus.h"
 #include "spark-error.h"
 
@@ -28,25 +39,46 @@ typedef struct
   gint                ref_count;      /* atomic */
   SparkModuleServer  *server;         /* a reference */
   SparkDispatcher    *dispatcher;     /* the export's own */
+  SparkDispatcher    *commands[3];    /* context: per priority (LOW, DEFAULT, HIGH), made on first use */
   GDBusConnection    *connection;     /* a reference */
   char               *object_path;
   guint               registration;   /* export_lock */
   gulong              running_id;     /* export_lock: notify::running */
   GMainContext       *context;        /* where method calls run */
-  GHashTable         *calls;          /* context: "sender serial" -> ExportCall */
+  GThread            *thread;         /* the thread that exported it: a reference, so
+                                         * that no later thread takes its address */
+
+  GMutex              lock;
+  GHashTable         *peers;          /* lock: sender name -> ExportPeer */
 } Export;
 
 typedef struct
 {
+  char       *name;       /* the key: the caller's unique name, "" for a peer */
+  GHashTable *calls;      /* serial -> ExportCall, unanswered */
+  GHashTable *senders;    /* &remote id -> ExportSender */
+  guint       n_calls;
+} ExportPeer;
+
+typedef struct
+{
+  guint64 remote;         /* the key: the remote dispatcher's id */
+  guint64 local;          /* what its requests are relayed as */
+  guint   n_calls;
+} ExportSender;
+
+typedef struct
+{
   Export                *export;        /* a reference */
-  char                  *key;           /* owned; in export->calls unless another call had it */
+  ExportPeer            *peer;          /* lock */
+  ExportSender          *sender;        /* lock, nullable */
+  guint32                serial;
   GDBusMethodInvocation *invocation;    /* NULL once answered */
-  GCancellable          *cancellable;
-  GSource               *deadline;      /* nullable */
-  gboolean               timed_out;
+  SparkRequest          *req;           /* requests: a reference, for Cancel */
+  GCancellable          *cancellable;   /* commands waiting for room: Cancel ends the wait */
 } ExportCall;
 
-/* Every export of the process, for unexport(). */
+/* Every export of the process, for unexport() and the deadlock check. */
 static GMutex export_lock;
 static GList *exports;   /* export_lock: Export, one reference each */
 
@@ -65,9 +97,13 @@ export_unref (gpointer data)
   if (!g_atomic_int_dec_and_test (&export->ref_count))
     return;
 
-  g_assert (export->calls == NULL || g_hash_table_size (export->calls) == 0);
-  g_clear_pointer (&export->calls, g_hash_table_unref);
+  g_assert (g_hash_table_size (export->peers) == 0);
+  g_hash_table_unref (export->peers);
+  g_mutex_clear (&export->lock);
+  for (guint i = 0; i < G_N_ELEMENTS (export->commands); i++)
+    g_clear_object (&export->commands[i]);
   g_clear_object (&export->dispatcher);
+  g_thread_unref (export->thread);
   g_clear_object (&export->server);
   g_clear_object (&export->connection);
   g_clear_pointer (&export->context, g_main_context_unref);
@@ -75,116 +111,144 @@ export_unref (gpointer data)
   g_free (export);
 }
 
-static char *
-call_key (GDBusMethodInvocation *invocation,
-          guint32                serial)
+static void
+export_peer_free (gpointer data)
+{
+  ExportPeer *peer = data;
+
+  g_hash_table_unref (peer->calls);
+  g_hash_table_unref (peer->senders);
+  g_free (peer->name);
+  g_free (peer);
+}
+
+static const char *
+peer_name (GDBusMethodInvocation *invocation)
 {
   const char *sender = g_dbus_method_invocation_get_sender (invocation);
 
   /* A peer-to-peer connection has no sender: one peer, one space of serials. */
-  return g_strdup_printf ("%s %u", sender != NULL ? sender : "", serial);
+  return sender != NULL ? sender : "";
 }
 
-static void
-export_call_free (gpointer data)
+/* With the lock. */
+static ExportPeer *
+export_lookup_peer (Export                *export,
+                    GDBusMethodInvocation *invocation,
+                    gboolean               create)
 {
-  ExportCall *call = data;
+  const char *name = peer_name (invocation);
+  ExportPeer *peer = g_hash_table_lookup (export->peers, name);
 
-  if (call->deadline != NULL)
+  if (peer == NULL && create)
     {
-      g_source_destroy (call->deadline);
-      g_source_unref (call->deadline);
+      peer = g_new0 (ExportPeer, 1);
+      peer->name = g_strdup (name);
+      peer->calls = g_hash_table_new (NULL, NULL);
+      peer->senders = g_hash_table_new_full (g_int64_hash, g_int64_equal, NULL, g_free);
+      g_hash_table_insert (export->peers, peer->name, peer);
     }
-  g_clear_object (&call->cancellable);
-  g_assert (call->invocation == NULL);
-  g_free (call->key);
-  export_unref (call->export);
-  g_free (call);
+  return peer;
 }
 
-static gboolean
-on_call_deadline (gpointer data)
-{
-  ExportCall *call = data;
-
-  /* The caller's deadline passed: the handler's cancellable is cancelled
-   * with the local request, and the caller hears TIMED_OUT. */
-  call->timed_out = TRUE;
-  g_clear_pointer (&call->deadline, g_source_unref);
-  g_cancellable_cancel (call->cancellable);
-  return G_SOURCE_REMOVE;
-}
-
-/* Starts tracking a call that will be answered later. @timeout_msec 0:
- * no deadline. */
+/* Starts tracking a call that will be answered later, from @peer's
+ * dispatcher @remote (0: none said). */
 static ExportCall *
 export_call_new (Export                *export,
                  GDBusMethodInvocation *invocation,
-                 guint                  timeout_msec)
+                 guint64                remote)
 {
   ExportCall *call = g_new0 (ExportCall, 1);
-  guint32 serial = g_dbus_message_get_serial (g_dbus_method_invocation_get_message (invocation));
+  ExportPeer *peer;
 
   call->export = export_ref (export);
   call->invocation = invocation;
-  call->cancellable = g_cancellable_new ();
-  call->key = call_key (invocation, serial);
+  call->serial = g_dbus_message_get_serial (g_dbus_method_invocation_get_message (invocation));
 
-  if (timeout_msec > 0)
-    {
-      call->deadline = g_timeout_source_new (timeout_msec);
-      g_source_set_callback (call->deadline, on_call_deadline, call, NULL);
-      g_source_set_static_name (call->deadline, "[spark-channel] D-Bus request deadline");
-      g_source_attach (call->deadline, export->context);
-    }
-
+  g_mutex_lock (&export->lock);
+  peer = call->peer = export_lookup_peer (export, invocation, TRUE);
+  peer->n_calls++;
   /* A caller reusing a serial still pending is broken: the newer call
    * cannot be cancelled, both are answered. */
-  if (!g_hash_table_contains (export->calls, call->key))
-    g_hash_table_insert (export->calls, call->key, call);
+  if (!g_hash_table_contains (peer->calls, GUINT_TO_POINTER (call->serial)))
+    g_hash_table_insert (peer->calls, GUINT_TO_POINTER (call->serial), call);
+  if (remote != 0)
+    {
+      ExportSender *sender = g_hash_table_lookup (peer->senders, &remote);
+
+      if (sender == NULL)
+        {
+          sender = g_new0 (ExportSender, 1);
+          sender->remote = remote;
+          sender->local = spark_dispatcher_new_sender_id ();
+          g_hash_table_insert (peer->senders, &sender->remote, sender);
+        }
+      sender->n_calls++;
+      call->sender = sender;
+    }
+  g_mutex_unlock (&export->lock);
+
   return call;
 }
 
-/* Answers @call (once) and forgets it. Takes @error. */
+/* Forgets @call; any thread. */
 static void
-export_call_finish (ExportCall *call,
-                    GVariant   *value,
-                    GError     *error)
+export_call_free (ExportCall *call)
 {
-  GDBusMethodInvocation *invocation = g_steal_pointer (&call->invocation);
+  Export *export = call->export;
+  ExportPeer *peer = call->peer;
 
-  if (call->timed_out)
-    {
-      g_clear_error (&error);
-      g_clear_pointer (&value, g_variant_unref);
-      error = g_error_new_literal (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_TIMED_OUT,
-                                   "The request timed out before a reply arrived");
-    }
+  g_assert (call->invocation == NULL);
 
-  if (error != NULL)
-    {
-      g_dbus_method_invocation_return_gerror (invocation, error);
-      g_error_free (error);
-    }
-  else
-    g_dbus_method_invocation_return_value (invocation, value);
+  g_mutex_lock (&export->lock);
+  /* Only this call's own entry: an older call may hold the serial. */
+  if (g_hash_table_lookup (peer->calls, GUINT_TO_POINTER (call->serial)) == call)
+    g_hash_table_remove (peer->calls, GUINT_TO_POINTER (call->serial));
+  if (call->sender != NULL && --call->sender->n_calls == 0)
+    g_hash_table_remove (peer->senders, &call->sender->remote);
+  if (--peer->n_calls == 0)
+    g_hash_table_remove (export->peers, peer->name);
+  g_mutex_unlock (&export->lock);
 
-  /* Only this call's own entry: an older call may hold the key. */
-  if (g_hash_table_lookup (call->export->calls, call->key) == call)
-    g_hash_table_remove (call->export->calls, call->key);
-  export_call_free (call);
+  g_clear_pointer (&call->req, spark_request_unref);
+  g_clear_object (&call->cancellable);
+  export_unref (export);
+  g_free (call);
 }
 
+/* The name a D-Bus error of a handler's travels under: GDBus's own
+ * (UnknownMethod, NoReply...) would read as the module being gone. */
+#define HANDLER_ERROR_PREFIX SPARK_DBUS_HANDLER_ERROR_PREFIX
+
 static void
-on_request_reply (GVariant     *reply,
-                  const GError *error,
-                  gpointer      user_data)
+return_error (GDBusMethodInvocation *invocation,
+              const GError          *error)
+{
+  if (error->domain == G_DBUS_ERROR)
+    {
+      g_autofree char *name = g_dbus_error_encode_gerror (error);
+      g_autofree char *wrapped = g_strconcat (HANDLER_ERROR_PREFIX, name, NULL);
+
+      g_dbus_method_invocation_return_dbus_error (invocation, wrapped, error->message);
+    }
+  else
+    g_dbus_method_invocation_return_gerror (invocation, error);
+}
+
+/* The relayed request's outcome: on whichever thread decided it. */
+static void
+on_request_done (GVariant     *reply,
+                 const GError *error,
+                 gpointer      user_data)
 {
   ExportCall *call = user_data;
+  GDBusMethodInvocation *invocation = g_steal_pointer (&call->invocation);
 
-  export_call_finish (call,
-                      reply != NULL ? g_variant_new ("(@av)", spark_dbus_wrap_value (reply)) : NULL,
-                      error != NULL ? g_error_copy (error) : NULL);
+  if (error != NULL)
+    return_error (invocation, error);
+  else
+    g_dbus_method_invocation_return_value (invocation, g_variant_new ("(@av)", spark_dbus_wrap_value (reply)));
+  export_call_free (call);
 }
 
 static void
@@ -193,12 +257,36 @@ on_command_sent (GObject      *source,
                  gpointer      user_data)
 {
   ExportCall *call = user_data;
+  GDBusMethodInvocation *invocation = g_steal_pointer (&call->invocation);
   GError *error = NULL;
 
   if (spark_dispatcher_send_command_finish (SPARK_DISPATCHER (source), result, &error))
-    export_call_finish (call, NULL, NULL);
+    g_dbus_method_invocation_return_value (invocation, NULL);
   else
-    export_call_finish (call, NULL, error);
+    {
+      g_dbus_method_invocation_return_gerror (invocation, error);
+      g_error_free (error);
+    }
+  export_call_free (call);
+}
+
+/* The common options; FALSE (answered) if one is wrong. */
+static gboolean
+parse_priority (GVariant              *options,
+                GDBusMethodInvocation *invocation,
+                SparkPriority         *priority)
+{
+  gint32 value = SPARK_PRIORITY_DEFAULT;
+
+  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_PRIORITY, "i", &value);
+  if (value != SPARK_PRIORITY_DEFAULT && value != SPARK_PRIORITY_HIGH && value != SPARK_PRIORITY_LOW)
+    {
+      g_dbus_method_invocation_return_error (invocation, G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
+                                             "No such priority: %d", value);
+      return FALSE;
+    }
+  *priority = (SparkPriority) value;
+  return TRUE;
 }
 
 static void
@@ -208,11 +296,15 @@ handle_request (Export                *export,
 {
   g_autoptr(GVariant) wrapped = NULL;
   g_autoptr(GVariant) options = NULL;
-  g_autoptr(GVariant) parameters = NULL;
+  GVariant *parameters = NULL;
   const char *name;
-  guint timeout_msec = 0;
+  guint32 timeout_msec = 0;
+  guint64 remote = 0;
+  gboolean cancellable = FALSE;
+  SparkPriority priority;
   GError *error = NULL;
   ExportCall *call;
+  SparkRequest *req;
 
   g_variant_get (args, "(&s@av@a{sv})", &name, &wrapped, &options);
   if (*name == '\0')
@@ -221,16 +313,36 @@ handle_request (Export                *export,
                                                      "A request's name must not be empty");
       return;
     }
+  if (!parse_priority (options, invocation, &priority))
+    return;
   if (!spark_dbus_unwrap_value (wrapped, &parameters, &error))
     {
       g_dbus_method_invocation_take_error (invocation, error);
       return;
     }
   (void) g_variant_lookup (options, SPARK_DBUS_OPTION_TIMEOUT, "u", &timeout_msec);
+  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_SENDER, "t", &remote);
+  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_CANCELLABLE, "b", &cancellable);
 
-  call = export_call_new (export, invocation, timeout_msec);
-  spark_dispatcher_request_full (export->dispatcher, name, parameters, NULL, call->cancellable,
-                                 on_request_reply, call, NULL);
+  call = export_call_new (export, invocation, remote);
+  req = spark_request_new_inline (name, parameters, (gint) MIN (timeout_msec, (guint32) G_MAXINT), cancellable,
+                                  on_request_done, call);
+  /* Set before it is sent: the outcome may come before relay returns. */
+  call->req = spark_request_ref (req);
+  spark_dispatcher_relay_request (export->dispatcher, req,
+                                  call->sender != NULL ? call->sender->local : 0, priority);
+}
+
+/* Context: the export's dispatcher of @priority, for commands. */
+static SparkDispatcher *
+export_commands (Export        *export,
+                 SparkPriority  priority)
+{
+  guint i = priority == SPARK_PRIORITY_LOW ? 0 : priority == SPARK_PRIORITY_DEFAULT ? 1 : 2;
+
+  if (export->commands[i] == NULL)
+    export->commands[i] = spark_dispatcher_with_priority (export->dispatcher, priority);
+  return export->commands[i];
 }
 
 static void
@@ -243,7 +355,9 @@ handle_command (Export                *export,
   g_autoptr(GVariant) parameters = NULL;
   const char *name;
   gboolean wait = FALSE;
+  SparkPriority priority;
   GError *error = NULL;
+  SparkDispatcher *dispatcher;
 
   g_variant_get (args, "(&s@av@a{sv})", &name, &wrapped, &options);
   if (*name == '\0')
@@ -252,22 +366,26 @@ handle_command (Export                *export,
                                                      "A command's name must not be empty");
       return;
     }
+  if (!parse_priority (options, invocation, &priority))
+    return;
   if (!spark_dbus_unwrap_value (wrapped, &parameters, &error))
     {
       g_dbus_method_invocation_take_error (invocation, error);
       return;
     }
   (void) g_variant_lookup (options, SPARK_DBUS_OPTION_WAIT, "b", &wait);
+  dispatcher = export_commands (export, priority);
 
   if (wait)
     {
       /* Waits for room without blocking this context; Cancel ends the wait. */
       ExportCall *call = export_call_new (export, invocation, 0);
 
-      spark_dispatcher_send_command_async (export->dispatcher, name, parameters, call->cancellable,
+      call->cancellable = g_cancellable_new ();
+      spark_dispatcher_send_command_async (dispatcher, name, parameters, call->cancellable,
                                            on_command_sent, call);
     }
-  else if (spark_dispatcher_try_send_command (export->dispatcher, name, parameters, &error))
+  else if (spark_dispatcher_try_send_command (dispatcher, name, parameters, &error))
     g_dbus_method_invocation_return_value (invocation, NULL);   /* nothing is sent if NO_REPLY_EXPECTED */
   else
     g_dbus_method_invocation_take_error (invocation, error);
@@ -278,18 +396,67 @@ handle_cancel (Export                *export,
                GDBusMethodInvocation *invocation,
                GVariant              *args)
 {
-  g_autofree char *key = NULL;
-  ExportCall *call;
+  SparkRequest *req = NULL;
+  GCancellable *cancellable = NULL;
+  ExportPeer *peer;
   guint32 serial;
 
   g_variant_get (args, "(u)", &serial);
-  key = call_key (invocation, serial);
 
-  /* Only the caller's own calls: the key holds its unique name. An
+  /* Only the caller's own calls: the peer is its unique name. An
    * unknown or finished serial is no error (the reply may be on its way). */
-  call = g_hash_table_lookup (export->calls, key);
-  if (call != NULL)
-    g_cancellable_cancel (call->cancellable);
+  g_mutex_lock (&export->lock);
+  peer = export_lookup_peer (export, invocation, FALSE);
+  if (peer != NULL)
+    {
+      ExportCall *call = g_hash_table_lookup (peer->calls, GUINT_TO_POINTER (serial));
+
+      if (call != NULL && call->req != NULL)
+        req = spark_request_ref (call->req);
+      else if (call != NULL && call->cancellable != NULL)
+        cancellable = g_object_ref (call->cancellable);
+    }
+  g_mutex_unlock (&export->lock);
+
+  /* Outside the lock: the outcome answers the call at once. */
+  if (req != NULL)
+    {
+      spark_request_complete_cancelled (req, "The caller cancelled the request");
+      spark_request_unref (req);
+    }
+  if (cancellable != NULL)
+    {
+      g_cancellable_cancel (cancellable);
+      g_object_unref (cancellable);
+    }
+
+  g_dbus_method_invocation_return_value (invocation, NULL);
+}
+
+static void
+handle_cancel_all (Export                *export,
+                   GDBusMethodInvocation *invocation,
+                   GVariant              *args)
+{
+  ExportPeer *peer;
+  guint64 remote, local = 0;
+
+  g_variant_get (args, "(t)", &remote);
+
+  g_mutex_lock (&export->lock);
+  peer = export_lookup_peer (export, invocation, FALSE);
+  if (peer != NULL)
+    {
+      ExportSender *sender = g_hash_table_lookup (peer->senders, &remote);
+
+      if (sender != NULL)
+        local = sender->local;
+    }
+  g_mutex_unlock (&export->lock);
+
+  /* No entry: none of its requests is here, so none is queued. */
+  if (local != 0)
+    spark_dispatcher_relay_cancel_all (export->dispatcher, local);
 
   g_dbus_method_invocation_return_value (invocation, NULL);
 }
@@ -345,6 +512,8 @@ export_method_call (GDBusConnection       *connection,
     handle_command (export, invocation, args);
   else if (g_str_equal (method_name, "Cancel"))
     handle_cancel (export, invocation, args);
+  else if (g_str_equal (method_name, "CancelAll"))
+    handle_cancel_all (export, invocation, args);
   else if (g_str_equal (method_name, "Shutdown"))
     handle_shutdown (export, invocation);
   else
@@ -464,7 +633,9 @@ spark_module_server_export (SparkModuleServer  *self,
   export->connection = g_object_ref (connection);
   export->object_path = g_strdup (object_path);
   export->context = g_main_context_ref_thread_default ();
-  export->calls = g_hash_table_new (g_str_hash, g_str_equal);
+  export->thread = g_thread_ref (g_thread_self ());
+  g_mutex_init (&export->lock);
+  export->peers = g_hash_table_new_full (g_str_hash, g_str_equal, NULL, export_peer_free);
 
   g_mutex_lock (&export_lock);
   export->registration = g_dbus_connection_register_object (connection, object_path,
@@ -538,4 +709,49 @@ spark_module_server_unexport (SparkModuleServer *self,
 
   export_unref (found);
   return TRUE;
+}
+
+/* With export_lock: whether @export is the module that @connection reaches
+ * as @bus_name (nullable: the peer). */
+static gboolean
+export_is_reached_by (Export          *export,
+                      GDBusConnection *connection,
+                      const char      *bus_name)
+{
+  const char *unique = g_dbus_connection_get_unique_name (export->connection);
+
+  if (bus_name != NULL)
+    return unique != NULL && g_str_equal (unique, bus_name);
+
+  /* Two ends of one peer-to-peer connection share its GUID. */
+  return export->connection == connection ||
+         (unique == NULL && g_dbus_connection_get_unique_name (connection) == NULL &&
+          g_strcmp0 (g_dbus_connection_get_guid (export->connection), g_dbus_connection_get_guid (connection)) == 0);
+}
+
+gboolean
+spark_dbus_export_would_deadlock (GDBusConnection *connection,
+                                  const char      *bus_name,
+                                  const char      *object_path)
+{
+  gboolean ret = FALSE;
+
+  g_mutex_lock (&export_lock);
+  for (GList *l = exports; l != NULL && !ret; l = l->next)
+    {
+      Export *export = l->data;
+      SparkTransport *transport;
+
+      if (!g_str_equal (export->object_path, object_path) || !export_is_reached_by (export, connection, bus_name))
+        continue;
+
+      transport = spark_dispatcher_get_transport (export->dispatcher);
+      ret = g_main_context_is_owner (export->context) ||
+            g_main_context_get_thread_default () == export->context ||
+            export->thread == g_thread_self () ||
+            (transport->vtable->would_deadlock != NULL && transport->vtable->would_deadlock (transport));
+    }
+  g_mutex_unlock (&export_lock);
+
+  return ret;
 }

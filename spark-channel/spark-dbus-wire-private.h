@@ -21,8 +21,16 @@
 
 G_BEGIN_DECLS
 
-#define SPARK_DBUS_OPTION_TIMEOUT "timeout"   /* u: milliseconds left, requests */
-#define SPARK_DBUS_OPTION_WAIT    "wait"      /* b: wait for room, commands */
+#define SPARK_DBUS_OPTION_TIMEOUT     "timeout"      /* u: milliseconds left, requests */
+#define SPARK_DBUS_OPTION_WAIT        "wait"         /* b: wait for room, commands */
+#define SPARK_DBUS_OPTION_PRIORITY    "priority"     /* i: a SparkPriority, default 0 */
+#define SPARK_DBUS_OPTION_SENDER      "sender"       /* t: the remote dispatcher's id, for CancelAll */
+#define SPARK_DBUS_OPTION_CANCELLABLE "cancellable"  /* b: the handler gets a cancellable Cancel reaches */
+
+/* A handler's own error of the G_DBUS_ERROR domain travels under this
+ * prefix and its usual name: GDBus's own errors (UnknownMethod, NoReply...)
+ * mean the module is gone, a handler's mean what they say. */
+#define SPARK_DBUS_HANDLER_ERROR_PREFIX "org.gnome.SparkChannel.HandlerError."
 
 /* Parsed once; (transfer none). */
 GDBusInterfaceInfo *spark_dbus_get_interface_info (void);
