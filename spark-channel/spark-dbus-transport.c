@@ -47,6 +47,9 @@
 
 #include "config.h"
 
+#include <string.h>
+
+#include "spark-dbus-export-private.h"
 #include "spark-dbus-transport-private.h"
 #include "spark-dispatcher-private.h"
 #include "spark-dbus-wire-private.h"
@@ -117,6 +120,10 @@ typedef struct
   gulong              cancel_id;      /* set before the call is sent */
 
   SparkRequest       *req;            /* REQUEST: the sender's reference */
+  SparkPriority       priority;       /* REQUEST, COMMAND */
+
+  char               *name;           /* COMMAND, async, supervised: to send again elsewhere */
+  GVariant           *parameters;     /* same, nullable */
 
   gboolean            wait;           /* COMMAND: wait for room */
   CommandWaiter      *waiter;         /* COMMAND: a blocked sender, or */
@@ -132,6 +139,8 @@ struct _Link
   guint       in_flight;    /* mutex: calls with a slot (sending or pending) */
   GQueue      queue;        /* mutex: Call, waiting for a slot */
   gboolean    scheduled;    /* mutex: a pump is attached to the worker */
+  GSource    *check;        /* the closed check, on the worker: a reference */
+  gboolean    check_armed;  /* mutex: its ready time is set */
 };
 
 struct _SparkDBusTransport
@@ -171,6 +180,8 @@ call_unref (Call *call)
     return;
 
   g_clear_pointer (&call->req, spark_request_unref);
+  g_free (call->name);
+  g_clear_pointer (&call->parameters, g_variant_unref);
   g_clear_object (&call->message);
   g_clear_object (&call->task);
   g_clear_object (&call->token);
@@ -195,13 +206,44 @@ closed_error (SparkDBusTransport *self)
                       self->object_path, self->bus_name != NULL ? self->bus_name : "the peer");
 }
 
+G_DEFINE_QUARK (spark-dbus-unsent-error-quark, spark_dbus_unsent_error)
+
+/* A message refused because the peer is gone, never sent: for a
+ * supervised transport, the marker that it may go to the next process;
+ * otherwise CLOSED. */
+static GError *
+unsent_error (SparkDBusTransport *self)
+{
+  if (self->orphan_func == NULL)
+    return closed_error (self);
+  return g_error_new (SPARK_DBUS_UNSENT_ERROR, 0, "The module at %s is gone; not sent", self->object_path);
+}
+
 /* What a call's error says on this side: the remote prefix stripped; the
- * peer or the object being gone is CLOSED. */
+ * peer or the object being gone is CLOSED. A handler's own D-Bus error
+ * came under SPARK_DBUS_HANDLER_ERROR_PREFIX: it is unwrapped, and taken
+ * for what it says. @local: made on this side (a closed connection), not
+ * read from a reply. */
 static GError *
 map_error (SparkDBusTransport *self,
-           GError             *error)
+           GError             *error,
+           gboolean            local)
 {
-  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED) ||
+  g_autofree char *remote_name = g_dbus_error_get_remote_error (error);
+
+  if (remote_name != NULL && g_str_has_prefix (remote_name, SPARK_DBUS_HANDLER_ERROR_PREFIX))
+    {
+      GError *handler_error;
+
+      g_dbus_error_strip_remote_error (error);
+      handler_error = g_dbus_error_new_for_dbus_error (remote_name + strlen (SPARK_DBUS_HANDLER_ERROR_PREFIX),
+                                                       error->message);
+      g_dbus_error_strip_remote_error (handler_error);
+      g_error_free (error);
+      return handler_error;
+    }
+
+  if ((local && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED)) ||
       g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NO_REPLY) ||
       g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_SERVICE_UNKNOWN) ||
       g_error_matches (error, G_DBUS_ERROR, G_DBUS_ERROR_NAME_HAS_NO_OWNER) ||
@@ -292,6 +334,8 @@ call_finish (Call         *call,
   SparkDBusTransport *self = call->transport;
   Link *link = self->link;
 
+  gboolean local = reply == NULL;
+
   if (reply != NULL)
     g_dbus_message_to_gerror (reply, &error);
 
@@ -303,12 +347,12 @@ call_finish (Call         *call,
   g_mutex_lock (&self->mutex);
   if (call->kind == CALL_REQUEST)
     g_hash_table_remove (self->in_flight, call);
-  if (g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
+  if (local && g_error_matches (error, G_IO_ERROR, G_IO_ERROR_CLOSED))
     self->gone = TRUE;
   g_mutex_unlock (&self->mutex);
 
   if (error != NULL)
-    error = map_error (self, error);
+    error = map_error (self, error, local);
 
   switch (call->kind)
     {
@@ -400,11 +444,25 @@ link_send_locked (Link    *link,
                                        &serial, error))
     {
       call->never_sent = g_error_matches (*error, G_IO_ERROR, G_IO_ERROR_CLOSED);
+      if (call->never_sent)
+        {
+          /* Gone now, under the link's lock: a pump takes the rest of
+           * its queue along with this one, in order (link_pump()). */
+          g_mutex_lock (&self->mutex);
+          self->gone = TRUE;
+          g_mutex_unlock (&self->mutex);
+        }
       return FALSE;
     }
 
   call->serial = serial;
   g_hash_table_insert (link->pending, GUINT_TO_POINTER (serial), call);
+  if (!link->check_armed)
+    {
+      /* The closed check runs while calls are pending, and only then. */
+      link->check_armed = TRUE;
+      g_source_set_ready_time (link->check, g_get_monotonic_time () + G_USEC_PER_SEC);
+    }
   if (call->kind == CALL_REQUEST)
     {
       g_mutex_lock (&self->mutex);
@@ -414,38 +472,93 @@ link_send_locked (Link    *link,
   return TRUE;
 }
 
-/* Without the lock: what link_send_locked() refused. */
+/* Without the lock: what link_send_locked() refused (its slot taken). */
 static void
 call_not_sent (Call   *call,
                GError *error)
 {
   SparkDBusTransport *self = call->transport;
+  Link *link = self->link;
+  gboolean orphan = error != NULL && call->never_sent && self->orphan_func != NULL &&
+                    ((call->kind == CALL_REQUEST && !spark_request_is_claimed (call->req)) ||
+                     (call->kind == CALL_COMMAND && call->task != NULL));
 
-  if (error != NULL && call->never_sent && call->kind == CALL_REQUEST &&
-      self->orphan_func != NULL && !spark_request_is_claimed (call->req))
+  if (orphan)
     {
       /* Never sent, its peer gone: somebody else may send it. */
-      Link *link = self->link;
-      SparkRequest *req = g_steal_pointer (&call->req);
+      SparkDBusUnsent unsent = { 0 };
 
       g_error_free (error);
       if (call->cancel_id != 0)
         g_signal_handler_disconnect (call->cancellable, call->cancel_id);
-      self->orphan_func (&self->transport, req, self->orphan_data);
+      unsent.priority = call->priority;
+      if (call->kind == CALL_REQUEST)
+        unsent.req = g_steal_pointer (&call->req);
+      else
+        {
+          unsent.name = g_steal_pointer (&call->name);
+          unsent.parameters = g_steal_pointer (&call->parameters);
+          unsent.cancellable = g_steal_pointer (&call->cancellable);
+          unsent.task = g_steal_pointer (&call->task);
+        }
+      self->orphan_func (&self->transport, &unsent, self->orphan_data);
       link_release (link);
       call_unref (call);
     }
   else if (error != NULL)
-    call_finish (call, NULL, error);
+    {
+      /* A blocked sender of a supervised transport tries the next process. */
+      if (call->never_sent && call->kind == CALL_COMMAND && call->waiter != NULL && self->orphan_func != NULL)
+        {
+          g_error_free (error);
+          error = unsent_error (self);
+        }
+      call_finish (call, NULL, error);
+    }
   else
     {
-      Link *link = call->transport->link;
-
       /* A request that ended already: its outcome is decided. */
       if (call->cancel_id != 0)
         g_signal_handler_disconnect (call->cancellable, call->cancel_id);
       link_release (link);
       call_unref (call);
+    }
+}
+
+static gboolean
+transport_is_gone (SparkDBusTransport *self)
+{
+  gboolean gone;
+
+  g_mutex_lock (&self->mutex);
+  gone = self->gone;
+  g_mutex_unlock (&self->mutex);
+  return gone;
+}
+
+/* With the link's lock: takes out of its queue, in order, every call of
+ * @self, each with a slot (for call_not_sent()) and marked never sent;
+ * adds them to @taken. All at once, so that whoever takes them (a pump,
+ * spark_dbus_transport_abandon()) hands them on in their order. */
+static void
+link_take_queued_locked (Link               *link,
+                         SparkDBusTransport *self,
+                         GPtrArray          *taken)
+{
+  for (GList *l = link->queue.head; l != NULL;)
+    {
+      GList *next = l->next;
+      Call *call = l->data;
+
+      if (call->transport == self)
+        {
+          g_queue_delete_link (&link->queue, l);
+          link->in_flight++;
+          call->never_sent = TRUE;
+          g_ptr_array_add (taken, call);
+          g_ptr_array_add (taken, closed_error (self));
+        }
+      l = next;
     }
 }
 
@@ -458,9 +571,19 @@ link_pump (Link *link)
   g_mutex_lock (&link->mutex);
   while (link->in_flight < SPARK_DBUS_MAX_IN_FLIGHT && !g_queue_is_empty (&link->queue))
     {
-      Call *call = g_queue_pop_head (&link->queue);
+      Call *call = g_queue_peek_head (&link->queue);
       GError *error = NULL;
 
+      if (transport_is_gone (call->transport))
+        {
+          /* Its peer is gone: all of its calls at once (see above). */
+          if (refused == NULL)
+            refused = g_ptr_array_new ();
+          link_take_queued_locked (link, call->transport, refused);
+          continue;
+        }
+
+      g_queue_pop_head (&link->queue);
       link->in_flight++;
       if (!link_send_locked (link, call, &error))
         {
@@ -579,6 +702,8 @@ link_free (gpointer data)
   Link *link = data;
 
   g_assert (g_queue_is_empty (&link->queue) && link->in_flight == 0);
+  g_source_destroy (link->check);
+  g_source_unref (link->check);
   g_hash_table_unref (link->pending);
   g_mutex_clear (&link->mutex);
   g_free (link);
@@ -587,7 +712,8 @@ link_free (gpointer data)
 /* A connection closed: GDBus forgets our calls (it never knew them). Its
  * ::closed comes on the connection's own context; so that a requester
  * blocked on that context still hears of it, the worker also looks once a
- * second (one wakeup a second per connection used, while it lives). */
+ * second, while calls are pending on it (an idle connection costs no
+ * wakeup). */
 static void
 on_connection_closed (GDBusConnection *connection,
                       gboolean         remote_peer_vanished,
@@ -610,14 +736,39 @@ link_check_closed (gpointer data)
   if (connection == NULL)
     return G_SOURCE_REMOVE;
 
+  link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
   if (g_dbus_connection_is_closed (connection))
+    link_fail_pending (link);
+
+  /* Again in a second if calls are still pending; else dormant until the
+   * next one is sent (link_send_locked()). */
+  g_mutex_lock (&link->mutex);
+  if (g_hash_table_size (link->pending) > 0)
+    g_source_set_ready_time (link->check, g_get_monotonic_time () + G_USEC_PER_SEC);
+  else
     {
-      link = g_object_get_data (G_OBJECT (connection), "spark-dbus-link");
-      link_fail_pending (link);
+      link->check_armed = FALSE;
+      g_source_set_ready_time (link->check, -1);
     }
+  g_mutex_unlock (&link->mutex);
+
   g_object_unref (connection);
   return G_SOURCE_CONTINUE;
 }
+
+static gboolean
+check_source_dispatch (GSource     *source,
+                       GSourceFunc  callback,
+                       gpointer     data)
+{
+  (void) source;
+  return callback (data);
+}
+
+/* Fires at its ready time only. */
+static GSourceFuncs check_source_funcs = {
+  .dispatch = check_source_dispatch,
+};
 
 static void
 weak_ref_free (gpointer data)
@@ -649,11 +800,11 @@ link_get (GDBusConnection *connection)
       g_signal_connect (connection, "closed", G_CALLBACK (on_connection_closed), link);
 
       g_weak_ref_init (ref, connection);
-      check = g_timeout_source_new_seconds (1);
+      check = g_source_new (&check_source_funcs, sizeof (GSource));
       g_source_set_callback (check, link_check_closed, ref, weak_ref_free);
       g_source_set_static_name (check, "[spark-channel] D-Bus closed check");
       g_source_attach (check, worker_get_context ());
-      g_source_unref (check);
+      link->check = check;   /* the link's reference */
     }
   g_mutex_unlock (&links_lock);
 
@@ -686,6 +837,16 @@ link_submit (Link *link,
             g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
                                    g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
           }
+        /* Its dispatcher, for CancelAll; its lane; whether Cancel may
+         * come (then the remote handler gets a cancellable it reaches). */
+        if (spark_request_get_sender (req) != 0)
+          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_SENDER,
+                                 g_variant_new_uint64 (spark_request_get_sender (req)));
+        if (call->priority != SPARK_PRIORITY_DEFAULT)
+          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_PRIORITY,
+                                 g_variant_new_int32 ((gint32) call->priority));
+        if (spark_request_get_handler_cancellable (req) != NULL)
+          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_CANCELLABLE, g_variant_new_boolean (TRUE));
         call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
                                                         SPARK_DBUS_INTERFACE, "Request");
         g_dbus_message_set_body (call->message,
@@ -723,6 +884,19 @@ link_submit (Link *link,
         call_not_sent (call, error);
       return;
     }
+  g_mutex_lock (&self->mutex);
+  if (self->gone)
+    {
+      /* Abandoned (spark_dbus_transport_abandon()) or found gone: nothing
+       * may wait here any more, where nobody would send it. */
+      g_mutex_unlock (&self->mutex);
+      link->in_flight++;
+      g_mutex_unlock (&link->mutex);
+      call->never_sent = TRUE;
+      call_not_sent (call, closed_error (self));
+      return;
+    }
+  g_mutex_unlock (&self->mutex);
   g_queue_push_tail (&link->queue, call);
   link_schedule_locked (link);
   g_mutex_unlock (&link->mutex);
@@ -796,6 +970,21 @@ transport_get_context (SparkTransport *transport)
   return NULL;   /* the module is not in this process: nobody spins for it */
 }
 
+/* A call that blocks this thread until the module answers: FALSE with
+ * WOULD_DEADLOCK if this thread must serve that module's export. */
+static gboolean
+transport_check_deadlock (SparkDBusTransport  *self,
+                          GError             **error)
+{
+  if (!spark_dbus_export_would_deadlock (self->connection, self->bus_name, self->object_path))
+    return TRUE;
+
+  g_set_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK,
+               "A blocking call to the module at %s was made on a thread that must serve its export: "
+               "it would wait for itself", self->object_path);
+  return FALSE;
+}
+
 /* New calls: FALSE with CLOSED once shut down or gone. */
 static gboolean
 transport_check_open (SparkDBusTransport *self,
@@ -803,12 +992,15 @@ transport_check_open (SparkDBusTransport *self,
 {
   gboolean open;
 
+  gboolean gone;
+
   g_mutex_lock (&self->mutex);
   open = !self->closed && !self->gone;
+  gone = self->gone;
   g_mutex_unlock (&self->mutex);
 
   if (!open)
-    g_propagate_error (error, closed_error (self));
+    g_propagate_error (error, gone ? unsent_error (self) : closed_error (self));
   return open;
 }
 
@@ -822,16 +1014,15 @@ transport_post_request (SparkTransport *transport,
   SparkDBusTransport *self = (SparkDBusTransport *) transport;
   Call *call;
 
-  /* Priorities order a mailbox; the remote one applies its own. Nothing
-   * here waits for room: requests queue for a slot without blocking. */
-  (void) priority;
-  (void) blocking;
-
-  if (!transport_check_open (self, error))
+  /* Nothing here waits for room: requests queue for a slot without
+   * blocking. But a blocked requester waits for the module. */
+  if (!transport_check_open (self, error) ||
+      (blocking && !transport_check_deadlock (self, error)))
     return FALSE;
 
   call = call_new (self, CALL_REQUEST);
   call->req = req;
+  call->priority = priority;
   link_submit (self->link, call);
   return TRUE;
 }
@@ -852,15 +1043,16 @@ transport_post_command (SparkTransport *transport,
   Call *call;
   GError *local_error = NULL;
 
-  (void) priority;
-
-  if (!transport_check_open (self, error))
+  /* Blocking and try-sends wait for the module's answer. */
+  if (!transport_check_open (self, error) ||
+      (mode != SPARK_POST_ASYNC && !transport_check_deadlock (self, error)))
     {
       g_clear_pointer (&parameters, g_variant_unref);
       return FALSE;
     }
 
   call = call_new (self, CALL_COMMAND);
+  call->priority = priority;
   /* A try-send is answered FULL by a full mailbox; the others wait for
    * room there, and a cancel of @cancellable ends that wait (the answer,
    * CANCELLED or queued, is the export's). */
@@ -870,18 +1062,28 @@ transport_post_command (SparkTransport *transport,
   g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
   if (call->wait)
     g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
+  if (priority != SPARK_PRIORITY_DEFAULT)
+    g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_PRIORITY, g_variant_new_int32 ((gint32) priority));
   call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
                                                   SPARK_DBUS_INTERFACE, "Command");
   g_dbus_message_set_body (call->message,
                            g_variant_new ("(s@ava{sv})", name, spark_dbus_wrap_value (parameters), &options));
-  g_clear_pointer (&parameters, g_variant_unref);
 
   if (mode == SPARK_POST_ASYNC)
     {
+      /* A supervised transport may have to send it again elsewhere. */
+      if (self->orphan_func != NULL)
+        {
+          call->name = g_strdup (name);
+          call->parameters = g_steal_pointer (&parameters);
+        }
+      g_clear_pointer (&parameters, g_variant_unref);
       call->task = g_object_ref (task);
       link_submit (self->link, call);
       return TRUE;
     }
+
+  g_clear_pointer (&parameters, g_variant_unref);
 
   /* Blocking: the answer is one round trip away (never a wait for room,
    * for a try-send). */
@@ -935,6 +1137,80 @@ transport_send_shutdown (SparkTransport *transport,
   return TRUE;
 }
 
+/* Takes out of the link's queue, in order, this transport's calls that
+ * @match accepts; each gets a slot, for call_not_sent(). */
+static GPtrArray *
+link_take_queued (Link               *link,
+                  SparkDBusTransport *self,
+                  gboolean          (*match) (Call *call, gpointer data),
+                  gpointer            data)
+{
+  GPtrArray *taken = g_ptr_array_new ();
+
+  g_mutex_lock (&link->mutex);
+  for (GList *l = link->queue.head; l != NULL;)
+    {
+      GList *next = l->next;
+      Call *call = l->data;
+
+      if (call->transport == self && match (call, data))
+        {
+          g_queue_delete_link (&link->queue, l);
+          link->in_flight++;
+          g_ptr_array_add (taken, call);
+        }
+      l = next;
+    }
+  g_mutex_unlock (&link->mutex);
+
+  return taken;
+}
+
+static gboolean
+call_is_from_sender (Call     *call,
+                     gpointer  data)
+{
+  return call->kind == CALL_REQUEST && spark_request_get_sender (call->req) == *(guint64 *) data;
+}
+
+static void
+transport_cancel_all (SparkTransport *transport,
+                      guint64         sender)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  GPtrArray *taken = link_take_queued (self->link, self, call_is_from_sender, &sender);
+  GDBusMessage *message;
+  gboolean remote = FALSE;
+  GHashTableIter iter;
+  gpointer key;
+
+  /* Those still waiting here for a slot end here, never sent. */
+  for (guint i = 0; i < taken->len; i++)
+    {
+      Call *call = g_ptr_array_index (taken, i);
+
+      spark_request_complete_cancelled (call->req, "The request was cancelled by spark_dispatcher_cancel_all()");
+      call_not_sent (call, NULL);
+    }
+  g_ptr_array_unref (taken);
+
+  /* Those sent: the export cancels the ones still queued there. After
+   * them on the wire, so it has them all. */
+  g_mutex_lock (&self->mutex);
+  g_hash_table_iter_init (&iter, self->in_flight);
+  while (!remote && g_hash_table_iter_next (&iter, &key, NULL))
+    remote = spark_request_get_sender (((Call *) key)->req) == sender;
+  g_mutex_unlock (&self->mutex);
+  if (!remote)
+    return;
+
+  message = g_dbus_message_new_method_call (self->bus_name, self->object_path, SPARK_DBUS_INTERFACE, "CancelAll");
+  g_dbus_message_set_body (message, g_variant_new ("(t)", sender));
+  g_dbus_message_set_flags (message, G_DBUS_MESSAGE_FLAGS_NO_REPLY_EXPECTED);
+  (void) g_dbus_connection_send_message (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE, NULL, NULL);
+  g_object_unref (message);
+}
+
 static const SparkTransportVTable dbus_transport_vtable = {
   .ref = transport_ref,
   .unref = transport_unref,
@@ -942,7 +1218,30 @@ static const SparkTransportVTable dbus_transport_vtable = {
   .post_request = transport_post_request,
   .post_command = transport_post_command,
   .send_shutdown = transport_send_shutdown,
+  .cancel_all = transport_cancel_all,
 };
+
+void
+spark_dbus_transport_abandon (SparkTransport *transport)
+{
+  SparkDBusTransport *self = (SparkDBusTransport *) transport;
+  GPtrArray *taken;
+
+  g_assert (transport->vtable == &dbus_transport_vtable);
+
+  /* Gone first: from now on nothing new waits in the link's queue. */
+  g_mutex_lock (&self->mutex);
+  self->gone = TRUE;
+  g_mutex_unlock (&self->mutex);
+
+  taken = g_ptr_array_new ();
+  g_mutex_lock (&self->link->mutex);
+  link_take_queued_locked (self->link, self, taken);
+  g_mutex_unlock (&self->link->mutex);
+  for (guint i = 0; i < taken->len; i += 2)
+    call_not_sent (g_ptr_array_index (taken, i), g_ptr_array_index (taken, i + 1));
+  g_ptr_array_unref (taken);
+}
 
 /* The name watch (worker) ----------------------------------------------- */
 

@@ -73,16 +73,9 @@
 
 /* The supervised transport ---------------------------------------------- */
 
-/* What waits for the next process. */
-typedef struct
-{
-  SparkRequest  *req;          /* a request (the sender's reference), or */
-  char          *name;         /* an asynchronous command */
-  GVariant      *parameters;
-  SparkPriority  priority;
-  GCancellable  *cancellable;
-  GTask         *task;
-} Waiting;
+/* What waits for the next process: a request (the sender's reference),
+ * or an asynchronous command. */
+typedef SparkDBusUnsent Waiting;
 
 typedef struct
 {
@@ -94,6 +87,7 @@ typedef struct
   gboolean        closed;      /* mutex: shut down, or given up */
   char           *why_closed;  /* mutex */
   GQueue          waiting;     /* mutex: Waiting */
+  guint           n_moved;     /* mutex: how many of them came from the dead process's queue */
 } Supervised;
 
 static void
@@ -179,24 +173,38 @@ supervised_get_current (Supervised *self)
   return self->current != NULL ? spark_transport_ref (self->current) : NULL;
 }
 
-/* @current refused a message with @error: if that says its process is
- * gone while supervision goes on, forgets it (the watch will restart the
- * process) and returns TRUE: the message may wait for the next one. */
+/* @current refused a message with @error: if that says it was never sent
+ * because its process is gone, while supervision goes on, forgets it (the
+ * watch will restart the process) and returns TRUE: the message may wait
+ * for the next one. Otherwise an UNSENT error becomes CLOSED. */
 static gboolean
 supervised_forget (Supervised     *self,
                    SparkTransport *current,
-                   const GError   *error)
+                   GError        **error)
 {
+  SparkTransport *dead = NULL;
   gboolean forget;
 
-  if (!g_error_matches (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED))
+  if (!g_error_matches (*error, SPARK_DBUS_UNSENT_ERROR, 0))
     return FALSE;
 
   g_mutex_lock (&self->mutex);
-  forget = !self->closed && (self->current == current || self->current == NULL);
+  forget = !self->closed;
   if (forget && self->current == current)
-    g_clear_pointer (&self->current, spark_transport_unref);
+    dead = g_steal_pointer (&self->current);
+  if (!forget)
+    {
+      g_clear_error (error);
+      g_set_error_literal (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED, self->why_closed);
+    }
   g_mutex_unlock (&self->mutex);
+
+  /* What waited there for a slot goes ahead of what comes now. */
+  if (dead != NULL)
+    {
+      spark_dbus_transport_abandon (dead);
+      spark_transport_unref (dead);
+    }
   return forget;
 }
 
@@ -234,7 +242,7 @@ supervised_post_request (SparkTransport *transport,
   g_mutex_unlock (&self->mutex);
 
   ret = current->vtable->post_request (current, req, priority, blocking, &local_error);
-  if (!ret && supervised_forget (self, current, local_error))
+  if (!ret && supervised_forget (self, current, &local_error))
     {
       /* The process just died (before its watch said so): not sent, so
        * it waits for the next one. */
@@ -305,7 +313,7 @@ supervised_post_command (SparkTransport *transport,
 
   ret = current->vtable->post_command (current, name, parameters != NULL ? g_variant_ref (parameters) : NULL,
                                        priority, mode, cancellable, task, &local_error);
-  if (!ret && supervised_forget (self, current, local_error))
+  if (!ret && supervised_forget (self, current, &local_error))
     {
       g_clear_error (&local_error);
       spark_transport_unref (current);
@@ -346,48 +354,45 @@ supervised_close (Supervised *self,
   g_clear_pointer (&current, spark_transport_unref);
 }
 
-/* A request the dead process's transport accepted but never sent (it
- * waited there for an in-flight slot): it waits for the next process too. */
+/* A message the dead process's transport accepted but never sent (it
+ * waited there for an in-flight slot): it waits for the next process too,
+ * ahead of what was sent since the death, in its order. */
 static void
-supervised_orphan (SparkTransport *from,
-                   SparkRequest   *req,
-                   gpointer        data)
+supervised_orphan (SparkTransport  *from,
+                   SparkDBusUnsent *unsent,
+                   gpointer         data)
 {
   Supervised *self = data;
   SparkTransport *current = NULL, *dead = NULL;
-  GError *error = NULL;
+  Waiting *w = g_memdup2 (unsent, sizeof *unsent);
 
   g_mutex_lock (&self->mutex);
   if (self->closed)
     {
-      error = g_error_new_literal (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_CLOSED, self->why_closed);
+      char *why = g_strdup (self->why_closed);
+
       g_mutex_unlock (&self->mutex);
-      spark_request_complete (req, NULL, error);
-      spark_request_unref (req);
+      waiting_fail (w, why);
+      g_free (why);
       return;
     }
   if (self->current == from)
     dead = g_steal_pointer (&self->current);
   if (self->current == NULL)
-    {
-      Waiting *w = g_new0 (Waiting, 1);
-
-      w->req = req;
-      w->priority = SPARK_PRIORITY_DEFAULT;
-      g_queue_push_tail (&self->waiting, w);
-    }
+    g_queue_push_nth (&self->waiting, w, (gint) self->n_moved++);
   else
     current = spark_transport_ref (self->current);
   g_mutex_unlock (&self->mutex);
-  g_clear_pointer (&dead, spark_transport_unref);
 
+  if (dead != NULL)
+    {
+      spark_dbus_transport_abandon (dead);
+      spark_transport_unref (dead);
+    }
   if (current != NULL)
     {
-      if (!current->vtable->post_request (current, req, SPARK_PRIORITY_DEFAULT, FALSE, &error))
-        {
-          spark_request_complete (req, NULL, error);
-          spark_request_unref (req);
-        }
+      /* Late: the next process is up already. */
+      waiting_send (w, current);
       spark_transport_unref (current);
     }
 }
@@ -782,6 +787,7 @@ install (SparkSubprocess *self,
   g_mutex_lock (&sup->mutex);
   waiting = sup->waiting;
   g_queue_init (&sup->waiting);
+  sup->n_moved = 0;
   while ((w = g_queue_pop_head (&waiting)) != NULL)
     waiting_send (w, transport);
   g_clear_pointer (&sup->current, spark_transport_unref);
@@ -835,6 +841,7 @@ on_child_exited (GObject      *source,
   g_autofree char *why = NULL;
   gint64 now = g_get_monotonic_time ();
   guint in_window = 0;
+  SparkTransport *dead;
   gboolean closed;
 
   (void) g_subprocess_wait_finish (proc, result, NULL);
@@ -860,10 +867,15 @@ on_child_exited (GObject      *source,
   /* Its transport is gone: what was in flight fails there (the
    * connection closed); what comes now waits for the next process. */
   g_mutex_lock (&sup->mutex);
-  if (sup->current != NULL)
-    g_clear_pointer (&sup->current, spark_transport_unref);
+  dead = g_steal_pointer (&sup->current);
   closed = sup->closed;
   g_mutex_unlock (&sup->mutex);
+  /* What waited there for a slot goes ahead of what comes now. */
+  if (dead != NULL)
+    {
+      spark_dbus_transport_abandon (dead);
+      spark_transport_unref (dead);
+    }
   if (self->connection != NULL)
     g_dbus_connection_close (self->connection, NULL, NULL, NULL);
   g_clear_object (&self->connection);
