@@ -47,6 +47,7 @@ struct _TestHandler
   gint           cancelled;     /* atomic: held invocations whose cancellable fired */
   gint           commands;      /* atomic: "count" commands */
   SparkTestGate  gate;
+  SparkDispatcher *self_remote; /* set before use: "self-sync" calls its own module through it */
 };
 
 static void test_handler_iface_init (SparkHandlerInterface *iface);
@@ -119,6 +120,17 @@ test_handler_handle_invocation (SparkHandler    *handler,
     }
   else if (g_str_equal (name, "drop"))
     ;   /* the server's reference goes: NO_REPLY */
+  else if (g_str_equal (name, "self-sync"))
+    {
+      /* A blocking call to this very module, from its server's thread. */
+      GError *error = NULL;
+      GVariant *reply = spark_dispatcher_request_sync (self->self_remote, "echo", NULL, NULL, NULL, &error);
+
+      if (reply != NULL)
+        spark_invocation_return_value (invocation, reply);
+      else
+        spark_invocation_take_error (invocation, error);
+    }
   else
     spark_invocation_take_error (invocation, g_error_new (SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_NOT_SUPPORTED,
                                                           "No request “%s” here", name));
@@ -162,6 +174,7 @@ test_handler_finalize (GObject *object)
   TestHandler *self = TEST_HANDLER (object);
 
   g_ptr_array_unref (self->held);
+  g_clear_object (&self->self_remote);
   g_mutex_clear (&self->mutex);
   g_cond_clear (&self->cond);
   spark_test_gate_clear (&self->gate);
@@ -570,6 +583,13 @@ test_request_errors (Fixture       *fixture,
   assert_remote_error (fixture, "g-io-error-quark", G_IO_ERROR_PERMISSION_DENIED, "no way");
   (void) TEST_ERROR;
   assert_remote_error (fixture, "test-dbus-error-quark", 7, "a message with “quotes”: and colons");
+  /* A handler's own D-Bus errors and G_IO_ERROR_CLOSED are what they say:
+   * not the module gone. */
+  assert_remote_error (fixture, "g-dbus-error-quark", G_DBUS_ERROR_UNKNOWN_METHOD, "no such method in my world");
+  assert_remote_error (fixture, "g-dbus-error-quark", G_DBUS_ERROR_NO_REPLY, "the backend did not answer");
+  assert_remote_error (fixture, "g-dbus-error-quark", G_DBUS_ERROR_SERVICE_UNKNOWN, "no backend");
+  assert_remote_error (fixture, "g-dbus-error-quark", G_DBUS_ERROR_INVALID_ARGS, "bad arguments");
+  assert_remote_error (fixture, "g-io-error-quark", G_IO_ERROR_CLOSED, "my file is closed");
 
   /* The remote handler's own outcomes. */
   reply = spark_dispatcher_request_sync (fixture->remote, "drop", NULL, NULL, NULL, &error);
@@ -1307,6 +1327,189 @@ test_gjs_server (void)
   g_dbus_connection_close_sync (conn, NULL, NULL);
 }
 
+
+/* Cancel-all, priorities, deadlocks ------------------------------------------------ */
+
+/* Has the server's thread wait at the handler's gate, so that what comes
+ * next stays queued in its mailbox. */
+static void
+block_server (Fixture *fixture)
+{
+  TestHandler *handler = fixture->handler;
+  GError *error = NULL;
+
+  g_assert_true (spark_dispatcher_send_command (fixture->remote, "block", NULL, NULL, &error));
+  g_assert_no_error (error);
+  g_mutex_lock (&handler->mutex);
+  while (!handler->blocking)
+    g_cond_wait (&handler->cond, &handler->mutex);
+  g_mutex_unlock (&handler->mutex);
+}
+
+static void
+wait_pending (Fixture *fixture,
+              guint    n)
+{
+  while (spark_module_server_get_pending (fixture->server) < n)
+    g_usleep (1000);
+}
+
+/* cancel_all() of a remote dispatcher: its requests still queued in the
+ * remote mailbox and those still waiting here for an in-flight slot fail
+ * with CANCELLED; another dispatcher's, on the same connection, do not. */
+static void
+test_cancel_all (Fixture       *fixture,
+                 gconstpointer  data)
+{
+  enum { N = SPARK_DBUS_MAX_IN_FLIGHT + 5, M = 3 };
+  g_autoptr(SparkDispatcher) other = spark_dispatcher_new_for_dbus (fixture->client_conn, fixture->bus_name,
+                                                                    OBJECT_PATH);
+  g_autoptr(SparkDispatcher) high = NULL;
+  SparkTestOutcome *mine = g_new0 (SparkTestOutcome, N + 1);
+  SparkTestOutcome *theirs = g_new0 (SparkTestOutcome, M);
+
+  (void) data;
+
+  block_server (fixture);
+  /* More than the slots: the last few wait here, behind the window. */
+  for (guint i = 0; i < N; i++)
+    spark_dispatcher_request_full (fixture->remote, "echo", g_variant_new_uint32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &mine[i], NULL);
+  /* One made by with_priority() is the same sender. */
+  high = spark_dispatcher_with_priority (fixture->remote, SPARK_PRIORITY_HIGH);
+  spark_dispatcher_request_full (high, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &mine[N], NULL);
+  for (guint i = 0; i < M; i++)
+    spark_dispatcher_request_full (other, "echo", g_variant_new_uint32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &theirs[i], NULL);
+  wait_pending (fixture, SPARK_DBUS_MAX_IN_FLIGHT);
+
+  spark_dispatcher_cancel_all (fixture->remote);
+  for (guint i = 0; i <= N; i++)
+    {
+      spark_test_wait_flag (NULL, &mine[i].done);
+      g_assert_error (mine[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      spark_test_outcome_clear (&mine[i]);
+    }
+  /* The other dispatcher's requests are still on their way or queued. */
+  for (guint i = 0; i < M; i++)
+    g_assert_false (g_atomic_int_get (&theirs[i].done));
+
+  spark_test_gate_open (&fixture->handler->gate);
+  for (guint i = 0; i < M; i++)
+    {
+      spark_test_wait_flag (NULL, &theirs[i].done);
+      g_assert_no_error (theirs[i].error);
+      spark_test_outcome_clear (&theirs[i]);
+    }
+  /* And this one goes on working. */
+  g_variant_unref (echo_sync (fixture, NULL));
+  g_free (mine);
+  g_free (theirs);
+}
+
+typedef struct
+{
+  GString *order;
+  gint     done;
+} Order;
+
+static void
+on_ordered_reply (GVariant     *reply,
+                  const GError *error,
+                  gpointer      user_data)
+{
+  Order *order = user_data;
+  g_autoptr(GVariant) child = NULL;
+  g_autoptr(GVariant) inner = NULL;
+
+  g_assert_no_error ((GError *) error);
+  child = g_variant_get_child_value (reply, 1);
+  inner = g_variant_get_variant (child);
+  g_string_append (order->order, g_variant_get_string (inner, NULL));
+  g_atomic_int_inc (&order->done);
+}
+
+/* A remote dispatcher's priority is the lane in the remote mailbox: sent
+ * LOW, DEFAULT, HIGH while the server is busy, they run HIGH first. */
+static void
+test_priority (Fixture       *fixture,
+               gconstpointer  data)
+{
+  g_autoptr(SparkDispatcher) low = spark_dispatcher_with_priority (fixture->remote, SPARK_PRIORITY_LOW);
+  g_autoptr(SparkDispatcher) high = spark_dispatcher_with_priority (fixture->remote, SPARK_PRIORITY_HIGH);
+  Order order = { g_string_new (NULL), 0 };
+
+  (void) data;
+
+  block_server (fixture);
+  spark_dispatcher_request_full (low, "echo", g_variant_new_string ("L"), NULL, NULL, on_ordered_reply, &order, NULL);
+  spark_dispatcher_request_full (fixture->remote, "echo", g_variant_new_string ("D"), NULL, NULL,
+                                 on_ordered_reply, &order, NULL);
+  spark_dispatcher_request_full (high, "echo", g_variant_new_string ("H"), NULL, NULL, on_ordered_reply, &order, NULL);
+  wait_pending (fixture, 3);
+  spark_test_gate_open (&fixture->handler->gate);
+  spark_test_wait_count (NULL, &order.done, 3);
+  g_assert_cmpstr (order.order->str, ==, "HDL");
+  g_string_free (order.order, TRUE);
+}
+
+typedef struct
+{
+  Fixture *fixture;
+  GError  *sync_error;
+  GError  *try_error;
+  gint     done;
+} SelfCall;
+
+static gboolean
+call_self_on_export_thread (gpointer data)
+{
+  SelfCall *call = data;
+
+  /* This thread serves the export: waiting here for the module would
+   * wait for itself. */
+  g_assert_null (spark_dispatcher_request_sync (call->fixture->remote, "echo", NULL, NULL, NULL,
+                                                &call->sync_error));
+  g_assert_false (spark_dispatcher_try_send_command (call->fixture->remote, "count", NULL, &call->try_error));
+  g_atomic_int_set (&call->done, TRUE);
+  g_main_context_wakeup (NULL);
+  return G_SOURCE_REMOVE;
+}
+
+/* A blocking call to a module from a thread that must serve it (its
+ * export's, or its server's) fails with WOULD_DEADLOCK instead of
+ * hanging; from any other thread it works. */
+static void
+test_would_deadlock (Fixture       *fixture,
+                     gconstpointer  data)
+{
+  SelfCall call = { fixture, NULL, NULL, 0 };
+  GError *error = NULL;
+  GVariant *reply;
+
+  (void) data;
+
+  g_main_context_invoke (fixture->context, call_self_on_export_thread, &call);
+  spark_test_wait_flag (NULL, &call.done);
+  g_assert_error (call.sync_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_assert_error (call.try_error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_clear_error (&call.sync_error);
+  g_clear_error (&call.try_error);
+
+  /* From the server's thread, through its own export. */
+  fixture->handler->self_remote = spark_dispatcher_new_for_dbus (fixture->client_conn, fixture->bus_name,
+                                                                 OBJECT_PATH);
+  reply = spark_dispatcher_request_sync (fixture->remote, "self-sync", NULL, NULL, NULL, &error);
+  g_assert_error (error, SPARK_CHANNEL_ERROR, SPARK_CHANNEL_ERROR_WOULD_DEADLOCK);
+  g_assert_null (reply);
+  g_clear_error (&error);
+
+  /* From this thread, which serves neither, it answers; the refused
+   * command never ran. */
+  g_variant_unref (echo_sync (fixture, NULL));
+  g_assert_cmpint (g_atomic_int_get (&fixture->handler->commands), ==, 0);
+}
+
 /* Modules in a subprocess ----------------------------------------------------- */
 
 static SparkSubprocess *
@@ -1394,7 +1597,12 @@ typedef struct
   guint            restarted;
   gint             gave_up;
   GError          *gave_up_error;
+  GArray          *ok_ids;         /* nullable: the ids that replied, in reply order */
+  guint            n_late;         /* sent once the first CLOSED arrives, ids from LATE_ID */
+  guint            n_extra;        /* how many were */
 } Flood;
+
+#define LATE_ID 100000
 
 static void flood_send (Flood *flood);
 
@@ -1413,8 +1621,23 @@ on_flood_reply (GVariant     *reply,
       flood->closed++;
     }
   else
-    flood->ok++;
+    {
+      flood->ok++;
+      if (flood->ok_ids != NULL)
+        g_array_append_vals (flood->ok_ids, (guint32[]) { g_variant_get_uint32 (reply) }, 1);
+    }
   flood->done++;
+
+  /* The death is known here: what is sent now waits for the next
+   * process, behind what was still waiting for a slot in the dead one. */
+  if (error != NULL && flood->n_late > 0)
+    {
+      for (guint i = 0; i < flood->n_late; i++)
+        spark_dispatcher_request_full (flood->remote, "echo", g_variant_new_uint32 (LATE_ID + i),
+                                       G_VARIANT_TYPE_UINT32, NULL, on_flood_reply, flood, NULL);
+      flood->n_extra = flood->n_late;
+      flood->n_late = 0;
+    }
 
   if (flood->done == flood->kill_at)
     {
@@ -1540,6 +1763,53 @@ test_subprocess_restart_queued (void)
   g_object_unref (flood.remote);
 }
 
+/* As above, and the order holds: what waited in the dead process's queue
+ * runs in the new one before what was sent during the restart, and every
+ * request that replied did so in the order it was sent. */
+static void
+test_subprocess_restart_order (void)
+{
+  g_autoptr(SparkSubprocess) sub = helper_new ();
+  Flood flood = { 0 };
+  GError *error = NULL;
+  guint32 last = 0;
+
+  g_object_set (sub, "max-restarts", 3, "restart-delay", 100, NULL);
+  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
+  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+
+  flood.remote = spark_subprocess_create_dispatcher (sub);
+  flood.killed_pid = helper_pid (flood.remote);
+  flood.ok_ids = g_array_new (FALSE, FALSE, sizeof (guint32));
+  flood.n = 1000;
+  flood.kill_at = 20;
+  flood.n_late = 10;
+  while (flood.sent < flood.n)
+    flood_send (&flood);
+  while (flood.done < flood.n + flood.n_extra)
+    g_main_context_iteration (NULL, TRUE);
+
+  g_test_message ("%u replies, %u CLOSED", flood.ok, flood.closed);
+  g_assert_cmpuint (flood.n_extra, ==, 10);   /* the late ones were sent */
+  g_assert_cmpuint (flood.ok + flood.closed, ==, flood.n + flood.n_extra);
+  g_assert_cmpuint (flood.ok_ids->len, ==, flood.ok);
+  for (guint i = 0; i < flood.ok_ids->len; i++)
+    {
+      guint32 id = g_array_index (flood.ok_ids, guint32, i);
+
+      if (i > 0)
+        g_assert_cmpuint (id, >, last);
+      last = id;
+    }
+  /* The late ones replied, last. */
+  g_assert_cmpuint (last, ==, LATE_ID + 9);
+  g_assert_cmpuint (flood.restarted, ==, 1);
+  g_array_unref (flood.ok_ids);
+  g_object_unref (flood.remote);
+}
+
 static gpointer
 send_command_blocking (gpointer data)
 {
@@ -1651,12 +1921,19 @@ main (int   argc,
   ADD ("bus/unexported", &on_bus, test_unexported);
   ADD ("bus/introspect", &on_bus, test_introspect);
   ADD ("bus/gdbus-call", &on_bus, test_gdbus_call);
+  ADD ("bus/cancel-all", &on_bus, test_cancel_all);
+  ADD ("peer/cancel-all", &on_peer, test_cancel_all);
+  ADD ("bus/priority", &on_bus, test_priority);
+  ADD ("peer/priority", &on_peer, test_priority);
+  ADD ("bus/would-deadlock", &on_bus, test_would_deadlock);
+  ADD ("peer/would-deadlock", &on_peer, test_would_deadlock);
   ADD ("bus/python-client", &on_bus, test_python_client);
   g_test_add_func ("/spark/dbus/bus/gjs-server", test_gjs_server);
   g_test_add_func ("/spark/dbus/helper-process/basic", test_subprocess_basic);
   g_test_add_func ("/spark/dbus/helper-process/serve-alone", test_subprocess_serve_alone);
   g_test_add_func ("/spark/dbus/helper-process/restart", test_subprocess_restart);
   g_test_add_func ("/spark/dbus/helper-process/restart-queued", test_subprocess_restart_queued);
+  g_test_add_func ("/spark/dbus/helper-process/restart-order", test_subprocess_restart_order);
   g_test_add_func ("/spark/dbus/helper-process/give-up", test_subprocess_give_up);
   g_test_add_func ("/spark/dbus/helper-process/before-spawn", test_subprocess_before_spawn);
 
