@@ -151,6 +151,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -3563,13 +3564,38 @@ bench_dbus_side_stop (BenchDBusSide *side)
   g_clear_object (&side->client_conn);
 }
 
-/* Sequential round trips: ns per request. */
-static double
+/* What one timed run cost: wall time, and this process's CPU time and
+ * context switches (the bus daemon's are not counted: it does the same
+ * work for both). */
+typedef struct
+{
+  double wall_ns;
+  double cpu_ns;
+  double switches;
+} BenchDBusCost;
+
+static void
+bench_dbus_cost_sample (BenchDBusCost *cost,
+                        gboolean       end)
+{
+  struct rusage ru;
+  double sign = end ? 1.0 : -1.0;
+
+  getrusage (RUSAGE_SELF, &ru);
+  cost->wall_ns += sign * (double) now_ns ();
+  cost->cpu_ns += sign * ((ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e9 +
+                          (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e3);
+  cost->switches += sign * (double) (ru.ru_nvcsw + ru.ru_nivcsw);
+}
+
+/* Sequential round trips. */
+static BenchDBusCost
 bench_dbus_seq_raw (BenchDBusSide *side,
                     guint          n)
 {
-  gint64 t0 = now_ns ();
+  BenchDBusCost cost = { 0 };
 
+  bench_dbus_cost_sample (&cost, FALSE);
   for (guint i = 0; i < n; i++)
     {
       GError *error = NULL;
@@ -3584,15 +3610,17 @@ bench_dbus_seq_raw (BenchDBusSide *side,
       g_assert_cmpint (v, ==, (gint32) i + 1);
       g_variant_unref (ret);
     }
-  return (double) (now_ns () - t0) / n;
+  bench_dbus_cost_sample (&cost, TRUE);
+  return cost;
 }
 
-static double
+static BenchDBusCost
 bench_dbus_seq_spark (SparkDispatcher *remote,
                       guint            n)
 {
-  gint64 t0 = now_ns ();
+  BenchDBusCost cost = { 0 };
 
+  bench_dbus_cost_sample (&cost, FALSE);
   for (guint i = 0; i < n; i++)
     {
       GError *error = NULL;
@@ -3603,7 +3631,8 @@ bench_dbus_seq_spark (SparkDispatcher *remote,
       g_assert_cmpint (g_variant_get_int32 (ret), ==, (gint32) i + 1);
       g_variant_unref (ret);
     }
-  return (double) (now_ns () - t0) / n;
+  bench_dbus_cost_sample (&cost, TRUE);
+  return cost;
 }
 
 typedef struct
@@ -3663,15 +3692,16 @@ bench_dbus_pipe_send_spark (BenchDBusPipe *pipe)
                                  G_VARIANT_TYPE_INT32, NULL, on_bench_spark_reply, pipe, NULL);
 }
 
-/* Pipelined: requests per second. */
-static double
+/* Pipelined: BENCH_DBUS_WINDOW in flight. */
+static BenchDBusCost
 bench_dbus_pipelined (BenchDBusSide   *side,
                       SparkDispatcher *remote,
                       guint            n)
 {
   BenchDBusPipe pipe = { side, remote, n, 0, 0 };
-  gint64 t0 = now_ns ();
+  BenchDBusCost cost = { 0 };
 
+  bench_dbus_cost_sample (&cost, FALSE);
   for (guint i = 0; i < BENCH_DBUS_WINDOW && i < n; i++)
     {
       if (remote != NULL)
@@ -3681,44 +3711,111 @@ bench_dbus_pipelined (BenchDBusSide   *side,
     }
   while (pipe.done < n)
     g_main_context_iteration (NULL, TRUE);
-  return n / ((double) (now_ns () - t0) / 1e9);
+  bench_dbus_cost_sample (&cost, TRUE);
+  return cost;
+}
+
+static int
+compare_doubles (gconstpointer a,
+                 gconstpointer b)
+{
+  double x = *(const double *) a, y = *(const double *) b;
+
+  return x < y ? -1 : x > y;
+}
+
+static double
+median_of (double *values,
+           guint   n)
+{
+  qsort (values, n, sizeof (double), compare_doubles);
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+#define BENCH_DBUS_MAX_ROUNDS 64
+
+/* Prints one workload's line pair: medians over the rounds of each
+ * implementation's figures, and the median of the per-round ratios
+ * (spark's time over raw's: ≤ 1.10 is the goal). */
+static void
+bench_dbus_report (const char          *workload,
+                   const char          *link,
+                   guint                n,
+                   const BenchDBusCost *raw,
+                   const BenchDBusCost *spark,
+                   guint                rounds)
+{
+  double v[6][BENCH_DBUS_MAX_ROUNDS];
+  double m[6];
+
+  for (guint r = 0; r < rounds; r++)
+    {
+      v[0][r] = raw[r].wall_ns / n;
+      v[1][r] = spark[r].wall_ns / n;
+      v[2][r] = spark[r].wall_ns / raw[r].wall_ns;
+      v[3][r] = raw[r].cpu_ns / n;
+      v[4][r] = spark[r].cpu_ns / n;
+      v[5][r] = (spark[r].switches - raw[r].switches) / n;
+    }
+  for (guint i = 0; i < 6; i++)
+    m[i] = median_of (v[i], rounds);
+
+  printf ("workload=%s link=%s impl=raw ns_per_op=%.0f ops_per_s=%.0f cpu_ns_per_op=%.0f\n",
+          workload, link, m[0], 1e9 / m[0], m[3]);
+  printf ("workload=%s link=%s impl=spark ns_per_op=%.0f ops_per_s=%.0f cpu_ns_per_op=%.0f "
+          "time_ratio_vs_raw=%.3f extra_switches_per_op=%.2f\n",
+          workload, link, m[1], 1e9 / m[1], m[4], m[2], m[5]);
 }
 
 static int
 bench_dbus (gboolean quick)
 {
-  guint n_seq = quick ? 200 : 5000;
-  guint n_pipe = quick ? 1000 : 50000;
+  guint n_seq = quick ? 200 : 2000;
+  guint n_pipe = quick ? 1000 : 10000;
+  guint rounds = quick ? 1 : MIN (MAX ((guint) opt_repeat, 7), BENCH_DBUS_MAX_ROUNDS);
   GTestDBus *bus = g_test_dbus_new (G_TEST_DBUS_NONE);
 
   g_test_dbus_up (bus);
-  printf ("# spark-channel over D-Bus, next to raw GDBus (same run); seq: %u, pipelined: %u, window %d\n",
-          n_seq, n_pipe, BENCH_DBUS_WINDOW);
+  printf ("# spark-channel over D-Bus, next to raw GDBus (same run, interleaved); %u rounds of seq: %u, "
+          "pipelined: %u (window %d); medians; load average %s\n",
+          rounds, n_seq, n_pipe, BENCH_DBUS_WINDOW, run_info.loadavg);
 
   for (guint link = 0; link < 2; link++)
     {
       BenchDBusSide side = { 0 };
       SparkDispatcher *remote;
-      double raw_seq, spark_seq, raw_pipe, spark_pipe;
+      BenchDBusCost raw_seq[BENCH_DBUS_MAX_ROUNDS], spark_seq[BENCH_DBUS_MAX_ROUNDS];
+      BenchDBusCost raw_pipe[BENCH_DBUS_MAX_ROUNDS], spark_pipe[BENCH_DBUS_MAX_ROUNDS];
       const char *name = link == 0 ? "bus" : "peer";
 
       bench_dbus_side_start (&side, link == 0 ? bus : NULL);
       remote = spark_dispatcher_new_for_dbus (side.client_conn, side.bus_name, BENCH_DBUS_PATH "/spark");
 
-      /* Warm both up, then interleave them. */
+      /* Warm both up, then alternate which goes first. */
       bench_dbus_seq_raw (&side, n_seq / 10 + 1);
       bench_dbus_seq_spark (remote, n_seq / 10 + 1);
-      raw_seq = bench_dbus_seq_raw (&side, n_seq);
-      spark_seq = bench_dbus_seq_spark (remote, n_seq);
-      raw_pipe = bench_dbus_pipelined (&side, NULL, n_pipe);
-      spark_pipe = bench_dbus_pipelined (&side, remote, n_pipe);
+      bench_dbus_pipelined (&side, NULL, n_pipe / 10 + 1);
+      bench_dbus_pipelined (&side, remote, n_pipe / 10 + 1);
+      for (guint r = 0; r < rounds; r++)
+        {
+          if (r % 2 == 0)
+            {
+              raw_seq[r] = bench_dbus_seq_raw (&side, n_seq);
+              spark_seq[r] = bench_dbus_seq_spark (remote, n_seq);
+              raw_pipe[r] = bench_dbus_pipelined (&side, NULL, n_pipe);
+              spark_pipe[r] = bench_dbus_pipelined (&side, remote, n_pipe);
+            }
+          else
+            {
+              spark_seq[r] = bench_dbus_seq_spark (remote, n_seq);
+              raw_seq[r] = bench_dbus_seq_raw (&side, n_seq);
+              spark_pipe[r] = bench_dbus_pipelined (&side, remote, n_pipe);
+              raw_pipe[r] = bench_dbus_pipelined (&side, NULL, n_pipe);
+            }
+        }
 
-      printf ("workload=dbus_seq link=%s impl=raw ns_per_op=%.0f\n", name, raw_seq);
-      printf ("workload=dbus_seq link=%s impl=spark ns_per_op=%.0f ratio_vs_raw=%.3f\n", name, spark_seq,
-              spark_seq / raw_seq);
-      printf ("workload=dbus_pipelined link=%s impl=raw ops_per_s=%.0f\n", name, raw_pipe);
-      printf ("workload=dbus_pipelined link=%s impl=spark ops_per_s=%.0f ratio_vs_raw=%.3f\n", name, spark_pipe,
-              spark_pipe / raw_pipe);
+      bench_dbus_report ("dbus_seq", name, n_seq, raw_seq, spark_seq, rounds);
+      bench_dbus_report ("dbus_pipelined", name, n_pipe, raw_pipe, spark_pipe, rounds);
       fflush (stdout);
 
       g_object_unref (remote);
@@ -3768,7 +3865,10 @@ main (int   argc,
   g_option_context_free (context);
 
   if (opt_dbus)
-    return bench_dbus (opt_quick);
+    {
+      run_info_init (&run_info);
+      return bench_dbus (opt_quick);
+    }
 
   for (guint w = 0; w < G_N_ELEMENTS (workloads); w++)
     workload_names[w] = workloads[w].name;
