@@ -15,8 +15,8 @@
  * A thread of the library's own ("spark-dbus", its own GMainContext, made
  * on first use and kept for the life of the process, like GDBus's worker)
  * sends what had to wait for a slot, watches the bus name, and looks once
- * a second, for as long as the connection lives, whether it has closed
- * with calls pending (GDBus's
+ * a second, while calls are pending, whether the connection has closed
+ * (GDBus's
  * ::closed comes on the connection's own context, which a requester may
  * be blocking). Nothing in the filter blocks or runs user code: a shutdown
  * token is cancelled on the library's thread.
@@ -1368,16 +1368,21 @@ spark_dbus_transport_new (GDBusConnection *connection,
  * - [method@Spark.Dispatcher.try_send_command] never waits for room, but
  *   it does wait for the module's answer (one round trip): it fails with
  *   %SPARK_CHANNEL_ERROR_FULL if the remote mailbox is full. The blocking
- *   calls wait for the remote module: do not make them on the thread that
- *   serves an export of the same module in this process;
+ *   calls wait for the remote module; made on a thread that must serve it
+ *   (the module is exported by this process and reached by its unique name
+ *   or over a peer-to-peer connection, and this thread exported it or
+ *   serves its server), they fail with
+ *   %SPARK_CHANNEL_ERROR_WOULD_DEADLOCK instead;
  * - [method@Spark.Dispatcher.send_shutdown] returns once the shutdown is
  *   on its way; its token is cancelled when the remote server has
- *   stopped, or when it is lost;
- * - priorities are not sent: the remote module orders its mailbox by the
- *   priority of the dispatcher its export uses.
+ *   stopped, or when it is lost.
  *
- * Replies are taken on a thread of the library's own, then delivered the
- * usual way (on the caller's context for `_async` and `_full`).
+ * Priorities travel (the remote mailbox's lane is the dispatcher's
+ * [property@Spark.Dispatcher:priority]), and so does
+ * [method@Spark.Dispatcher.cancel_all].
+ *
+ * Replies are taken on GDBus's worker thread, then delivered the usual
+ * way (on the caller's context for `_async` and `_full`).
  *
  * May be called from any thread.
  *
