@@ -16,8 +16,8 @@
  * A caller is a peer (its unique name; "" on a peer-to-peer connection).
  * Its calls are found by serial (Cancel), and its requests are relayed in
  * the name of a local sender id per remote dispatcher id (the "sender"
- * option), so that CancelAll (id) is that dispatcher's cancel_all(). A
- * peer's and a sender's entries live while they have calls: cancel_all()
+ * option; left out, the peer's default sender, id 0), so that CancelAll
+ * (id) is that dispatcher's cancel_all(). A peer's and a sender's entries live while they have calls: cancel_all()
  * only ever concerns requests still queued, which are calls.
  *
  * The caller's deadline (the "timeout" option) is the relayed request's
@@ -160,6 +160,7 @@ export_call_new (Export                *export,
 {
   ExportCall *call = g_new0 (ExportCall, 1);
   ExportPeer *peer;
+  ExportSender *sender;
 
   call->export = export_ref (export);
   call->invocation = invocation;
@@ -172,20 +173,17 @@ export_call_new (Export                *export,
    * cannot be cancelled, both are answered. */
   if (!g_hash_table_contains (peer->calls, GUINT_TO_POINTER (call->serial)))
     g_hash_table_insert (peer->calls, GUINT_TO_POINTER (call->serial), call);
-  if (remote != 0)
+  /* Remote 0 (the option left out) is the peer's default sender. */
+  sender = g_hash_table_lookup (peer->senders, &remote);
+  if (sender == NULL)
     {
-      ExportSender *sender = g_hash_table_lookup (peer->senders, &remote);
-
-      if (sender == NULL)
-        {
-          sender = g_new0 (ExportSender, 1);
-          sender->remote = remote;
-          sender->local = spark_dispatcher_new_sender_id ();
-          g_hash_table_insert (peer->senders, &sender->remote, sender);
-        }
-      sender->n_calls++;
-      call->sender = sender;
+      sender = g_new0 (ExportSender, 1);
+      sender->remote = remote;
+      sender->local = spark_dispatcher_new_sender_id ();
+      g_hash_table_insert (peer->senders, &sender->remote, sender);
     }
+  sender->n_calls++;
+  call->sender = sender;
   g_mutex_unlock (&export->lock);
 
   return call;
@@ -247,7 +245,11 @@ on_request_done (GVariant     *reply,
   if (error != NULL)
     return_error (invocation, error);
   else
-    g_dbus_method_invocation_return_value (invocation, g_variant_new ("(@av)", spark_dbus_wrap_value (reply)));
+    {
+      GVariant *wrapped = spark_dbus_wrap_value (reply);
+
+      g_dbus_method_invocation_return_value (invocation, g_variant_new_tuple (&wrapped, 1));
+    }
   export_call_free (call);
 }
 
@@ -270,15 +272,12 @@ on_command_sent (GObject      *source,
   export_call_free (call);
 }
 
-/* The common options; FALSE (answered) if one is wrong. */
+/* The priority option; FALSE (answered) if it is wrong. */
 static gboolean
-parse_priority (GVariant              *options,
+check_priority (gint32                 value,
                 GDBusMethodInvocation *invocation,
                 SparkPriority         *priority)
 {
-  gint32 value = SPARK_PRIORITY_DEFAULT;
-
-  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_PRIORITY, "i", &value);
   if (value != SPARK_PRIORITY_DEFAULT && value != SPARK_PRIORITY_HIGH && value != SPARK_PRIORITY_LOW)
     {
       g_dbus_method_invocation_return_error (invocation, G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
@@ -298,35 +297,31 @@ handle_request (Export                *export,
   g_autoptr(GVariant) options = NULL;
   GVariant *parameters = NULL;
   const char *name;
-  guint32 timeout_msec = 0;
-  guint64 remote = 0;
-  gboolean cancellable = FALSE;
+  SparkDBusOptions opts;
   SparkPriority priority;
   GError *error = NULL;
   ExportCall *call;
   SparkRequest *req;
 
-  g_variant_get (args, "(&s@av@a{sv})", &name, &wrapped, &options);
+  spark_dbus_call_body_get (args, &name, &wrapped, &options);
   if (*name == '\0')
     {
       g_dbus_method_invocation_return_error_literal (invocation, G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
                                                      "A request's name must not be empty");
       return;
     }
-  if (!parse_priority (options, invocation, &priority))
+  spark_dbus_options_parse (options, &opts);
+  if (!check_priority (opts.priority, invocation, &priority))
     return;
   if (!spark_dbus_unwrap_value (wrapped, &parameters, &error))
     {
       g_dbus_method_invocation_take_error (invocation, error);
       return;
     }
-  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_TIMEOUT, "u", &timeout_msec);
-  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_SENDER, "t", &remote);
-  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_CANCELLABLE, "b", &cancellable);
 
-  call = export_call_new (export, invocation, remote);
-  req = spark_request_new_inline (name, parameters, (gint) MIN (timeout_msec, (guint32) G_MAXINT), cancellable,
-                                  on_request_done, call);
+  call = export_call_new (export, invocation, opts.sender);
+  req = spark_request_new_inline (name, parameters, (gint) MIN (opts.timeout_msec, (guint32) G_MAXINT),
+                                  opts.cancellable, on_request_done, call);
   /* Set before it is sent: the outcome may come before relay returns. */
   call->req = spark_request_ref (req);
   spark_dispatcher_relay_request (export->dispatcher, req,
@@ -354,29 +349,29 @@ handle_command (Export                *export,
   g_autoptr(GVariant) options = NULL;
   g_autoptr(GVariant) parameters = NULL;
   const char *name;
-  gboolean wait = FALSE;
+  SparkDBusOptions opts;
   SparkPriority priority;
   GError *error = NULL;
   SparkDispatcher *dispatcher;
 
-  g_variant_get (args, "(&s@av@a{sv})", &name, &wrapped, &options);
+  spark_dbus_call_body_get (args, &name, &wrapped, &options);
   if (*name == '\0')
     {
       g_dbus_method_invocation_return_error_literal (invocation, G_DBUS_ERROR, G_DBUS_ERROR_INVALID_ARGS,
                                                      "A command's name must not be empty");
       return;
     }
-  if (!parse_priority (options, invocation, &priority))
+  spark_dbus_options_parse (options, &opts);
+  if (!check_priority (opts.priority, invocation, &priority))
     return;
   if (!spark_dbus_unwrap_value (wrapped, &parameters, &error))
     {
       g_dbus_method_invocation_take_error (invocation, error);
       return;
     }
-  (void) g_variant_lookup (options, SPARK_DBUS_OPTION_WAIT, "b", &wait);
   dispatcher = export_commands (export, priority);
 
-  if (wait)
+  if (opts.wait)
     {
       /* Waits for room without blocking this context; Cancel ends the wait. */
       ExportCall *call = export_call_new (export, invocation, 0);

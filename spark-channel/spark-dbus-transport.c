@@ -141,6 +141,7 @@ struct _Link
   gboolean    scheduled;    /* mutex: a pump is attached to the worker */
   GSource    *check;        /* the closed check, on the worker: a reference */
   gboolean    check_armed;  /* mutex: its ready time is set */
+  GHashTable *defaults;     /* mutex: object path -> the default sender there (guint64 *) */
 };
 
 struct _SparkDBusTransport
@@ -157,6 +158,9 @@ struct _SparkDBusTransport
   gboolean         gone;          /* mutex: the peer went away: nothing at all */
   GHashTable      *in_flight;     /* mutex: Call (requests), sent, not yet answered */
   guint            watch_id;      /* worker */
+
+  gsize            default_once;   /* default_sender is set */
+  guint64          default_sender; /* see transport_is_default_sender() */
 
   SparkDBusOrphanFunc orphan_func;    /* immutable once used */
   gpointer            orphan_data;
@@ -472,6 +476,40 @@ link_send_locked (Link    *link,
   return TRUE;
 }
 
+/* Whether @sender is the default sender of @self's object path on its
+ * connection: the first dispatcher that sent a request there. Its
+ * requests need not name it (the "sender" option): the export takes a
+ * request without one for its caller's default sender, and CancelAll (0)
+ * for that sender's. Most remote modules have one dispatcher per
+ * connection, whose requests are then a dictionary entry smaller, which
+ * GDBus takes a twentieth of a call's cost to write and parse. Keyed by
+ * the path alone: another module at the same path, over the same
+ * connection, only misses the shortcut. */
+static gboolean
+transport_is_default_sender (SparkDBusTransport *self,
+                             guint64             sender)
+{
+  if (g_once_init_enter (&self->default_once))
+    {
+      Link *link = self->link;
+      guint64 *first;
+
+      g_mutex_lock (&link->mutex);
+      first = g_hash_table_lookup (link->defaults, self->object_path);
+      if (first == NULL)
+        {
+          first = g_new (guint64, 1);
+          *first = sender;
+          g_hash_table_insert (link->defaults, g_strdup (self->object_path), first);
+        }
+      self->default_sender = *first;
+      g_mutex_unlock (&link->mutex);
+      g_once_init_leave (&self->default_once, 1);
+    }
+
+  return sender == self->default_sender;
+}
+
 /* Without the lock: what link_send_locked() refused (its slot taken). */
 static void
 call_not_sent (Call   *call,
@@ -705,6 +743,7 @@ link_free (gpointer data)
   g_source_destroy (link->check);
   g_source_unref (link->check);
   g_hash_table_unref (link->pending);
+  g_hash_table_unref (link->defaults);
   g_mutex_clear (&link->mutex);
   g_free (link);
 }
@@ -793,6 +832,7 @@ link_get (GDBusConnection *connection)
       g_mutex_init (&link->mutex);
       g_queue_init (&link->queue);
       link->pending = g_hash_table_new (NULL, NULL);
+      link->defaults = g_hash_table_new_full (g_str_hash, g_str_equal, g_free, g_free);
       g_object_set_data_full (G_OBJECT (connection), "spark-dbus-link", link, link_free);
       /* Both end with the connection: the filter and the handler go
        * before its data. */
@@ -826,33 +866,32 @@ link_submit (Link *link,
     case CALL_REQUEST:
       {
         SparkRequest *req = call->req;
-        GVariantBuilder options;
+        GVariant *options[4];
+        gsize n_options = 0;
         gint64 deadline = spark_request_get_deadline (req);
 
-        g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
         if (deadline != 0)
           {
             gint64 left = (deadline - g_get_monotonic_time () + 999) / 1000;
 
-            g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_TIMEOUT,
-                                   g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
+            options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_TIMEOUT,
+                                                          g_variant_new_uint32 ((guint32) CLAMP (left, 1, G_MAXUINT32)));
           }
         /* Its dispatcher, for CancelAll; its lane; whether Cancel may
          * come (then the remote handler gets a cancellable it reaches). */
-        if (spark_request_get_sender (req) != 0)
-          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_SENDER,
-                                 g_variant_new_uint64 (spark_request_get_sender (req)));
+        if (!transport_is_default_sender (self, spark_request_get_sender (req)))
+          options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_SENDER,
+                                                        g_variant_new_uint64 (spark_request_get_sender (req)));
         if (call->priority != SPARK_PRIORITY_DEFAULT)
-          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_PRIORITY,
-                                 g_variant_new_int32 ((gint32) call->priority));
+          options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_PRIORITY,
+                                                        g_variant_new_int32 ((gint32) call->priority));
         if (spark_request_get_handler_cancellable (req) != NULL)
-          g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_CANCELLABLE, g_variant_new_boolean (TRUE));
+          options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_CANCELLABLE, g_variant_new_boolean (TRUE));
         call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
                                                         SPARK_DBUS_INTERFACE, "Request");
         g_dbus_message_set_body (call->message,
-                                 g_variant_new ("(s@ava{sv})", spark_request_get_name (req),
-                                                spark_dbus_wrap_value (spark_request_get_parameters (req)),
-                                                &options));
+                                 spark_dbus_call_body_new (spark_request_get_name (req),
+                                                           spark_request_get_parameters (req), options, n_options));
         /* The request keeps its parameters: a request never sent may be
          * sent again elsewhere (see spark_dbus_transport_set_orphan_func()). */
         if (spark_request_get_handler_cancellable (req) != NULL)
@@ -1039,7 +1078,8 @@ transport_post_command (SparkTransport *transport,
 {
   SparkDBusTransport *self = (SparkDBusTransport *) transport;
   CommandWaiter waiter;
-  GVariantBuilder options;
+  GVariant *options[2];
+  gsize n_options = 0;
   Call *call;
   GError *local_error = NULL;
 
@@ -1059,15 +1099,13 @@ transport_post_command (SparkTransport *transport,
   call->wait = mode != SPARK_POST_TRY;
   if (call->wait && cancellable != NULL)
     call->cancellable = g_object_ref (cancellable);
-  g_variant_builder_init (&options, G_VARIANT_TYPE_VARDICT);
   if (call->wait)
-    g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
+    options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_WAIT, g_variant_new_boolean (TRUE));
   if (priority != SPARK_PRIORITY_DEFAULT)
-    g_variant_builder_add (&options, "{sv}", SPARK_DBUS_OPTION_PRIORITY, g_variant_new_int32 ((gint32) priority));
+    options[n_options++] = spark_dbus_option_new (SPARK_DBUS_OPTION_PRIORITY, g_variant_new_int32 ((gint32) priority));
   call->message = g_dbus_message_new_method_call (self->bus_name, self->object_path,
                                                   SPARK_DBUS_INTERFACE, "Command");
-  g_dbus_message_set_body (call->message,
-                           g_variant_new ("(s@ava{sv})", name, spark_dbus_wrap_value (parameters), &options));
+  g_dbus_message_set_body (call->message, spark_dbus_call_body_new (name, parameters, options, n_options));
 
   if (mode == SPARK_POST_ASYNC)
     {
@@ -1205,7 +1243,7 @@ transport_cancel_all (SparkTransport *transport,
     return;
 
   message = g_dbus_message_new_method_call (self->bus_name, self->object_path, SPARK_DBUS_INTERFACE, "CancelAll");
-  g_dbus_message_set_body (message, g_variant_new ("(t)", sender));
+  g_dbus_message_set_body (message, g_variant_new ("(t)", transport_is_default_sender (self, sender) ? 0 : sender));
   g_dbus_message_set_flags (message, G_DBUS_MESSAGE_FLAGS_NO_REPLY_EXPECTED);
   (void) g_dbus_connection_send_message (self->connection, message, G_DBUS_SEND_MESSAGE_FLAGS_NONE, NULL, NULL);
   g_object_unref (message);

@@ -24,7 +24,7 @@ G_BEGIN_DECLS
 #define SPARK_DBUS_OPTION_TIMEOUT     "timeout"      /* u: milliseconds left, requests */
 #define SPARK_DBUS_OPTION_WAIT        "wait"         /* b: wait for room, commands */
 #define SPARK_DBUS_OPTION_PRIORITY    "priority"     /* i: a SparkPriority, default 0 */
-#define SPARK_DBUS_OPTION_SENDER      "sender"       /* t: the remote dispatcher's id, for CancelAll */
+#define SPARK_DBUS_OPTION_SENDER      "sender"       /* t: the remote dispatcher's id, for CancelAll; none: the default, 0 */
 #define SPARK_DBUS_OPTION_CANCELLABLE "cancellable"  /* b: the handler gets a cancellable Cancel reaches */
 
 /* A handler's own error of the G_DBUS_ERROR domain travels under this
@@ -38,6 +38,39 @@ GDBusInterfaceInfo *spark_dbus_get_interface_info (void);
 /* Registers SPARK_CHANNEL_ERROR with GDBus (idempotent, thread-safe):
  * called before either end puts an error on the wire or reads one. */
 void                spark_dbus_ensure_error_domain (void);
+
+/* The options of a Request or a Command, read in one pass. An option of
+ * another type than its own is ignored (as g_variant_lookup() would),
+ * and so is an unknown one. */
+typedef struct
+{
+  guint32  timeout_msec;   /* 0: none */
+  guint64  sender;         /* 0: none said */
+  gint32   priority;       /* unchecked */
+  gboolean wait;
+  gboolean cancellable;
+} SparkDBusOptions;
+
+void                spark_dbus_options_parse       (GVariant          *options,
+                                                    SparkDBusOptions  *out);
+/* (transfer floating): an option, a "{sv}" entry; sinks @value. */
+GVariant           *spark_dbus_option_new          (const char        *key,
+                                                    GVariant          *value);
+/* (transfer floating): the "(sava{sv})" body of Request and Command;
+ * @parameters: (nullable) (transfer none); @options: entries from
+ * spark_dbus_option_new() (their floating references are taken).
+ * Without format strings, whose parsing cost more than the rest of the
+ * body's making. */
+GVariant           *spark_dbus_call_body_new       (const char        *name,
+                                                    GVariant          *parameters,
+                                                    GVariant         **options,
+                                                    gsize              n_options);
+/* @body: a "(sava{sv})". *@name: (transfer none); *@wrapped and *@options:
+ * (transfer full). */
+void                spark_dbus_call_body_get       (GVariant          *body,
+                                                    const char       **name,
+                                                    GVariant         **wrapped,
+                                                    GVariant         **options);
 
 /* (transfer floating): an "av" for @value (nullable). */
 GVariant           *spark_dbus_wrap_value          (GVariant  *value);

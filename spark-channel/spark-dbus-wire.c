@@ -95,6 +95,77 @@ spark_dbus_ensure_error_domain (void)
     }
 }
 
+void
+spark_dbus_options_parse (GVariant         *options,
+                          SparkDBusOptions *out)
+{
+  gsize n = g_variant_n_children (options);
+
+  memset (out, 0, sizeof *out);
+
+  for (gsize i = 0; i < n; i++)
+    {
+      GVariant *entry = g_variant_get_child_value (options, i);
+      GVariant *key = g_variant_get_child_value (entry, 0);
+      GVariant *box = g_variant_get_child_value (entry, 1);
+      GVariant *value = g_variant_get_variant (box);
+      const char *name = g_variant_get_string (key, NULL);
+      GVariantClass class = g_variant_classify (value);
+
+      if (class == G_VARIANT_CLASS_UINT32 && g_str_equal (name, SPARK_DBUS_OPTION_TIMEOUT))
+        out->timeout_msec = g_variant_get_uint32 (value);
+      else if (class == G_VARIANT_CLASS_UINT64 && g_str_equal (name, SPARK_DBUS_OPTION_SENDER))
+        out->sender = g_variant_get_uint64 (value);
+      else if (class == G_VARIANT_CLASS_INT32 && g_str_equal (name, SPARK_DBUS_OPTION_PRIORITY))
+        out->priority = g_variant_get_int32 (value);
+      else if (class == G_VARIANT_CLASS_BOOLEAN && g_str_equal (name, SPARK_DBUS_OPTION_WAIT))
+        out->wait = g_variant_get_boolean (value);
+      else if (class == G_VARIANT_CLASS_BOOLEAN && g_str_equal (name, SPARK_DBUS_OPTION_CANCELLABLE))
+        out->cancellable = g_variant_get_boolean (value);
+
+      g_variant_unref (value);
+      g_variant_unref (box);
+      g_variant_unref (key);
+      g_variant_unref (entry);
+    }
+}
+
+GVariant *
+spark_dbus_option_new (const char *key,
+                       GVariant   *value)
+{
+  return g_variant_new_dict_entry (g_variant_new_string (key), g_variant_new_variant (value));
+}
+
+GVariant *
+spark_dbus_call_body_new (const char  *name,
+                          GVariant    *parameters,
+                          GVariant   **options,
+                          gsize        n_options)
+{
+  GVariant *fields[3];
+
+  fields[0] = g_variant_new_string (name);
+  fields[1] = spark_dbus_wrap_value (parameters);
+  fields[2] = g_variant_new_array (G_VARIANT_TYPE ("{sv}"), options, n_options);
+  return g_variant_new_tuple (fields, G_N_ELEMENTS (fields));
+}
+
+void
+spark_dbus_call_body_get (GVariant    *body,
+                          const char **name,
+                          GVariant   **wrapped,
+                          GVariant   **options)
+{
+  GVariant *name_value = g_variant_get_child_value (body, 0);
+
+  /* The string lives in @body's data. */
+  *name = g_variant_get_string (name_value, NULL);
+  g_variant_unref (name_value);
+  *wrapped = g_variant_get_child_value (body, 1);
+  *options = g_variant_get_child_value (body, 2);
+}
+
 /* D-Bus has no maybe types and no empty structures, and a handle is an
  * index into file descriptors sent along: values with any of these travel
  * in GVariant's own serialization instead. */

@@ -44,9 +44,11 @@ struct _TestHandler
   guint          batch_size;    /* set before use */
   guint          batch_total;   /* set before use */
   gboolean       blocking;      /* mutex: a "block" command is waiting */
+  gboolean       blocking_again; /* mutex: a "block-again" command is waiting */
   gint           cancelled;     /* atomic: held invocations whose cancellable fired */
   gint           commands;      /* atomic: "count" commands */
   SparkTestGate  gate;
+  SparkTestGate  gate_again;    /* for "block-again": a gate stays open */
   SparkDispatcher *self_remote; /* set before use: "self-sync" calls its own module through it */
 };
 
@@ -156,6 +158,14 @@ test_handler_handle_command (SparkHandler  *handler,
       g_mutex_unlock (&self->mutex);
       spark_test_gate_wait (&self->gate, cancellable);
     }
+  else if (g_str_equal (name, "block-again"))
+    {
+      g_mutex_lock (&self->mutex);
+      self->blocking_again = TRUE;
+      g_cond_broadcast (&self->cond);
+      g_mutex_unlock (&self->mutex);
+      spark_test_gate_wait (&self->gate_again, cancellable);
+    }
   else
     g_atomic_int_inc (&self->commands);
   return TRUE;
@@ -178,6 +188,7 @@ test_handler_finalize (GObject *object)
   g_mutex_clear (&self->mutex);
   g_cond_clear (&self->cond);
   spark_test_gate_clear (&self->gate);
+  spark_test_gate_clear (&self->gate_again);
   G_OBJECT_CLASS (test_handler_parent_class)->finalize (object);
 }
 
@@ -194,6 +205,7 @@ test_handler_init (TestHandler *self)
   g_cond_init (&self->cond);
   self->held = g_ptr_array_new_with_free_func (g_object_unref);
   spark_test_gate_init (&self->gate);
+  spark_test_gate_init (&self->gate_again);
 }
 
 /* Waits until the handler holds @n invocations. */
@@ -1403,6 +1415,39 @@ test_cancel_all (Fixture       *fixture,
     }
   /* And this one goes on working. */
   g_variant_unref (echo_sync (fixture, NULL));
+
+  /* The other way round, everything sent this time: the first dispatcher
+   * to send was the connection's default sender (its requests do not name
+   * it), the other one names itself; CancelAll tells them apart. */
+  g_assert_true (spark_dispatcher_send_command (fixture->remote, "block-again", NULL, NULL, NULL));
+  g_mutex_lock (&fixture->handler->mutex);
+  while (!fixture->handler->blocking_again)
+    g_cond_wait (&fixture->handler->cond, &fixture->handler->mutex);
+  g_mutex_unlock (&fixture->handler->mutex);
+  for (guint i = 0; i < M; i++)
+    spark_dispatcher_request_full (other, "echo", g_variant_new_uint32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &theirs[i], NULL);
+  for (guint i = 0; i < M; i++)
+    spark_dispatcher_request_full (fixture->remote, "echo", g_variant_new_uint32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &mine[i], NULL);
+  /* All queued in the remote mailbox. */
+  wait_pending (fixture, 2 * M);
+  spark_dispatcher_cancel_all (other);
+  for (guint i = 0; i < M; i++)
+    {
+      spark_test_wait_flag (NULL, &theirs[i].done);
+      g_assert_error (theirs[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      spark_test_outcome_clear (&theirs[i]);
+    }
+  for (guint i = 0; i < M; i++)
+    g_assert_false (g_atomic_int_get (&mine[i].done));
+  spark_test_gate_open (&fixture->handler->gate_again);
+  for (guint i = 0; i < M; i++)
+    {
+      spark_test_wait_flag (NULL, &mine[i].done);
+      g_assert_no_error (mine[i].error);
+      spark_test_outcome_clear (&mine[i]);
+    }
   g_free (mine);
   g_free (theirs);
 }
