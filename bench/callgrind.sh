@@ -50,7 +50,8 @@ request_pipelined:floor request_pipelined:idiom
 request_seq:spark_sync request_seq:spark_async request_seq:floor request_seq:idiom
 command_throughput:spark command_throughput:floor command_throughput:idiom
 command_mpsc:spark command_mpsc:floor command_mpsc:idiom
-queued_bytes:spark queued_bytes:floor queued_bytes:idiom"
+queued_bytes:spark queued_bytes:floor queued_bytes:idiom
+dbus_seq:raw dbus_seq:spark dbus_pipelined:raw dbus_pipelined:spark"
 fi
 
 tmp=$(mktemp -d)
@@ -61,8 +62,13 @@ export SPARK_SPIN=0
 # instructions WORKLOAD IMPL OPS: prints "TOTAL SPIN", the instructions of
 # one run (all threads) and those inside spark_sync_waiter_wait()
 instructions () {
+  # The D-Bus ones run peer to peer, both ends in this process; their
+  # baseline is raw GDBus (see bench_dbus_callgrind()).
+  dbus=
+  case $1 in dbus_*) dbus=--dbus ;; esac
+  # shellcheck disable=SC2086
   if ! valgrind --tool=callgrind --callgrind-out-file="$tmp/out" \
-      "$bench" --callgrind --workload "$1" --impl "$2" --ops "$3" \
+      "$bench" --callgrind $dbus --workload "$1" --impl "$2" --ops "$3" \
       >"$tmp/stdout" 2>"$tmp/log"; then
     cat "$tmp/log" >&2
     echo "$0: $1 $2 failed under callgrind" >&2
@@ -96,6 +102,7 @@ for case in $cases; do
   impl=${case#*:}
   case $workload in
     request_*) small=2000; large=10000 ;;
+    dbus_*) small=200; large=1200 ;;
     *) small=10000; large=50000 ;;
   esac
 
@@ -124,11 +131,13 @@ awk '
     key[NR] = w[2] " " i[2]; val[w[2], i[2]] = v[2]; al[NR] = a[2]; wl[NR] = w[2]; im[NR] = i[2] }
   END {
     printf "%-19s %-12s %10s %9s %9s %10s\n", "workload", "impl", "instr/op", "/ floor", "/ idiom", "allocs/op"
+    # (for dbus_*, "/ idiom" is against raw GDBus)
     for (n = 1; n <= NR; n++) {
       f = val[wl[n], "floor"]; d = val[wl[n], "idiom"]
+      if (d == 0) d = val[wl[n], "raw"]
       printf "%-19s %-12s %10d %9s %9s %10s\n", wl[n], im[n], val[wl[n], im[n]],
              (f > 0 && im[n] != "floor") ? sprintf("%.2f", val[wl[n], im[n]] / f) : "-",
-             (d > 0 && im[n] != "idiom") ? sprintf("%.2f", val[wl[n], im[n]] / d) : "-",
+             (d > 0 && im[n] != "idiom" && im[n] != "raw") ? sprintf("%.2f", val[wl[n], im[n]] / d) : "-",
              al[n]
     }
   }' "$tmp/results"

@@ -3767,14 +3767,51 @@ bench_dbus_report (const char          *workload,
           workload, link, m[1], 1e9 / m[1], m[4], m[2], m[5]);
 }
 
+/* --callgrind --dbus -w dbus_seq|dbus_pipelined -i raw|spark [-n N]: one
+ * of them, peer to peer (both ends in this process, so that callgrind
+ * counts every instruction of a call, as bench/callgrind.sh does for the
+ * other workloads). */
+static int
+bench_dbus_callgrind (void)
+{
+  BenchDBusSide side = { 0 };
+  SparkDispatcher *remote = NULL;
+  gboolean pipelined = g_strcmp0 (opt_workload, "dbus_pipelined") == 0;
+  guint n = opt_ops > 0 ? (guint) MIN (opt_ops, G_MAXUINT) : 1000;
+
+  if ((!pipelined && g_strcmp0 (opt_workload, "dbus_seq") != 0) ||
+      (g_strcmp0 (opt_impl, "raw") != 0 && g_strcmp0 (opt_impl, "spark") != 0))
+    {
+      g_printerr ("spark-bench: --callgrind --dbus needs -w dbus_seq or dbus_pipelined, and -i raw or spark\n");
+      return 2;
+    }
+
+  bench_dbus_side_start (&side, NULL);
+  if (g_str_equal (opt_impl, "spark"))
+    remote = spark_dispatcher_new_for_dbus (side.client_conn, NULL, BENCH_DBUS_PATH "/spark");
+  if (pipelined)
+    (void) bench_dbus_pipelined (&side, remote, n);
+  else if (remote != NULL)
+    (void) bench_dbus_seq_spark (remote, n);
+  else
+    (void) bench_dbus_seq_raw (&side, n);
+  g_clear_object (&remote);
+  bench_dbus_side_stop (&side);
+  return 0;
+}
+
 static int
 bench_dbus (gboolean quick)
 {
   guint n_seq = quick ? 200 : 2000;
   guint n_pipe = quick ? 1000 : 10000;
   guint rounds = quick ? 1 : MIN (MAX ((guint) opt_repeat, 7), BENCH_DBUS_MAX_ROUNDS);
-  GTestDBus *bus = g_test_dbus_new (G_TEST_DBUS_NONE);
+  GTestDBus *bus;
 
+  if (opt_callgrind)
+    return bench_dbus_callgrind ();
+
+  bus = g_test_dbus_new (G_TEST_DBUS_NONE);
   g_test_dbus_up (bus);
   printf ("# spark-channel over D-Bus, next to raw GDBus (same run, interleaved); %u rounds of seq: %u, "
           "pipelined: %u (window %d); medians; load average %s\n",
