@@ -1345,17 +1345,62 @@ test_gjs_server (void)
 /* Has the server's thread wait at the handler's gate, so that what comes
  * next stays queued in its mailbox. */
 static void
-block_server (Fixture *fixture)
+block_server_with (Fixture    *fixture,
+                   const char *command,
+                   gboolean   *blocking)
 {
   TestHandler *handler = fixture->handler;
   GError *error = NULL;
 
-  g_assert_true (spark_dispatcher_send_command (fixture->remote, "block", NULL, NULL, &error));
+  g_assert_true (spark_dispatcher_send_command (fixture->remote, command, NULL, NULL, &error));
   g_assert_no_error (error);
   g_mutex_lock (&handler->mutex);
-  while (!handler->blocking)
+  while (!*blocking)
     g_cond_wait (&handler->cond, &handler->mutex);
   g_mutex_unlock (&handler->mutex);
+}
+
+/* The server's thread waits at the handler's gate: what comes queues. */
+static void
+block_server (Fixture *fixture)
+{
+  block_server_with (fixture, "block", &fixture->handler->blocking);
+}
+
+/* Sends @n "echo" requests, their outcomes to @outcomes. */
+static void
+request_echoes (SparkDispatcher  *dispatcher,
+                SparkTestOutcome *outcomes,
+                guint             n)
+{
+  for (guint i = 0; i < n; i++)
+    spark_dispatcher_request_full (dispatcher, "echo", g_variant_new_uint32 (i), NULL, NULL,
+                                   spark_test_outcome_cb, &outcomes[i], NULL);
+}
+
+/* Waits for @n outcomes: each CANCELLED, or each a reply. */
+static void
+wait_outcomes (SparkTestOutcome *outcomes,
+               guint             n,
+               gboolean          cancelled)
+{
+  for (guint i = 0; i < n; i++)
+    {
+      spark_test_wait_flag (NULL, &outcomes[i].done);
+      if (cancelled)
+        g_assert_error (outcomes[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
+      else
+        g_assert_no_error (outcomes[i].error);
+      spark_test_outcome_clear (&outcomes[i]);
+    }
+}
+
+static void
+assert_not_done (SparkTestOutcome *outcomes,
+                 guint             n)
+{
+  for (guint i = 0; i < n; i++)
+    g_assert_false (g_atomic_int_get (&outcomes[i].done));
 }
 
 static void
@@ -1384,70 +1429,35 @@ test_cancel_all (Fixture       *fixture,
 
   block_server (fixture);
   /* More than the slots: the last few wait here, behind the window. */
-  for (guint i = 0; i < N; i++)
-    spark_dispatcher_request_full (fixture->remote, "echo", g_variant_new_uint32 (i), NULL, NULL,
-                                   spark_test_outcome_cb, &mine[i], NULL);
+  request_echoes (fixture->remote, mine, N);
   /* One made by with_priority() is the same sender. */
   high = spark_dispatcher_with_priority (fixture->remote, SPARK_PRIORITY_HIGH);
   spark_dispatcher_request_full (high, "echo", NULL, NULL, NULL, spark_test_outcome_cb, &mine[N], NULL);
-  for (guint i = 0; i < M; i++)
-    spark_dispatcher_request_full (other, "echo", g_variant_new_uint32 (i), NULL, NULL,
-                                   spark_test_outcome_cb, &theirs[i], NULL);
+  request_echoes (other, theirs, M);
   wait_pending (fixture, SPARK_DBUS_MAX_IN_FLIGHT);
 
   spark_dispatcher_cancel_all (fixture->remote);
-  for (guint i = 0; i <= N; i++)
-    {
-      spark_test_wait_flag (NULL, &mine[i].done);
-      g_assert_error (mine[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
-      spark_test_outcome_clear (&mine[i]);
-    }
+  wait_outcomes (mine, N + 1, TRUE);
   /* The other dispatcher's requests are still on their way or queued. */
-  for (guint i = 0; i < M; i++)
-    g_assert_false (g_atomic_int_get (&theirs[i].done));
-
+  assert_not_done (theirs, M);
   spark_test_gate_open (&fixture->handler->gate);
-  for (guint i = 0; i < M; i++)
-    {
-      spark_test_wait_flag (NULL, &theirs[i].done);
-      g_assert_no_error (theirs[i].error);
-      spark_test_outcome_clear (&theirs[i]);
-    }
+  wait_outcomes (theirs, M, FALSE);
   /* And this one goes on working. */
   g_variant_unref (echo_sync (fixture, NULL));
 
   /* The other way round, everything sent this time: the first dispatcher
    * to send was the connection's default sender (its requests do not name
    * it), the other one names itself; CancelAll tells them apart. */
-  g_assert_true (spark_dispatcher_send_command (fixture->remote, "block-again", NULL, NULL, NULL));
-  g_mutex_lock (&fixture->handler->mutex);
-  while (!fixture->handler->blocking_again)
-    g_cond_wait (&fixture->handler->cond, &fixture->handler->mutex);
-  g_mutex_unlock (&fixture->handler->mutex);
-  for (guint i = 0; i < M; i++)
-    spark_dispatcher_request_full (other, "echo", g_variant_new_uint32 (i), NULL, NULL,
-                                   spark_test_outcome_cb, &theirs[i], NULL);
-  for (guint i = 0; i < M; i++)
-    spark_dispatcher_request_full (fixture->remote, "echo", g_variant_new_uint32 (i), NULL, NULL,
-                                   spark_test_outcome_cb, &mine[i], NULL);
+  block_server_with (fixture, "block-again", &fixture->handler->blocking_again);
+  request_echoes (other, theirs, M);
+  request_echoes (fixture->remote, mine, M);
   /* All queued in the remote mailbox. */
   wait_pending (fixture, 2 * M);
   spark_dispatcher_cancel_all (other);
-  for (guint i = 0; i < M; i++)
-    {
-      spark_test_wait_flag (NULL, &theirs[i].done);
-      g_assert_error (theirs[i].error, G_IO_ERROR, G_IO_ERROR_CANCELLED);
-      spark_test_outcome_clear (&theirs[i]);
-    }
-  for (guint i = 0; i < M; i++)
-    g_assert_false (g_atomic_int_get (&mine[i].done));
+  wait_outcomes (theirs, M, TRUE);
+  assert_not_done (mine, M);
   spark_test_gate_open (&fixture->handler->gate_again);
-  for (guint i = 0; i < M; i++)
-    {
-      spark_test_wait_flag (NULL, &mine[i].done);
-      g_assert_no_error (mine[i].error);
-      spark_test_outcome_clear (&mine[i]);
-    }
+  wait_outcomes (mine, M, FALSE);
   g_free (mine);
   g_free (theirs);
 }
@@ -1726,6 +1736,25 @@ on_gave_up (SparkSubprocess *sub,
   flood->gave_up_error = g_error_copy (error);
 }
 
+/* Three restarts at most, @restart_delay ms apart; spawned, and the
+ * flood's dispatcher made. */
+static void
+flood_start (Flood           *flood,
+             SparkSubprocess *sub,
+             guint            restart_delay)
+{
+  GError *error = NULL;
+
+  g_object_set (sub, "max-restarts", 3, "restart-delay", restart_delay, NULL);
+  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), flood);
+  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), flood);
+  g_assert_true (spark_subprocess_spawn (sub, &error));
+  g_assert_no_error (error);
+
+  flood->remote = spark_subprocess_create_dispatcher (sub);
+  flood->killed_pid = helper_pid (flood->remote);
+}
+
 /* A helper killed with SIGKILL in the middle of a flood: every request
  * completes exactly once (a reply, or CLOSED for those in flight), the
  * helper restarts, and the flood goes on in the new process. */
@@ -1734,17 +1763,9 @@ test_subprocess_restart (void)
 {
   g_autoptr(SparkSubprocess) sub = helper_new ();
   Flood flood = { 0 };
-  GError *error = NULL;
   gint64 new_pid;
 
-  g_object_set (sub, "max-restarts", 3, "restart-delay", 10, NULL);
-  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
-  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
-  g_assert_true (spark_subprocess_spawn (sub, &error));
-  g_assert_no_error (error);
-
-  flood.remote = spark_subprocess_create_dispatcher (sub);
-  flood.killed_pid = helper_pid (flood.remote);
+  flood_start (&flood, sub, 10);
   flood.n = 4000;
   flood.kill_at = 500;
   for (guint i = 0; i < 64; i++)
@@ -1779,16 +1800,8 @@ test_subprocess_restart_queued (void)
 {
   g_autoptr(SparkSubprocess) sub = helper_new ();
   Flood flood = { 0 };
-  GError *error = NULL;
 
-  g_object_set (sub, "max-restarts", 3, "restart-delay", 10, NULL);
-  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
-  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
-  g_assert_true (spark_subprocess_spawn (sub, &error));
-  g_assert_no_error (error);
-
-  flood.remote = spark_subprocess_create_dispatcher (sub);
-  flood.killed_pid = helper_pid (flood.remote);
+  flood_start (&flood, sub, 10);
   flood.n = 2000;
   flood.kill_at = 50;
   while (flood.sent < flood.n)
@@ -1816,17 +1829,9 @@ test_subprocess_restart_order (void)
 {
   g_autoptr(SparkSubprocess) sub = helper_new ();
   Flood flood = { 0 };
-  GError *error = NULL;
   guint32 last = 0;
 
-  g_object_set (sub, "max-restarts", 3, "restart-delay", 100, NULL);
-  g_signal_connect (sub, "restarted", G_CALLBACK (on_restarted), &flood);
-  g_signal_connect (sub, "gave-up", G_CALLBACK (on_gave_up), &flood);
-  g_assert_true (spark_subprocess_spawn (sub, &error));
-  g_assert_no_error (error);
-
-  flood.remote = spark_subprocess_create_dispatcher (sub);
-  flood.killed_pid = helper_pid (flood.remote);
+  flood_start (&flood, sub, 100);
   flood.ok_ids = g_array_new (FALSE, FALSE, sizeof (guint32));
   flood.n = 1000;
   flood.kill_at = 20;
