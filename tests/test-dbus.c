@@ -1170,6 +1170,14 @@ test_gdbus_call (Fixture       *fixture,
 
   (void) data;
 
+  /* tools/tsan runs this suite on a GLib of its own, built with TSan,
+   * which the system's gdbus cannot load. */
+  if (g_getenv ("SPARK_TEST_SANITIZED_GLIB") != NULL)
+    {
+      g_test_skip ("gdbus cannot run on this run's sanitized GLib");
+      return;
+    }
+
   {
     const char *argv[] = { "gdbus", "call", "--address", address, "--dest", fixture->bus_name,
                            "--object-path", OBJECT_PATH,
