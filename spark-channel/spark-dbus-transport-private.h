@@ -30,12 +30,14 @@ typedef struct
   SparkPriority  priority;
 } SparkDBusUnsent;
 
-/* Called (from whichever thread found out) with such a message, whose
- * contents it takes, to send elsewhere. @from is the transport. Its
- * blocked senders fail instead with SPARK_DBUS_UNSENT_ERROR, so that they
- * may try elsewhere too. */
+/* Called (from whichever thread found out) with @n_unsent such messages,
+ * in their order, whose contents it takes, to send elsewhere: all those
+ * found at once come in one call. @from is the transport. Its blocked
+ * senders fail instead with SPARK_DBUS_UNSENT_ERROR, so that they may try
+ * elsewhere too. */
 typedef void (*SparkDBusOrphanFunc) (SparkTransport  *from,
                                      SparkDBusUnsent *unsent,
+                                     guint            n_unsent,
                                      gpointer         data);
 
 /* The error a supervised transport (one with an orphan function) refuses

@@ -510,6 +510,39 @@ transport_is_default_sender (SparkDBusTransport *self,
   return sender == self->default_sender;
 }
 
+/* Whether @call, refused with @error, was never sent and may go elsewhere
+ * (its transport is supervised): then takes what it carries into @unsent
+ * and @error, and disconnects it; the caller hands @unsent to the orphan
+ * function, then releases the slot and the call. */
+static gboolean
+call_take_unsent (Call            *call,
+                  GError          *error,
+                  SparkDBusUnsent *unsent)
+{
+  SparkDBusTransport *self = call->transport;
+
+  if (error == NULL || !call->never_sent || self->orphan_func == NULL ||
+      !((call->kind == CALL_REQUEST && !spark_request_is_claimed (call->req)) ||
+        (call->kind == CALL_COMMAND && call->task != NULL)))
+    return FALSE;
+
+  g_error_free (error);
+  if (call->cancel_id != 0)
+    g_signal_handler_disconnect (call->cancellable, call->cancel_id);
+  memset (unsent, 0, sizeof *unsent);
+  unsent->priority = call->priority;
+  if (call->kind == CALL_REQUEST)
+    unsent->req = g_steal_pointer (&call->req);
+  else
+    {
+      unsent->name = g_steal_pointer (&call->name);
+      unsent->parameters = g_steal_pointer (&call->parameters);
+      unsent->cancellable = g_steal_pointer (&call->cancellable);
+      unsent->task = g_steal_pointer (&call->task);
+    }
+  return TRUE;
+}
+
 /* Without the lock: what link_send_locked() refused (its slot taken). */
 static void
 call_not_sent (Call   *call,
@@ -517,29 +550,12 @@ call_not_sent (Call   *call,
 {
   SparkDBusTransport *self = call->transport;
   Link *link = self->link;
-  gboolean orphan = error != NULL && call->never_sent && self->orphan_func != NULL &&
-                    ((call->kind == CALL_REQUEST && !spark_request_is_claimed (call->req)) ||
-                     (call->kind == CALL_COMMAND && call->task != NULL));
+  SparkDBusUnsent unsent;
 
-  if (orphan)
+  if (call_take_unsent (call, error, &unsent))
     {
       /* Never sent, its peer gone: somebody else may send it. */
-      SparkDBusUnsent unsent = { 0 };
-
-      g_error_free (error);
-      if (call->cancel_id != 0)
-        g_signal_handler_disconnect (call->cancellable, call->cancel_id);
-      unsent.priority = call->priority;
-      if (call->kind == CALL_REQUEST)
-        unsent.req = g_steal_pointer (&call->req);
-      else
-        {
-          unsent.name = g_steal_pointer (&call->name);
-          unsent.parameters = g_steal_pointer (&call->parameters);
-          unsent.cancellable = g_steal_pointer (&call->cancellable);
-          unsent.task = g_steal_pointer (&call->task);
-        }
-      self->orphan_func (&self->transport, &unsent, self->orphan_data);
+      self->orphan_func (&self->transport, &unsent, 1, self->orphan_data);
       link_release (link);
       call_unref (call);
     }
@@ -561,6 +577,52 @@ call_not_sent (Call   *call,
       link_release (link);
       call_unref (call);
     }
+}
+
+/* call_not_sent() for each (call, error) pair of @refused, in order; the
+ * unsent ones of one transport in a row go to its orphan function in one
+ * call, so that the supervisor queues them all at once, in their order
+ * (none of them can then miss the next process's first messages). */
+static void
+calls_not_sent (GPtrArray *refused)
+{
+  GArray *unsent = g_array_new (FALSE, FALSE, sizeof (SparkDBusUnsent));
+  GPtrArray *taken = g_ptr_array_new ();
+  SparkDBusTransport *from = NULL;
+
+  for (guint i = 0; i <= refused->len; i += 2)
+    {
+      Call *call = i < refused->len ? g_ptr_array_index (refused, i) : NULL;
+      SparkDBusUnsent one;
+
+      /* The run of one transport's unsent calls ends here. */
+      if (taken->len > 0 && (call == NULL || call->transport != from))
+        {
+          from->orphan_func (&from->transport, (SparkDBusUnsent *) (gpointer) unsent->data, unsent->len,
+                             from->orphan_data);
+          for (guint j = 0; j < taken->len; j++)
+            {
+              link_release (from->link);
+              call_unref (g_ptr_array_index (taken, j));
+            }
+          g_array_set_size (unsent, 0);
+          g_ptr_array_set_size (taken, 0);
+        }
+      if (call == NULL)
+        break;
+
+      if (call_take_unsent (call, g_ptr_array_index (refused, i + 1), &one))
+        {
+          from = call->transport;
+          g_array_append_val (unsent, one);
+          g_ptr_array_add (taken, call);
+        }
+      else
+        call_not_sent (call, g_ptr_array_index (refused, i + 1));
+    }
+
+  g_ptr_array_unref (taken);
+  g_array_unref (unsent);
 }
 
 static gboolean
@@ -633,9 +695,11 @@ link_pump (Link *link)
     }
   g_mutex_unlock (&link->mutex);
 
-  for (guint i = 0; refused != NULL && i < refused->len; i += 2)
-    call_not_sent (g_ptr_array_index (refused, i), g_ptr_array_index (refused, i + 1));
-  g_clear_pointer (&refused, g_ptr_array_unref);
+  if (refused != NULL)
+    {
+      calls_not_sent (refused);
+      g_ptr_array_unref (refused);
+    }
 }
 
 static gboolean
@@ -1276,8 +1340,7 @@ spark_dbus_transport_abandon (SparkTransport *transport)
   g_mutex_lock (&self->link->mutex);
   link_take_queued_locked (self->link, self, taken);
   g_mutex_unlock (&self->link->mutex);
-  for (guint i = 0; i < taken->len; i += 2)
-    call_not_sent (g_ptr_array_index (taken, i), g_ptr_array_index (taken, i + 1));
+  calls_not_sent (taken);
   g_ptr_array_unref (taken);
 }
 

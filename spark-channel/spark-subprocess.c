@@ -354,36 +354,53 @@ supervised_close (Supervised *self,
   g_clear_pointer (&current, spark_transport_unref);
 }
 
-/* A message the dead process's transport accepted but never sent (it
- * waited there for an in-flight slot): it waits for the next process too,
- * ahead of what was sent since the death, in its order. */
+/* Messages the dead process's transport accepted but never sent (they
+ * waited there for an in-flight slot): they wait for the next process too,
+ * ahead of what was sent since the death, in their order. */
 static void
 supervised_orphan (SparkTransport  *from,
                    SparkDBusUnsent *unsent,
+                   guint            n_unsent,
                    gpointer         data)
 {
   Supervised *self = data;
   SparkTransport *current = NULL, *dead = NULL;
-  Waiting *w = g_memdup2 (unsent, sizeof *unsent);
+  char *why = NULL;
+  GPtrArray *late = NULL;
 
+  /* All of them under one lock: the next process takes them all, first,
+   * or none (then they are late, below). */
   g_mutex_lock (&self->mutex);
   if (self->closed)
+    why = g_strdup (self->why_closed);
+  else
     {
-      char *why = g_strdup (self->why_closed);
+      if (self->current == from)
+        dead = g_steal_pointer (&self->current);
+      if (self->current != NULL)
+        {
+          current = spark_transport_ref (self->current);
+          late = g_ptr_array_new ();
+        }
+      for (guint i = 0; i < n_unsent; i++)
+        {
+          Waiting *w = g_memdup2 (&unsent[i], sizeof unsent[i]);
 
-      g_mutex_unlock (&self->mutex);
-      waiting_fail (w, why);
+          if (late != NULL)
+            g_ptr_array_add (late, w);
+          else
+            g_queue_push_nth (&self->waiting, w, (gint) self->n_moved++);
+        }
+    }
+  g_mutex_unlock (&self->mutex);
+
+  if (why != NULL)
+    {
+      for (guint i = 0; i < n_unsent; i++)
+        waiting_fail (g_memdup2 (&unsent[i], sizeof unsent[i]), why);
       g_free (why);
       return;
     }
-  if (self->current == from)
-    dead = g_steal_pointer (&self->current);
-  if (self->current == NULL)
-    g_queue_push_nth (&self->waiting, w, (gint) self->n_moved++);
-  else
-    current = spark_transport_ref (self->current);
-  g_mutex_unlock (&self->mutex);
-
   if (dead != NULL)
     {
       spark_dbus_transport_abandon (dead);
@@ -392,7 +409,9 @@ supervised_orphan (SparkTransport  *from,
   if (current != NULL)
     {
       /* Late: the next process is up already. */
-      waiting_send (w, current);
+      for (guint i = 0; i < late->len; i++)
+        waiting_send (g_ptr_array_index (late, i), current);
+      g_ptr_array_unref (late);
       spark_transport_unref (current);
     }
 }
