@@ -71,7 +71,7 @@ typedef struct
 {
   Export                *export;        /* a reference */
   ExportPeer            *peer;          /* lock */
-  ExportSender          *sender;        /* lock, nullable */
+  ExportSender          *sender;        /* lock; NULL for commands */
   guint32                serial;
   GDBusMethodInvocation *invocation;    /* NULL once answered */
   SparkRequest          *req;           /* requests: a reference, for Cancel */
@@ -152,12 +152,13 @@ export_lookup_peer (Export                *export,
   return peer;
 }
 
-/* Starts tracking a call that will be answered later, from @peer's
- * dispatcher @remote (0: none said). */
+/* Starts tracking a call that will be answered later. @remote: for a
+ * request, the caller's dispatcher (0: none said, the default); NULL for
+ * a command, which needs no sender. */
 static ExportCall *
 export_call_new (Export                *export,
                  GDBusMethodInvocation *invocation,
-                 guint64                remote)
+                 const guint64         *remote)
 {
   ExportCall *call = g_new0 (ExportCall, 1);
   ExportPeer *peer;
@@ -175,15 +176,16 @@ export_call_new (Export                *export,
   if (!g_hash_table_contains (peer->calls, GUINT_TO_POINTER (call->serial)))
     g_hash_table_insert (peer->calls, GUINT_TO_POINTER (call->serial), call);
   /* Remote 0 (the option left out) is the peer's default sender. */
-  sender = g_hash_table_lookup (peer->senders, &remote);
-  if (sender == NULL)
+  sender = remote != NULL ? g_hash_table_lookup (peer->senders, remote) : NULL;
+  if (remote != NULL && sender == NULL)
     {
       sender = g_new0 (ExportSender, 1);
-      sender->remote = remote;
+      sender->remote = *remote;
       sender->local = spark_dispatcher_new_sender_id ();
       g_hash_table_insert (peer->senders, &sender->remote, sender);
     }
-  sender->n_calls++;
+  if (sender != NULL)
+    sender->n_calls++;
   call->sender = sender;
   g_mutex_unlock (&export->lock);
 
@@ -320,13 +322,13 @@ handle_request (Export                *export,
       return;
     }
 
-  call = export_call_new (export, invocation, opts.sender);
+  call = export_call_new (export, invocation, &opts.sender);
   req = spark_request_new_inline (name, parameters, (gint) MIN (opts.timeout_msec, (guint32) G_MAXINT),
                                   opts.cancellable, on_request_done, call);
   /* Set before it is sent: the outcome may come before relay returns. */
   call->req = spark_request_ref (req);
   spark_dispatcher_relay_request (export->dispatcher, req,
-                                  call->sender != NULL ? call->sender->local : 0, priority);
+                                  call->sender->local, priority);
 }
 
 /* Context: the export's dispatcher of @priority, for commands. */
@@ -375,7 +377,7 @@ handle_command (Export                *export,
   if (opts.wait)
     {
       /* Waits for room without blocking this context; Cancel ends the wait. */
-      ExportCall *call = export_call_new (export, invocation, 0);
+      ExportCall *call = export_call_new (export, invocation, NULL);
 
       call->cancellable = g_cancellable_new ();
       spark_dispatcher_send_command_async (dispatcher, name, parameters, call->cancellable,

@@ -636,13 +636,16 @@ transport_is_gone (SparkDBusTransport *self)
   return gone;
 }
 
-/* With the link's lock: takes out of its queue, in order, every call of
- * @self, each with a slot (for call_not_sent()) and marked never sent;
- * adds them to @taken. All at once, so that whoever takes them (a pump,
- * spark_dbus_transport_abandon()) hands them on in their order. */
+/* With the link's lock: takes out of its queue, in order, the calls of
+ * @self, each with a slot (for call_not_sent()), and adds them to @taken
+ * as (call, error) pairs. @sender NULL: all of them (the peer is gone),
+ * marked never sent, each with CLOSED; all at once, so that whoever takes
+ * them (a pump, spark_dbus_transport_abandon()) hands them on in their
+ * order. Otherwise the requests of *@sender (cancel_all()), error NULL. */
 static void
 link_take_queued_locked (Link               *link,
                          SparkDBusTransport *self,
+                         const guint64      *sender,
                          GPtrArray          *taken)
 {
   for (GList *l = link->queue.head; l != NULL;)
@@ -650,13 +653,14 @@ link_take_queued_locked (Link               *link,
       GList *next = l->next;
       Call *call = l->data;
 
-      if (call->transport == self)
+      if (call->transport == self &&
+          (sender == NULL || (call->kind == CALL_REQUEST && spark_request_get_sender (call->req) == *sender)))
         {
           g_queue_delete_link (&link->queue, l);
           link->in_flight++;
-          call->never_sent = TRUE;
+          call->never_sent = sender == NULL;
           g_ptr_array_add (taken, call);
-          g_ptr_array_add (taken, closed_error (self));
+          g_ptr_array_add (taken, sender == NULL ? closed_error (self) : NULL);
         }
       l = next;
     }
@@ -679,7 +683,7 @@ link_pump (Link *link)
           /* Its peer is gone: all of its calls at once (see above). */
           if (refused == NULL)
             refused = g_ptr_array_new ();
-          link_take_queued_locked (link, call->transport, refused);
+          link_take_queued_locked (link, call->transport, NULL, refused);
           continue;
         }
 
@@ -1239,55 +1243,23 @@ transport_send_shutdown (SparkTransport *transport,
   return TRUE;
 }
 
-/* Takes out of the link's queue, in order, this transport's calls that
- * @match accepts; each gets a slot, for call_not_sent(). */
-static GPtrArray *
-link_take_queued (Link               *link,
-                  SparkDBusTransport *self,
-                  gboolean          (*match) (Call *call, gpointer data),
-                  gpointer            data)
-{
-  GPtrArray *taken = g_ptr_array_new ();
-
-  g_mutex_lock (&link->mutex);
-  for (GList *l = link->queue.head; l != NULL;)
-    {
-      GList *next = l->next;
-      Call *call = l->data;
-
-      if (call->transport == self && match (call, data))
-        {
-          g_queue_delete_link (&link->queue, l);
-          link->in_flight++;
-          g_ptr_array_add (taken, call);
-        }
-      l = next;
-    }
-  g_mutex_unlock (&link->mutex);
-
-  return taken;
-}
-
-static gboolean
-call_is_from_sender (Call     *call,
-                     gpointer  data)
-{
-  return call->kind == CALL_REQUEST && spark_request_get_sender (call->req) == *(guint64 *) data;
-}
-
 static void
 transport_cancel_all (SparkTransport *transport,
                       guint64         sender)
 {
   SparkDBusTransport *self = (SparkDBusTransport *) transport;
-  GPtrArray *taken = link_take_queued (self->link, self, call_is_from_sender, &sender);
+  GPtrArray *taken = g_ptr_array_new ();
   GDBusMessage *message;
   gboolean remote = FALSE;
   GHashTableIter iter;
   gpointer key;
 
+  g_mutex_lock (&self->link->mutex);
+  link_take_queued_locked (self->link, self, &sender, taken);
+  g_mutex_unlock (&self->link->mutex);
+
   /* Those still waiting here for a slot end here, never sent. */
-  for (guint i = 0; i < taken->len; i++)
+  for (guint i = 0; i < taken->len; i += 2)
     {
       Call *call = g_ptr_array_index (taken, i);
 
@@ -1338,7 +1310,7 @@ spark_dbus_transport_abandon (SparkTransport *transport)
 
   taken = g_ptr_array_new ();
   g_mutex_lock (&self->link->mutex);
-  link_take_queued_locked (self->link, self, taken);
+  link_take_queued_locked (self->link, self, NULL, taken);
   g_mutex_unlock (&self->link->mutex);
   calls_not_sent (taken);
   g_ptr_array_unref (taken);
